@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install the project into it once (the stamp file remembers).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# An exact torch version: on a CPU-only Linux box with a local wheel this picks the small CPU build; on a GPU
+# machine PyPI's wheel of the same version is the CUDA build. Override: make TORCH_VERSION=2.5.1 ...
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo sweep test bench venv clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m ouvae.train --preset demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/trainer_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

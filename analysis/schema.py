@@ -1,0 +1,99 @@
+"""The results table: one tidy Parquet schema shared by the sweep writer and the analysis reader.
+
+Why it lives here: `analysis` is the consumer that must keep working on a laptop without Ray or torch, so the
+contract sits in a module that imports only pyarrow. `sweeps` imports it to write; nothing here imports Ray.
+
+Layout on disk (hive-partitioned): ``<root>/sweep_id=<id>/<trial_id>.parquet``; each file holds every
+evaluation row of one trial and is rewritten atomically (temp file + rename) at each evaluation, so a row
+exists exactly once per (trial_id, step) whatever crashes or resumes happen.
+
+Per-layer values are list columns ordered **bottom to top** (index 0 is z_1, the layer next to x; the last
+element is the top layer, the one whose collapse defines rho_c). The top layer is also given as scalar
+columns (``top_kl``, ``top_active_units``) because almost every query wants exactly that.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# (name, type, meaning). Order here is the column order on disk.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    # identity
+    ("schema_version", pa.int32(), "version of this schema"),
+    ("ouvae_version", pa.string(), "package version that produced the row"),
+    ("sweep_id", pa.string(), "sweep name (also the hive partition)"),
+    ("trial_id", pa.string(), "Ray Tune trial id (or run name outside Tune)"),
+    ("config_hash", pa.string(), "hash of the full trainer config minus the seed: equal hash = same configuration"),
+    ("preset", pa.string(), "named config preset the trial started from"),
+    # data
+    ("dataset", pa.string(), "dataset registry name, e.g. digits, mnist, static_mnist"),
+    ("split", pa.string(), "which split the metrics are computed on: validation or test"),
+    ("binarization", pa.string(), "dynamic, static or none"),
+    # model / method hyperparameters
+    ("architecture", pa.string(), "mlp or conv"),
+    ("n_layers", pa.int64(), "number of stochastic layers L"),
+    ("latent_dims", pa.string(), "latent sizes bottom to top joined by '-', e.g. 40-40-40-40"),
+    ("hidden_units", pa.int64(), "width of each deterministic layer (channels for conv)"),
+    ("hidden_layers", pa.int64(), "deterministic layers per map"),
+    ("activation", pa.string(), "activation of the deterministic layers"),
+    ("rho", pa.float64(), "OU smoothing parameter used in training (1 = plain VAE)"),
+    ("rho_eval", pa.float64(), "rho used at evaluation"),
+    ("smooth_samples", pa.int64(), "K, the number of correlated copies per smoothed map"),
+    ("smooth", pa.string(), "which maps are smoothed: both, encoder, decoder"),
+    ("objective", pa.string(), "elbo or iwae"),
+    ("iw_samples", pa.int64(), "k of the IWAE training objective (1 for elbo)"),
+    ("beta_schedule", pa.string(), "KL-annealing schedule: constant, linear, cosine, sigmoid, cyclical"),
+    ("beta_params", pa.string(), "JSON of the schedule's parameters"),
+    ("free_bits", pa.float64(), "free-bits floor in nats per layer (0 = off)"),
+    ("lr", pa.float64(), "learning rate"),
+    ("batch_size", pa.int64(), "training batch size"),
+    ("seed", pa.int64(), "random seed"),
+    # progress
+    ("epoch", pa.int64(), "epochs completed at this evaluation"),
+    ("step", pa.int64(), "optimizer steps completed at this evaluation"),
+    ("is_final", pa.bool_(), "true on the trial's last evaluation (end of its budget)"),
+    ("wall_time_s", pa.float64(), "seconds of training wall time so far"),
+    ("time_per_epoch_s", pa.float64(), "mean seconds per training epoch so far"),
+    ("peak_memory_bytes", pa.int64(), "peak memory: CUDA max allocated, or process max RSS on CPU"),
+    ("skipped_steps", pa.int64(), "optimizer steps skipped by the NaN/inf guard so far"),
+    # metrics (on `split`, at `rho_eval`)
+    ("elbo", pa.float64(), "ELBO in nats per example (beta = 1, no free bits)"),
+    ("iw_bound", pa.float64(), "importance-weighted bound L_k in nats per example"),
+    ("iw_k", pa.int64(), "k of iw_bound (100 for validation, 5000 for test in the paper)"),
+    ("recon", pa.float64(), "expected negative log-likelihood E_q[-log p(x|z_1)]"),
+    ("kl_total", pa.float64(), "sum of the per-layer KLs"),
+    ("top_kl", pa.float64(), "KL of the top layer (nats per example)"),
+    ("top_active_units", pa.int64(), "active units of the top layer (Burda et al. 2016, threshold 0.01)"),
+    ("layer_kl", pa.list_(pa.float64()), "per-layer KL, bottom to top"),
+    ("layer_active_units", pa.list_(pa.int64()), "per-layer active units, bottom to top"),
+    ("grad_var", pa.float64(), "gradient variance of the first encoder layer (null when not measured)"),
+]
+
+SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
+COLUMN_DOCS: dict[str, str] = {name: doc for name, _, doc in COLUMNS}
+# Columns that must be present for the critical-rho analysis to mean anything.
+REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
+                         "is_final", "top_kl", "top_active_units")
+# Columns that together name one "configuration" (everything but rho and seed) for grouping.
+CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_samples",
+               "objective", "beta_schedule", "free_bits")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Return `table` with exactly SCHEMA's columns, in order, missing ones as nulls.
+
+    Why: conditional search spaces give trials different keys; every file must still share one schema so a
+    scan over the folder never fails on a schema mismatch.
+    """
+    unknown = set(table.column_names) - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"columns not in the results schema v{SCHEMA_VERSION}: {sorted(unknown)}")
+    arrays = []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            arrays.append(table.column(field.name).cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)

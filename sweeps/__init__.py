@@ -1,0 +1,1 @@
+"""Ray Tune layer: critical-rho grids, adaptive refinement, Optuna annealing search, Parquet sink."""
