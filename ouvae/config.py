@@ -1,0 +1,295 @@
+"""Validated experiment configuration with named presets built from each other.
+
+Why a frozen dataclass: a sweep trial, a checkpoint and a results row must all describe the same run, so the
+config is one immutable value that validates itself on construction, serialises to JSON, hashes stably and
+refuses unknown keys (a typo in a sweep must fail before any trial starts, not train the default silently).
+Presets follow openai/vdvae's `hps.py`: each preset is a parent plus overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+BETA_SCHEDULES = ("constant", "linear", "cosine", "sigmoid", "cyclical")
+OBJECTIVES = ("elbo", "iwae")
+SMOOTH_CHOICES = ("both", "encoder", "decoder")
+ARCHITECTURES = ("mlp", "conv")
+ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "softplus")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines one training run. Latent sizes are listed bottom (next to x) to top."""
+
+    preset: str = "base"
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    n_train: int | None = None  # cap on training images (None = the whole training split)
+    # model
+    architecture: str = "mlp"
+    latent_dims: tuple[int, ...] = (40, 40, 40, 40)
+    hidden_units: int = 200  # width of each deterministic layer (channels for conv)
+    hidden_layers: int = 2  # deterministic layers per map
+    activation: str = "tanh"
+    # OU smoothing
+    rho: float = 1.0
+    smooth_samples: int = 5  # K correlated copies per smoothed map
+    smooth: str = "both"
+    rho_eval: float | None = None  # None = evaluate at the training rho
+    # objective
+    objective: str = "elbo"
+    iw_samples: int = 1  # k of the IWAE objective
+    beta_schedule: str = "constant"
+    beta_min: float = 0.0  # beta at the start of a warm-up (or of each cycle)
+    beta_max: float = 1.0  # beta after the warm-up; the constant schedule uses beta_max
+    anneal_epochs: float = 10.0  # warm-up length (or cycle length for cyclical)
+    n_cycles: int = 4  # cyclical: number of cycles before beta stays at beta_max
+    cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
+    sigmoid_steepness: float = 10.0  # sigmoid: slope of the logistic warm-up
+    free_bits: float = 0.0  # nats per layer below which a layer's KL is not penalised (0 = off)
+    # optimisation
+    lr: float = 1e-3
+    batch_size: int = 100
+    epochs: int = 30
+    steps: int | None = None  # if set, the budget in optimizer steps instead of epochs
+    grad_clip: float | None = None
+    # evaluation
+    eval_every: int = 1  # epochs between evaluations (each one calls the trainer's callback)
+    eval_iw_k: int = 100  # k of the importance-weighted bound L_k on the validation split
+    eval_split: str = "validation"
+    eval_max_examples: int | None = None  # cap on evaluation images (None = the whole split)
+    grad_var_draws: int = 0  # noise draws for the first-encoder-layer gradient variance (0 = off)
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None  # torch intra-op threads (None = torch default)
+    max_skipped_steps: int = 50  # consecutive non-finite steps before the run fails as stalled
+
+    def __post_init__(self) -> None:
+        # Accept lists from JSON / CLI for the tuple field, then validate everything.
+        object.__setattr__(self, "latent_dims", tuple(int(d) for d in self.latent_dims))
+        _validate(self)
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "Config":
+        """The named preset with `overrides` applied; unknown presets and keys raise ConfigError."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name].replace(**overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        _reject_unknown(data)
+        return cls(**dict(data))
+
+    def replace(self, **overrides: Any) -> "Config":
+        _reject_unknown(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    # ----- views --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["latent_dims"] = list(self.latent_dims)
+        return d
+
+    def config_hash(self) -> str:
+        """Stable hash of everything but the seed and bookkeeping: equal hash = same configuration."""
+        d = self.to_dict()
+        for key in ("seed", "data_dir", "device", "num_threads", "preset"):
+            d.pop(key)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.latent_dims)
+
+    @property
+    def top_dim(self) -> int:
+        return self.latent_dims[-1]
+
+    @property
+    def effective_rho_eval(self) -> float:
+        return self.rho if self.rho_eval is None else self.rho_eval
+
+    @property
+    def beta_params(self) -> dict[str, float]:
+        """The parameters the chosen schedule actually reads (recorded on every result row)."""
+        keys = {
+            "constant": ("beta_max",),
+            "linear": ("beta_min", "beta_max", "anneal_epochs"),
+            "cosine": ("beta_min", "beta_max", "anneal_epochs"),
+            "sigmoid": ("beta_min", "beta_max", "anneal_epochs", "sigmoid_steepness"),
+            "cyclical": ("beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio"),
+        }[self.beta_schedule]
+        return {k: getattr(self, k) for k in keys}
+
+    def result_fields(self, binarization: str | None = None) -> dict[str, Any]:
+        """The hyperparameter columns of the results schema (analysis/schema.py)."""
+        return {
+            "preset": self.preset,
+            "dataset": self.dataset,
+            "binarization": binarization,
+            "architecture": self.architecture,
+            "n_layers": self.n_layers,
+            "latent_dims": "-".join(str(d) for d in self.latent_dims),
+            "hidden_units": self.hidden_units,
+            "hidden_layers": self.hidden_layers,
+            "activation": self.activation,
+            "rho": self.rho,
+            "rho_eval": self.effective_rho_eval,
+            "smooth_samples": self.smooth_samples,
+            "smooth": self.smooth,
+            "objective": self.objective,
+            "iw_samples": self.iw_samples,
+            "beta_schedule": self.beta_schedule,
+            "beta_params": json.dumps(self.beta_params, sort_keys=True),
+            "free_bits": self.free_bits,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "config_hash": self.config_hash(),
+        }
+
+
+def _reject_unknown(data: Mapping[str, Any]) -> None:
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hint = "; ".join(_close_match(k, known) for k in unknown)
+        raise ConfigError(f"unknown config key(s) {unknown}. {hint}".strip())
+
+
+def _close_match(key: str, known: set[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"did you mean {match[0]!r} for {key!r}?" if match else ""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _validate(c: Config) -> None:
+    _check(len(c.latent_dims) >= 1, "latent_dims is empty: give at least one stochastic layer, e.g. (40, 40, 40, 40)")
+    _check(all(d >= 1 for d in c.latent_dims), f"latent_dims must be positive integers, got {c.latent_dims}")
+    _check(0.0 < c.rho <= 1.0, f"rho must lie in (0, 1] (1 = no smoothing), got {c.rho}")
+    _check(c.rho_eval is None or 0.0 < c.rho_eval <= 1.0, f"rho_eval must lie in (0, 1] or be None, got {c.rho_eval}")
+    _check(c.smooth_samples >= 1, f"smooth_samples (K) must be >= 1, got {c.smooth_samples}")
+    _check(c.smooth in SMOOTH_CHOICES, f"smooth must be one of {SMOOTH_CHOICES}, got {c.smooth!r}")
+    _check(c.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {c.architecture!r}")
+    _check(c.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {c.activation!r}")
+    _check(c.hidden_units >= 1 and c.hidden_layers >= 1,
+           f"hidden_units and hidden_layers must be >= 1, got {c.hidden_units}, {c.hidden_layers}")
+    _check(c.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {c.objective!r}")
+    _check(c.iw_samples >= 1, f"iw_samples must be >= 1, got {c.iw_samples}")
+    _check(c.objective == "iwae" or c.iw_samples == 1,
+           f"iw_samples={c.iw_samples} needs objective='iwae' (the ELBO uses one sample)")
+    _check(c.beta_schedule in BETA_SCHEDULES, f"beta_schedule must be one of {BETA_SCHEDULES}, got {c.beta_schedule!r}")
+    _check(0.0 <= c.beta_min <= c.beta_max, f"need 0 <= beta_min <= beta_max, got {c.beta_min}, {c.beta_max}")
+    _check(c.anneal_epochs > 0, f"anneal_epochs must be > 0, got {c.anneal_epochs}")
+    _check(c.n_cycles >= 1, f"n_cycles must be >= 1, got {c.n_cycles}")
+    _check(0.0 < c.cycle_ratio <= 1.0, f"cycle_ratio must lie in (0, 1], got {c.cycle_ratio}")
+    _check(c.sigmoid_steepness > 0, f"sigmoid_steepness must be > 0, got {c.sigmoid_steepness}")
+    _check(c.free_bits >= 0.0, f"free_bits must be >= 0 nats, got {c.free_bits}")
+    _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
+    _check(c.epochs >= 1 or c.steps is not None, f"epochs must be >= 1, got {c.epochs}")
+    _check(c.steps is None or c.steps >= 1, f"steps must be >= 1 or None, got {c.steps}")
+    _check(c.grad_clip is None or c.grad_clip > 0, f"grad_clip must be > 0 or None, got {c.grad_clip}")
+    _check(c.eval_every >= 1, f"eval_every must be >= 1 epoch, got {c.eval_every}")
+    _check(c.eval_iw_k >= 1, f"eval_iw_k must be >= 1, got {c.eval_iw_k}")
+    _check(c.eval_split in ("validation", "test"), f"eval_split must be 'validation' or 'test', got {c.eval_split!r}")
+    _check(c.eval_max_examples is None or c.eval_max_examples >= 2,
+           f"eval_max_examples must be >= 2 or None, got {c.eval_max_examples}")
+    _check(c.n_train is None or c.n_train >= 1, f"n_train must be >= 1 or None, got {c.n_train}")
+    _check(c.grad_var_draws >= 0, f"grad_var_draws must be >= 0, got {c.grad_var_draws}")
+    _check(c.device in DEVICES, f"device must be one of {DEVICES}, got {c.device!r}")
+    _check(c.num_threads is None or c.num_threads >= 1, f"num_threads must be >= 1 or None, got {c.num_threads}")
+    _check(c.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {c.max_skipped_steps}")
+
+
+def _derive(parent: Config, name: str, **overrides: Any) -> Config:
+    return parent.replace(preset=name, **overrides)
+
+
+_BASE = Config()
+PRESETS: dict[str, Config] = {}
+# Appendix Tables 6 and 8: 4 stochastic layers of 40 units, each map two deterministic layers of 200 units.
+PRESETS["paper-mlp-4x40"] = _derive(_BASE, "paper-mlp-4x40", dataset="mnist", latent_dims=(40, 40, 40, 40))
+# Appendix Table 7: one stochastic layer of 64 units.
+PRESETS["paper-mlp-1x64"] = _derive(PRESETS["paper-mlp-4x40"], "paper-mlp-1x64", latent_dims=(64,))
+# Appendix Table 5: convolutional L=2 model on static MNIST (L=4: override latent_dims).
+PRESETS["paper-conv"] = _derive(_BASE, "paper-conv", dataset="static_mnist", architecture="conv",
+                                latent_dims=(32, 32), hidden_units=64, activation="elu")
+# Appendix Table 10: 4-layer conv model on CIFAR-10, batch 64 for memory.
+PRESETS["paper-conv-cifar"] = _derive(PRESETS["paper-conv"], "paper-conv-cifar", dataset="cifar10",
+                                      latent_dims=(64, 64, 64, 64), batch_size=64)
+# Fast offline demo on scikit-learn's digits: 4 x 10 latents, the DESIGN.md section 6 set-up.
+PRESETS["demo"] = _derive(_BASE, "demo", dataset="digits", latent_dims=(10, 10, 10, 10), epochs=60,
+                          eval_every=10, eval_iw_k=50, num_threads=1)
+
+
+# ----- command line -------------------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Expose every Config field as `--field-name VALUE` (underscores or dashes) with no default, so only the
+    fields a user names override the preset."""
+    group = parser.add_argument_group("config overrides (any Config field)")
+    for f in fields(Config):
+        if f.name == "preset":
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"]
+        if "_" in f.name:
+            flags.append(f"--{f.name}")
+        group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
+                           help=f"(default from preset) type {_type_name(f)}")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Parse the string overrides collected by add_config_arguments into typed values."""
+    out: dict[str, Any] = {}
+    for f in fields(Config):
+        raw = getattr(args, f"cfg_{f.name}", None)
+        if raw is not None:
+            out[f.name] = parse_value(f, raw)
+    return out
+
+
+def parse_value(f: dataclasses.Field, raw: str) -> Any:
+    name, kind = f.name, _type_name(f)
+    if raw.lower() in ("none", "null") and "None" in str(f.type):
+        return None
+    try:
+        if name == "latent_dims":
+            parts = _expand_times(raw) if "x" in raw else raw.replace(",", "-").split("-")
+            return tuple(int(p) for p in parts if p.strip() != "")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def _expand_times(raw: str) -> list[str]:
+    """`4x40` means four layers of 40 units."""
+    count, width = raw.split("x", 1)
+    return [width] * int(count)
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return str(f.type).replace("typing.", "")

@@ -1,0 +1,70 @@
+"""Config validation, presets, overrides and the command-line parsing of overrides."""
+
+import argparse
+
+import pytest
+
+from ouvae.config import PRESETS, Config, ConfigError, add_config_arguments, overrides_from_args
+
+
+def test_every_preset_is_valid_and_named():
+    for name, cfg in PRESETS.items():
+        assert cfg.preset == name
+        assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_presets_are_built_from_each_other():
+    mlp, one = PRESETS["paper-mlp-4x40"], PRESETS["paper-mlp-1x64"]
+    assert mlp.latent_dims == (40, 40, 40, 40) and mlp.hidden_units == 200 and mlp.hidden_layers == 2
+    assert one.latent_dims == (64,) and one.dataset == mlp.dataset == "mnist"
+    assert PRESETS["paper-conv-cifar"].batch_size == 64 and PRESETS["paper-conv-cifar"].architecture == "conv"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"rho": 0.0}, "rho must lie in (0, 1]"),
+    ({"rho": 1.2}, "rho must lie in (0, 1]"),
+    ({"smooth_samples": 0}, "smooth_samples (K) must be >= 1"),
+    ({"latent_dims": ()}, "latent_dims is empty"),
+    ({"smooth": "middle"}, "smooth must be one of"),
+    ({"beta_schedule": "exp"}, "beta_schedule must be one of"),
+    ({"iw_samples": 5}, "needs objective='iwae'"),
+    ({"beta_min": 2.0}, "beta_min <= beta_max"),
+])
+def test_out_of_range_values_are_refused_with_a_message(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        Config.from_preset("demo", **overrides)
+    assert fragment in str(e.value)
+
+
+def test_unknown_keys_and_presets_are_rejected_with_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'rho'"):
+        Config.from_preset("demo", rhoo=0.5)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Config.from_preset("nope")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        Config.from_dict({"latent": [1]})
+
+
+def test_config_hash_ignores_the_seed_but_not_rho():
+    a = Config.from_preset("demo", seed=1)
+    assert a.config_hash() == a.replace(seed=2).config_hash()
+    assert a.config_hash() != a.replace(rho=0.9).config_hash()
+
+
+def test_command_line_overrides_are_typed():
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    args = p.parse_args(["--rho", "0.9", "--latent-dims", "4x40", "--steps", "12", "--rho_eval", "none",
+                         "--beta-schedule", "cosine"])
+    cfg = Config.from_preset("demo", **overrides_from_args(args))
+    assert cfg.rho == 0.9 and cfg.latent_dims == (40, 40, 40, 40) and cfg.steps == 12
+    assert cfg.rho_eval is None and cfg.beta_schedule == "cosine"
+    assert overrides_from_args(p.parse_args(["--latent-dims", "5-5-5"]))["latent_dims"] == (5, 5, 5)
+    with pytest.raises(ConfigError, match="cannot read 'x1' as float"):
+        overrides_from_args(p.parse_args(["--rho", "x1"]))
+
+
+def test_result_fields_carry_the_hyperparameters():
+    f = Config.from_preset("demo", rho=0.9, seed=3).result_fields("dynamic")
+    assert f["latent_dims"] == "10-10-10-10" and f["n_layers"] == 4 and f["rho"] == 0.9 and f["seed"] == 3
+    assert f["rho_eval"] == 0.9 and f["binarization"] == "dynamic" and f["beta_params"] == '{"beta_max": 1.0}'

@@ -1,0 +1,91 @@
+"""The OU operator's defining properties, checked by Monte Carlo on Gaussian test functions."""
+
+import math
+
+import pytest
+import torch
+
+from ouvae.smoothing import GaussianSample, ou_noise, ou_operator, ou_smooth
+
+torch.set_num_threads(1)
+
+
+def hermite(k: int, x: torch.Tensor) -> torch.Tensor:
+    """Probabilists' Hermite polynomial He_k: the eigenfunctions of T_rho, eigenvalue rho^k."""
+    h0, h1 = torch.ones_like(x), x
+    if k == 0:
+        return h0
+    for n in range(1, k):
+        h0, h1 = h1, x * h1 - n * h0
+    return h1
+
+
+EPS = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64).unsqueeze(1)  # 9 points, 1 dimension
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("rho", [0.3, 0.7, 0.95])
+def test_hermite_component_is_scaled_by_rho_to_the_k(k, rho):
+    torch.manual_seed(k)
+    smoothed = ou_operator(lambda e: hermite(k, e), EPS, rho, 200_000)
+    expected = rho**k * hermite(k, EPS)
+    # Monte Carlo error of the mean of He_k over 2e5 draws is below ~0.02 * sqrt(k!) here
+    assert torch.allclose(smoothed, expected, atol=0.03 * math.sqrt(math.factorial(k)))
+
+
+def test_gaussian_mean_is_kept():
+    torch.manual_seed(0)
+    f = lambda e: torch.tanh(3 * e) + e**2  # noqa: E731 - not a polynomial: mean E f = 1 + 0
+    eps = torch.randn(20_000, 1, dtype=torch.float64)
+    smoothed = ou_operator(f, eps, 0.6, 64)
+    assert smoothed.mean().item() == pytest.approx(f(eps).mean().item(), abs=0.03)
+    assert smoothed.mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_variance_is_damped_at_least_by_rho_squared():
+    torch.manual_seed(1)
+    f = lambda e: torch.tanh(3 * e)  # noqa: E731 - zero mean, many Hermite components
+    eps = torch.randn(20_000, 1, dtype=torch.float64)
+    for rho in (0.5, 0.8):
+        assert ou_operator(f, eps, rho, 256).var().item() <= rho**2 * f(eps).var().item()
+
+
+def test_semigroup_property():
+    torch.manual_seed(2)
+    rho, sigma = 0.8, 0.6
+    f = lambda e: hermite(3, e) + torch.sin(e)  # noqa: E731
+    nested = ou_operator(lambda e: ou_operator(f, e, sigma, 400), EPS, rho, 400)
+    direct = ou_operator(f, EPS, rho * sigma, 160_000)
+    assert torch.allclose(nested, direct, atol=0.1)
+
+
+def test_rho_one_and_k_one_are_the_identity_exactly():
+    torch.manual_seed(3)
+    f = lambda e: torch.sin(5 * e)  # noqa: E731
+    eps = torch.randn(50, 3)
+    assert torch.equal(ou_operator(f, eps, 1.0, 8), f(eps))
+    assert torch.equal(ou_operator(f, eps, 0.5, 1), f(eps))
+
+
+def test_copies_have_the_marginal_of_the_sample():
+    torch.manual_seed(4)
+    eps = torch.randn(200_000, 1)
+    copies = ou_noise(eps, 0.7, 3)
+    assert copies.shape == (3, 200_000, 1)
+    assert copies.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert copies.std().item() == pytest.approx(1.0, abs=0.01)
+    corr = torch.corrcoef(torch.stack([copies[0, :, 0], eps[:, 0]]))[0, 1].item()
+    assert corr == pytest.approx(0.7, abs=0.01)  # each copy keeps correlation rho with the original
+
+
+def test_all_copies_go_through_the_network_in_one_call():
+    calls = []
+
+    def f(z):
+        calls.append(z.shape)
+        return 2 * z
+
+    mu, std, eps = torch.zeros(6, 4), torch.ones(6, 4), torch.randn(6, 4)
+    out = ou_smooth(f, GaussianSample(mu + std * eps, mu, std, eps), 0.5, 5)
+    assert calls == [torch.Size([30, 4])]
+    assert out.shape == (6, 4)
