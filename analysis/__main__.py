@@ -1,0 +1,67 @@
+"""Command line: ``python -m analysis <results> [--out DIR] [--sweep ID] ...`` (also ``ouvae-analyze``).
+
+Prints the rho_c table and the across-latent-size verdicts, writes the report folder. Bad input ends with one
+line ``error: ...`` on stderr and exit code 2, never a traceback, and no report is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+output (in --out, default <results>/report):
+  report.html   self-contained report (figures embedded): open in a browser, share as one file
+  figures/      the same figures as PNG: transition_*.png (top-layer KL and active fraction vs rho with the fitted
+                rho_c and interval, per latent size), active_units_*.png (per layer), curves_*.png (over steps)
+  tables/       CSV: rho_c, latent_size_comparison, table6, table8 (and table9/table10 with a benchmark file)
+
+exit codes: 0 ok, 2 bad input (the message says what to fix)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Critical rho, paper-style tables, plots and a report from ouvae sweep results (Parquet).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", help="results folder holding sweep_id=<id>/<trial>.parquet")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: <results>/report)")
+    p.add_argument("--sweep", metavar="ID", action="append",
+                   help="analyse only this sweep id (repeat for several; default: every sweep in the folder)")
+    p.add_argument("--benchmark", metavar="PATH",
+                   help="trainer benchmark JSON for Tables 9-10 (default: <results>/benchmark.json if present)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples of seeds for rho_c (default 500)")
+    p.add_argument("--compare-boot", type=int, default=200,
+                   help="seed resamples for the across-latent-size differences (default 200; 0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstraps (default 0)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures (faster)")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="use the latest evaluation of trials that have not finished (default: finished trials only)")
+    p.add_argument("--drop-nan", action="store_true",
+                   help="leave out trials whose final metrics are NaN/inf (default: stop with an error)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from analysis.io import AnalysisError
+    from analysis.report import analyze
+
+    try:
+        rep = analyze(args.results, args.out, sweeps=args.sweep, level=args.level, n_boot=args.n_boot,
+                      compare_boot=args.compare_boot, seed=args.seed, benchmark=args.benchmark,
+                      plots_on=not args.no_plots, include_unfinished=args.include_unfinished,
+                      drop_nan=args.drop_nan)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no report was written", file=sys.stderr)
+        return 130
+    print(rep.text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

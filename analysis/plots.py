@@ -1,0 +1,165 @@
+"""PNG figures: the transition per latent size (like the appendix's Figures 5-6), active units per layer, and
+training curves.
+
+Why matplotlib's object API (``Figure`` + Agg canvas) and never pyplot: no display is needed or touched, nothing
+global is switched (importing analysis inside a notebook keeps the notebook's backend), and figures are freed
+as soon as they are saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis.transition import TransitionFit
+
+DPI = 110
+
+
+def _new(ncols: int, width: float = 5.2, height: float = 4.0) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * ncols, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in (np.linspace(0.0, 0.85, n) if n > 1 else [0.3])]
+
+
+def _jitter(n: int, span: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-span, span, size=n)
+
+
+def _fit_label(dims: str, fit: TransitionFit | None, level: float) -> str:
+    if fit is None or fit.status != "ok" or fit.rho_c is None:
+        status = "no fit" if fit is None else fit.status.replace("_", " ")
+        return f"{dims}: {status}"
+    ci = "" if fit.ci_low is None else f" [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
+    return f"{dims}: ρc = {fit.rho_c:.3f}{ci}"
+
+
+def plot_transition(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str, TransitionFit], path: Path,
+                    *, title: str, level: float = 0.95) -> Path:
+    """Top-layer KL vs rho (left) and the fraction of active top units with the fitted logistic (right).
+
+    One colour per latent size; dots are single runs (seeds, slightly jittered), lines the median over seeds;
+    the vertical line and band are the fitted rho_c and its bootstrap interval.
+    """
+    fig, (ax_kl, ax_m) = _new(2)
+    order = configs.sort("top_dim", "total_latent")
+    rho_all = runs["rho"].unique().sort().to_numpy()
+    step = float(np.min(np.diff(rho_all))) if len(rho_all) > 1 else 0.01
+    grid = np.linspace(rho_all.min(), rho_all.max(), 400) if len(rho_all) else np.array([])
+    for color, cfg in zip(_colors(order.height), order.iter_rows(named=True)):
+        sub = runs.filter(pl.col("config_id") == cfg["config_id"])
+        fit = fits.get(cfg["config_id"])
+        rho = sub["rho"].to_numpy()
+        jit = rho + _jitter(len(rho), 0.12 * step, 1)
+        med = sub.group_by("rho").agg(pl.col("top_kl").median(), pl.col("active_fraction").mean()).sort("rho")
+        ax_kl.scatter(jit, sub["top_kl"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
+        ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8, label=_fit_label(cfg["latent_dims"], fit, level))
+        ax_m.scatter(jit, sub["active_fraction"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
+        if fit is not None and fit.status == "ok" and fit.rho_c is not None and fit.width:
+            z = np.clip((grid - fit.rho_c) / fit.width, -500, 500)
+            ax_m.plot(grid, 1.0 / (1.0 + np.exp(z)), color=color, lw=1.8, label=cfg["latent_dims"])
+            for ax in (ax_kl, ax_m):
+                ax.axvline(fit.rho_c, color=color, ls="--", lw=1.0)
+                if fit.ci_low is not None and fit.ci_high is not None:
+                    # An interval unbounded on one side is drawn to the edge of the swept range.
+                    lo = max(fit.ci_low, float(rho_all.min()) - step)
+                    hi = min(fit.ci_high, float(rho_all.max()) + step)
+                    ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
+        else:
+            ax_m.plot(med["rho"], med["active_fraction"], color=color, lw=1.0, ls=":", label=f"{cfg['latent_dims']} (no fit)")
+    ax_kl.set_xlabel("ρ")
+    ax_kl.set_ylabel("top-layer KL (nats)")
+    ax_kl.set_title("Top-layer KL at the end of training")
+    ax_kl.legend(fontsize=8, title=f"latent sizes, ρc [{level:.0%} interval]", title_fontsize=8)
+    ax_m.set_xlabel("ρ")
+    ax_m.set_ylabel("fraction of active top-layer units")
+    ax_m.set_ylim(-0.05, 1.05)
+    ax_m.set_title("Order parameter and logistic fit")
+    ax_m.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_active_units(runs: pl.DataFrame, configs: pl.DataFrame, path: Path, *, title: str) -> Path:
+    """Active units of every stochastic layer vs rho (mean over seeds), one panel per latent size."""
+    order = configs.sort("top_dim", "total_latent")
+    fig, axes = _new(order.height, width=4.2, height=3.6)
+    for ax, cfg in zip(axes, order.iter_rows(named=True)):
+        sub = runs.filter(pl.col("config_id") == cfg["config_id"])
+        per = (sub.select("rho", "layer_active_units")
+               .with_columns(pl.int_ranges(pl.col("layer_active_units").list.len()).alias("layer"))
+               .explode("layer_active_units", "layer")
+               .group_by("rho", "layer").agg(pl.col("layer_active_units").mean().alias("au"),
+                                             pl.col("layer_active_units").min().alias("lo"),
+                                             pl.col("layer_active_units").max().alias("hi"))
+               .sort("layer", "rho"))
+        layers = per["layer"].unique().sort().to_list()
+        for color, layer in zip(_colors(len(layers)), layers):
+            d = per.filter(pl.col("layer") == layer)
+            name = f"z{layer + 1}" + (" (top)" if layer == layers[-1] else "")
+            ax.plot(d["rho"], d["au"], color=color, lw=1.6, marker="o", ms=3, label=name)
+            ax.fill_between(d["rho"].to_numpy(), d["lo"].to_numpy(), d["hi"].to_numpy(), color=color, alpha=0.12, lw=0)
+        ax.set_title(cfg["latent_dims"], fontsize=10)
+        ax.set_xlabel("ρ")
+        ax.set_ylabel("active units (mean; band = seed range)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_curves(curves: pl.DataFrame, path: Path, *, title: str) -> Path:
+    """Training curves of one configuration: bound and top-layer KL over optimizer steps, one line per rho.
+
+    ``curves``: rows (rho, step) with seed-averaged iw_bound/elbo and top_kl. Colour encodes rho (colour bar).
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig, (ax_b, ax_kl) = _new(2)
+    rhos = curves["rho"].unique().sort().to_list()
+    norm = Normalize(vmin=min(rhos), vmax=max(rhos) if max(rhos) > min(rhos) else min(rhos) + 1e-6)
+    cmap = colormaps["viridis"]
+    use_iw = curves["iw_bound"].drop_nulls().len() > 0
+    bound = "iw_bound" if use_iw else "elbo"
+    for rho in rhos:
+        d = curves.filter(pl.col("rho") == rho).sort("step")
+        ax_b.plot(d["step"], d[bound], color=cmap(norm(rho)), lw=1.2)
+        ax_kl.plot(d["step"], d["top_kl"], color=cmap(norm(rho)), lw=1.2)
+    ax_b.set_xlabel("step")
+    ax_b.set_ylabel("importance-weighted bound (nats)" if use_iw else "ELBO (nats)")
+    ax_b.set_title("Bound on the evaluation split (mean over seeds)")
+    ax_kl.set_xlabel("step")
+    ax_kl.set_ylabel("top-layer KL (nats)")
+    ax_kl.set_title("Top-layer KL (mean over seeds)")
+    top = curves["top_kl"].drop_nulls()
+    if top.len() and top.min() > 0 and top.max() / top.min() > 100:
+        ax_kl.set_yscale("log")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[ax_b, ax_kl], label="ρ", shrink=0.9)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of an id."""
+    out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+    return out[:80] or "figure"
+
