@@ -21,7 +21,7 @@ exit codes: 0 ok, 2 bad input (the message says what to fix)."""
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m analysis",
+        prog="ouvae-analyze" if sys.argv and sys.argv[0].endswith("ouvae-analyze") else "python -m analysis",
         description="Critical rho, paper-style tables, plots and a report from ouvae sweep results (Parquet).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="results folder holding sweep_id=<id>/<trial>.parquet")

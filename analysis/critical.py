@@ -50,9 +50,12 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
     """
     wanted = list(dict.fromkeys([*CONFIG_KEYS, "split", *OTHER_SETTINGS, *RUN_COLUMNS]))
     trial = ["sweep_id", "trial_id"]
-    lf = results.lf.select(wanted).with_columns(pl.col("is_final").any().over(trial).alias("_finished"))
-    keep = pl.col("is_final") if not include_unfinished else (pl.col("is_final") | ~pl.col("_finished"))
-    lf = lf.filter(keep)
+    if include_unfinished:
+        # The latest evaluation of every trial: the final one where it exists (is_final is the last evaluation).
+        lf = results.lf.select(wanted)
+    else:
+        # Filter first: the window below then runs over the final rows only, not over every evaluation.
+        lf = results.lf.filter(pl.col("is_final")).select(wanted)
     lf = lf.filter(pl.col("step") == pl.col("step").max().over(trial)).unique(subset=trial, keep="last")
     return lf.with_columns(_derived()).with_columns(
         (pl.col("top_active_units") / pl.col("top_dim")).alias("active_fraction"))
@@ -75,6 +78,11 @@ def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool,
                      f"their latest evaluation).")
     elif unfinished:
         notes.append(f"{unfinished} unfinished trial(s) contribute their latest evaluation, not a final one.")
+    bad_rho = runs.filter(~pl.col("rho").is_finite() | (pl.col("rho") <= 0) | (pl.col("rho") > 1))
+    if bad_rho.height:
+        r = bad_rho.row(0, named=True)
+        raise AnalysisError(f"{bad_rho.height} trial(s) have rho outside (0, 1], e.g. rho = {r['rho']} in trial "
+                            f"{r['trial_id']} ({r[FILE_COL]}): rho must be in (0, 1]; fix the writer or remove the file")
     bad_dims = runs.filter(pl.col("top_dim").is_null() | (pl.col("top_dim") <= 0))
     if bad_dims.height:
         raise AnalysisError(f"latent_dims {bad_dims['latent_dims'][0]!r} (trial {bad_dims['trial_id'][0]}) is not "
@@ -261,7 +269,10 @@ def _fit_one(runs: pl.DataFrame, cfg: dict, i: int, multi: set[str], fits: dict[
     act = sub["top_active_units"].to_numpy()
     dim = sub["top_dim"].to_numpy()
     rng = np.random.default_rng([seed, i])
-    fit = fit_transition(rho, sd, act, dim, level=level, n_boot=n_boot, rng=rng)
+    try:
+        fit = fit_transition(rho, sd, act, dim, level=level, n_boot=n_boot, rng=rng)
+    except ValueError as exc:  # the fit's own input check: name the configuration it concerns
+        raise AnalysisError(f"configuration {cfg['config_id']} ({cfg['label']}): {exc}") from None
     fits[cfg["config_id"]] = fit
     floor = fit.status == "ok" and fit.width is not None and _w_at_floor(fit.width, rho)
     if fit.status == "ok" and not floor and cfg["family_id"] in multi and compare_boot > 0 and fit.n_seeds >= 2:

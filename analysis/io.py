@@ -75,7 +75,12 @@ def result_globs(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
     else:
         chosen = present
     patterns = [str(base / f"sweep_id={s}" / "*.parquet") for s in chosen]
-    if not any(glob.glob(p) for p in patterns):
+    files = [f for p in patterns for f in glob.glob(p)]
+    empty = sorted(f for f in files if os.path.getsize(f) == 0)
+    if empty:
+        raise AnalysisError(f"{len(empty)} result file(s) are empty (0 bytes, e.g. {_examples(empty, base, len(empty))}):"
+                            f" a writer crashed before its first write; delete them and re-run those trials")
+    if not files:
         where = f"sweep(s) {', '.join(chosen)} in {base}" if chosen else str(base)
         raise AnalysisError(f"no result files in {where}: expected {base}/sweep_id=<id>/<trial>.parquet; point the "
                             f"command at the folder the sweep wrote, or wait until a trial has reported")
@@ -91,6 +96,7 @@ def scan_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
     return pl.scan_parquet(
         result_globs(root, sweeps),
         hive_partitioning=True,
+        hidden_file_prefix=(".", "_"),  # temp files of atomic writes and _SUCCESS-style markers are not results
         schema=_polars_schema(),
         missing_columns="insert",
         extra_columns="ignore",
@@ -112,7 +118,8 @@ class Results:
 
 
 def _type_mismatch_files(root: Path, lf_globs: list[str]) -> str:
-    """Slow path after a type error: read file footers to name the files whose column types differ."""
+    """Slow path after a read error: read file footers to name the files that are unreadable or whose column types
+    differ from the schema, with the fix for that case."""
     expected = {name: typ for name, typ, _ in COLUMNS}
     bad: list[str] = []
     detail = ""
@@ -133,7 +140,9 @@ def _type_mismatch_files(root: Path, lf_globs: list[str]) -> str:
                 break
     if not bad:
         return ""
-    return f"{len(bad)} file(s) {detail} (e.g. {_examples(bad, root, len(bad))})"
+    fix = ("delete or replace them (a partial copy? copy them again from the cluster)" if "cannot be read" in detail
+           else "rewrite them with analysis.schema.conform or move them out of the folder")
+    return f"{len(bad)} file(s) {detail} (e.g. {_examples(bad, root, len(bad))}); {fix}"
 
 
 def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None) -> Results:
@@ -155,10 +164,7 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
             *[pl.col(c).null_count().alias(f"null:{c}") for c in REQUIRED_FOR_ANALYSIS],
         ).collect()
     except pl.exceptions.PolarsError as exc:
-        named = _type_mismatch_files(base, globs)
-        what = named or f"the files could not be read together ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
-        raise AnalysisError(f"results in {base} do not match results schema v{SCHEMA_VERSION}: {what}; rewrite them "
-                            f"with analysis.schema.conform or move them out of the folder") from None
+        raise AnalysisError(_read_error(base, globs, exc)) from None
     row = summary.row(0, named=True)
     if row["n_rows"] == 0:
         raise AnalysisError(f"the result files in {base} hold no rows: wait until a trial has reported an evaluation, "
@@ -191,8 +197,13 @@ def collect(results: Results, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
     try:
         return pl.collect_all(list(queries))
     except pl.exceptions.PolarsError as exc:
-        globs = result_globs(results.root, results.sweeps)
-        named = _type_mismatch_files(results.root, globs)
-        what = named or f"the files could not be read ({exc.__class__.__name__}: {str(exc).splitlines()[0]})"
-        raise AnalysisError(f"results in {results.root} do not match results schema v{SCHEMA_VERSION}: {what}; "
-                            f"rewrite them with analysis.schema.conform or move them out of the folder") from None
+        raise AnalysisError(_read_error(results.root, result_globs(results.root, results.sweeps), exc)) from None
+
+
+def _read_error(root: Path, globs: list[str], exc: Exception) -> str:
+    named = _type_mismatch_files(root, globs)
+    if named:
+        return f"results in {root} do not match results schema v{SCHEMA_VERSION}: {named}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"results in {root} could not be read ({exc.__class__.__name__}: {first}); check that every "
+            f"sweep_id=*/*.parquet file is a complete results file of schema v{SCHEMA_VERSION}")
