@@ -47,6 +47,7 @@ class Config:
     smooth_samples: int = 5  # K correlated copies per smoothed map
     smooth: str = "both"
     rho_eval: float | None = None  # None = evaluate at the training rho
+    smooth_recompute: bool = False  # recompute smoothed maps in backward: less memory, ~one extra forward
     # objective
     objective: str = "elbo"
     iw_samples: int = 1  # k of the IWAE objective
@@ -276,6 +277,10 @@ def parse_value(f: dataclasses.Field, raw: str) -> Any:
         if name == "latent_dims":
             parts = _expand_times(raw) if "x" in raw else raw.replace(",", "-").split("-")
             return tuple(int(p) for p in parts if p.strip() != "")
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
         if kind.startswith("int"):
             return int(raw)
         if kind.startswith("float"):

@@ -136,13 +136,14 @@ class HierarchicalVAE(nn.Module):
         k = self.cfg.smooth_samples if k is None else k
         enc_rho = rho if self.cfg.smooth in ("both", "encoder") else 1.0
         dec_rho = rho if self.cfg.smooth in ("both", "decoder") else 1.0
+        recompute = self.cfg.smooth_recompute
 
         params = self.encode_x(x)
         samples: list[GaussianSample] = []
         q_params: list[tuple[torch.Tensor, torch.Tensor]] = []
         for l in range(len(self.cfg.latent_dims)):
             if l > 0:
-                params = ou_smooth(self.encoders[l - 1], samples[-1], enc_rho, k)
+                params = ou_smooth(self.encoders[l - 1], samples[-1], enc_rho, k, recompute)
             mu, logvar = params.chunk(2, dim=-1)
             q_params.append((mu, logvar))
             samples.append(sample_gaussian(mu, logvar))
@@ -156,10 +157,10 @@ class HierarchicalVAE(nn.Module):
                 log_p_layers.append(-0.5 * (LOG_2PI + z**2).sum(-1))
                 kl_layers.append(kl_to_standard_normal(*q_params[l]))
             else:
-                mu_p, logvar_p = ou_smooth(self.decoders[l], samples[l + 1], dec_rho, k).chunk(2, dim=-1)
+                mu_p, logvar_p = ou_smooth(self.decoders[l], samples[l + 1], dec_rho, k, recompute).chunk(2, dim=-1)
                 log_p_layers.append(gaussian_log_density(samples[l], mu_p, logvar_p))
                 kl_layers.append(log_q[:, l] - log_p_layers[-1])
-        out = ou_smooth(self.decode_x, samples[0], dec_rho, k)
+        out = ou_smooth(self.decode_x, samples[0], dec_rho, k, recompute)
         return Pass(
             log_px=self.log_likelihood(x, out),
             log_q=log_q,

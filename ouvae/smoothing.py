@@ -16,6 +16,7 @@ import math
 from typing import Callable, NamedTuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 class GaussianSample(NamedTuple):
@@ -43,13 +44,24 @@ def ou_noise(eps: torch.Tensor, rho: float, k: int) -> torch.Tensor:
     return rho * eps.unsqueeze(0) + math.sqrt(max(0.0, 1.0 - rho * rho)) * eta
 
 
-def ou_smooth(f: Callable[[torch.Tensor], torch.Tensor], sample: GaussianSample, rho: float, k: int) -> torch.Tensor:
-    """Monte Carlo T_rho f at the latent `sample`: f on K correlated copies in one batched pass, outputs averaged."""
+def ou_smooth(f: Callable[[torch.Tensor], torch.Tensor], sample: GaussianSample, rho: float, k: int,
+              recompute: bool = False) -> torch.Tensor:
+    """Monte Carlo T_rho f at the latent `sample`: f on K correlated copies in one batched pass, outputs averaged.
+
+    `recompute` trades time for memory: the K-fold activations inside f are not kept for the backward pass
+    but recomputed from the (small) latent copies, so smoothing costs about one extra forward of the smoothed
+    maps instead of K times their activation memory.
+    """
     if is_identity(rho, k):
         return f(sample.z)
     copies = sample.mu.unsqueeze(0) + sample.std.unsqueeze(0) * ou_noise(sample.eps, rho, k)  # (K, B, ...)
-    out = f(copies.flatten(0, 1))  # (K*B, ...): one pass, whatever the network's layer types
-    return out.unflatten(0, (k, sample.z.shape[0])).mean(0)
+
+    def averaged(c: torch.Tensor) -> torch.Tensor:
+        return f(c.flatten(0, 1)).unflatten(0, (k, c.shape[1])).mean(0)  # one pass over all K*B rows
+
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(averaged, copies, use_reentrant=False, preserve_rng_state=False)
+    return averaged(copies)
 
 
 def ou_operator(f: Callable[[torch.Tensor], torch.Tensor], eps: torch.Tensor, rho: float, k: int) -> torch.Tensor:
