@@ -13,8 +13,10 @@ EPILOG = """\
 output (in --out, default <results>/report):
   report.html   self-contained report (figures embedded): open in a browser, share as one file
   figures/      the same figures as PNG: transition_*.png (top-layer KL and active fraction vs rho with the fitted
-                rho_c and interval, per latent size), active_units_*.png (per layer), curves_*.png (over steps)
-  tables/       CSV: rho_c, latent_size_comparison, table6, table8 (and table9/table10 with a benchmark file)
+                rho_c and interval, per latent size), layers_*.png (active units and KL of every layer vs rho),
+                curves_*.png (training curves over steps)
+  tables/       CSV: rho_c, latent_size_comparison, order_parameters (every run), table6, table8
+                (and table9/table10 with a benchmark file)
 
 exit codes: 0 ok, 2 bad input (the message says what to fix)."""
 

@@ -394,15 +394,23 @@ def compare_latent_sizes(table: pl.DataFrame, boots: dict[str, np.ndarray], *, l
             rc = f"rho_c is higher for wider latents at every step ({values}), unlike the paper"
         elif lower or higher:
             rc = f"rho_c changes with width in {lower + higher} of {n} steps ({lower} lower, {higher} higher; {values})"
+        elif all(r["rho_c_verdict"].startswith("no verdict") for r in rows[-n:]):
+            rc = f"rho_c cannot be compared across widths: an interval is unbounded ({values}); add seeds or widen the range"
         else:
             rc = f"no clear change of rho_c with width at {pct} ({values})"
+        unresolved = sum(1 for r in rows[-n:] if not r["sharpness_verdict"].startswith(("sharper", "broader", "no clear")))
         if sharper == n:
             sh = "the transition sharpens (smaller w) with width"
         elif broader == n:
             sh = "the transition broadens (larger w) with width"
+        elif unresolved == n:
+            sh = ("the sharpness w cannot be compared (transitions sharper than the rho spacing, or too few seeds "
+                  "for an interval)")
         elif sharper or broader:
             sh = f"w changes in {sharper + broader} of {n} steps ({sharper} sharper, {broader} broader)"
         else:
             sh = "no clear change of the sharpness w"
+        if unresolved and unresolved < n:
+            sh += f" ({unresolved} of {n} steps could not be compared)"
         trends[fam_id] = f"{label}: {rc}; {sh}{tail}."
     return pl.DataFrame(rows, schema=COMPARISON_SCHEMA), trends

@@ -98,30 +98,46 @@ def plot_transition(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str
     return _save(fig, path)
 
 
-def plot_active_units(runs: pl.DataFrame, configs: pl.DataFrame, path: Path, *, title: str) -> Path:
-    """Active units of every stochastic layer vs rho (mean over seeds), one panel per latent size."""
+def plot_layers(runs: pl.DataFrame, configs: pl.DataFrame, path: Path, *, title: str) -> Path:
+    """Per-layer order parameters vs rho, one column per latent size: active units (top row) and KL (bottom row).
+
+    Lines are means over seeds, bands the range over seeds; z1 is the layer next to x, the last one the top.
+    """
     order = configs.sort("top_dim", "total_latent")
-    fig, axes = _new(order.height, width=4.2, height=3.6)
-    for ax, cfg in zip(axes, order.iter_rows(named=True)):
+    ncols = order.height
+    fig = Figure(figsize=(4.2 * ncols, 6.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(2, ncols, squeeze=False)
+    for col, cfg in enumerate(order.iter_rows(named=True)):
         sub = runs.filter(pl.col("config_id") == cfg["config_id"])
-        per = (sub.select("rho", "layer_active_units")
+        per = (sub.select("rho", "layer_active_units", "layer_kl")
                .with_columns(pl.int_ranges(pl.col("layer_active_units").list.len()).alias("layer"))
-               .explode("layer_active_units", "layer")
-               .group_by("rho", "layer").agg(pl.col("layer_active_units").mean().alias("au"),
-                                             pl.col("layer_active_units").min().alias("lo"),
-                                             pl.col("layer_active_units").max().alias("hi"))
+               .explode("layer_active_units", "layer_kl", "layer")
+               .group_by("rho", "layer")
+               .agg(*[e for c in ("layer_active_units", "layer_kl") for e in
+                      (pl.col(c).mean().alias(f"{c}_mean"), pl.col(c).min().alias(f"{c}_lo"),
+                       pl.col(c).max().alias(f"{c}_hi"))])
                .sort("layer", "rho"))
-        layers = per["layer"].unique().sort().to_list()
-        for color, layer in zip(_colors(len(layers)), layers):
-            d = per.filter(pl.col("layer") == layer)
-            name = f"z{layer + 1}" + (" (top)" if layer == layers[-1] else "")
-            ax.plot(d["rho"], d["au"], color=color, lw=1.6, marker="o", ms=3, label=name)
-            ax.fill_between(d["rho"].to_numpy(), d["lo"].to_numpy(), d["hi"].to_numpy(), color=color, alpha=0.12, lw=0)
-        ax.set_title(cfg["latent_dims"], fontsize=10)
-        ax.set_xlabel("ρ")
-        ax.set_ylabel("active units (mean; band = seed range)")
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
+        layers = per["layer"].drop_nulls().unique().sort().to_list()
+        for row, (metric, ylabel) in enumerate((("layer_active_units", "active units"), ("layer_kl", "KL (nats)"))):
+            ax = grid[row][col]
+            for color, layer in zip(_colors(len(layers)), layers):
+                d = per.filter(pl.col("layer") == layer)
+                name = f"z{layer + 1}" + (" (top)" if layer == layers[-1] else "")
+                ax.plot(d["rho"], d[f"{metric}_mean"], color=color, lw=1.6, marker="o", ms=3, label=name)
+                ax.fill_between(d["rho"].to_numpy(), d[f"{metric}_lo"].to_numpy(), d[f"{metric}_hi"].to_numpy(),
+                                color=color, alpha=0.12, lw=0)
+            if metric == "layer_kl":
+                vals = per[f"{metric}_lo"].drop_nulls()
+                if vals.len() and vals.min() > 0:
+                    ax.set_yscale("log")
+            ax.set_xlabel("ρ")
+            ax.set_ylabel(f"{ylabel} per layer")
+            if row == 0:
+                ax.set_title(cfg["latent_dims"], fontsize=10)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: per-layer active units and KL at the end of training (mean; band = range over seeds)",
+                 fontsize=11)
     return _save(fig, path)
 
 

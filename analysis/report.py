@@ -69,6 +69,18 @@ def curves_query(results: Results) -> pl.LazyFrame:
     return lf.group_by(keys).agg(*[pl.col(c).mean() for c in metrics], pl.len().alias("n"))
 
 
+def order_parameters(critical: CriticalResult) -> pl.DataFrame:
+    """Every run's end-of-training order parameters (all seeds kept), per-layer lists bottom to top as strings."""
+    runs = critical.runs.join(critical.configs.select("config_id", "label"), on="config_id", how="left")
+    return runs.select(
+        "config_id", "label", "sweep_id", "trial_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
+        "active_fraction", "top_kl", "kl_total", "elbo", "iw_bound",
+        pl.col("layer_active_units").list.eval(pl.element().cast(pl.String)).list.join(",")
+        .alias("layer_active_units_bottom_up"),
+        pl.col("layer_kl").list.eval(pl.element().round(6).cast(pl.String)).list.join(",").alias("layer_kl_bottom_up"),
+    ).sort("config_id", "rho", "seed")
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -277,6 +289,7 @@ def analyze(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
             figures = _make_figures(critical, frames[2], stage / "figures")
         for t in tables:
             t.data.write_csv(stage / "tables" / f"{t.key}.csv")
+        order_parameters(critical).write_csv(stage / "tables" / "order_parameters.csv")
         report.figures = [out / "figures" / p.name for figs in figures.values() for p, _ in figs]
         text = render_html(report, figures, tables)
         tmp = stage / f".{REPORT_NAME}.tmp"
@@ -302,8 +315,8 @@ def _make_figures(critical: CriticalResult, curves: pl.DataFrame, folder: Path) 
             (plots.plot_transition(runs, fam, critical.fits, folder / f"transition_{plots.safe_name(fam_id)}.png",
                                    title=label, level=critical.level),
              f"{label}: top-layer KL and active fraction vs ρ, fitted ρc with interval"),
-            (plots.plot_active_units(runs, fam, folder / f"active_units_{plots.safe_name(fam_id)}.png", title=label),
-             f"{label}: active units per layer vs ρ"),
+            (plots.plot_layers(runs, fam, folder / f"layers_{plots.safe_name(fam_id)}.png", title=label),
+             f"{label}: active units and KL of every layer vs ρ"),
         ]
         for c in fam.iter_rows(named=True):
             cur = curves.filter(pl.col("config_id") == c["config_id"])

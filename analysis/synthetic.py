@@ -44,7 +44,7 @@ class SyntheticTruth:
     root: Path
     sweep_id: str
     rho_c: dict[str, float]  # latent_dims string ("10-10-10-10") -> true rho_c of the top layer
-    width: float
+    width: dict[str, float]  # latent_dims string -> true logistic width w
     rhos: tuple[float, ...]
     seeds: tuple[int, ...]
     n_rows: int
@@ -52,13 +52,13 @@ class SyntheticTruth:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _rho_c_for(spec: RhoCSpec, width: int) -> float:
+def _per_size(spec: RhoCSpec, size: int, name: str) -> float:
     if callable(spec):
-        return float(spec(width))
+        return float(spec(size))
     if isinstance(spec, Mapping):
-        if width not in spec:
-            raise ValueError(f"rho_c has no entry for latent size {width}; give one per latent size")
-        return float(spec[width])
+        if size not in spec:
+            raise ValueError(f"{name} has no entry for latent size {size}; give one per latent size")
+        return float(spec[size])
     return float(spec)
 
 
@@ -82,7 +82,7 @@ def make_synthetic_results(
     rhos: Sequence[float] = DEFAULT_RHOS,
     n_seeds: int = 4,
     rho_c: RhoCSpec = DEFAULT_RHO_C,
-    width: float = 0.01,
+    width: RhoCSpec = 0.01,
     seed_sd: float = 0.004,
     layer_offset: float = 0.03,
     n_evals: int = 5,
@@ -93,8 +93,8 @@ def make_synthetic_results(
 ) -> SyntheticTruth:
     """Write one synthetic sweep (latent sizes x rhos x seeds trials) under ``root`` and return its truth.
 
-    ``rho_c`` is one value, a mapping latent size -> value, or a function of the latent size; a value outside
-    the swept rhos gives a sweep with no transition. ``overrides`` sets other schema columns on every row
+    ``rho_c`` and ``width`` are each one value, a mapping latent size -> value, or a function of the latent size;
+    a rho_c outside the swept rhos gives a sweep with no transition. ``overrides`` sets other schema columns on every row
     (e.g. ``{"objective": "iwae", "iw_samples": 5}``) to make further configurations. Rows per trial =
     ``n_evals``, so total rows = len(latent_sizes) * len(rhos) * n_seeds * n_evals.
     """
@@ -108,12 +108,14 @@ def make_synthetic_results(
     rhos = tuple(float(r) for r in rhos)
     seed_shift = gen.normal(0.0, seed_sd, size=n_seeds) if seed_sd > 0 else np.zeros(n_seeds)
     truth: dict[str, float] = {}
+    widths: dict[str, float] = {}
     n_rows = n_files = 0
     frac = np.arange(1, n_evals + 1) / n_evals  # fraction of training done at each evaluation
     for d in latent_sizes:
         dims = "-".join([str(int(d))] * n_layers)
-        rc = _rho_c_for(rho_c, int(d))
-        truth[dims] = rc
+        rc = _per_size(rho_c, int(d), "rho_c")
+        w = _per_size(width, int(d), "width")
+        truth[dims], widths[dims] = rc, w
         base = {
             "schema_version": SCHEMA_VERSION, "ouvae_version": "synthetic", "sweep_id": sweep_id, "preset": "synthetic",
             "dataset": dataset, "split": "validation", "binarization": "dynamic", "architecture": "mlp",
@@ -127,7 +129,7 @@ def make_synthetic_results(
             cfg_hash = hashlib.sha1(json.dumps({**base, "rho": rho}, sort_keys=True, default=str).encode()).hexdigest()[:12]
             for s in seeds:
                 # Per-layer probability of an active unit, bottom (index 0) to top; lower layers collapse later.
-                p = [_logistic(rho, rc + seed_shift[s] + (n_layers - 1 - layer) * layer_offset, width)
+                p = [_logistic(rho, rc + seed_shift[s] + (n_layers - 1 - layer) * layer_offset, w)
                      for layer in range(n_layers)]
                 active_final = gen.binomial(int(d), p)
                 kl_per_unit = gen.uniform(0.4, 1.2, size=n_layers)
@@ -158,5 +160,5 @@ def make_synthetic_results(
                 _write_atomic(table, folder / f"{trial_id}.parquet")
                 n_rows += n
                 n_files += 1
-    return SyntheticTruth(root=Path(root), sweep_id=sweep_id, rho_c=truth, width=width, rhos=rhos, seeds=seeds,
+    return SyntheticTruth(root=Path(root), sweep_id=sweep_id, rho_c=truth, width=widths, rhos=rhos, seeds=seeds,
                           n_rows=n_rows, n_files=n_files, config={**overrides, "n_layers": n_layers, "dataset": dataset})

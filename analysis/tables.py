@@ -52,8 +52,8 @@ def _num(v: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _units(values: list[float] | None) -> str:
-    if not values:
+def _units(values: list[float | None] | None) -> str:
+    if not values or any(v is None for v in values):
         return "–"
     out = []
     for v in values:

@@ -91,12 +91,32 @@ def test_wider_latents_higher_rho_c_is_reported_as_such(tmp_path):
     assert all(v.startswith("no verdict") for v in rep.critical.comparisons["sharpness_verdict"].to_list())
 
 
+def test_equal_rho_c_gives_no_verdict_of_change(tmp_path):
+    root = tmp_path / "res"
+    make_synthetic_results(root, rho_c=0.92, n_evals=1, rng=2)
+    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=60)
+    assert rep.critical.comparisons["rho_c_verdict"].to_list() == ["no clear difference"] * 2
+    assert "no clear change of rho_c with width" in next(iter(rep.critical.trends.values()))
+
+
+def test_sharper_transition_for_wider_latent_is_detected(tmp_path):
+    root = tmp_path / "res"
+    rhos = [round(0.80 + 0.01 * i, 3) for i in range(21)]
+    make_synthetic_results(root, latent_sizes=(10, 40), rho_c=0.9, width={10: 0.04, 40: 0.012}, rhos=rhos,
+                           n_seeds=4, n_evals=1, rng=4)
+    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=100)
+    row = rep.critical.comparisons.row(0, named=True)
+    assert row["sharpness_verdict"] == "sharper for the wider latent", row
+    assert row["ratio_ci_high"] < 1 and abs(row["width_ratio"] - 0.3) < 0.15
+    assert "the transition sharpens (smaller w) with width" in next(iter(rep.critical.trends.values()))
+
+
 def test_report_figures_and_tables_written(synth):
     _, out, rc, _, _ = synth
     assert rc == 0
     pngs = sorted((out / "figures").glob("*.png"))
     names = {p.name.split("_f")[0].split("_c")[0] for p in pngs}
-    assert {"transition", "active_units", "curves"} <= names
+    assert {"transition", "layers", "curves"} <= names
     assert len([p for p in pngs if p.name.startswith("curves_")]) == 3  # one per configuration
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC
@@ -104,7 +124,7 @@ def test_report_figures_and_tables_written(synth):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs)  # self-contained: every figure embedded
     assert "Table 6" in html and "Table 8" in html and "Critical ρ per configuration" in html
-    for name in ("rho_c", "latent_size_comparison", "table6", "table8"):
+    for name in ("rho_c", "latent_size_comparison", "table6", "table8", "order_parameters"):
         assert (out / "tables" / f"{name}.csv").stat().st_size > 0
     assert no_report_left(out.parent / "nothing") and not list(out.parent.glob(".report.staging-*"))
 
