@@ -247,7 +247,12 @@ def analyze(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if n_boot < 50:
         raise AnalysisError(f"--n-boot {n_boot} is too few bootstrap resamples for an interval: use at least 50 "
                             f"(500 is the default)")
+    if compare_boot < 0:
+        raise AnalysisError(f"--compare-boot {compare_boot} is negative: give 0 (off) or a number of resamples")
     root = Path(results_dir)
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    if write and out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out {out} is a file: give a folder for the report")
     results = load_results(root, sweeps)
     bench_path = Path(benchmark) if benchmark is not None else root / BENCHMARK_NAME
     bench = read_benchmark(bench_path) if (benchmark is not None or bench_path.is_file()) else None
@@ -276,17 +281,27 @@ def analyze(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if not write:
         return report
 
-    out = Path(out_dir) if out_dir is not None else root / "report"
-    if out.exists() and not out.is_dir():
-        raise AnalysisError(f"--out {out} is a file: give a folder for the report")
+    try:
+        _write(report, critical, frames[2] if plots_on else None, tables, out)
+    except OSError as exc:  # unwritable or full disk: say where and why, nothing half-written stays behind
+        raise AnalysisError(f"cannot write the report to {out} ({exc.strerror or exc}): choose another --out "
+                            f"or free some space") from None
+    report.out_dir = out
+    report.path = out / REPORT_NAME
+    return report
+
+
+def _write(report: Report, critical: CriticalResult, curves: pl.DataFrame | None, tables: list[Table],
+           out: Path) -> None:
+    """Stage figures, tables and report.html in a hidden folder beside ``out``; publish them only when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         (stage / "figures").mkdir()
         (stage / "tables").mkdir()
         figures: dict[str, list[tuple[Path, str]]] = {}
-        if plots_on:
-            figures = _make_figures(critical, frames[2], stage / "figures")
+        if curves is not None:
+            figures = _make_figures(critical, curves, stage / "figures")
         for t in tables:
             t.data.write_csv(stage / "tables" / f"{t.key}.csv")
         order_parameters(critical).write_csv(stage / "tables" / "order_parameters.csv")
@@ -298,9 +313,6 @@ def analyze(results_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    report.out_dir = out
-    report.path = out / REPORT_NAME
-    return report
 
 
 def _make_figures(critical: CriticalResult, curves: pl.DataFrame, folder: Path) -> dict[str, list[tuple[Path, str]]]:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="results folder to create/reuse (default: a folder in the temp dir)")
     p.add_argument("--threads", type=int, default=2, help="Polars threads (default 2, the target machine)")
     p.add_argument("--repeat", type=int, default=2, help="timed repetitions; the best is reported (default 2)")
+    p.add_argument("--keep-report", action="store_true", help="keep the report written by the last timing")
     args = p.parse_args(argv)
     os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # must be set before polars is imported
 
@@ -105,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in table.iter_rows(named=True):
         print(f"  {r['latent_dims']}: {r['rho_c']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]  truth "
               f"{meta['rho_c'][r['latent_dims']]:.4f}")
-    print(f"report: {out / 'report.html'}")
+    if args.keep_report:
+        print(f"report: {out / 'report.html'}")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     return 0
 
 

@@ -336,6 +336,16 @@ def test_bad_input_exit_2_clear_message_no_report(case, small, tmp_path):
     assert no_report_left(out) and not (tmp_path / "out").exists()
 
 
+def test_unwritable_output_is_a_clear_error(small, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc, stdout, stderr = run_cli(small, "--out", blocker / "report", "--no-plots", *FAST)
+    assert rc == 2 and stderr.startswith("error: cannot write the report") and len(stderr.strip().splitlines()) == 1
+    rc, _, stderr = run_cli(small, "--out", blocker, "--no-plots", *FAST)
+    assert rc == 2 and "is a file" in stderr
+    assert blocker.read_text() == "not a folder"
+
+
 def test_bad_file_is_named_in_the_message(small, tmp_path):
     bad = _first_file(small)
     _rewrite(bad, lambda t: _set(t, "schema_version", [0] * t.num_rows))
