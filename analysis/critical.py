@@ -229,7 +229,7 @@ FIT_SCHEMA = {
     "config_id": pl.String, "status": pl.String, "rho_c": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
     "width": pl.Float64, "bracket_low": pl.Float64, "bracket_high": pl.Float64, "changepoint": pl.Float64,
     "n_runs": pl.Int64, "n_rho": pl.Int64, "n_seeds": pl.Int64, "message": pl.String, "kl_midpoint": pl.Float64,
-    "w_floor": pl.Boolean,
+    "w_floor": pl.Boolean, "beyond": pl.String, "rho_min": pl.Float64, "rho_max": pl.Float64,
 }
 
 
@@ -278,7 +278,22 @@ def _fit_one(runs: pl.DataFrame, cfg: dict, i: int, multi: set[str], fits: dict[
     if fit.status == "ok" and not floor and cfg["family_id"] in multi and compare_boot > 0 and fit.n_seeds >= 2:
         boots[cfg["config_id"]] = _width_bootstrap(rho, sd, act, dim, compare_boot, rng)
     return {"config_id": cfg["config_id"], **{f: getattr(fit, f) for f in FIT_FIELDS},
-            "kl_midpoint": kl_midpoint(rho, sub["top_kl"].to_numpy()), "w_floor": floor}
+            "kl_midpoint": kl_midpoint(rho, sub["top_kl"].to_numpy()), "w_floor": floor,
+            "beyond": _beyond(fit, rho, sub["active_fraction"].to_numpy()),
+            "rho_min": float(rho.min()), "rho_max": float(rho.max())}
+
+
+def _beyond(fit: TransitionFit, rho: np.ndarray, m: np.ndarray) -> str | None:
+    """For "no transition in the range": does rho_c lie above the swept range (still mostly active at its top)
+    or below it (mostly collapsed at its bottom)? None otherwise or when the data do not say."""
+    if fit.status != "no_transition" or fit.n_rho < 2:
+        return None
+    top, bottom = float(m[rho == rho.max()].mean()), float(m[rho == rho.min()].mean())
+    if top >= 0.5 and bottom >= 0.5:
+        return "above"
+    if top < 0.5 and bottom < 0.5:
+        return "below"
+    return None
 
 
 def difference_interval(a: float, a_lo: float, a_hi: float, b: float, b_lo: float, b_hi: float
@@ -326,14 +341,60 @@ def _finite(*vals: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in vals)
 
 
+def _bounds(r: dict) -> tuple[float, float] | None:
+    """Where rho_c can lie for one configuration: its interval if fitted, else the side of the swept range."""
+    if r["status"] == "ok" and _finite(r["ci_low"], r["ci_high"]):
+        return r["ci_low"], r["ci_high"]
+    if r["status"] == "no_transition" and r["beyond"] == "above":
+        return r["rho_max"], math.inf
+    if r["status"] == "no_transition" and r["beyond"] == "below":
+        return -math.inf, r["rho_min"]
+    return None
+
+
+def _rho_c_text(r: dict) -> str:
+    if r["status"] == "ok":
+        return f"{r['rho_c']:.3f}"
+    if r["beyond"] == "above":
+        return f"> {r['rho_max']:g}"
+    if r["beyond"] == "below":
+        return f"< {r['rho_min']:g}"
+    return r["status"].replace("_", " ")
+
+
+def _rho_c_pair(a: dict, b: dict) -> tuple[float | None, float | None, float | None, str]:
+    """(delta, interval low, interval high, verdict) for rho_c(b) - rho_c(a), b the wider configuration."""
+    if a["status"] == "ok" and b["status"] == "ok":
+        d = b["rho_c"] - a["rho_c"]
+        if not _finite(a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"]):
+            return d, None, None, "no verdict (an interval is missing or unbounded)"
+        lo, hi = difference_interval(a["rho_c"], a["ci_low"], a["ci_high"], b["rho_c"], b["ci_low"], b["ci_high"])
+        if hi < 0:
+            return d, lo, hi, "lower for the wider latent"
+        if lo > 0:
+            return d, lo, hi, "higher for the wider latent"
+        return d, lo, hi, "no clear difference"
+    # At least one side has no transition in its swept range: compare where each rho_c can lie.
+    ba, bb = _bounds(a), _bounds(b)
+    if ba is None or bb is None:
+        return None, None, None, "no verdict (no transition located)"
+    where = "; ".join(f"{r['latent_dims']} {_rho_c_text(r)}" for r in (a, b))
+    if bb[1] < ba[0]:
+        return None, None, None, f"lower for the wider latent ({where})"
+    if bb[0] > ba[1]:
+        return None, None, None, f"higher for the wider latent ({where})"
+    return None, None, None, f"no verdict ({where})"
+
+
 def compare_latent_sizes(table: pl.DataFrame, boots: dict[str, np.ndarray], *, level: float = 0.95
                          ) -> tuple[pl.DataFrame, dict[str, str]]:
     """Within each family, compare consecutive latent sizes (narrow -> wide).
 
     For each pair: delta rho_c = rho_c(wide) - rho_c(narrow) with a MOVER interval from the two rho_c intervals,
     and the width ratio w(wide)/w(narrow) with a seed-bootstrap interval. A verdict says "lower"/"higher" (or
-    "sharper"/"broader") only when its interval excludes 0 (or 1); otherwise "no clear difference". One
-    sentence per family summarises the pairs.
+    "sharper"/"broader") only when its interval excludes 0 (or 1); otherwise "no clear difference". A size with
+    no transition in its swept range still bounds its rho_c (above or below the range), which can decide the
+    rho_c comparison on its own. One sentence per family summarises the pairs.
     """
     rows = []
     trends: dict[str, str] = {}
@@ -342,35 +403,28 @@ def compare_latent_sizes(table: pl.DataFrame, boots: dict[str, np.ndarray], *, l
         fam = table.filter(pl.col("family_id") == fam_id).sort("top_dim", "total_latent")
         if fam["latent_dims"].n_unique() < 2:
             continue
-        ok = fam.filter(pl.col("status") == "ok")
+        usable = fam.filter((pl.col("status") == "ok") | pl.col("beyond").is_not_null())
         skipped = [f"{r['latent_dims']} ({r['status'].replace('_', ' ')})"
-                   for r in fam.filter(pl.col("status") != "ok").iter_rows(named=True)]
+                   for r in fam.filter((pl.col("status") != "ok") & pl.col("beyond").is_null()).iter_rows(named=True)]
         label = fam["family_label"][0]
-        tail = f" (no fit for {', '.join(skipped)})" if skipped else ""
-        if ok.height < 2:
-            trends[fam_id] = f"{label}: cannot compare latent sizes, fewer than two have a fitted transition{tail}."
+        tail = f" (left out: {', '.join(skipped)})" if skipped else ""
+        if usable.height < 2 or usable.filter(pl.col("status") == "ok").height == 0:
+            trends[fam_id] = f"{label}: cannot compare latent sizes, too few have a located transition{tail}."
             continue
-        recs = list(ok.iter_rows(named=True))
+        recs = list(usable.iter_rows(named=True))
         lower = higher = sharper = broader = 0
         for a, b in zip(recs, recs[1:]):
-            d = b["rho_c"] - a["rho_c"]
-            dlo = dhi = None
-            if _finite(a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"]):
-                dlo, dhi = difference_interval(a["rho_c"], a["ci_low"], a["ci_high"], b["rho_c"], b["ci_low"],
-                                               b["ci_high"])
-            if dlo is None:
-                rv = "no verdict (an interval is missing or unbounded)"
-            elif dhi < 0:
-                rv, lower = "lower for the wider latent", lower + 1
-            elif dlo > 0:
-                rv, higher = "higher for the wider latent", higher + 1
-            else:
-                rv = "no clear difference"
-            ratio = b["width"] / a["width"]
-            rlo = rhi = None
-            if a["w_floor"] or b["w_floor"]:
+            d, dlo, dhi, rv = _rho_c_pair(a, b)
+            lower += rv.startswith("lower")
+            higher += rv.startswith("higher")
+            ratio = rlo = rhi = None
+            if a["status"] != "ok" or b["status"] != "ok":
+                sv = "no verdict (no fitted transition on one side)"
+            elif a["w_floor"] or b["w_floor"]:
+                ratio = b["width"] / a["width"]
                 sv = "not resolved (a step sharper than the rho spacing: w unknown; sample rho more finely)"
             else:
+                ratio = b["width"] / a["width"]
                 if a["config_id"] in boots and b["config_id"] in boots:
                     rlo, rhi = ratio_interval(a["width"], b["width"], boots[a["config_id"]], boots[b["config_id"]],
                                               min(a["n_seeds"], b["n_seeds"]), level)
@@ -386,16 +440,15 @@ def compare_latent_sizes(table: pl.DataFrame, boots: dict[str, np.ndarray], *, l
                          "delta_rho_c": d, "delta_ci_low": dlo, "delta_ci_high": dhi, "rho_c_verdict": rv,
                          "width_ratio": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi, "sharpness_verdict": sv})
         n = len(recs) - 1
-        values = ", ".join(f"{r['latent_dims']}: {r['rho_c']:.3f}" for r in recs)
+        values = ", ".join(f"{r['latent_dims']}: {_rho_c_text(r)}" for r in recs)
         if lower == n:
-            rc = (f"rho_c is lower for wider latents at every step ({values}; every {pct} interval of the difference "
-                  f"is below 0), as the paper reports")
+            rc = f"rho_c is lower for wider latents at every step ({values}; each step clear at {pct}), as the paper reports"
         elif higher == n:
             rc = f"rho_c is higher for wider latents at every step ({values}), unlike the paper"
         elif lower or higher:
             rc = f"rho_c changes with width in {lower + higher} of {n} steps ({lower} lower, {higher} higher; {values})"
         elif all(r["rho_c_verdict"].startswith("no verdict") for r in rows[-n:]):
-            rc = f"rho_c cannot be compared across widths: an interval is unbounded ({values}); add seeds or widen the range"
+            rc = f"rho_c cannot be compared across widths ({values}); add seeds or widen the range"
         else:
             rc = f"no clear change of rho_c with width at {pct} ({values})"
         unresolved = sum(1 for r in rows[-n:] if not r["sharpness_verdict"].startswith(("sharper", "broader", "no clear")))
@@ -404,8 +457,8 @@ def compare_latent_sizes(table: pl.DataFrame, boots: dict[str, np.ndarray], *, l
         elif broader == n:
             sh = "the transition broadens (larger w) with width"
         elif unresolved == n:
-            sh = ("the sharpness w cannot be compared (transitions sharper than the rho spacing, or too few seeds "
-                  "for an interval)")
+            sh = ("the sharpness w cannot be compared (no fit on one side, a step sharper than the rho spacing, or "
+                  "too few seeds for an interval)")
         elif sharper or broader:
             sh = f"w changes in {sharper + broader} of {n} steps ({sharper} sharper, {broader} broader)"
         else:

@@ -116,7 +116,7 @@ def comparison_table(critical: CriticalResult) -> Table | None:
     def iv(lo: float | None, hi: float | None, d: int) -> str:
         return "–" if lo is None else f"[{lo:.{d}f}, {hi:.{d}f}]"
 
-    rows = [[r["family_label"], f"{r['narrow']} → {r['wide']}", f"{r['delta_rho_c']:+.3f}",
+    rows = [[r["family_label"], f"{r['narrow']} → {r['wide']}", "–" if r["delta_rho_c"] is None else f"{r['delta_rho_c']:+.3f}",
              iv(r["delta_ci_low"], r["delta_ci_high"], 3), r["rho_c_verdict"],
              _fmt(r["width_ratio"], 2), iv(r["ratio_ci_low"], r["ratio_ci_high"], 2), r["sharpness_verdict"]]
             for r in c.iter_rows(named=True)]

@@ -91,6 +91,17 @@ def test_wider_latents_higher_rho_c_is_reported_as_such(tmp_path):
     assert all(v.startswith("no verdict") for v in rep.critical.comparisons["sharpness_verdict"].to_list())
 
 
+def test_size_without_transition_in_range_still_bounds_the_comparison(tmp_path):
+    root = tmp_path / "res"
+    # the narrow model never collapses in [0.8, 1]: its rho_c lies above the range, so the wider one is lower
+    make_synthetic_results(root, latent_sizes=(10, 40), rho_c={10: 1.5, 40: 0.9}, n_evals=1, rng=6)
+    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=0)
+    assert rep.critical.table["status"].to_list() == ["no_transition", "ok"]
+    assert rep.critical.table["beyond"].to_list() == ["above", None]
+    verdict = rep.critical.comparisons["rho_c_verdict"][0]
+    assert verdict.startswith("lower for the wider latent") and "> 1" in verdict
+
+
 def test_equal_rho_c_gives_no_verdict_of_change(tmp_path):
     root = tmp_path / "res"
     make_synthetic_results(root, rho_c=0.92, n_evals=1, rng=2)
