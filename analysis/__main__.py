@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; no report was written", file=sys.stderr)
         return 130
     print(rep.text())
+    print(f"\nreport: {rep.path}")
     return 0
 
 

@@ -143,8 +143,6 @@ def render_text(rep: Report) -> str:
         lines += ["", cmp.to_text()]
     if rep.notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in rep.notes)]
-    if rep.path is not None:
-        lines += ["", f"report: {rep.path}"]
     return "\n".join(lines)
 
 
