@@ -137,7 +137,7 @@ def test_report_figures_and_tables_written(synth):
     assert "Table 6" in html and "Table 8" in html and "Critical ρ per configuration" in html
     for name in ("rho_c", "latent_size_comparison", "table6", "table8", "order_parameters"):
         assert (out / "tables" / f"{name}.csv").stat().st_size > 0
-    assert no_report_left(out.parent / "nothing") and not list(out.parent.glob(".report.staging-*"))
+    assert not list(out.parent.glob(".report.staging-*"))  # the staging folder is gone after publishing
 
 
 def test_no_transition_in_range_is_said_plainly(tmp_path):
