@@ -56,7 +56,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed)
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)  # data seed fixed: every run scored on the same images
         self.train_x = self.data.train if cfg.n_train is None else self.data.train[: cfg.n_train]
         eval_x = getattr(self.data, cfg.eval_split)
         self.eval_x = eval_x if cfg.eval_max_examples is None else eval_x[: cfg.eval_max_examples]
