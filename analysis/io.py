@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -87,14 +87,15 @@ def result_globs(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
     return [p for p in patterns if glob.glob(p)]
 
 
-def scan_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None) -> pl.LazyFrame:
+def scan_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None, *,
+                 globs: list[str] | None = None) -> pl.LazyFrame:
     """A lazy frame over every result row, with the full current schema and a ``__file`` column.
 
     Columns absent from a file come back as nulls (validation then names them); narrower integer/float types are
     upcast. Nothing is read until a query is collected.
     """
     return pl.scan_parquet(
-        result_globs(root, sweeps),
+        globs if globs is not None else result_globs(root, sweeps),
         hive_partitioning=True,
         hidden_file_prefix=(".", "_"),  # temp files of atomic writes and _SUCCESS-style markers are not results
         schema=_polars_schema(),
@@ -114,7 +115,6 @@ class Results:
     lf: pl.LazyFrame
     n_rows: int
     n_files: int
-    notes: list[str] = field(default_factory=list)
 
 
 def _type_mismatch_files(root: Path, lf_globs: list[str]) -> str:
@@ -153,7 +153,7 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
     """
     base = Path(root)
     globs = result_globs(base, sweeps)
-    lf = scan_results(base, sweeps)
+    lf = scan_results(base, sweeps, globs=globs)
     chosen = list(dict.fromkeys(sweeps)) if sweeps else find_sweeps(base)
     version_bad = pl.col("schema_version").is_null() | (pl.col("schema_version") != SCHEMA_VERSION)
     try:
@@ -163,7 +163,7 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
             version_bad.sum().alias("version_bad"),
             *[pl.col(c).null_count().alias(f"null:{c}") for c in REQUIRED_FOR_ANALYSIS],
         ).collect()
-    except pl.exceptions.PolarsError as exc:
+    except (pl.exceptions.PolarsError, OSError) as exc:
         raise AnalysisError(_read_error(base, globs, exc)) from None
     row = summary.row(0, named=True)
     if row["n_rows"] == 0:
@@ -196,7 +196,7 @@ def collect(results: Results, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
     """
     try:
         return pl.collect_all(list(queries))
-    except pl.exceptions.PolarsError as exc:
+    except (pl.exceptions.PolarsError, OSError) as exc:
         raise AnalysisError(_read_error(results.root, result_globs(results.root, results.sweeps), exc)) from None
 
 
