@@ -20,7 +20,7 @@ def digits() -> DatasetSplits:
 
 
 def quick(**overrides) -> Config:
-    base = dict(latent_dims=(5, 5), hidden_units=32, steps=40, eval_every=1000, eval_iw_k=5, n_train=400,
+    base = dict(rho=1.0, latent_dims=(5, 5), hidden_units=32, steps=40, eval_every=1000, eval_iw_k=5, n_train=400,
                 eval_max_examples=100)
     return Config.from_preset("demo", **{**base, **overrides})
 
