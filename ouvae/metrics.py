@@ -9,10 +9,9 @@ Kept apart from the model (biva-pytorch style) so evaluation can change without 
 from __future__ import annotations
 
 import math
-import os
 import resource
 import sys
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -117,7 +116,3 @@ def peak_memory_bytes(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
