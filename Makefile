@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo sweep test bench venv clean
+.PHONY: sweep demo test bench venv clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# The main job on the embedded default: local Ray, digits, a few latent sizes and seeds (~5 minutes, 2 cores).
+sweep: $(STAMP)
+	$(BIN)/python sweeps/critical_rho.py $(ARGS)
+
+# One training run of the trainer alone (digits, rho = 0.8, ~1 minute).
 demo: $(STAMP)
-	$(BIN)/python -m ouvae.train --preset demo --out runs/demo
+	$(BIN)/python -m ouvae.train --preset demo --out runs/demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
