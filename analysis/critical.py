@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
-from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results, collect
+from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
 from analysis.schema import CONFIG_KEYS
 from analysis.transition import W_MIN_FRACTION_OF_GAP, TransitionFit, _small_sample_factor, fit_transition
 
@@ -34,7 +34,7 @@ FIT_FIELDS = ("status", "rho_c", "ci_low", "ci_high", "width", "bracket_low", "b
               "n_runs", "n_rho", "n_seeds", "message")
 
 
-def _derived() -> list[pl.Expr]:
+def derived_columns() -> list[pl.Expr]:
     return [
         pl.col("latent_dims").str.split("-").list.last().cast(pl.Int64, strict=False).alias("top_dim"),
         pl.when(pl.col("rho_eval").is_null() | ((pl.col("rho_eval") - pl.col("rho")).abs() < 1e-9))
@@ -57,7 +57,7 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
         # Filter first: the window below then runs over the final rows only, not over every evaluation.
         lf = results.lf.filter(pl.col("is_final")).select(wanted)
     lf = lf.filter(pl.col("step") == pl.col("step").max().over(trial)).unique(subset=trial, keep="last")
-    return lf.with_columns(_derived()).with_columns(
+    return lf.with_columns(derived_columns()).with_columns(
         (pl.col("top_active_units") / pl.col("top_dim")).alias("active_fraction"))
 
 

@@ -25,7 +25,7 @@ import polars as pl
 
 from analysis import plots
 from analysis.critical import GROUP_KEYS, CriticalResult, check_runs, configurations, final_runs_query, \
-    fit_configurations, mixing_notes, trial_counts_query, _derived
+    fit_configurations, mixing_notes, trial_counts_query, derived_columns
 from analysis.io import AnalysisError, Results, collect, load_results
 from analysis.schema import SCHEMA_VERSION
 from analysis.tables import Table, read_benchmark, summarize_runs, table6, table8, table9, table10
@@ -64,7 +64,7 @@ def curves_query(results: Results) -> pl.LazyFrame:
     metrics = ("iw_bound", "elbo", "top_kl", "top_active_units")
     keys = [*GROUP_KEYS, "rho", "step"]
     lf = results.lf.select(*[k for k in GROUP_KEYS if k != "eval_rho"], "rho", "rho_eval", "step", *metrics)
-    lf = lf.with_columns(_derived()[1]).with_columns(
+    lf = lf.with_columns(derived_columns()[1]).with_columns(
         [pl.col(c).cast(pl.Float64).fill_nan(None) for c in metrics])
     return lf.group_by(keys).agg(*[pl.col(c).mean() for c in metrics], pl.len().alias("n"))
 

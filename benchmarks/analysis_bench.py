@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print("stages:")
     t_load = best(load, "scan + validation (lazy, one pass)")
     t_q = best(queries, "final rows + trial counts + curves (collect_all)")
-    t_fit = best(fits, "fits (3 configs, n_boot=500, w-boot=200)")
+    best(fits, "fits (3 configs, n_boot=500, w-boot=200)")
     t_tab = best(tables, "tables 6 and 8")
     print(f"  {'sum of the row-dependent stages (no fits)':<46s} {t_load + t_q + t_tab:7.3f} s   "
           f"{n_rows / (t_load + t_q + t_tab):14,.0f} rows/s")
