@@ -35,6 +35,7 @@ FIT_FIELDS = ("status", "rho_c", "ci_low", "ci_high", "width", "bracket_low", "b
 
 
 def derived_columns() -> list[pl.Expr]:
+    """[top_dim (last entry of latent_dims), eval_rho ("train" or the fixed evaluation rho)], in that order."""
     return [
         pl.col("latent_dims").str.split("-").list.last().cast(pl.Int64, strict=False).alias("top_dim"),
         pl.when(pl.col("rho_eval").is_null() | ((pl.col("rho_eval") - pl.col("rho")).abs() < 1e-9))
