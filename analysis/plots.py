@@ -44,9 +44,14 @@ def _jitter(n: int, span: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-span, span, size=n)
 
 
-def _fit_label(dims: str, fit: TransitionFit | None, level: float) -> str:
+def _fit_label(dims: str, fit: TransitionFit | None, level: float, row: Mapping | None = None) -> str:
     if fit is None or fit.status != "ok" or fit.rho_c is None:
         status = "no fit" if fit is None else fit.status.replace("_", " ")
+        beyond = (row or {}).get("beyond")
+        if beyond == "above":
+            status += f" (ρc > {row['rho_max']:g})"
+        elif beyond == "below":
+            status += f" (ρc < {row['rho_min']:g})"
         return f"{dims}: {status}"
     ci = "" if fit.ci_low is None else f" [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
     return f"{dims}: ρc = {fit.rho_c:.3f}{ci}"
@@ -55,6 +60,8 @@ def _fit_label(dims: str, fit: TransitionFit | None, level: float) -> str:
 def plot_transition(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str, TransitionFit], path: Path,
                     *, title: str, level: float = 0.95) -> Path:
     """Top-layer KL vs rho (left) and the fraction of active top units with the fitted logistic (right).
+
+    ``configs``: rows of the rho_c table (or of the configurations) of one family.
 
     One colour per latent size; dots are single runs (seeds, slightly jittered), lines the median over seeds;
     the vertical line and band are the fitted rho_c and its bootstrap interval.
@@ -71,7 +78,8 @@ def plot_transition(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str
         jit = rho + _jitter(len(rho), 0.12 * step, 1)
         med = sub.group_by("rho").agg(pl.col("top_kl").median(), pl.col("active_fraction").mean()).sort("rho")
         ax_kl.scatter(jit, sub["top_kl"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
-        ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8, label=_fit_label(cfg["latent_dims"], fit, level))
+        ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8,
+                   label=_fit_label(cfg["latent_dims"], fit, level, cfg))
         ax_m.scatter(jit, sub["active_fraction"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
         if fit is not None and fit.status == "ok" and fit.rho_c is not None and fit.width:
             z = np.clip((grid - fit.rho_c) / fit.width, -500, 500)

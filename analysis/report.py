@@ -322,7 +322,7 @@ def _make_figures(critical: CriticalResult, curves: pl.DataFrame, folder: Path) 
         label = fam["family_label"][0]
         runs = critical.runs.filter(pl.col("family_id") == fam_id)
         figs = [
-            (plots.plot_transition(runs, fam, critical.fits, folder / f"transition_{plots.safe_name(fam_id)}.png",
+            (plots.plot_transition(runs, critical.table.filter(pl.col("family_id") == fam_id), critical.fits, folder / f"transition_{plots.safe_name(fam_id)}.png",
                                    title=label, level=critical.level),
              f"{label}: top-layer KL and active fraction vs ρ, fitted ρc with interval"),
             (plots.plot_layers(runs, fam, folder / f"layers_{plots.safe_name(fam_id)}.png", title=label),
