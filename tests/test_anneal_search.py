@@ -1,0 +1,94 @@
+"""Tests of the Optuna search over KL-annealing schedules: truncated-trial handling, bad input, and a study that
+is persisted, continued by a second sweep and survives --resume -- on real digits with tiny budgets."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import polars as pl
+import pytest
+
+from sweeps import anneal_search
+from sweeps.optuna_search import outcome
+
+TS = optuna.trial.TrialState
+TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5",
+        "--set", "eval_max_examples=100", "--set", "hidden_units=32", "--set", "smooth_samples=2",
+        "--set", "latent_dims=3-3", "--set", "rho=0.9"]
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def test_only_full_budget_trials_reach_optuna_as_complete():
+    assert outcome({"iw_bound": -25.0, "is_final": True}, False, "iw_bound") == (TS.COMPLETE, -25.0)
+    assert outcome({"iw_bound": -25.0, "is_final": False}, False, "iw_bound") == (TS.PRUNED, None)  # ASHA-stopped
+    assert outcome({"iw_bound": math.nan, "is_final": True}, False, "iw_bound") == (TS.FAIL, None)
+    assert outcome({"iw_bound": -25.0, "is_final": True}, True, "iw_bound")[0] == TS.FAIL
+    assert outcome(None, True, "iw_bound") == (TS.FAIL, None)
+    both = outcome({"iw_bound": -25.0, "top_active_units": 3, "is_final": True}, False,
+                   ["iw_bound", "top_active_units"])
+    assert both == (TS.COMPLETE, [-25.0, 3.0])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--n-trials", "0"], "--n-trials"),
+    (["--schedules", "linear", "exponential"], "unknown schedule"),
+    (["--beta-min", "0.6", "0.9"], "overlaps"),
+    (["--set", "beta_schedule=linear"], "searched by this script"),
+    (["--rho-range", "0.5", "1.5"], "outside (0, 1]"),
+    (["--cycle-ratio", "0.5", "0.2"], "empty or reversed"),
+    (["--study-storage", "s3://bucket/study"], "object stores"),
+])
+def test_bad_search_options_fail_before_ray(tmp_path, capsys, quiet_env, argv, needle):
+    assert anneal_search.main([*argv, "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+
+
+def _study(tmp_path, name="study"):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna" / f"{name}.log")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_path, capsys, quiet_env):
+    common = [*TINY, "--storage", str(tmp_path), "--study-name", "study", "--grace-period", "1",
+              "--reduction-factor", "2", "--max-concurrent", "2"]
+    assert anneal_search.main(["--n-trials", "4", "--name", "a1", *common]) == 0
+    out = capsys.readouterr().out
+    assert "best schedules by iw_bound" in out or "no trial ran its full budget" in out
+    study = _study(tmp_path)
+    first = {t.number: (t.state, t.params, t.values) for t in study.trials}
+    assert len(first) == 4 and all(s in (TS.COMPLETE, TS.PRUNED) for s, _, _ in first.values())
+    assert any(s == TS.COMPLETE for s, _, _ in first.values())
+
+    # The Parquet table agrees with the study: PRUNED <=> the trial has no final (full-budget) row.
+    df = pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet")
+    assert df.select("trial_id", "step").is_unique().all()
+    finished = set(df.filter(pl.col("is_final"))["trial_id"])
+    for t in study.trials:
+        assert (t.state == TS.COMPLETE) == (t.user_attrs["ray_trial_id"] in finished)
+        if t.state == TS.COMPLETE:
+            row = df.filter((pl.col("trial_id") == t.user_attrs["ray_trial_id"]) & pl.col("is_final"))
+            assert row["iw_bound"][0] == pytest.approx(t.value)
+            assert row["beta_schedule"][0] == t.params["beta_schedule"]
+
+    # A second sweep on the same stored study continues it: TPE sees the first four trials.
+    assert anneal_search.main(["--n-trials", "2", "--name", "a2", *common]) == 0
+    study = _study(tmp_path)
+    assert [t.number for t in study.trials] == list(range(6))
+    assert {t.number: (t.state, t.params, t.values) for t in study.trials if t.number < 4} == first
+    assert "continuing: 4 trials already finished" in capsys.readouterr().out
+
+    # --resume restores Tune's experiment (and the pickled searcher) without re-running or adding trials.
+    rows_before = pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height
+    assert anneal_search.main(["--resume", "--name", "a1", "--storage", str(tmp_path)]) == 0
+    assert len(_study(tmp_path).trials) == 6
+    assert pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height == rows_before

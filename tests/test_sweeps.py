@@ -1,0 +1,326 @@
+"""Tests of the Ray Tune layer: grids and bad input, the Parquet sink, end-to-end sweeps on real digits, fractional
+GPU packing, retry from a checkpoint, and a driver killed mid-sweep then resumed.
+
+Budgets are tiny (a few optimizer steps, L_5 on 100 images) so the Ray tests share one session-scoped local Ray
+(tests/conftest.py) and stay within about two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.schema import SCHEMA
+from sweeps import cli, critical_rho, results
+from sweeps.space import (AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_latent_dims, parse_rho_list,
+                          rho_grid, suggest_schedule)
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny trainer budget shared by the Ray tests: 200 training images, batch 100 -> 2 steps per epoch.
+TINY = ["--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5", "--set", "eval_max_examples=100",
+        "--set", "hidden_units=32", "--set", "smooth_samples=2"]
+
+
+@pytest.fixture
+def quiet_env(monkeypatch):
+    """The scripts set two Tune env vars for their own process; keep them out of the rest of the session."""
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def read_table(root: Path, sweep: str) -> pl.DataFrame:
+    return pl.read_parquet(root / f"sweep_id={sweep}" / "*.parquet")
+
+
+# ----- grids and validation (no Ray) ---------------------------------------------------------------------------------
+def test_rho_grid_is_inclusive_rounded_and_unique():
+    assert rho_grid(0.9, 1.0, 0.02) == [0.9, 0.92, 0.94, 0.96, 0.98, 1.0]
+    fine = rho_grid(0.95, 1.0, 0.005)
+    assert len(fine) == 11 and fine[3] == 0.965 and fine[-1] == 1.0
+    assert rho_grid(0.8, 0.8, 0.1) == [0.8]
+    assert rho_grid(0.8, 1.0, 0.03)[-1] == 0.98  # the end point is kept only when it lies on the grid
+    assert parse_rho_list(["1", 0.9, 0.90, 0.95]) == [0.9, 0.95, 1.0]
+
+
+@pytest.mark.parametrize("lo,hi,step,needle", [
+    (0.0, 1.0, 0.1, "outside (0, 1]"), (0.9, 1.2, 0.1, "outside (0, 1]"), (0.95, 0.9, 0.01, "larger than --rho-max"),
+    (0.9, 1.0, 0.5, "larger than the range"), (0.9, 1.0, 0.0, "positive"), (0.9, 1.0, float("nan"), "positive"),
+])
+def test_bad_rho_ranges_are_named(lo, hi, step, needle):
+    with pytest.raises(SpaceError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        rho_grid(lo, hi, step)
+
+
+def test_latent_configurations_and_grid_validation():
+    assert parse_latent_dims("4x10") == (10, 10, 10, 10) == parse_latent_dims("10-10-10-10")
+    assert latent_configs([5, 10], [2, 4], ["10-10", "3x7"]) == [(5, 5), (10, 10), (5,) * 4, (10,) * 4, (7, 7, 7)]
+    with pytest.raises(SpaceError, match="--latent-sizes"):
+        latent_configs(None, [4], None)
+    with pytest.raises(SpaceError):
+        parse_latent_dims("4xten")
+    with pytest.raises(SpaceError, match="swept by this script"):
+        CriticalGrid(preset="demo", fixed={"rho": 0.9}, latents=[(4,)], rhos=[0.9], seeds=[0])
+    with pytest.raises(SpaceError, match="rho grid is empty"):
+        CriticalGrid(preset="demo", fixed={}, latents=[(4,)], rhos=[], seeds=[0])
+    g = CriticalGrid(preset="demo", fixed={"epochs": 3}, latents=[(4, 4), (8, 8)], rhos=[0.9, 1.0], seeds=[0, 1, 2])
+    assert g.n_trials == 12 and len(list(g.configs())) == 12
+    bad = CriticalGrid(preset="demo", fixed={"lr": -1.0}, latents=[(4,)], rhos=[0.9], seeds=[0])
+    with pytest.raises(SpaceError, match="lr must be > 0"):
+        bad.validate()
+
+
+def test_anneal_space_is_conditional_on_the_schedule():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = AnnealSpace().with_budget(30)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(60):
+        t = study.ask()
+        params = suggest_schedule(t, space)
+        seen[params["beta_schedule"]] = set(params)
+        study.tell(t, 0.0)
+    assert seen["constant"] == {"beta_schedule", "beta_max", "free_bits"}
+    assert seen["linear"] == seen["cosine"] == {"beta_schedule", "beta_max", "beta_min", "anneal_epochs", "free_bits"}
+    assert seen["sigmoid"] == seen["linear"] | {"sigmoid_steepness"}
+    assert seen["cyclical"] == seen["linear"] | {"n_cycles", "cycle_ratio"}
+    with pytest.raises(SpaceError, match="overlaps"):
+        AnnealSpace(beta_min=(0.0, 0.8), beta_max=(0.5, 1.0))
+    with pytest.raises(SpaceError, match="unknown schedule"):
+        AnnealSpace(schedules=("linear", "exponential"))
+
+
+# ----- the Parquet sink (no Ray runtime) -------------------------------------------------------------------------------
+def _result(step: int, **kw) -> dict:
+    base = {"step": step, "epoch": step // 2, "is_final": False, "elbo": -30.0 + step, "iw_bound": -29.0,
+            "iw_k": 5, "top_kl": 0.1, "top_active_units": 2, "layer_kl": [1.0, 0.1], "layer_active_units": [4, 2],
+            "rho": 0.9, "seed": 0, "latent_dims": "4-4", "dataset": "digits", "training_iteration": 7,
+            "time_this_iter_s": 0.1, "config": {"ignored": True}}
+    return {**base, **kw}
+
+
+def test_sink_upserts_by_step_atomically_and_keeps_the_schema(tmp_path):
+    root = tmp_path / "parquet"
+    sink = results.ParquetSink(str(root), "s1", verbose=False)
+    sink.setup()
+    sink.add_result("t1", _result(2))
+    sink.add_result("t1", _result(4))
+    sink.add_result("t1", _result(2, elbo=-1.0))  # a retried trial re-reports step 2: replaces, never duplicates
+    files = list((root / "sweep_id=s1").iterdir())
+    assert [f.name for f in files] == ["t1.parquet"]  # no temp file inside the table
+    table = pq.read_table(files[0])
+    assert table.schema.equals(SCHEMA)
+    df = read_table(root, "s1")
+    assert df["step"].to_list() == [2, 4] and df["elbo"].to_list() == [-1.0, -26.0]
+    assert df["trial_id"].unique().to_list() == ["t1"] and df["sweep_id"].unique().to_list() == ["s1"]
+    assert df["layer_active_units"].to_list() == [[4, 2], [4, 2]]
+    # A new driver session (resume) starts from the file on disk and keeps upserting.
+    again = results.ParquetSink(str(root), "s1", verbose=False)
+    again.add_result("t1", _result(6, is_final=True))
+    assert read_table(root, "s1")["step"].to_list() == [2, 4, 6]
+    with pytest.raises(ValueError, match="no 'step'"):
+        again.add_result("t2", {"elbo": 1.0})
+
+
+def test_sink_moves_files_of_trials_unknown_after_a_restore(tmp_path):
+    root = tmp_path / "parquet"
+    sink = results.ParquetSink(str(root), "s1", verbose=False)
+    for tid in ("known", "orphan"):
+        sink.add_result(tid, _result(2))
+    moved = sink.reconcile({"known", "another"})
+    assert [Path(m).name for m in moved] == ["orphan.parquet"]
+    assert sorted(p.name for p in (root / "sweep_id=s1").iterdir()) == ["known.parquet"]
+    kept = Path(str(root) + ".superseded") / "sweep_id=s1" / "orphan.parquet"
+    assert kept.is_file()  # moved aside, not deleted
+    state = sink.get_state()
+    restored = results.ParquetSink(str(root), "s1", verbose=False)
+    restored.set_state(state)
+    assert restored.superseded == ["orphan"]
+    with pytest.raises(RuntimeError, match="same --storage"):
+        results.ParquetSink(str(tmp_path / "elsewhere"), "s1").set_state(state)
+
+
+def test_failure_text_names_the_exception():
+    from ouvae.trainer import TrainingStalled
+
+    assert results.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
+        "TrainingStalled: 50 consecutive steps had a non-finite loss"
+    trace = "Traceback (most recent call last):\n  File x\nouvae.trainer.TrainingStalled: diverged"
+    assert results.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
+
+
+# ----- bad input: clear message, exit 2, nothing started ---------------------------------------------------------
+@pytest.mark.parametrize("argv,needle", [
+    (["--rho-min", "1.2"], "outside (0, 1]"),
+    (["--rho-min", "0.9", "--rho-max", "1.0", "--rho-step", "0.5"], "larger than the range"),
+    (["--rhos", "0.9", "0"], "outside (0, 1]"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--dataset", "mnistt"], "unknown dataset"),
+    (["--set", "lrr=0.1"], "did you mean 'lr'"),
+    (["--set", "epochs=ten"], "cannot read"),
+    (["--latent-dims", "4xfoo"], "latent dims"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["--name", "a/b"], "--name"),
+    (["--address", "127.0.0.1:1"], "cannot reach a Ray head"),
+    (["--resume", "--name", "never-ran"], "no resumable sweep"),
+])
+def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
+    code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and needle in err
+    assert not (tmp_path / "parquet").exists()
+
+
+def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
+    results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
+    assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
+    assert "already has rows" in capsys.readouterr().err
+
+
+# ----- Ray: end to end -------------------------------------------------------------------------------------------------
+def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path, capsys, quiet_env):
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.5", "0.9", "1.0", "--n-seeds", "2", "--epochs", "2",
+            *TINY, "--storage", str(tmp_path), "--name", "e2e"]
+    assert critical_rho.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "6 trials finished, 0 failed" in out
+    root = tmp_path / "parquet"
+    files = sorted((root / "sweep_id=e2e").glob("*.parquet"))
+    assert len(files) == 6
+    for f in files:
+        assert pq.read_schema(f).equals(SCHEMA)  # the same schema in every file, whatever the search space
+    df = pl.scan_parquet(str(root), hive_partitioning=True).collect()
+    assert df.height == 6 * 2  # two evaluations (epochs 1 and 2) per trial
+    assert df.select("trial_id", "step").is_unique().all()
+    final = df.filter(pl.col("is_final"))
+    assert final.height == 6 and sorted(final["epoch"].unique().to_list()) == [2]
+    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.5, 0.9, 1.0) for s in (0, 1)]
+    assert set(df["latent_dims"]) == {"3-3"} and set(df["dataset"]) == {"digits"}
+    assert set(df["binarization"]) == {"dynamic"} and df["ouvae_version"].null_count() == 0
+    assert df["layer_kl"].list.len().unique().to_list() == [2]
+    assert (tmp_path / "reports" / "e2e" / "report.html").is_file() and "report:" in out
+    # Ray's experiment folder holds the sweep's options for --resume.
+    assert (tmp_path / "ray" / "e2e" / cli.SPEC_FILE).is_file()
+
+
+def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session, tmp_path):
+    from ray import tune
+
+    from sweeps.trainable import train_ouvae
+
+    class MaxRunning(tune.Callback):
+        def __init__(self):
+            self.max_running = 0
+
+        def on_step_end(self, iteration, trials, **info):
+            self.max_running = max(self.max_running, sum(t.status == "RUNNING" for t in trials))
+
+    counter = MaxRunning()
+    space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 6, "n_train": 200, "eval_every": 3, "eval_iw_k": 5,
+             "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9,
+             "seed": tune.grid_search([0, 1, 2, 3])}
+    tuner = tune.Tuner(
+        tune.with_resources(train_ouvae, {"cpu": 0.5, "gpu": 0.25}), param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(name="pack", storage_path=str(tmp_path / "ray"), verbose=0,
+                                  callbacks=[counter, results.ParquetSink(str(tmp_path / "pq"), "pack", verbose=False)]))
+    grid = tuner.fit()
+    assert not grid.errors  # device "auto": torch sees no CUDA behind the logical GPU, so trials run on the CPU
+    assert counter.max_running == 4
+    df = read_table(tmp_path / "pq", "pack")
+    assert df.filter(pl.col("is_final")).height == 4 and df.height == 8
+
+
+def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path):
+    from ray import tune
+
+    from sweeps.trainable import TEST_FAIL_ONCE_KEY, train_ouvae
+
+    class Sequence(tune.Callback):
+        def __init__(self):
+            self.steps: dict[str, list[int]] = {}
+            self.retried: list[str] = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.steps.setdefault(str(trial.config.get(TEST_FAIL_ONCE_KEY)), []).append(result["step"])
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.retried.append(str(trial.config.get(TEST_FAIL_ONCE_KEY)))
+
+    marker = str(tmp_path / "markers")
+    seq = Sequence()
+    space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 4, "n_train": 200, "eval_every": 1, "eval_iw_k": 5,
+             "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9, "seed": 7,
+             TEST_FAIL_ONCE_KEY: tune.grid_search([marker, None])}
+    tuner = tune.Tuner(
+        tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(name="retry", storage_path=str(tmp_path / "ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  callbacks=[seq, results.ParquetSink(str(tmp_path / "pq"), "retry", verbose=False)]))
+    grid = tuner.fit()
+    assert not grid.errors
+    assert seq.retried == [marker]  # the hooked trial failed once and was retried
+    assert len(os.listdir(marker)) == 1
+    # The retried trial continued after its first checkpoint (step 2): the same step sequence as the clean twin.
+    assert seq.steps[marker] == seq.steps["None"] == [2, 4, 6, 8]
+    df = read_table(tmp_path / "pq", "retry")
+    assert df.select("trial_id", "step").is_unique().all() and df.height == 8
+    by_trial = {tid: g.sort("step") for (tid,), g in df.group_by("trial_id")}
+    a, b = by_trial.values()
+    # Exact resume: the retried run's metrics equal those of the run that never failed.
+    assert a["iw_bound"].to_list() == b["iw_bound"].to_list()
+    assert a["elbo"].to_list() == b["elbo"].to_list()
+
+
+def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    storage = tmp_path / "store"
+    argv = [sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--grid", "--latent-dims", "3-3",
+            "--rhos", "0.6", "0.8", "1.0", "--n-seeds", "2", "--epochs", "5", *TINY, "--max-concurrent", "1",
+            "--storage", str(storage), "--name", "crash", "--address", address, "--no-report", "--quiet"]
+    part = storage / "parquet" / "sweep_id=crash"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    before: dict[str, set[int]] = {}
+    while time.monotonic() < deadline:
+        files = list(part.glob("*.parquet")) if part.is_dir() else []
+        rows = {f.stem: set(pq.read_table(f)["step"].to_pylist()) for f in files}
+        if sum(map(len, rows.values())) >= 7:  # past the first trial, in the middle of the second
+            proc.send_signal(signal.SIGKILL)
+            before = rows
+            break
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.1)
+    proc.wait(timeout=30)
+    assert before, "the sweep wrote no rows within 2 minutes"
+    finals = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
+    assert finals < 6, "the driver was killed too late to test a mid-sweep crash"
+
+    resumed = subprocess.run([*argv, "--resume"][:], capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    df = pl.read_parquet(part / "*.parquet")
+    assert df.select("trial_id", "step").is_unique().all()  # no duplicate rows
+    final = df.filter(pl.col("is_final"))
+    # Exactly one finished trial per grid point, each with all five evaluations.
+    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.8, 1.0) for s in (0, 1)]
+    assert df.group_by("trial_id").len()["len"].to_list() == [5] * 6
+    # Nothing written before the crash was lost: every row a surviving trial had is still there.
+    after = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+    superseded = {p.stem for p in (Path(str(storage / "parquet") + ".superseded") / "sweep_id=crash").glob("*")} \
+        if Path(str(storage / "parquet") + ".superseded").exists() else set()
+    for tid, steps in before.items():
+        if tid in superseded:
+            continue
+        assert steps <= after[tid]
