@@ -1,0 +1,72 @@
+"""A synthetic critical-rho "training run": the order parameter drawn from a known noisy transition.
+
+Why: the adaptive searcher must be shown to find rho_c where we put it, through real Ray Tune machinery, in
+seconds. Real training takes 3-9 s per run on digits; this takes microseconds and has a truth. It lives in the
+package (not in a test module) because Ray workers must be able to import the trainable.
+
+The model is the one of ``analysis/synthetic.py`` and of the critical-rho definition: seed s has its own
+critical point rho_c + delta_s (delta_s ~ N(0, seed_sd), fixed per seed, so seeds differ systematically), and
+each of the top_dim top units is active with probability 1 / (1 + exp((rho - rho_c - delta_s) / width)).
+Draws are a deterministic function of (rho, seed, salt): rerunning a point gives the same count, like a
+deterministic trainer would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+DEFAULTS: dict[str, Any] = {"true_rho_c": 0.93, "true_width": 0.01, "seed_sd": 0.004, "salt": 0}
+
+
+def seed_offset(seed: int, seed_sd: float, salt: int = 0) -> float:
+    """delta_s: the seed's own shift of the critical point (same for every rho)."""
+    if seed_sd <= 0:
+        return 0.0
+    return float(np.random.default_rng([int(salt), 7919, int(seed)]).normal(0.0, seed_sd))
+
+
+def noisy_active_units(rho: float, seed: int, top_dim: int, *, rho_c: float = 0.93, width: float = 0.01,
+                       seed_sd: float = 0.004, salt: int = 0) -> int:
+    """Active top-layer units of one synthetic run at (rho, seed)."""
+    shift = seed_offset(seed, seed_sd, salt)
+    z = np.clip((float(rho) - rho_c - shift) / width, -500.0, 500.0)
+    p = 1.0 / (1.0 + np.exp(z))
+    rng = np.random.default_rng([int(salt), int(seed), int(round(float(rho) * 1_000_000))])
+    return int(rng.binomial(int(top_dim), p))
+
+
+def top_dim_from(config: Mapping[str, Any]) -> int:
+    dims = config.get("latent_dims", (10,))
+    if isinstance(dims, str):
+        dims = [int(p) for p in dims.split("-") if p]
+    return int(list(dims)[-1])
+
+
+def noisy_transition_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: reports one final evaluation with ``top_active_units`` from the model.
+
+    Config: ``rho``, ``seed``, ``latent_dims`` (top size = last entry), and optionally ``true_rho_c``,
+    ``true_width``, ``seed_sd``, ``salt`` (see DEFAULTS). ``fail_seed`` (runs of that seed raise) and
+    ``fail_points`` (a list of [rho, seed] pairs that raise) exercise error handling. ``true_rho_c_by_top``
+    ({top size: rho_c}) gives each latent configuration its own truth.
+    """
+    from ray import tune  # imported here: the pure functions above must not need Ray
+
+    if config.get("fail_seed") is not None and int(config["seed"]) == int(config["fail_seed"]):
+        raise RuntimeError(f"synthetic failure for seed {config['seed']} (fail_seed)")
+    for rho, seed in config.get("fail_points") or ():
+        if abs(float(config["rho"]) - float(rho)) < 1e-9 and int(config["seed"]) == int(seed):
+            raise RuntimeError(f"synthetic failure at rho={rho}, seed={seed} (fail_points)")
+    top = top_dim_from(config)
+    rho_c = float(config.get("true_rho_c", DEFAULTS["true_rho_c"]))
+    by_top = config.get("true_rho_c_by_top")
+    if by_top:
+        rho_c = float({int(k): v for k, v in dict(by_top).items()}[top])
+    k = noisy_active_units(config["rho"], config["seed"], top, rho_c=rho_c,
+                           width=float(config.get("true_width", DEFAULTS["true_width"])),
+                           seed_sd=float(config.get("seed_sd", DEFAULTS["seed_sd"])),
+                           salt=int(config.get("salt", DEFAULTS["salt"])))
+    tune.report({"top_active_units": k, "top_dim": top, "is_final": True})
