@@ -140,6 +140,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                  f" give --name (and --storage if it is elsewhere)")
         paths = cli.sweep_paths(args.storage, cli.check_name(name), args.results_dir)
         args = cli.load_spec(paths, SCRIPT, argparse.Namespace(**{**vars(args), "name": name}), parser)
+        paths = cli.sweep_paths(args.storage, name, args.results_dir)
     else:
         name = cli.check_name(args.name or cli.default_name("anneal"))
         paths = cli.sweep_paths(args.storage, name, args.results_dir)

@@ -43,7 +43,7 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, default_preset: str = "
     g.add_argument("--preset", default=default_preset,
                    help=f"named trainer preset, one of {sorted(PRESETS)} (default: {default_preset})")
     g.add_argument("--dataset", help="dataset name (default: the preset's), e.g. digits, mnist, fashion_mnist")
-    g.add_argument("--epochs", type=int, help="training budget in epochs (default: the preset's)")
+    g.add_argument("--epochs", type=int, help="training budget in epochs (default: the preset's; critical_rho.py uses 30 for the demo preset)")
     g.add_argument("--steps", type=int, help="training budget in optimizer steps (overrides --epochs)")
     g.add_argument("--n-train", type=int, help="cap on training images (default: the whole training split)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -85,8 +85,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # Options that belong to *this invocation*, not to the sweep: they may differ on --resume.
+# --results-dir is *not* one of them: the restored sink keeps writing where the sweep started.
 RUNTIME_OPTIONS = ("address", "num_cpus", "num_gpus", "resume", "retry_failed", "no_report", "quiet", "storage",
-                   "name", "results_dir")
+                   "name")
 
 
 def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -217,6 +218,7 @@ def prepare_new(paths: SweepPaths, name: str) -> None:
 
 def save_spec(paths: SweepPaths, script: str, args: argparse.Namespace) -> None:
     spec = {k: v for k, v in vars(args).items() if k not in RUNTIME_OPTIONS}
+    spec["results_dir"] = paths.results_root  # absolute: a resume from another folder finds the same table
     write_json(paths.spec_file, {"script": script, "args": spec, "created": _dt.datetime.now().isoformat()})
 
 
@@ -234,6 +236,8 @@ def load_spec(paths: SweepPaths, script: str, args: argparse.Namespace, parser: 
     if data.get("script") != script:
         raise SweepError(f"--resume: {paths.experiment} was made by {data.get('script')}, not {script}")
     saved = data["args"]
+    if args.results_dir:
+        args.results_dir = absolute_storage(args.results_dir)
     defaults = vars(parser.parse_args([]))
     given = {k: v for k, v in vars(args).items() if k not in RUNTIME_OPTIONS and v != defaults.get(k)}
     clash = {k: (v, saved.get(k)) for k, v in given.items() if k in saved and saved[k] != v}

@@ -29,14 +29,19 @@ except ImportError:  # pragma: no cover - exercised only without the editable in
     _ADDED_PATH = _ROOT
 
 from sweeps import cli  # noqa: E402
-from sweeps.space import CriticalGrid, base_config, latent_configs, parse_rho_list, rho_grid, rho_range, \
+from sweeps.space import CriticalGrid, SpaceError, base_config, latent_configs, parse_rho_list, rho_grid, rho_range, \
     seed_list  # noqa: E402
 
 SCRIPT = "critical_rho"
 # The no-argument demo (digits, 2 cores, ~5 minutes including Ray start-up): see sweeps/README.md for timings.
 DEMO_LATENT_SIZES = [5, 10, 20]
-DEMO_RHO = (0.86, 1.0, 0.02)
+DEMO_RHO = (0.76, 1.0, 0.04)
+ADAPTIVE_MIN_SPACING = 0.005  # adaptive mode's default finest rho spacing (--rho-step)
 DEMO_SEEDS = 2
+# Trainer budget of the demo preset in this script (unless --epochs/--steps/--n-train/--set say otherwise):
+# DESIGN.md section 6's 797 training images, 30 epochs, L_25 at epochs 15 and 30 (an L_50 evaluation of the
+# smoothed model costs as much as ~5 training epochs; measured: 7.8 s instead of 13.6 s per run at rho = 0.9).
+DEMO_TRAINER = {"epochs": 30, "n_train": 797, "eval_every": 15, "eval_iw_k": 25}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("what to sweep")
     g.add_argument("--rho-min", type=float, default=DEMO_RHO[0], help=f"lowest rho (default {DEMO_RHO[0]})")
     g.add_argument("--rho-max", type=float, default=DEMO_RHO[1], help=f"highest rho (default {DEMO_RHO[1]})")
-    g.add_argument("--rho-step", type=float, default=DEMO_RHO[2],
+    g.add_argument("--rho-step", type=float, default=None,
                    help=f"grid step, e.g. 0.005 for a fine grid (default {DEMO_RHO[2]}); in adaptive mode the "
-                        f"finest spacing the searcher may use")
+                        f"finest spacing the searcher may use (default {ADAPTIVE_MIN_SPACING})")
     g.add_argument("--rhos", type=float, nargs="+", help="explicit rho values instead of a range (grid mode)")
     g.add_argument("--latent-sizes", type=int, nargs="+",
                    help=f"units per stochastic layer, one configuration each (default {DEMO_LATENT_SIZES} "
@@ -68,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target-width", type=float, default=0.02,
                    help="stop refining a configuration once its rho_c interval is this narrow (default 0.02)")
     a.add_argument("--budget", type=int, default=None,
-                   help="most trials in all (default: the size of the equivalent grid)")
+                   help="most trials in all, split evenly between latent configurations (default: the size of "
+                        "the equivalent --rho-min/--rho-max grid at the grid step)")
+    a.add_argument("--coarse-points", type=int, default=5,
+                   help="rho values of the first, coarse pass per latent configuration (default 5)")
     cli.add_trainer_arguments(p, default_preset="demo")
     cli.add_run_arguments(p)
     return p
@@ -80,7 +88,14 @@ def make_grid(args: argparse.Namespace, fixed: dict) -> CriticalGrid:
     if sizes is None and not args.latent_dims:
         sizes = DEMO_LATENT_SIZES
     latents = latent_configs(sizes, args.layers, args.latent_dims)
-    rhos = parse_rho_list(args.rhos) if args.rhos else rho_grid(args.rho_min, args.rho_max, args.rho_step)
+    step = args.rho_step if args.rho_step is not None and args.mode != "adaptive" else DEMO_RHO[2]
+    if args.mode == "adaptive":  # the grid only sizes the default budget here: any range must give one
+        span = args.rho_max - args.rho_min
+        step = min(step, span) if span > 0 else step
+    if args.mode == "adaptive" and args.rhos:
+        raise SpaceError("--rhos lists grid points; adaptive mode chooses rho itself: use --grid, or give "
+                         "--rho-min/--rho-max")
+    rhos = parse_rho_list(args.rhos) if args.rhos else rho_grid(args.rho_min, args.rho_max, step)
     seeds = seed_list(args.n_seeds, args.seeds)
     grid = CriticalGrid(preset=args.preset, fixed=fixed, latents=latents, rhos=rhos, seeds=seeds)
     grid.validate()
@@ -116,10 +131,11 @@ def build_param_space(args: argparse.Namespace, grid: CriticalGrid, mode: str) -
     from sweeps.adaptive import make_critical_searcher  # the other half of issue 3
 
     lo, hi = rho_range(args.rho_min, args.rho_max)
+    spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
     searcher = make_critical_searcher(
-        groups=[{"latent_dims": list(d)} for d in grid.latents], rho_range=(lo, hi), rho_step=args.rho_step,
+        groups=[{"latent_dims": list(d)} for d in grid.latents], rho_range=(lo, hi), rho_step=spacing,
         seeds=grid.seeds, target_width=args.target_width, budget=args.budget or grid.n_trials,
-        max_concurrent=args.max_concurrent)
+        max_concurrent=args.max_concurrent, coarse_points=args.coarse_points)
     return constants, searcher
 
 
@@ -134,22 +150,29 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                  f"give --name (and --storage if it is elsewhere)")
         paths = cli.sweep_paths(args.storage, cli.check_name(name), args.results_dir)
         args = cli.load_spec(paths, SCRIPT, argparse.Namespace(**{**vars(args), "name": name}), parser)
+        paths = cli.sweep_paths(args.storage, name, args.results_dir)
     else:
         name = cli.check_name(args.name or cli.default_name("critical-rho"))
         paths = cli.sweep_paths(args.storage, name, args.results_dir)
-    mode = resolve_mode(args)
+    mode = args.mode = resolve_mode(args)
     if mode == "adaptive" and not adaptive_available():
         raise cli.SweepError("--adaptive needs sweeps/adaptive.py, which is not installed here; use --grid")
+    if args.budget is not None and args.budget < 1:
+        raise cli.SweepError(f"--budget {args.budget} must be >= 1 trial")
     fixed = cli.fixed_overrides(args)
+    if args.preset == "demo" and "steps" not in fixed:
+        fixed = {**{k: v for k, v in DEMO_TRAINER.items() if k not in fixed}, **fixed}
     grid = make_grid(args, fixed)
     base = base_config(args.preset, fixed)
     cli.check_dataset(base.dataset)
+    # The searcher validates its own settings: build it (no Ray needed) before anything starts.
+    param_space, searcher = build_param_space(args, grid, mode)
     if not args.resume:
         cli.prepare_new(paths, name)
-        args.mode = mode
 
     budget = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
-    print(f"critical-rho sweep {name!r} ({mode}{', resumed' if args.resume else ''}): {grid.describe()}")
+    what = grid.describe() if mode == "grid" else describe_adaptive(args, grid)
+    print(f"critical-rho sweep {name!r} ({mode}{', resumed' if args.resume else ''}): {what}")
     print(f"  trainer: preset {args.preset} on {base.dataset}, {budget}, K={base.smooth_samples}, "
           f"eval L_{base.eval_iw_k} every {base.eval_every} epochs; {args.cpus_per_trial:g} CPU / "
           f"{args.gpus_per_trial:g} GPU per trial")
@@ -166,7 +189,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
 
-    param_space, searcher = build_param_space(args, grid, mode)
     trainable = cli.trainable(args)
     if args.resume:
         tuner = tune.Tuner.restore(paths.experiment, trainable=trainable, resume_errored=args.retry_failed,
@@ -176,11 +198,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         callbacks = [ParquetSink(paths.results_root, name)]
         if not args.quiet:
             callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"),
-                                          total=grid.n_trials if mode == "grid" else None))
+                                          total=grid.n_trials if mode == "grid" else (args.budget or grid.n_trials)))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
+            # Adaptive: the searcher ends the sweep itself (num_samples=-1) and enforces --max-concurrent.
             tune_config=tune.TuneConfig(search_alg=searcher, reuse_actors=args.reuse_actors,
+                                        num_samples=1 if mode == "grid" else -1,
                                         max_concurrent_trials=args.max_concurrent if mode == "grid" else None),
             run_config=tune.RunConfig(
                 name=name, storage_path=paths.ray_storage, callbacks=callbacks, verbose=0,
@@ -193,13 +217,28 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return summarize(results, paths, name, args, t_start)
 
 
+def describe_adaptive(args: argparse.Namespace, grid: CriticalGrid) -> str:
+    lat = ", ".join("-".join(map(str, d)) for d in grid.latents)
+    spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
+    return (f"{len(grid.latents)} latent configs ({lat}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
+            f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the rho_c "
+            f"interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
+            f"{args.budget or grid.n_trials} trials")
+
+
 def summarize(results, paths: cli.SweepPaths, name: str, args: argparse.Namespace, t_start: float) -> int:
     from sweeps.results import failure_text
 
-    ok = [r for r in results if r.error is None]
     failed = [r for r in results if r.error is not None]
+    # A trial without error and without its final evaluation was cut short (Ctrl-C stops Tune gracefully).
+    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("is_final")]
+    ok = [r for r in results if r.error is None and (r.metrics or {}).get("is_final")]
     print(f"\n{len(ok)} trials finished, {len(failed)} failed, in {time.monotonic() - t_start:.0f} s "
           f"(including Ray start-up)")
+    if unfinished:
+        print(f"{len(unfinished)} trials did not finish (interrupted): continue with "
+              f"python sweeps/critical_rho.py --resume --name {name}"
+              + (f" --storage {args.storage}" if args.storage != "results" else ""))
     for r in failed:
         c = r.config or {}
         dims = "-".join(str(d) for d in c.get("latent_dims", []))
@@ -229,13 +268,21 @@ def summarize(results, paths: cli.SweepPaths, name: str, args: argparse.Namespac
     return 0 if ok else 1
 
 
+def _adaptive_errors() -> tuple[type[Exception], ...]:
+    try:
+        from sweeps.refine import RefineError
+    except ImportError:  # pragma: no cover
+        return ()
+    return (RefineError,)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.quiet_tune_output()
     try:
         return run(args, parser)
-    except cli.BAD_INPUT as e:
+    except (*cli.BAD_INPUT, *_adaptive_errors()) as e:
         return cli.error_exit(str(e))
     except KeyboardInterrupt:
         print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)

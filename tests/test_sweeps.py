@@ -181,6 +181,17 @@ def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, nee
     assert not (tmp_path / "parquet").exists()
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--adaptive", "--rhos", "0.9", "1.0"], "adaptive mode chooses rho"),
+    (["--adaptive", "--budget", "0"], "--budget"),
+    (["--adaptive", "--coarse-points", "1"], "coarse"),
+])
+def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
+    assert critical_rho.main([*argv, "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+
+
 def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
     results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
     assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
@@ -211,6 +222,20 @@ def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path
     assert (tmp_path / "reports" / "e2e" / "report.html").is_file() and "report:" in out
     # Ray's experiment folder holds the sweep's options for --resume.
     assert (tmp_path / "ray" / "e2e" / cli.SPEC_FILE).is_file()
+
+
+def test_adaptive_sweep_runs_the_searcher_end_to_end(ray_session, tmp_path, capsys, quiet_env):
+    argv = ["--adaptive", "--latent-dims", "3-3", "--rho-min", "0.5", "--rho-max", "1.0", "--coarse-points", "3",
+            "--n-seeds", "2", "--budget", "8", "--epochs", "1", *TINY, "--storage", str(tmp_path), "--name", "ad",
+            "--no-report"]
+    assert critical_rho.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(adaptive)" in out and "0 failed" in out
+    final = read_table(tmp_path / "parquet", "ad").filter(pl.col("is_final"))
+    # The coarse pass: 3 rho values x 2 seeds, then at most 2 more runs placed by the searcher (budget 8).
+    assert 6 <= final.height <= 8
+    assert {(0.5, 0), (0.75, 0), (1.0, 0), (0.5, 1), (0.75, 1), (1.0, 1)} <= set(zip(final["rho"], final["seed"]))
+    assert final.select("rho", "seed").is_unique().all()  # no (rho, seed) run twice
 
 
 def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session, tmp_path):
