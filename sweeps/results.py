@@ -249,17 +249,33 @@ class ParquetSink(Callback):
 def failure_reason(trial: Any) -> str:
     """One line for a failed trial: the exception type and the first line of its message (the full trace
     stays in the trial's error.txt in Ray's experiment folder)."""
-    err = None
-    try:
-        err = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - an unreadable error file must not break the sweep
-        pass
-    if err is None:
+    # Tune writes the error to the trial's *local* staging folder first (pickled_error_file / error_file) and syncs
+    # it to storage later, so when the callbacks run only the local copies are sure to exist.
+    readers = (lambda: _load_pickle(trial.pickled_error_file), lambda: _read_text(trial.error_file),
+               trial.get_pickled_error, trial.get_error)
+    for read in readers:
         try:
-            err = trial.get_error()
-        except Exception:  # noqa: BLE001
+            err = read()
+        except Exception:  # noqa: BLE001 - an unreadable error file must not break the sweep
             err = None
-    return failure_text(err)
+        if err:
+            return failure_text(err)
+    return "unknown error"
+
+
+def _load_pickle(path: str | None) -> Any:
+    if not path or not os.path.isfile(path):
+        return None
+    import ray.cloudpickle as cloudpickle
+
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def _read_text(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return None
+    return Path(path).read_text(errors="replace")
 
 
 def failure_text(err: Any) -> str:

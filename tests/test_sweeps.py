@@ -308,6 +308,32 @@ def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_ses
     assert a["elbo"].to_list() == b["elbo"].to_list()
 
 
+def test_diverging_trial_is_retried_then_reported_failed_while_the_sweep_goes_on(ray_session, tmp_path, capsys):
+    from ray import tune
+
+    from sweeps.progress import ProgressLine
+    from sweeps.trainable import train_ouvae
+
+    space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 2, "n_train": 200, "eval_every": 1, "eval_iw_k": 5,
+             "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9, "max_skipped_steps": 2,
+             "lr": tune.grid_search([1e-3, 1e12])}  # lr = 1e12 diverges: NaN steps -> TrainingStalled
+    tuner = tune.Tuner(
+        tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(name="nan", storage_path=str(tmp_path / "ray"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  callbacks=[results.ParquetSink(str(tmp_path / "pq"), "nan", verbose=False),
+                                             ProgressLine(show=("lr",), total=2)]))
+    grid = tuner.fit()
+    out = capsys.readouterr().out
+    assert len(grid.errors) == 1
+    bad = next(r for r in grid if r.error is not None)
+    assert bad.config["lr"] == 1e12 and results.failure_text(bad.error).startswith("TrainingStalled: ")
+    assert "retry  lr=1e+12" in out and "FAILED lr=1e+12: TrainingStalled: 2 consecutive steps" in out
+    df = read_table(tmp_path / "pq", "nan")  # the healthy trial finished and was written
+    assert df.filter(pl.col("is_final"))["lr"].to_list() == [1e-3]
+
+
 def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_session, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "store"
