@@ -92,3 +92,45 @@ def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_pat
     assert anneal_search.main(["--resume", "--name", "a1", "--storage", str(tmp_path)]) == 0
     assert len(_study(tmp_path).trials) == 6
     assert pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height == rows_before
+
+
+def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
+    """SIGKILL the driver mid-search, then --resume: every trial ends once in the study and in the table."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    root = Path(__file__).resolve().parents[1]
+    address = ray_session.get_runtime_context().gcs_address
+    base = [sys.executable, str(root / "sweeps" / "anneal_search.py"), "--storage", str(tmp_path), "--name", "k",
+            "--address", address, "--quiet"]
+    part = tmp_path / "parquet" / "sweep_id=k"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([*base, "--n-trials", "4", "--max-concurrent", "1", "--no-asha", *TINY],
+                                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            files = list(part.glob("*.parquet")) if part.is_dir() else []
+            if sum(pq.read_metadata(f).num_rows for f in files) >= 6:  # trial 1 done (4 rows), trial 2 running
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.1)
+        proc.wait(timeout=30)
+    finals_before = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
+    assert finals_before < 4, "the driver was killed too late to test a mid-search crash"
+
+    resumed = subprocess.run([*base, "--resume"], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    study = _study(tmp_path, "k")
+    done = [t for t in study.trials if t.state == TS.COMPLETE]
+    assert len(done) == 4 and not [t for t in study.trials if t.state == TS.RUNNING]
+    df = pl.read_parquet(part / "*.parquet")
+    assert df.select("trial_id", "step").is_unique().all()
+    final = df.filter(pl.col("is_final"))
+    assert final.height == 4 and set(final["trial_id"]) == {t.user_attrs["ray_trial_id"] for t in done}
+    assert df.group_by("trial_id").len()["len"].to_list() == [4] * 4  # every trial has all four evaluations
