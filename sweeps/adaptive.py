@@ -12,7 +12,10 @@ narrower than ``target_width`` or the budget is spent. It speaks Ray 2.60's ``Se
   errored trials (``error=True``), trials stopped before reporting (``result=None``) and results that are not
   the final evaluation (``is_final`` false) count toward the budget but never enter the fit;
 * ``save`` / ``restore`` (JSON) are called by Tune's experiment checkpointing, so ``Tuner.restore`` resumes the
-  search where it stopped; a restored trial that comes back under a new id is matched by its config.
+  search where it stopped; a restored trial that comes back under a new id is matched by its config, and a
+  restarted errored trial that now succeeds replaces the error. Restore with Tune's default of resuming
+  unfinished trials: the searcher waits for the trials it had in flight, and a restore that drops them
+  (``resume_unfinished=False``) would leave it waiting for results that never come.
 
 Use it with ``num_samples=-1`` (Tune otherwise stops asking after ``num_samples`` trials, default 1; the searcher
 says so when Tune tells it the number)::
@@ -56,7 +59,8 @@ class AdaptiveRhoSearcher(Searcher):
     """
 
     def __init__(self, groups: Sequence[Mapping[str, Any]] | None = None, *,
-                 rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3), coarse_points: int = 4, target_width: float = 0.01,
+                 rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3),
+                 coarse_points: int = 4, target_width: float = 0.01,
                  max_trials_per_group: int | None = None, max_trials: int | None = None,
                  max_concurrent: int | None = None, batch_size: int | None = None, min_spacing: float = 0.001,
                  rho_limits: tuple[float, float] = (0.0, 1.0), active_key: str = "top_active_units",
@@ -127,8 +131,18 @@ class AdaptiveRhoSearcher(Searcher):
                 logger.warning("adaptive search: result of unknown trial %s ignored (no matching rho/seed/group)",
                                trial_id)
                 return
+            # the same point under an old id (a trial Tune restarted with a new id) is no longer awaited
+            key = (entry[0], self.policy.lattice_index(entry[1]), entry[2])
+            for t, (g, r, s) in list(self._live.items()):
+                if (g, self.policy.lattice_index(r), s) == key:
+                    del self._live[t]
         gi, rho, seed = entry
-        self.policy.record(gi, rho, seed, None if error else self._active_units(trial_id, result))
+        value = None if error else self._active_units(trial_id, result)
+        try:
+            self.policy.record(gi, rho, seed, value)
+        except RefineError as e:  # e.g. more active units than the group's top layer has: never crash the sweep
+            logger.error("adaptive search: trial %s: %s; counted as failed", trial_id, e)
+            self.policy.record(gi, rho, seed, None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:  # intermediate results are not used
         return None

@@ -25,11 +25,12 @@ Rules (per group = one latent configuration, each with its own state):
    bootstrap need (see ``_round``). No (rho, seed) pair is ever proposed twice (errored pairs included: Tune's
    own retries handle transient failures); when the lattice around the centre is used up, the nearest free
    pairs are taken, and a group with nothing left to try stops.
-3. Budget: every proposal counts, errored ones included, so a group whose trials keep failing still ends.
+3. Budget: every proposal counts, errored ones included, so a group whose trials keep failing still ends. A
+   round that no longer fits in the budget is not started (it would unbalance the seeds).
    Errored runs never enter the fit. A group with nothing pending always either proposes or finishes, so the
    policy cannot wait forever.
 
-The whole state is JSON (``state_dict`` / ``from_state``) so a crashed sweep resumes with the same decisions.
+The whole state is JSON (``state_dict`` / ``load_state_dict``) so a crashed sweep resumes with the same decisions.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ class RefinePolicy:
         self._rr = 0  # round-robin start over groups
 
     # ----------------------------------------------------------------------------------------- rho lattice
-    def _idx(self, rho: float) -> int:
+    def lattice_index(self, rho: float) -> int:
+        """The rho value as a whole number of min_spacing steps (how points are keyed: no float equality)."""
         return int(round(rho / self.s))
 
     def _rho(self, i: int) -> float:
@@ -215,11 +217,12 @@ class RefinePolicy:
         """A proposed trial ended: ``active_units`` = its final top-layer active units, or None if it errored.
 
         Unknown (rho, seed) pairs are accepted too (e.g. a Tune trial restarted under a new id), so a result is
-        never lost; a second result for a finished pair is ignored (the first one counts)."""
+        never lost. A second result for a pair that already has one is ignored, except that a success replaces
+        an error (a retried trial that worked)."""
         g = self.groups[group]
-        key = (self._idx(rho), int(seed))
+        key = (self.lattice_index(rho), int(seed))
         p = g.points.get(key)
-        if p is not None and p["state"] != PENDING:
+        if p is not None and (p["state"] == DONE or (p["state"] == ERROR and active_units is None)):
             return
         if active_units is None:
             g.points[key] = {"state": ERROR, "active": None}
@@ -293,7 +296,7 @@ class RefinePolicy:
                 g.done_reason = f"total budget of {self.max_trials} trials (all groups) spent"
             return []
         # 1. the coarse grid, all seeds
-        coarse = [(self._idx(r), s) for s in self.seeds for r in self.coarse_grid()]
+        coarse = [(self.lattice_index(r), s) for s in self.seeds for r in self.coarse_grid()]
         todo = [c for c in coarse if c not in g.points]
         if todo:
             return todo
@@ -319,7 +322,16 @@ class RefinePolicy:
                 g.done_reason = (f"every (rho, seed) pair at spacing {self.s:g} around the transition has been "
                                  f"run; the interval cannot narrow further at this resolution")
             return []
-        g.queue = picks[: self.max_trials_per_group - g.count()]
+        left = self.max_trials_per_group - g.count()
+        if self.max_trials is not None:
+            left = min(left, self.max_trials - self.total_trials())
+        if len(picks) > left:
+            # a partial round would leave the design unbalanced across seeds for little gain: stop here
+            if not pending:
+                g.done_reason = (f"budget: {left} trial(s) left, fewer than a round of {len(picks)} "
+                                 f"(budget {self.max_trials_per_group} per group)")
+            return []
+        g.queue = picks
         return list(g.queue)
 
     def _window(self, g: _Group, fit: TransitionFit) -> tuple[tuple[int, int] | None, str | None]:
@@ -332,16 +344,16 @@ class RefinePolicy:
                               f"(width {fit.ci_high - fit.ci_low:.4f} <= target {self.target_width:g})")
             lo_i = self._clamp_idx(int(math.floor(fit.ci_low / self.s)))
             hi_i = self._clamp_idx(int(math.ceil(fit.ci_high / self.s)))
-            span_i = self._idx(self.range[1] - self.range[0])
+            span_i = self.lattice_index(self.range[1] - self.range[0])
             if hi_i - lo_i <= 2 * span_i:  # an interval wider than twice the range says little: bisect instead
                 return (lo_i, hi_i), None
         levels = sorted({r for r, _ in done})
-        if not levels:
-            return (self._idx(self.range[0]), self._idx(self.range[1])), None  # coarse runs all errored
+        if not levels:  # every finished run errored: try the whole range again (at new lattice points)
+            return (self.lattice_index(self.range[0]), self.lattice_index(self.range[1])), None
         mean_m = {r: float(np.mean([m for rr, m in done if rr == r])) for r in levels}
         if fit.status == STATUS_NO_TRANSITION or mean_m[levels[-1]] >= 0.5 or mean_m[levels[0]] < 0.5:
-            span = self._idx(self.range[1] - self.range[0])
-            top, bottom = self._idx(levels[-1]), self._idx(levels[0])
+            span = self.lattice_index(self.range[1] - self.range[0])
+            top, bottom = self.lattice_index(levels[-1]), self.lattice_index(levels[0])
             if mean_m[levels[-1]] >= 0.5:  # still mostly active at the top: the transition is higher
                 hi_lim = self._clamp_idx(10**9)
                 if top >= hi_lim:
@@ -357,8 +369,8 @@ class RefinePolicy:
         # bisection: the sampled gap where the mean order parameter crosses 1/2
         for a, b in zip(levels, levels[1:]):
             if mean_m[a] >= 0.5 > mean_m[b]:
-                return (self._idx(a), self._idx(b)), None
-        return (self._idx(levels[0]), self._idx(levels[-1])), None
+                return (self.lattice_index(a), self.lattice_index(b)), None
+        return (self.lattice_index(levels[0]), self.lattice_index(levels[-1])), None
 
     def _round(self, g: _Group, window: tuple[int, int]) -> list[tuple[int, int]]:
         """One round of refinement: the free lattice rho nearest the window's centre, with every seed.
@@ -424,8 +436,8 @@ class RefinePolicy:
                               f"resume with the same groups, seeds, range, spacing and budgets")
         self._rr = int(state.get("rr", 0))
         for g, sg in zip(self.groups, state["groups"]):
-            g.points = {(self._idx(r), int(s)): {"state": st, "active": a} for r, s, st, a in sg["points"]}
-            g.queue = [(self._idx(r), int(s)) for r, s in sg.get("queue", [])]
+            g.points = {(self.lattice_index(r), int(s)): {"state": st, "active": a} for r, s, st, a in sg["points"]}
+            g.queue = [(self.lattice_index(r), int(s)) for r, s in sg.get("queue", [])]
             g.done_reason = sg["done_reason"]
             g.version = int(sg["version"])
             g._fit = None

@@ -94,10 +94,15 @@ def test_no_transition_up_to_rho_1_stops_and_says_so():
 
 
 def test_errored_trials_count_toward_the_budget_and_never_deadlock():
+    pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], target_width=0.01, max_trials_per_group=24)
+    drive(pol, lambda p: None)
+    s = pol.summary()[0]
+    assert s["finished"] and s["errored"] == 24 and "budget of 24" in s["reason"]
+    # a budget that ends mid-round stops before the partial round
     pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], target_width=0.01, max_trials_per_group=25)
     drive(pol, lambda p: None)
     s = pol.summary()[0]
-    assert s["finished"] and s["errored"] == 25 and "budget of 25" in s["reason"]
+    assert s["finished"] and s["errored"] == 24 and "fewer than a round of 3" in s["reason"]
     assert s["status"] == "too_few_points"
 
 
@@ -191,6 +196,16 @@ def test_searcher_protocol_without_a_cluster(tmp_path):
     s2.on_trial_complete("new-id", {"top_active_units": 7, "is_final": True, "config/latent_dims": [10, 10],
                                     "config/rho": c4["rho"], "config/seed": c4["seed"]})
     assert s2.policy.pending() == 0
+    # an errored point retried under a new id that now succeeds replaces the error; an impossible count
+    # (more units than the top layer has) is logged and counted as failed instead of crashing the sweep
+    s2.on_trial_complete("retry", {"top_active_units": 3, "is_final": True, "config/latent_dims": [10, 10],
+                                   "config/rho": c1["rho"], "config/seed": c1["seed"]})
+    st = {tuple(p[:2]): (p[2], p[3]) for p in points(s2.policy)}
+    assert st[(c1["rho"], c1["seed"])] == (DONE, 3)
+    c5 = s2.suggest("t5")
+    s2.on_trial_complete("t5", {"top_active_units": 11, "is_final": True})
+    st = {tuple(p[:2]): (p[2], p[3]) for p in points(s2.policy)}
+    assert st[(c5["rho"], c5["seed"])] == (ERROR, None)
     with pytest.raises(ValueError, match="num_samples=-1"):
         s2.set_search_properties(None, None, {"epochs": 2}, num_samples=1)
     from ray import tune
