@@ -58,11 +58,11 @@ def config_from_trial(config: Mapping[str, Any]) -> Config:
 def _dataset(cfg: Config):
     from ouvae.data import load_dataset  # imported lazily: the driver never needs it
 
-    key = (cfg.dataset, cfg.data_dir, cfg.seed)
+    key = (cfg.dataset, cfg.data_dir)  # the data seed is fixed: every trial is scored on the same images
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
         return _DATA_CACHE[key]
-    data = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir)
     _DATA_CACHE[key] = data
     while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
         _DATA_CACHE.popitem(last=False)
