@@ -290,7 +290,7 @@ def summarize(results, storage, study_name: str, storage_uri: str, paths: cli.Sw
                          ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in sorted(params.items()))])
         print(f"\n{title}:")
-        print(cli.format_table(["#", "schedule", f"L_k", "top AU", "parameters"], rows))
+        print(cli.format_table(["#", "schedule", "L_k", "top AU", "parameters"], rows))
     print(f"\nresults table: {paths.results_root}/sweep_id={name}/")
     print(f"study: {storage_uri}   (optuna-dashboard {storage_uri})")
     return 0 if len(failed) < len(results) else 1

@@ -14,7 +14,6 @@ end the analysis fits rho_c per latent configuration (with a seed-bootstrap inte
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
