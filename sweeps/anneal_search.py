@@ -133,17 +133,7 @@ def make_space(args: argparse.Namespace, epochs_budget: float) -> AnnealSpace:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t_start = time.monotonic()
     cli.check_resources_args(args)
-    if args.resume:
-        name = args.name or cli.newest_sweep(args.storage, SCRIPT)
-        if name is None:
-            raise cli.SweepError(f"--resume: no anneal_search sweep found in {cli.absolute_storage(args.storage)}/ray;"
-                                 f" give --name (and --storage if it is elsewhere)")
-        paths = cli.sweep_paths(args.storage, cli.check_name(name), args.results_dir)
-        args = cli.load_spec(paths, SCRIPT, argparse.Namespace(**{**vars(args), "name": name}), parser)
-        paths = cli.sweep_paths(args.storage, name, args.results_dir)
-    else:
-        name = cli.check_name(args.name or cli.default_name("anneal"))
-        paths = cli.sweep_paths(args.storage, name, args.results_dir)
+    args, name, paths = cli.open_sweep(args, parser, SCRIPT, "anneal")
     if args.n_trials < 1:
         raise cli.SweepError(f"--n-trials {args.n_trials} must be >= 1")
     fixed = cli.fixed_overrides(args)
@@ -191,12 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # multivariate/group TPE is what handles a conditional space well; Optuna still labels it experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    how = cli.connect(args, extra_pythonpath=_ADDED_PATH)
-    res = cli.check_cluster_fits(args)
-    print(f"  Ray: {how} ({res['CPU']:g} CPUs, {res['GPU']:g} GPUs), {time.monotonic() - t_start:.1f} s")
-    print(f"  results table: {paths.results_root}/sweep_id={name}/")
-    print(f"  resume after a crash or Ctrl-C: python sweeps/anneal_search.py --resume --name {name}"
-          + (f" --storage {args.storage}" if args.storage != "results" else ""), flush=True)
+    cli.connect_and_announce(args, SCRIPT, name, paths, t_start, extra_pythonpath=_ADDED_PATH)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink

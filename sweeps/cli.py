@@ -249,6 +249,35 @@ def load_spec(paths: SweepPaths, script: str, args: argparse.Namespace, parser: 
 
 
 # ----- Ray --------------------------------------------------------------------------------------------------------
+def open_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, script: str, prefix: str
+               ) -> tuple[argparse.Namespace, str, SweepPaths]:
+    """(args, name, paths) of the sweep to run: a new one named --name (or a dated default), or with --resume
+    the named (default: newest) sweep of `script` in --storage, with the options it was started with."""
+    if not args.resume:
+        name = check_name(args.name or default_name(prefix))
+        return args, name, sweep_paths(args.storage, name, args.results_dir)
+    name = args.name or newest_sweep(args.storage, script)
+    if name is None:
+        raise SweepError(f"--resume: no {script} sweep found in {absolute_storage(args.storage)}/ray; "
+                         f"give --name (and --storage if it is elsewhere)")
+    paths = sweep_paths(args.storage, check_name(name), args.results_dir)
+    args = load_spec(paths, script, argparse.Namespace(**{**vars(args), "name": name}), parser)
+    return args, name, sweep_paths(args.storage, name, args.results_dir)
+
+
+def connect_and_announce(args: argparse.Namespace, script: str, name: str, paths: SweepPaths, t_start: float,
+                         *, extra_pythonpath: str | None = None) -> None:
+    """Join or start Ray, check the per-trial request fits, and print where results go and how to resume."""
+    import time
+
+    how = connect(args, extra_pythonpath=extra_pythonpath)
+    res = check_cluster_fits(args)
+    print(f"  Ray: {how} ({res['CPU']:g} CPUs, {res['GPU']:g} GPUs), {time.monotonic() - t_start:.1f} s")
+    print(f"  results table: {paths.results_root}/sweep_id={name}/")
+    print(f"  resume after a crash or Ctrl-C: python sweeps/{script}.py --resume --name {name}"
+          + (f" --storage {args.storage}" if args.storage != "results" else ""), flush=True)
+
+
 def quiet_tune_output() -> None:
     """Our ProgressLine replaces Tune's tables. Ray 2.60's default output engine prints them whatever
     `verbose` says; the legacy engine (RAY_AIR_NEW_OUTPUT=0) honours verbose=0. The forced experiment snapshots

@@ -142,17 +142,7 @@ def build_param_space(args: argparse.Namespace, grid: CriticalGrid, mode: str) -
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t_start = time.monotonic()
     cli.check_resources_args(args)
-    if args.resume:
-        name = args.name or cli.newest_sweep(args.storage, SCRIPT)
-        if name is None:
-            raise cli.SweepError(f"--resume: no critical_rho sweep found in {cli.absolute_storage(args.storage)}/ray; "
-                                 f"give --name (and --storage if it is elsewhere)")
-        paths = cli.sweep_paths(args.storage, cli.check_name(name), args.results_dir)
-        args = cli.load_spec(paths, SCRIPT, argparse.Namespace(**{**vars(args), "name": name}), parser)
-        paths = cli.sweep_paths(args.storage, name, args.results_dir)
-    else:
-        name = cli.check_name(args.name or cli.default_name("critical-rho"))
-        paths = cli.sweep_paths(args.storage, name, args.results_dir)
+    args, name, paths = cli.open_sweep(args, parser, SCRIPT, "critical-rho")
     mode = args.mode = resolve_mode(args)
     if mode == "adaptive" and not adaptive_available():
         raise cli.SweepError("--adaptive needs sweeps/adaptive.py, which is not installed here; use --grid")
@@ -178,12 +168,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from ray import tune
 
-    how = cli.connect(args, extra_pythonpath=_ADDED_PATH)
-    res = cli.check_cluster_fits(args)
-    print(f"  Ray: {how} ({res['CPU']:g} CPUs, {res['GPU']:g} GPUs), {time.monotonic() - t_start:.1f} s")
-    print(f"  results table: {paths.results_root}/sweep_id={name}/")
-    print(f"  resume after a crash or Ctrl-C: python sweeps/critical_rho.py --resume --name {name}"
-          + (f" --storage {args.storage}" if args.storage != "results" else ""), flush=True)
+    cli.connect_and_announce(args, SCRIPT, name, paths, t_start, extra_pythonpath=_ADDED_PATH)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
