@@ -182,7 +182,8 @@ class LoopbackCluster:
             code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             kill_tagged(NODE_TAG, node.name)  # `ray start` waits forever on an unreachable GCS
-            raise ClusterError(f"`ray start` of {node.name} took more than {START_TIMEOUT_S} s:\n{node.tail()}") from None
+            raise ClusterError(f"`ray start` of {node.name} took more than {START_TIMEOUT_S} s:\n"
+                               f"{node.tail()}") from None
         if code != 0:
             raise ClusterError(f"`ray start` of {node.name} failed (exit {code}):\n{node.tail()}")
         self.nodes.append(node)

@@ -12,11 +12,15 @@ the sweep resumed with --resume:
 * the Parquet table (analysis/schema.py layout, read with Polars) has exactly one row per (trial_id, step), every
   grid point (latent config, rho, seed) has exactly one final row, and every trial has its full set of steps;
 * trials interrupted by the failure continued from their checkpoints: Tune's own per-trial record (result.json
-  in the experiment folder) shows a restored run (``iterations_since_restore`` back to 1 while
-  ``training_iteration`` goes on from the checkpoint's) and no run that starts again from the first step;
-  for the node kill also Tune's trial state: ``num_failures`` > 0 for exactly the trials that were on that node;
+  in the experiment folder) splits into runs of the trainable (``iterations_since_restore`` back to 1), and no
+  run after the first starts again at the first evaluation's step; for the node kill also Tune's trial state:
+  ``num_failures`` > 0 for exactly the trials that were on that node;
 * rows came from both worker nodes and none from the head: Tune stamps each result with the ``node_ip`` of the
   node that produced it; joined to the table on (trial_id, step). The results schema itself has no node column.
+
+The driver is killed at the worst moment the test can observe (Tune has just deleted, per
+CheckpointConfig(num_to_keep), a checkpoint that its last snapshot on storage still names; see
+dangling_checkpoints), or 2 s after it is half way if that moment never comes.
 
 Budgets are small (a 2-layer 3-3 model, 10 evaluations of ~0.3 s) but each trial lasts a few seconds, so the
 kill reliably lands inside a trial that has already checkpointed. The whole file takes about 1.5 minutes on 2 cores.
@@ -33,8 +37,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from ray.tune.utils.serialization import TuneFunctionDecoder  # imported here: polls must take milliseconds
 
-from cluster_util import LoopbackCluster, Node
+from cluster_util import LoopbackCluster
 
 pytestmark = [
     pytest.mark.multinode,
@@ -110,6 +115,14 @@ def live_results(cluster: LoopbackCluster, name: str) -> dict[str, list[dict]]:
     return out
 
 
+def read_partition(part: Path) -> pl.DataFrame | None:
+    """The sweep's table while the driver may be rewriting files (None when it cannot be read right now)."""
+    try:
+        return pl.read_parquet(part / "*.parquet") if any(part.glob("*.parquet")) else None
+    except (OSError, pl.exceptions.ComputeError):  # a file replaced while listed
+        return None
+
+
 def read_table(storage: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(storage / "parquet" / f"sweep_id={name}" / "*.parquet")
 
@@ -142,6 +155,11 @@ def check_table_exactly_once(df: pl.DataFrame) -> None:
     assert df.filter(pl.col("is_final"))["step"].unique().to_list() == [first[-1]]
 
 
+def brief(results: list[dict]) -> list[tuple]:
+    """(step, training_iteration, iterations_since_restore, node_ip) per result: enough to read a failure."""
+    return [(r["step"], r["training_iteration"], r["iterations_since_restore"], r["node_ip"]) for r in results]
+
+
 def runs(results: list[dict]) -> list[list[dict]]:
     """Split a trial's results into runs of its trainable: a new run starts where iterations_since_restore is 1."""
     out: list[list[dict]] = []
@@ -152,21 +170,58 @@ def runs(results: list[dict]) -> list[list[dict]]:
     return out
 
 
-def check_no_restart_from_scratch(trials: dict[str, dict]) -> list[str]:
-    """No trial ran again from scratch: every run after a trial's first one starts from a checkpoint
-    (training_iteration > 1 on its first result, at most one past the previous run's last result) at a later step
-    than the trial's first. Returns the ids of trials with a run continued from a checkpoint (after a driver
-    crash the first run Tune's record keeps may itself be such a run)."""
+def check_no_restart_from_scratch(trials: dict[str, dict], first_step: int) -> list[str]:
+    """No trial ran again from scratch: every run of a trial after its first starts at a later step than
+    `first_step` (the first evaluation's step) and at most one evaluation past what the trial had already
+    reported. Step-based, so it holds whoever keeps the checkpoints (Tune or the trainable). Returns the ids of
+    trials with a run that continued from a checkpoint (after a driver crash Tune's record may keep only such a
+    run, so that can be a trial's first recorded run)."""
     restored = []
     for tid, t in trials.items():
         parts = runs(t["results"])
-        for prev, run in zip(parts, parts[1:]):
-            assert run[0]["training_iteration"] > 1, f"trial {tid} restarted from scratch: {t['results']}"
-            assert run[0]["training_iteration"] <= prev[-1]["training_iteration"] + 1, tid
-            assert run[0]["step"] > parts[0][0]["step"], f"trial {tid} went back to its first step"
-        if any(run[0]["training_iteration"] > 1 for run in parts):
+        for i, run in enumerate(parts[1:], start=1):
+            assert run[0]["step"] > first_step, f"trial {tid} restarted from scratch: {brief(t['results'])}"
+            reached = max(r["step"] for part in parts[:i] for r in part)
+            assert run[0]["step"] <= reached + first_step, f"trial {tid} skipped evaluations: {brief(t['results'])}"
+        if any(run[0]["step"] > first_step for run in parts):
             restored.append(tid)
     return restored
+
+
+def dangling_checkpoints(experiment: Path) -> list[str] | None:
+    """Trials that Tune's last *persisted* experiment snapshot would restore from a checkpoint that no longer
+    exists (None if the snapshot cannot be read right now). Tune deletes checkpoints beyond
+    CheckpointConfig(num_to_keep) as soon as newer ones are registered, while the snapshot naming them is written
+    and copied to storage asynchronously: a driver dying in between leaves a snapshot that --resume cannot restore.
+
+    Reads Tune's experiment_state JSON: each trial's status and folder, and the checkpoint it would restore from
+    (its checkpoint manager, which Tune stores pickled; this test's own files, so unpickling is safe), or the last
+    result's checkpoint_dir_name when there is no manager."""
+    files = sorted(experiment.glob("experiment_state-*.json"))
+    if not files:
+        return []
+    try:
+        state = json.loads(files[-1].read_text())
+        out = []
+        for trial_json, meta_json in state["trial_data"]:
+            trial = json.loads(trial_json)
+            meta = json.loads(meta_json, cls=TuneFunctionDecoder, allow_cloudpickle=True)
+            if trial["status"] == "TERMINATED":
+                continue  # finished trials are not restored
+            manager = meta.get("checkpoint_manager")
+            latest = getattr(manager, "latest_checkpoint_result", None)
+            if latest is not None:
+                path = Path(latest.checkpoint.path)
+            else:
+                name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
+                if not name:
+                    continue
+                path = experiment / trial["relative_logdir"] / name
+            if not path.exists():
+                out.append(f"{trial['trial_id']}/{path.name}")
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # being replaced, or another layout
+        return None
 
 
 def node_of_rows(df: pl.DataFrame, trials: dict[str, dict]) -> pl.DataFrame:
@@ -196,7 +251,7 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
         assert time.monotonic() < deadline, f"no trial reached {victim.ip} in time:\n{log.read_text()[-4000:]}"
         for trial_dir, rows in live_results(cluster, name).items():
             last = rows[-1] if rows else None
-            if last and last["node_ip"] == victim.ip and 2 <= last["training_iteration"] <= N_EVALS - 3:
+            if last and last["node_ip"] == victim.ip and 2 <= len(rows) <= N_EVALS - 3:
                 cluster.kill_node(victim)
                 killed_trial = last["trial_id"]
                 break
@@ -211,7 +266,7 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
     assert set(trials) == set(df["trial_id"].unique()), "Tune's trials and the table's trials differ"
     failed = {tid for tid, t in trials.items() if t["num_failures"] > 0}
     assert killed_trial in failed, (killed_trial, failed)
-    restored = check_no_restart_from_scratch(trials)
+    restored = check_no_restart_from_scratch(trials, first_step=int(df["step"].min()))
     assert set(restored) == failed  # every failed trial was restored from a checkpoint, no other one was
     for tid in failed:
         before, *after = runs(trials[tid]["results"])
@@ -234,31 +289,41 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     proc = start_sweep(cluster, argv, log)
     part = storage / "parquet" / f"sweep_id={name}"
 
-    # SIGKILL the driver once some trials are done and another one is half way (it has checkpoints to resume).
+    # SIGKILL the driver mid-sweep: once some trials are done and another is half way ("armed"), at the worst
+    # moment observable -- Tune has just deleted a checkpoint that its last persisted snapshot still names -- or,
+    # if no such moment comes within 2 s (a sweep that keeps every checkpoint), right away.
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    experiment = storage / "ray" / name
+    armed_at = None
     before: dict[str, set[int]] = {}
+    last_table_read = 0.0
     while not before:
         assert proc.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < deadline, f"the sweep made no progress:\n{log.read_text()[-4000:]}"
-        try:
-            df = pl.read_parquet(part / "*.parquet") if any(part.glob("*.parquet")) else None
-        except (OSError, pl.exceptions.ComputeError):  # a file replaced while listed
-            df = None
-        if df is not None:
-            n_final = df.filter(pl.col("is_final")).height
-            open_rows = df.filter(~pl.col("trial_id").is_in(df.filter(pl.col("is_final"))["trial_id"].implode()))
-            counts = open_rows.group_by("trial_id").len()
-            if 1 <= n_final <= 4 and counts.height and counts["len"].max() >= 3:
-                proc.send_signal(signal.SIGKILL)
-                before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
-        time.sleep(0.05)
-    proc.wait(timeout=30)
+        if armed_at is None and time.monotonic() - last_table_read > 0.05:
+            last_table_read = time.monotonic()
+            df = read_partition(part)
+            if df is not None:
+                n_final = df.filter(pl.col("is_final")).height
+                open_rows = df.filter(~pl.col("trial_id").is_in(df.filter(pl.col("is_final"))["trial_id"].implode()))
+                counts = open_rows.group_by("trial_id").len()
+                if 1 <= n_final <= 3 and counts.height and counts["len"].max() >= 3:
+                    armed_at = time.monotonic()
+        if armed_at is not None and (dangling_checkpoints(experiment) or time.monotonic() - armed_at > 2.0):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            df = read_partition(part)
+            before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+        time.sleep(0.002 if armed_at is not None else 0.02)
+    worst_case = dangling_checkpoints(experiment)  # what the resume has to cope with
     finals_before = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
     assert finals_before < len(RHOS) * len(SEEDS), "the driver was killed too late to test a mid-sweep crash"
 
     log2 = tmp_path / "resume.log"
     out = finish(start_sweep(cluster, [*argv, "--resume"], log2), log2)
-    assert "6 trials finished, 0 failed" in out, out[-4000:]
+    assert "6 trials finished, 0 failed" in out, (
+        f"the resumed sweep did not finish every trial; the driver was killed while Tune's persisted snapshot "
+        f"named deleted checkpoints {worst_case}:\n{out[-3000:]}" if worst_case else out[-4000:])
 
     df = read_table(storage, name)
     check_table_exactly_once(df)
@@ -272,10 +337,9 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
 
     trials = tune_trials(storage, name)
     assert set(trials) == set(df["trial_id"].unique())
-    restored = check_no_restart_from_scratch(trials)
+    restored = check_no_restart_from_scratch(trials, first_step=int(df["step"].min()))
     # At least the half-way trial was resumed from its checkpoint by --resume.
-    assert restored, {tid: [(r["step"], r["iterations_since_restore"]) for r in t["results"]]
-                      for tid, t in trials.items()}
+    assert restored, {tid: brief(t["results"]) for tid, t in trials.items()}
     for tid in restored:
         assert before.get(tid), f"trial {tid} was restored but had no rows before the crash"
 
@@ -291,14 +355,34 @@ def _result(it: int, since: int, ip: str = "127.0.0.2") -> dict:
 
 def test_restart_checks_catch_a_trial_that_started_again_from_scratch():
     continued = {"t": {"results": [_result(1, 1), _result(2, 2), _result(3, 1), _result(4, 2)]}}
-    assert check_no_restart_from_scratch(continued) == ["t"]
-    assert check_no_restart_from_scratch({"t": {"results": [_result(1, 1), _result(2, 2)]}}) == []
+    assert check_no_restart_from_scratch(continued, first_step=8) == ["t"]
+    assert check_no_restart_from_scratch({"t": {"results": [_result(1, 1), _result(2, 2)]}}, first_step=8) == []
+    # After a driver crash Tune may keep only the resumed run: it still counts as continued from a checkpoint.
+    assert check_no_restart_from_scratch({"t": {"results": [_result(3, 1), _result(4, 2)]}}, first_step=8) == ["t"]
     scratch = {"t": {"results": [_result(1, 1), _result(2, 2), _result(1, 1), _result(2, 2)]}}
     with pytest.raises(AssertionError, match="restarted from scratch"):
-        check_no_restart_from_scratch(scratch)
+        check_no_restart_from_scratch(scratch, first_step=8)
     skipped = {"t": {"results": [_result(1, 1), _result(2, 2), _result(5, 1)]}}  # resumed past its last result
-    with pytest.raises(AssertionError):
-        check_no_restart_from_scratch(skipped)
+    with pytest.raises(AssertionError, match="skipped"):
+        check_no_restart_from_scratch(skipped, first_step=8)
+
+
+def test_dangling_checkpoint_probe_reads_tunes_snapshot(tmp_path):
+    def snapshot(status: str, ckpt: str | None) -> None:
+        trial = json.dumps({"trial_id": "a_00000", "status": status, "relative_logdir": "train_a_00000"})
+        meta = json.dumps({"last_result": {"checkpoint_dir_name": ckpt} if ckpt else {}})
+        (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[trial, meta]]}))
+
+    assert dangling_checkpoints(tmp_path) == []  # no snapshot yet
+    (tmp_path / "train_a_00000" / "checkpoint_000003").mkdir(parents=True)
+    snapshot("RUNNING", "checkpoint_000003")
+    assert dangling_checkpoints(tmp_path) == []
+    snapshot("RUNNING", "checkpoint_000002")  # deleted by num_to_keep, still named by the snapshot
+    assert dangling_checkpoints(tmp_path) == ["a_00000/checkpoint_000002"]
+    snapshot("TERMINATED", "checkpoint_000002")  # finished trials are not restored
+    assert dangling_checkpoints(tmp_path) == []
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{ half written")
+    assert dangling_checkpoints(tmp_path) is None
 
 
 def test_table_checks_catch_duplicates_and_missing_grid_points():
