@@ -58,8 +58,18 @@ class FullBudgetOptunaSearch(OptunaSearch):
             print(f"[optuna] could not record trial {trial_id}: {exc}", file=sys.stderr)
         self._completed_trials.add(trial_id)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told to Optuna before a driver crash, after Tune's last snapshot: Tune replays it from a checkpoint.
+            self._completed_trials.add(trial_id)
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        # Trials the study already finished (told after Tune's last snapshot) must not be reported to again.
+        finished = {t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._completed_trials.update(tid for tid, t in self._ot_trials.items() if t.number in finished)
         # Trials asked after Tune's last snapshot are asked again under new numbers on resume: close the stale
         # ones as FAIL so the study shows no phantom RUNNING trials.
         known = {t.number for t in self._ot_trials.values()}
