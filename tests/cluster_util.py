@@ -16,12 +16,14 @@ test's process tree and cannot be killed the way a machine dies. Here every node
   ``~/.ray/auth_token`` exists, and a local ``ray.init`` in the test process sets ``RAY_AUTH_MODE=token`` in
   ``os.environ``; fixing the mode and the token for every process makes the cluster independent of both.
 
-Which processes belong to which node: Ray's processes inherit the environment of the ``ray start`` that
-launched them, and the raylet passes it on to the worker processes it spawns (which get a process group of
-their own, so killing the ``ray start`` process group would miss them). Every node is started with two tag
-variables, the cluster's and the node's; ``/proc/<pid>/environ`` then names every process of a node, workers
-included. "Killing a node" SIGKILLs all of them at once, as when a machine loses power: the raylet gets no
-chance to tell the GCS, which must notice by its health checks.
+Which processes belong to which node: every ``ray start`` runs in a new session, and everything it leaves behind
+(raylet, dashboard and runtime-env agents, log monitor, and the worker processes the raylet spawns, which move to
+a process group of their own but keep the session) carries that session id. Killing a process group would miss
+the workers, and the environment is no tag either: Ray's agents and workers overwrite their environ block with
+their process title. "Killing a node" SIGKILLs every process of its session at once, as when a machine loses
+power: the raylet gets no chance to tell the GCS, which must notice by its health checks. Drivers and probes
+started with ``LoopbackCluster.env()`` carry an environment tag (they keep their environ), so ``shutdown()``
+finds those too.
 
 ``ray stop`` is never used: it kills every Ray process of the user on the machine, other clusters' included.
 
@@ -63,52 +65,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ----- processes by tag ----------------------------------------------------------------------------------------
-def _is_zombie(pid: int) -> bool:
+# ----- finding and killing a node's processes -------------------------------------------------------------------
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, session id) of a process, None if it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # gone
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[3])  # after the command name: state, ppid, pgrp, session
 
 
-def tagged_pids(key: str, value: str) -> list[int]:
-    """Live (non-zombie) processes of this user whose environment has key=value."""
-    needle = f"{key}={value}".encode()
+def _live_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
+
+
+def session_pids(sids: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose session id is in `sids`."""
     out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        if pid == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:  # gone, or another user's process
-            continue
-        if needle in env.split(b"\0") and not _is_zombie(pid):
+    for pid in _live_pids():
+        st = _stat(pid)
+        if st and st[0] != "Z" and st[1] in sids:
             out.append(pid)
     return out
 
 
-def kill_tagged(key: str, value: str, timeout_s: float = 20.0) -> list[int]:
-    """SIGKILL every process tagged key=value, repeatedly (a raylet may spawn a worker while we kill), until
-    none is left. Returns the pids killed; raises ClusterError if some survive `timeout_s`."""
+def tagged_pids(key: str, value: str) -> list[int]:
+    """Live (non-zombie) processes of this user whose environment has key=value. Only for processes that keep
+    their command line: Ray's agents and workers overwrite argv *and* the environ block with their process title
+    (``ray::IDLE``), so /proc/<pid>/environ of those loses the tag -- they are found by session instead."""
+    needle = f"{key}={value}".encode()
+    out = []
+    for pid in _live_pids():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:  # gone, or another user's process
+            continue
+        st = _stat(pid)
+        if needle in env.split(b"\0") and st and st[0] != "Z":
+            out.append(pid)
+    return out
+
+
+def kill_all(find, what: str, timeout_s: float = 20.0) -> list[int]:
+    """SIGKILL every process `find()` returns, repeatedly (a raylet may spawn a worker while we kill), until it
+    returns none. Returns the pids killed; raises ClusterError if some survive `timeout_s`."""
     killed: list[int] = []
     deadline = time.monotonic() + timeout_s
     while True:
-        pids = tagged_pids(key, value)
+        pids = find()
         if not pids:
             return killed
         if time.monotonic() > deadline:
-            raise ClusterError(f"processes with {key}={value} survived SIGKILL for {timeout_s} s: {pids}")
+            raise ClusterError(f"processes of {what} survived SIGKILL for {timeout_s} s: {pids}")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             except ProcessLookupError:
                 pass
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 # ----- the cluster ----------------------------------------------------------------------------------------------
@@ -120,6 +135,7 @@ class Node:
     num_cpus: int
     head: bool = False
     alive: bool = True
+    sid: int = 0  # session id of every process of this node (see LoopbackCluster._launch)
 
     def tail(self, n: int = 30) -> str:
         log = self.temp_dir.parent / f"{self.name}.start.log"  # LoopbackCluster._log
@@ -170,9 +186,15 @@ class LoopbackCluster:
         if node.ip:
             cmd.append(f"--node-ip-address={node.ip}")
         with open(self._log(node), "w") as out:
-            # Own session: `ray start` and the daemons it leaves behind must not get the test's terminal signals.
-            return subprocess.Popen(cmd, env=self.env(node.name), stdout=out, stderr=subprocess.STDOUT,
+            # A new session per node: `ray start` becomes a session leader, and every process it leaves behind
+            # (raylet, agents, log monitor, and the workers the raylet spawns, which change only their process
+            # group) keeps that session id. That is how kill_node() finds all of them and nothing else. It also
+            # keeps the test's terminal signals (Ctrl-C in pytest) away from the nodes.
+            proc = subprocess.Popen(cmd, env=self.env(node.name), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        node.sid = proc.pid
+        self.nodes.append(node)  # registered now, so shutdown() finds its processes even if the start fails
+        return proc
 
     def _log(self, node: Node) -> Path:
         return node.temp_dir.parent / f"{node.name}.start.log"
@@ -181,12 +203,12 @@ class LoopbackCluster:
         try:
             code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            kill_tagged(NODE_TAG, node.name)  # `ray start` waits forever on an unreachable GCS
+            self._kill_node_processes(node)  # `ray start` waits forever on an unreachable GCS
             raise ClusterError(f"`ray start` of {node.name} took more than {START_TIMEOUT_S} s:\n"
                                f"{node.tail()}") from None
         if code != 0:
+            self._kill_node_processes(node)
             raise ClusterError(f"`ray start` of {node.name} failed (exit {code}):\n{node.tail()}")
-        self.nodes.append(node)
 
     def start_head(self) -> Node:
         """The head: GCS, its raylet (``head_cpus`` CPUs), no dashboard. Its node address is the machine's own
@@ -258,7 +280,7 @@ class LoopbackCluster:
             proc = subprocess.run([sys.executable, "-c", code], env=self.env("probe"), capture_output=True, text=True,
                                   timeout=timeout_s + 30, start_new_session=True)
         except subprocess.TimeoutExpired:
-            kill_tagged(NODE_TAG, "probe")
+            kill_all(lambda: tagged_pids(NODE_TAG, "probe"), "the cluster probe")
             raise ClusterError(f"could not query the cluster at {self.address} within {timeout_s + 30} s") from None
         if proc.returncode != 0:
             raise ClusterError(f"the cluster did not reach {cpus} CPUs in {timeout_s} s: {proc.stdout.strip()} "
@@ -268,24 +290,31 @@ class LoopbackCluster:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     # ----- failure and teardown -------------------------------------------------------------------------------
-    def kill_node(self, node: Node) -> list[int]:
-        """The node's machine dies: SIGKILL its raylet, agents, log monitor and worker processes at once."""
-        pids = kill_tagged(NODE_TAG, node.name)
+    def _kill_node_processes(self, node: Node) -> list[int]:
+        pids = kill_all(lambda: session_pids({node.sid}), f"node {node.name}")
         node.alive = False
         return pids
 
+    def kill_node(self, node: Node) -> list[int]:
+        """The node's machine dies: SIGKILL its raylet, agents, log monitor and worker processes at once (the
+        raylet gets no chance to tell the GCS, which must notice by its health checks)."""
+        if node.head:
+            raise ClusterError("kill_node() is for workers; the head takes the cluster with it (use shutdown())")
+        return self._kill_node_processes(node)
+
     def pids(self) -> list[int]:
-        """Every live process started for this cluster (nodes, their workers, drivers started with env())."""
-        return tagged_pids(CLUSTER_TAG, self.tag)
+        """Every live process of this cluster: its nodes' sessions, plus anything started with env() (drivers,
+        the probe) that is still running."""
+        return sorted(set(session_pids({n.sid for n in self.nodes})) | set(tagged_pids(CLUSTER_TAG, self.tag)))
 
     def shutdown(self) -> None:
-        """Kill every process of this cluster (and only of this cluster), check none is left, delete the temp
-        dirs. Safe to call twice."""
-        kill_tagged(CLUSTER_TAG, self.tag)
-        left = subprocess.run(["pgrep", "-f", str(self.base)], capture_output=True, text=True).stdout.split()
-        left = [p for p in left if not _is_zombie(int(p))]
+        """Kill every process of this cluster (and only of this cluster), check that none is left, delete the
+        temp dirs. Safe to call twice."""
+        kill_all(self.pids, f"the loopback cluster {self.base}")
         for n in self.nodes:
             n.alive = False
+        left = subprocess.run(["pgrep", "-f", str(self.base)], capture_output=True, text=True).stdout.split()
+        left = [p for p in left if (_stat(int(p)) or ("Z",))[0] != "Z"]
         if left:
             raise ClusterError(f"processes of the loopback cluster {self.base} are still running: {left}")
         shutil.rmtree(self.base, ignore_errors=True)

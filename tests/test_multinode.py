@@ -70,9 +70,9 @@ def cluster():
         c.start(n_workers=2)
         yield c
     finally:
-        base = c.base
         c.shutdown()  # raises if a process of this cluster survives
-        left = subprocess.run(["pgrep", "-f", str(base)], capture_output=True, text=True).stdout.split()
+        assert not c.pids(), "stray processes of the loopback cluster"
+        left = subprocess.run(["pgrep", "-f", str(c.base)], capture_output=True, text=True).stdout.split()
         assert not left, f"stray processes of the loopback cluster: {left}"
 
 
@@ -309,21 +309,27 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
                 counts = open_rows.group_by("trial_id").len()
                 if 1 <= n_final <= 3 and counts.height and counts["len"].max() >= 3:
                     armed_at = time.monotonic()
-        if armed_at is not None and (dangling_checkpoints(experiment) or time.monotonic() - armed_at > 2.0):
+        dangling = dangling_checkpoints(experiment) if armed_at is not None else None
+        if armed_at is not None and (dangling or time.monotonic() - armed_at > 2.0):
+            how = f"while its snapshot named deleted checkpoints {dangling}" if dangling else "2 s after half way"
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             df = read_partition(part)
             before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
         time.sleep(0.002 if armed_at is not None else 0.02)
-    worst_case = dangling_checkpoints(experiment)  # what the resume has to cope with
+    for _ in range(50):  # what the resume has to cope with (None: the snapshot could not be read)
+        worst_case = dangling_checkpoints(experiment)
+        if worst_case is not None:
+            break
+        time.sleep(0.02)
     finals_before = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
     assert finals_before < len(RHOS) * len(SEEDS), "the driver was killed too late to test a mid-sweep crash"
 
     log2 = tmp_path / "resume.log"
     out = finish(start_sweep(cluster, [*argv, "--resume"], log2), log2)
     assert "6 trials finished, 0 failed" in out, (
-        f"the resumed sweep did not finish every trial; the driver was killed while Tune's persisted snapshot "
-        f"named deleted checkpoints {worst_case}:\n{out[-3000:]}" if worst_case else out[-4000:])
+        f"the resumed sweep did not finish every trial. The driver was killed {how}; after it died, the snapshot "
+        f"on storage named deleted checkpoints: {worst_case}\n{out[-3000:]}")
 
     df = read_table(storage, name)
     check_table_exactly_once(df)
