@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sweeps.refine import top_dim_of
+
 DEFAULTS: dict[str, Any] = {"true_rho_c": 0.93, "true_width": 0.01, "seed_sd": 0.004, "salt": 0}
 
 
@@ -39,10 +41,8 @@ def noisy_active_units(rho: float, seed: int, top_dim: int, *, rho_c: float = 0.
 
 
 def top_dim_from(config: Mapping[str, Any]) -> int:
-    dims = config.get("latent_dims", (10,))
-    if isinstance(dims, str):
-        dims = [int(p) for p in dims.split("-") if p]
-    return int(list(dims)[-1])
+    """Top-layer size of a trial config (10 when it names no latent_dims)."""
+    return top_dim_of(config) or 10
 
 
 def noisy_transition_trainable(config: dict[str, Any]) -> None:
