@@ -70,10 +70,17 @@ class Trainer:
         self.consecutive_skips = 0
         self.train_seconds = 0.0  # optimizer steps only: time per epoch compares methods, not evaluation
         self.eval_seconds = 0.0
-        self.last_metrics: dict[str, Any] | None = None
+        # Every evaluation's metrics, in order; checkpointed, so a run that continues from a checkpoint still
+        # has them (a sweep re-reports them when it cannot know which reports reached its driver).
+        self.history: list[dict[str, Any]] = []
         self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+    @property
+    def last_metrics(self) -> dict[str, Any] | None:
+        """The newest evaluation's metrics (None before the first evaluation)."""
+        return self.history[-1] if self.history else None
 
     # ----- training ---------------------------------------------------------------------------------
     @property
@@ -158,7 +165,7 @@ class Trainer:
             metrics = {**self.evaluate(), "is_final": is_final}
         self.eval_seconds += time.perf_counter() - t0
         metrics["wall_time_s"] = self.train_seconds + self.eval_seconds
-        self.last_metrics = metrics
+        self.history.append(metrics)
         if self.callback is not None:
             self.callback(self, metrics)
         return metrics
@@ -178,7 +185,7 @@ class Trainer:
             "consecutive_skips": self.consecutive_skips,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
-            "last_metrics": self.last_metrics,
+            "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -200,9 +207,10 @@ class Trainer:
         trainer = cls(cfg, callback=callback, data=data)
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
-        for key in ("step", "skipped_steps", "consecutive_skips", "train_seconds", "eval_seconds",
-                    "last_metrics"):
+        for key in ("step", "skipped_steps", "consecutive_skips", "train_seconds", "eval_seconds"):
             setattr(trainer, key, state[key])
+        # Checkpoints written before the history was kept hold only the newest evaluation.
+        trainer.history = state.get("history") or ([state["last_metrics"]] if state.get("last_metrics") else [])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])

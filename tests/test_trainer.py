@@ -41,6 +41,7 @@ def test_checkpoint_resumes_to_the_same_next_step_loss(digits, tmp_path):
     a.save_checkpoint(tmp_path)
     b = Trainer.from_checkpoint(tmp_path, data=digits, steps=31)
     assert b.step == a.step == 30 and b.cfg.rho == 0.7
+    assert len(a.history) > 1 and b.history == a.history and b.last_metrics == a.history[-1]
     resumed_rng = torch.get_rng_state()  # both trainers share torch's global generator: give each the same
     loss_a = a.train_step(a.batch_at(a.step))
     torch.set_rng_state(resumed_rng)
