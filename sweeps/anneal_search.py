@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             sampler=optuna.samplers.TPESampler(seed=args.sampler_seed, multivariate=True, group=True))
         scheduler = None
         if args.asha:
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max", max_t=max(evals, 1),
+            scheduler = ASHAScheduler(time_attr="evaluation", metric=METRIC, mode="max", max_t=max(evals, 1),
                                       grace_period=max(1, args.grace_period), reduction_factor=args.reduction_factor)
         callbacks = [ParquetSink(paths.results_root, name)]
         if not args.quiet:
@@ -214,8 +214,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                         max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors),
             run_config=tune.RunConfig(
                 name=name, storage_path=paths.ray_storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     results = tuner.fit()
     return summarize(results, storage, study_name, storage_uri, paths, name, args, t_start)
 

@@ -280,11 +280,9 @@ def connect_and_announce(args: argparse.Namespace, script: str, name: str, paths
 
 def quiet_tune_output() -> None:
     """Our ProgressLine replaces Tune's tables. Ray 2.60's default output engine prints them whatever
-    `verbose` says; the legacy engine (RAY_AIR_NEW_OUTPUT=0) honours verbose=0. The forced experiment snapshots
-    that CheckpointConfig(num_to_keep) implies are intended here, so their "may become a bottleneck" warning is
-    noise. Called by the scripts' main(), not on import, so importing sweeps changes nothing."""
+    `verbose` says; the legacy engine (RAY_AIR_NEW_OUTPUT=0) honours verbose=0. Called by the scripts' main(),
+    not on import, so importing sweeps changes nothing."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:

@@ -32,7 +32,7 @@ from sweeps.space import CriticalGrid, SpaceError, base_config, latent_configs, 
     seed_list  # noqa: E402
 
 SCRIPT = "critical_rho"
-# The no-argument demo (digits, 2 cores, ~5 minutes including Ray start-up): see sweeps/README.md for timings.
+# The no-argument demo (digits, 2 cores, ~5 minutes including Ray start-up): README.md ("Sweeps") has timings.
 DEMO_LATENT_SIZES = [5, 10, 20]
 DEMO_RHO = (0.76, 1.0, 0.04)
 ADAPTIVE_MIN_SPACING = 0.005  # adaptive mode's default finest rho spacing (--rho-step)
@@ -192,10 +192,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                         max_concurrent_trials=args.max_concurrent if mode == "grid" else None),
             run_config=tune.RunConfig(
                 name=name, storage_path=paths.ray_storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                # Keep two checkpoints per trial: Tune snapshots its experiment state every num_to_keep
-                # checkpoints, so the snapshot never points at a deleted checkpoint.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                # Retries continue from the trial's own checkpoints (sweeps/checkpoints.py), not Tune's.
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)),
         )
     results = tuner.fit()
     return summarize(results, paths, name, args, t_start)

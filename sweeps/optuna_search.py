@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any
 
 import optuna
@@ -59,10 +60,18 @@ class FullBudgetOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
+        again at 1 when a trial continues from its checkpoint). A step already reported -- the evaluation a
+        restarted trial re-sends -- keeps its value: it is the same measurement."""
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # Optuna takes no intermediate values for several objectives
+        ot_trial = self._ot_trials[trial_id]
         try:
-            super().on_trial_result(trial_id, result)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*is already reported", category=UserWarning)
+                ot_trial.report(float(result[self.metric]), step=int(result["step"]))
         except optuna.exceptions.UpdateFinishedTrialError:
-            # Told to Optuna before a driver crash, after Tune's last snapshot: Tune replays it from a checkpoint.
+            # Told to Optuna before a driver crash, after Tune's last snapshot: Tune runs it again.
             self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:

@@ -7,12 +7,17 @@ Contract with the rest of `sweeps`:
 
 * the trial config is a flat dict of ``ouvae.config.Config`` fields plus ``preset`` (the preset the fields
   override); unknown keys fail the trial with ConfigError before any training;
-* every evaluation is reported with ``ray.tune.report(metrics, checkpoint=...)``: the metrics are the trainer's
-  metrics dict plus ``cfg.result_fields(binarization)`` plus ``ouvae_version``/``schema_version`` -- i.e. one
-  results-table row minus the identity columns that the driver-side ``ParquetSink`` adds;
-* the checkpoint is ``Trainer.save_checkpoint`` (config, model, optimizer, step, every RNG state), so a retried
-  or resumed trial continues with exactly the step it would have taken (``tune.get_checkpoint()`` +
-  ``Trainer.from_checkpoint``), and re-reports identical rows for any step it repeats.
+* every evaluation is checkpointed (``sweeps/checkpoints.py``: ``Trainer.save_checkpoint`` -- config, model,
+  optimizer, step, every RNG state -- in the trial's folder on the sweep's storage) and then reported with
+  ``ray.tune.report(metrics)``: the trainer's metrics plus ``cfg.result_fields(binarization)`` plus
+  ``ouvae_version``/``schema_version`` -- one results-table row minus the identity columns that the
+  driver-side ``ParquetSink`` adds -- plus two Tune-only fields, ``evaluation`` (1, 2, ... : ASHA's clock) and
+  ``restored_from_step`` (0 for a run from scratch);
+* a run of the trial -- the first, a retry after a failure (``FailureConfig``) or a restart by ``--resume`` --
+  continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
+  re-reports every evaluation up to that checkpoint (``Trainer.history``; the driver may have died before
+  recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
+  sweeps/checkpoints.py for why.
 
 With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn; the dataset
 cache below then saves reloading the data for every trial.
@@ -20,8 +25,8 @@ cache below then saves reloading the data for every trial.
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -31,6 +36,7 @@ from analysis.schema import SCHEMA_VERSION
 from ouvae import __version__
 from ouvae.config import Config
 from ouvae.trainer import Trainer
+from sweeps.checkpoints import TrialCheckpoints
 
 # Test-only hook (never set by the sweep scripts): a folder; the first time a trial id reaches its first
 # checkpointed report, a marker file is created there and the trial raises, so tests can check retries.
@@ -75,33 +81,43 @@ def report_payload(trainer: Trainer, metrics: Mapping[str, Any]) -> dict[str, An
             "ouvae_version": __version__, "schema_version": SCHEMA_VERSION}
 
 
+def evaluation_index(trainer: Trainer, metrics: Mapping[str, Any]) -> int:
+    """1 for the first evaluation, 2 for the second ...: a clock that survives restarts (Tune's
+    training_iteration starts again at 1 in every run of the trainable)."""
+    return max(1, math.ceil(metrics["epoch"] / trainer.cfg.eval_every))
+
+
 def train_ouvae(config: dict[str, Any]) -> None:
-    """Tune function trainable: train (or resume) one configuration to its budget."""
+    """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint."""
     cfg = config_from_trial(config)
     fail_dir = config.get(TEST_FAIL_ONCE_KEY)
     data = _dataset(cfg)
+    store = TrialCheckpoints.of_current_trial()
+    restored_from = 0
 
-    def report(trainer: Trainer, metrics: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory(prefix="ouvae-ckpt-") as d:
-            trainer.save_checkpoint(d)
-            # report() copies the folder into the trial's storage before returning, so the temp dir may go.
-            tune.report(report_payload(trainer, metrics), checkpoint=tune.Checkpoint.from_directory(d))
+    def send(trainer: Trainer, metrics: Mapping[str, Any]) -> None:
+        tune.report({**report_payload(trainer, metrics), "evaluation": evaluation_index(trainer, metrics),
+                     "restored_from_step": restored_from})
+
+    def checkpoint_and_report(trainer: Trainer, metrics: dict[str, Any]) -> None:
+        store.save(trainer)  # before the report: a reported step always has its checkpoint
+        send(trainer, metrics)
         if fail_dir:
             _maybe_fail_once(fail_dir)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            # Runtime-only fields follow the current trial config (e.g. resumed on a node with a GPU).
-            trainer = Trainer.from_checkpoint(d, callback=report, data=data, device=cfg.device,
-                                              num_threads=cfg.num_threads, data_dir=cfg.data_dir)
-        if trainer.last_metrics is not None and trainer.last_metrics.get("is_final"):
-            # Restored from the final checkpoint (e.g. the driver died before recording the trial as done):
-            # re-send the final result so Tune and the searcher see it; the sink upserts the same row.
-            report(trainer, trainer.last_metrics)
+    # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
+    trainer = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
+                                num_threads=cfg.num_threads, data_dir=cfg.data_dir)
+    if trainer is None:
+        trainer = Trainer(cfg, callback=checkpoint_and_report, data=data)
+    elif trainer.history:
+        restored_from = trainer.step
+        # Re-send every evaluation so far: after a driver crash (or a worker outliving it) some reports may never
+        # have been recorded. The sink upserts identical rows; the Optuna searcher skips steps it already has.
+        for metrics in trainer.history:
+            send(trainer, metrics)
+        if trainer.history[-1].get("is_final"):
             return
-    else:
-        trainer = Trainer(cfg, callback=report, data=data)
     trainer.fit()
 
 

@@ -21,7 +21,6 @@ TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "
 @pytest.fixture
 def quiet_env(monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
-    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def test_only_full_budget_trials_reach_optuna_as_complete():

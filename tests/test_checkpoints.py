@@ -1,0 +1,82 @@
+"""The trainable's own checkpoint store (sweeps/checkpoints.py) on a real filesystem with real digits trainers.
+
+What a sweep relies on: the newest complete checkpoint is found by listing alone, only the newest `keep` stay, a
+half-written checkpoint is never picked, a damaged newest one falls back to the one before, and a trial whose
+checkpoints are all unreadable fails with a message that names the folder and the fix.
+"""
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from ouvae.config import Config
+from ouvae.data import load_dataset
+from ouvae.trainer import Trainer
+from sweeps.checkpoints import CheckpointError, TrialCheckpoints
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def trainer_at(digits, steps: int) -> Trainer:
+    cfg = Config.from_preset("demo", latent_dims=(3, 3), hidden_units=16, steps=steps, eval_every=1, eval_iw_k=2,
+                             n_train=200, eval_max_examples=50, rho=0.9)
+    t = Trainer(cfg, data=digits)
+    t.fit()
+    return t
+
+
+def store_in(tmp_path, keep: int = 2) -> TrialCheckpoints:
+    return TrialCheckpoints(pafs.LocalFileSystem(), str(tmp_path / "trial" / "ouvae_checkpoints"), keep=keep)
+
+
+def test_keeps_the_newest_and_restores_the_newest_with_its_history(digits, tmp_path):
+    store = store_in(tmp_path)
+    assert store.steps() == [] and store.load_newest(data=digits) is None  # a trial's first run
+    trainers = [trainer_at(digits, s) for s in (2, 4, 6)]
+    for t in trainers:
+        t.history[-1]["is_final"] = False  # checkpoints taken mid-run
+        store.save(t)
+    assert store.steps() == [4, 6]
+    back = store.load_newest(data=digits)
+    assert back.step == 6 and back.history == trainers[-1].history and len(back.history) == 3
+    for a, b in zip(back.model.parameters(), trainers[-1].model.parameters()):
+        assert torch.equal(a, b)
+    store.save(trainer_at(digits, 8))  # the final evaluation: only its checkpoint stays
+    assert store.steps() == [8]
+
+
+def test_half_written_files_are_never_picked_and_are_cleaned_up(digits, tmp_path):
+    store = store_in(tmp_path)
+    store.save(trainer_at(digits, 2))
+    folder = tmp_path / "trial" / "ouvae_checkpoints"
+    (folder / ".staging-dead.pt").write_bytes(b"half a checkpoint")  # a run killed mid-save
+    (folder / "notes.txt").write_text("not a checkpoint")
+    assert store.steps() == [2]
+    assert store.load_newest(data=digits).step == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "step_000000000002.pt"]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(digits, tmp_path, caplog):
+    store = store_in(tmp_path)
+    for steps in (2, 4):
+        t = trainer_at(digits, steps)
+        t.history[-1]["is_final"] = False
+        store.save(t)
+    (tmp_path / "trial" / "ouvae_checkpoints" / "step_000000000004.pt").write_bytes(b"\0" * 100)
+    assert store.load_newest(data=digits).step == 2
+    assert "cannot be read" in caplog.text
+
+
+def test_all_checkpoints_unreadable_is_a_clear_error(digits, tmp_path):
+    store = store_in(tmp_path, keep=1)
+    store.save(trainer_at(digits, 2))
+    (tmp_path / "trial" / "ouvae_checkpoints" / "step_000000000002.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="delete that folder to restart the trial from scratch"):
+        store.load_newest(data=digits)
+    with pytest.raises(ValueError, match="keep at least one"):
+        store_in(tmp_path, keep=0)
