@@ -12,15 +12,17 @@ the sweep resumed with --resume:
 * the Parquet table (analysis/schema.py layout, read with Polars) has exactly one row per (trial_id, step), every
   grid point (latent config, rho, seed) has exactly one final row, and every trial has its full set of steps;
 * trials interrupted by the failure continued from their checkpoints: Tune's own per-trial record (result.json
-  in the experiment folder) splits into runs of the trainable (``iterations_since_restore`` back to 1), and no
-  run after the first starts again at the first evaluation's step; for the node kill also Tune's trial state:
-  ``num_failures`` > 0 for exactly the trials that were on that node;
+  in the experiment folder) splits into runs of the trainable (``iterations_since_restore`` back to 1), every
+  run after the first reports the step it continued from (``restored_from_step`` > 0, sweeps/trainable.py),
+  and that step is the newest evaluation the trial had reported before the failure, or the one after it
+  (checkpointed, not yet reported); for the node kill also Tune's trial state: ``num_failures`` > 0 for exactly
+  the trials that were on that node;
 * rows came from both worker nodes and none from the head: Tune stamps each result with the ``node_ip`` of the
   node that produced it; joined to the table on (trial_id, step). The results schema itself has no node column.
 
-The driver is killed at the worst moment the test can observe (Tune has just deleted, per
-CheckpointConfig(num_to_keep), a checkpoint that its last snapshot on storage still names; see
-dangling_checkpoints), or 2 s after it is half way if that moment never comes.
+The driver is killed at the worst moment the test can observe -- a trial has checkpointed an evaluation that the
+table does not have yet (see unrecorded_checkpoints) -- or 2 s after the sweep is half way if that moment never
+comes.
 
 Budgets are small (a 2-layer 3-3 model, 10 evaluations of ~0.3 s) but each trial lasts a few seconds, so the
 kill reliably lands inside a trial that has already checkpointed. The whole file takes 1 to 1.5 minutes on 2
@@ -38,7 +40,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from ray.tune.utils.serialization import TuneFunctionDecoder  # imported here: polls must take milliseconds
 
 from cluster_util import LoopbackCluster
 
@@ -171,58 +172,41 @@ def runs(results: list[dict]) -> list[list[dict]]:
     return out
 
 
-def check_no_restart_from_scratch(trials: dict[str, dict], first_step: int) -> list[str]:
-    """No trial ran again from scratch: every run of a trial after its first starts at a later step than
-    `first_step` (the first evaluation's step) and at most one evaluation past what the trial had already
-    reported. Step-based, so it holds whoever keeps the checkpoints (Tune or the trainable). Returns the ids of
-    trials with a run that continued from a checkpoint (after a driver crash Tune's record may keep only such a
-    run, so that can be a trial's first recorded run)."""
-    restored = []
+def continued_runs(trials: dict[str, dict]) -> dict[str, list[int]]:
+    """trial id -> the step each of its runs continued from, for trials with a run that continued from a
+    checkpoint (after a driver crash Tune's record may keep only such a run). Asserts that no run after a
+    trial's first started from scratch and that a continued run re-sent the evaluations it had before."""
+    out: dict[str, list[int]] = {}
     for tid, t in trials.items():
-        parts = runs(t["results"])
-        for i, run in enumerate(parts[1:], start=1):
-            assert run[0]["step"] > first_step, f"trial {tid} restarted from scratch: {brief(t['results'])}"
-            reached = max(r["step"] for part in parts[:i] for r in part)
-            assert run[0]["step"] <= reached + first_step, f"trial {tid} skipped evaluations: {brief(t['results'])}"
-        if any(run[0]["step"] > first_step for run in parts):
-            restored.append(tid)
-    return restored
+        for i, run in enumerate(runs(t["results"])):
+            start = run[0]["restored_from_step"]
+            assert start > 0 or i == 0, f"trial {tid} restarted from scratch: {brief(t['results'])}"
+            if start:
+                resent = [r["step"] for r in run if r["step"] <= start]
+                assert resent and resent[-1] == start, f"trial {tid} did not re-send its history: {brief(run)}"
+                out.setdefault(tid, []).append(start)
+    return out
 
 
-def dangling_checkpoints(experiment: Path) -> list[str] | None:
-    """Trials that Tune's last *persisted* experiment snapshot would restore from a checkpoint that no longer
-    exists (None if the snapshot cannot be read right now). Tune deletes checkpoints beyond
-    CheckpointConfig(num_to_keep) as soon as newer ones are registered, while the snapshot naming them is written
-    and copied to storage asynchronously: a driver dying in between leaves a snapshot that --resume cannot restore.
+def check_continued_where_it_stopped(start: int, reported: set[int], first_step: int, what: str) -> None:
+    """A run continued from the newest evaluation reported before the failure, or from the one after it (saved
+    just before the failure, never reported): no evaluation skipped, no progress lost."""
+    newest = max(reported)
+    assert newest <= start <= newest + first_step, f"{what}: continued from step {start}, had reported {newest}"
 
-    Reads Tune's experiment_state JSON: each trial's status and folder, and the checkpoint it would restore from
-    (its checkpoint manager, which Tune stores pickled; this test's own files, so unpickling is safe), or the last
-    result's checkpoint_dir_name when there is no manager."""
-    files = sorted(experiment.glob("experiment_state-*.json"))
-    if not files:
-        return []
-    try:
-        state = json.loads(files[-1].read_text())
-        out = []
-        for trial_json, meta_json in state["trial_data"]:
-            trial = json.loads(trial_json)
-            meta = json.loads(meta_json, cls=TuneFunctionDecoder, allow_cloudpickle=True)
-            if trial["status"] == "TERMINATED":
-                continue  # finished trials are not restored
-            manager = meta.get("checkpoint_manager")
-            latest = getattr(manager, "latest_checkpoint_result", None)
-            if latest is not None:
-                path = Path(latest.checkpoint.path)
-            else:
-                name = (meta.get("last_result") or {}).get("checkpoint_dir_name")
-                if not name:
-                    continue
-                path = experiment / trial["relative_logdir"] / name
-            if not path.exists():
-                out.append(f"{trial['trial_id']}/{path.name}")
-        return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # being replaced, or another layout
-        return None
+
+def unrecorded_checkpoints(experiment: Path, df: pl.DataFrame | None) -> list[str]:
+    """Checkpoints (sweeps/checkpoints.py layout) of evaluations that the table has no row for yet: a trial
+    has saved but its report has not reached the table. A driver dying now is the case the re-sent history of
+    sweeps/trainable.py exists for."""
+    have = set() if df is None else set(zip(df["trial_id"], df["step"]))
+    out = []
+    for f in experiment.glob("*/ouvae_checkpoints/step_*.pt"):
+        step = int(f.stem.split("_")[1])
+        trial_id = next((tid for tid, _ in have if tid in f.parent.parent.name), None)
+        if trial_id is not None and (trial_id, step) not in have:
+            out.append(f"{trial_id}/{f.name}")
+    return out
 
 
 def node_of_rows(df: pl.DataFrame, trials: dict[str, dict]) -> pl.DataFrame:
@@ -231,8 +215,9 @@ def node_of_rows(df: pl.DataFrame, trials: dict[str, dict]) -> pl.DataFrame:
         [{"trial_id": tid, "step": r["step"], "node_ip": r["node_ip"]} for tid, t in trials.items()
          for r in t["results"]],
         schema={"trial_id": pl.String, "step": pl.Int64, "node_ip": pl.String})
-    # A step reported twice (re-reported after a restore) was produced on the node of its last report.
-    seen = seen.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)
+    # A step reported twice (re-sent by a run that continued from a checkpoint) was computed where it was first
+    # reported.
+    seen = seen.unique(subset=["trial_id", "step"], keep="first", maintain_order=True)
     return df.select("trial_id", "step", "is_final").join(seen, on=["trial_id", "step"], how="left")
 
 
@@ -267,10 +252,12 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
     assert set(trials) == set(df["trial_id"].unique()), "Tune's trials and the table's trials differ"
     failed = {tid for tid, t in trials.items() if t["num_failures"] > 0}
     assert killed_trial in failed, (killed_trial, failed)
-    restored = check_no_restart_from_scratch(trials, first_step=int(df["step"].min()))
+    restored = continued_runs(trials)
     assert set(restored) == failed  # every failed trial was restored from a checkpoint, no other one was
     for tid in failed:
         before, *after = runs(trials[tid]["results"])
+        assert len(after) == len(restored[tid]) == 1
+        check_continued_where_it_stopped(restored[tid][0], {r["step"] for r in before}, int(df["step"].min()), tid)
         assert {r["node_ip"] for r in before} == {victim.ip}
         assert {r["node_ip"] for rr in after for r in rr} == {survivor.ip}  # finished on the surviving node
 
@@ -281,10 +268,6 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
     assert "retry" in out  # the sweep's progress line reported the retry
 
 
-@pytest.mark.xfail(reason="known bug (open, issue 5): with CheckpointConfig(num_to_keep=2) Tune deletes a checkpoint "
-                   "its last persisted snapshot still names; a driver killed in that window makes --resume fail "
-                   "the trial ('Could not recover from checkpoint as it does not exist on storage anymore', "
-                   "ray#27790). Fix: trainable-managed checkpoints; see the closing note.", strict=False)
 def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     cluster.ensure_workers(2)
     worker_ips = {n.ip for n in cluster.workers}
@@ -295,8 +278,7 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     part = storage / "parquet" / f"sweep_id={name}"
 
     # SIGKILL the driver mid-sweep: once some trials are done and another is half way ("armed"), at the worst
-    # moment observable -- Tune has just deleted a checkpoint that its last persisted snapshot still names -- or,
-    # if no such moment comes within 2 s (a sweep that keeps every checkpoint), right away.
+    # moment observable -- a trial has checkpointed an evaluation the table does not have yet -- or 2 s later.
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
     experiment = storage / "ray" / name
     armed_at = None
@@ -314,27 +296,21 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
                 counts = open_rows.group_by("trial_id").len()
                 if 1 <= n_final <= 3 and counts.height and counts["len"].max() >= 3:
                     armed_at = time.monotonic()
-        dangling = dangling_checkpoints(experiment) if armed_at is not None else None
-        if armed_at is not None and (dangling or time.monotonic() - armed_at > 2.0):
-            how = f"while its snapshot named deleted checkpoints {dangling}" if dangling else "2 s after half way"
+        unrecorded = unrecorded_checkpoints(experiment, read_partition(part)) if armed_at is not None else []
+        if armed_at is not None and (unrecorded or time.monotonic() - armed_at > 2.0):
+            how = f"while {unrecorded} had no rows yet" if unrecorded else "2 s after half way"
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             df = read_partition(part)
             before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
         time.sleep(0.002 if armed_at is not None else 0.02)
-    for _ in range(50):  # what the resume has to cope with (None: the snapshot could not be read)
-        worst_case = dangling_checkpoints(experiment)
-        if worst_case is not None:
-            break
-        time.sleep(0.02)
     finals_before = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
     assert finals_before < len(RHOS) * len(SEEDS), "the driver was killed too late to test a mid-sweep crash"
 
     log2 = tmp_path / "resume.log"
     out = finish(start_sweep(cluster, [*argv, "--resume"], log2), log2)
     assert "6 trials finished, 0 failed" in out, (
-        f"the resumed sweep did not finish every trial. The driver was killed {how}; after it died, the snapshot "
-        f"on storage named deleted checkpoints: {worst_case}\n{out[-3000:]}")
+        f"the resumed sweep did not finish every trial. The driver was killed {how}.\n{out[-3000:]}")
 
     df = read_table(storage, name)
     check_table_exactly_once(df)
@@ -348,11 +324,12 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
 
     trials = tune_trials(storage, name)
     assert set(trials) == set(df["trial_id"].unique())
-    restored = check_no_restart_from_scratch(trials, first_step=int(df["step"].min()))
-    # At least the half-way trial was resumed from its checkpoint by --resume.
+    restored = continued_runs(trials)
+    # At least the half-way trial was resumed from its checkpoint by --resume, where the table had stopped.
     assert restored, {tid: brief(t["results"]) for tid, t in trials.items()}
-    for tid in restored:
+    for tid, starts in restored.items():
         assert before.get(tid), f"trial {tid} was restored but had no rows before the crash"
+        check_continued_where_it_stopped(starts[-1], before[tid], int(df["step"].min()), f"{tid} ({how})")
 
     rows = node_of_rows(df, trials)
     ips = set(rows["node_ip"].drop_nulls())
@@ -360,40 +337,39 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
 
 
 # ----- the checks themselves fail on the failures they look for (no cluster needed) --------------------------------
-def _result(it: int, since: int, ip: str = "127.0.0.2") -> dict:
-    return {"training_iteration": it, "iterations_since_restore": since, "step": 8 * it, "node_ip": ip}
+def _run(steps: list[int], restored_from: int = 0, ip: str = "127.0.0.2") -> list[dict]:
+    """One run of the trainable as Tune records it: steps of 8 per evaluation."""
+    return [{"step": step, "iterations_since_restore": i, "training_iteration": i, "restored_from_step": restored_from,
+             "node_ip": ip} for i, step in enumerate(steps, start=1)]
 
 
 def test_restart_checks_catch_a_trial_that_started_again_from_scratch():
-    continued = {"t": {"results": [_result(1, 1), _result(2, 2), _result(3, 1), _result(4, 2)]}}
-    assert check_no_restart_from_scratch(continued, first_step=8) == ["t"]
-    assert check_no_restart_from_scratch({"t": {"results": [_result(1, 1), _result(2, 2)]}}, first_step=8) == []
+    continued = {"t": {"results": _run([8, 16]) + _run([8, 16, 24, 32], restored_from=16)}}
+    assert continued_runs(continued) == {"t": [16]}
+    assert continued_runs({"t": {"results": _run([8, 16])}}) == {}
     # After a driver crash Tune may keep only the resumed run: it still counts as continued from a checkpoint.
-    assert check_no_restart_from_scratch({"t": {"results": [_result(3, 1), _result(4, 2)]}}, first_step=8) == ["t"]
-    scratch = {"t": {"results": [_result(1, 1), _result(2, 2), _result(1, 1), _result(2, 2)]}}
+    assert continued_runs({"t": {"results": _run([8, 16, 24], restored_from=16)}}) == {"t": [16]}
     with pytest.raises(AssertionError, match="restarted from scratch"):
-        check_no_restart_from_scratch(scratch, first_step=8)
-    skipped = {"t": {"results": [_result(1, 1), _result(2, 2), _result(5, 1)]}}  # resumed past its last result
-    with pytest.raises(AssertionError, match="skipped"):
-        check_no_restart_from_scratch(skipped, first_step=8)
+        continued_runs({"t": {"results": _run([8, 16]) + _run([8, 16])}})
+    with pytest.raises(AssertionError, match="did not re-send"):  # continued but its history was not re-sent
+        continued_runs({"t": {"results": _run([8, 16]) + _run([24, 32], restored_from=16)}})
+    check_continued_where_it_stopped(16, {8, 16}, 8, "t")
+    check_continued_where_it_stopped(24, {8, 16}, 8, "t")  # saved step 24, failed before reporting it
+    with pytest.raises(AssertionError, match="continued from step 32"):  # skipped an evaluation
+        check_continued_where_it_stopped(32, {8, 16}, 8, "t")
+    with pytest.raises(AssertionError, match="continued from step 8"):  # lost progress
+        check_continued_where_it_stopped(8, {8, 16}, 8, "t")
 
 
-def test_dangling_checkpoint_probe_reads_tunes_snapshot(tmp_path):
-    def snapshot(status: str, ckpt: str | None) -> None:
-        trial = json.dumps({"trial_id": "a_00000", "status": status, "relative_logdir": "train_a_00000"})
-        meta = json.dumps({"last_result": {"checkpoint_dir_name": ckpt} if ckpt else {}})
-        (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[trial, meta]]}))
-
-    assert dangling_checkpoints(tmp_path) == []  # no snapshot yet
-    (tmp_path / "train_a_00000" / "checkpoint_000003").mkdir(parents=True)
-    snapshot("RUNNING", "checkpoint_000003")
-    assert dangling_checkpoints(tmp_path) == []
-    snapshot("RUNNING", "checkpoint_000002")  # deleted by num_to_keep, still named by the snapshot
-    assert dangling_checkpoints(tmp_path) == ["a_00000/checkpoint_000002"]
-    snapshot("TERMINATED", "checkpoint_000002")  # finished trials are not restored
-    assert dangling_checkpoints(tmp_path) == []
-    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{ half written")
-    assert dangling_checkpoints(tmp_path) is None
+def test_unrecorded_checkpoint_probe_compares_checkpoints_with_the_table(tmp_path):
+    folder = tmp_path / "train_ouvae_ab123_00001_1_rho=0.7" / "ouvae_checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "step_000000000016.pt").touch()
+    table = pl.DataFrame({"trial_id": ["ab123_00001", "ab123_00001"], "step": [8, 16]})
+    assert unrecorded_checkpoints(tmp_path, table) == []
+    (folder / "step_000000000024.pt").touch()
+    assert unrecorded_checkpoints(tmp_path, table) == ["ab123_00001/step_000000000024.pt"]
+    assert unrecorded_checkpoints(tmp_path, None) == []  # no table yet: nothing to compare with
 
 
 def test_table_checks_catch_duplicates_and_missing_grid_points():
