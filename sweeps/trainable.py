@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -38,11 +39,13 @@ from ouvae.config import Config
 from ouvae.trainer import Trainer
 from sweeps.checkpoints import TrialCheckpoints
 
-# Test-only hook (never set by the sweep scripts): a folder; the first time a trial id reaches its first
-# checkpointed report, a marker file is created there and the trial raises, so tests can check retries.
+# Test-only hooks (never set by the sweep scripts): a folder; the first time a trial id reaches its first
+# checkpointed report, a marker file is created there and the trial raises (FAIL) or its worker process is
+# SIGKILLed (KILL: what the kernel's out-of-memory killer does), so tests can check retries.
 TEST_FAIL_ONCE_KEY = "_test_fail_once_dir"
+TEST_KILL_ONCE_KEY = "_test_kill_once_dir"
 # Keys of the trial config that are not Config fields.
-NON_CONFIG_KEYS = (TEST_FAIL_ONCE_KEY,)
+NON_CONFIG_KEYS = (TEST_FAIL_ONCE_KEY, TEST_KILL_ONCE_KEY)
 
 _DATA_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
@@ -90,7 +93,7 @@ def evaluation_index(trainer: Trainer, metrics: Mapping[str, Any]) -> int:
 def train_ouvae(config: dict[str, Any]) -> None:
     """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint."""
     cfg = config_from_trial(config)
-    fail_dir = config.get(TEST_FAIL_ONCE_KEY)
+    fail_hook = config.get(TEST_FAIL_ONCE_KEY), config.get(TEST_KILL_ONCE_KEY)
     data = _dataset(cfg)
     store = TrialCheckpoints.of_current_trial()
     restored_from = 0
@@ -102,8 +105,8 @@ def train_ouvae(config: dict[str, Any]) -> None:
     def checkpoint_and_report(trainer: Trainer, metrics: dict[str, Any]) -> None:
         store.save(trainer)  # before the report: a reported step always has its checkpoint
         send(trainer, metrics)
-        if fail_dir:
-            _maybe_fail_once(fail_dir)
+        if any(fail_hook):
+            _maybe_fail_once(*fail_hook)
 
     # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
     trainer = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
@@ -121,12 +124,15 @@ def train_ouvae(config: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def _maybe_fail_once(folder: str) -> None:
+def _maybe_fail_once(raise_dir: str | None, kill_dir: str | None) -> None:
     trial_id = tune.get_context().get_trial_id()
+    folder = raise_dir or kill_dir
     os.makedirs(folder, exist_ok=True)
     try:
         fd = os.open(os.path.join(folder, f"{trial_id}.failed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
+    if kill_dir:
+        os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedTestFailure(f"test hook: trial {trial_id} fails once after its first checkpoint")

@@ -265,10 +265,15 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
     assert df.filter(pl.col("is_final")).height == 4 and df.height == 8
 
 
-def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path):
+@pytest.mark.parametrize("failure", ["exception", "killed worker process"])
+def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path, failure):
+    """A trial raises -- or its worker process is SIGKILLed, as the out-of-memory killer does -- right after
+    its first checkpoint; Tune retries it, and it continues from that checkpoint."""
     from ray import tune
 
-    from sweeps.trainable import TEST_FAIL_ONCE_KEY, train_ouvae
+    from sweeps.trainable import TEST_FAIL_ONCE_KEY, TEST_KILL_ONCE_KEY, train_ouvae
+
+    hook = TEST_FAIL_ONCE_KEY if failure == "exception" else TEST_KILL_ONCE_KEY
 
     class Sequence(tune.Callback):
         def __init__(self):
@@ -276,17 +281,17 @@ def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_ses
             self.retried: list[str] = []
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.steps.setdefault(str(trial.config.get(TEST_FAIL_ONCE_KEY)), []).append(
+            self.steps.setdefault(str(trial.config.get(hook)), []).append(
                 (result["step"], result["restored_from_step"]))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            self.retried.append(str(trial.config.get(TEST_FAIL_ONCE_KEY)))
+            self.retried.append(str(trial.config.get(hook)))
 
     marker = str(tmp_path / "markers")
     seq = Sequence()
     space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 4, "n_train": 200, "eval_every": 1, "eval_iw_k": 5,
              "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9, "seed": 7,
-             TEST_FAIL_ONCE_KEY: tune.grid_search([marker, None])}
+             hook: tune.grid_search([marker, None])}
     tuner = tune.Tuner(
         tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True),
