@@ -75,13 +75,34 @@ def test_coarse_grid_first_with_every_seed_then_rounds_of_one_rho_with_every_see
     assert a.rho == b.rho and {a.seed, b.seed} == {3, 7} and 0.85 < a.rho < 0.9  # inside the step's gap
 
 
+def test_a_narrow_interval_between_coarse_points_does_not_end_the_search():
+    """Seeds that agree exactly (no seed noise) make the seed bootstrap's interval tiny after the coarse pass
+    alone; the search must still sample next to rho_c (two rho values on each side within the target) before
+    it calls the interval converged -- the real digits sweep behaved like this (sweeps/refine.py, _resolved)."""
+    truth = 0.905
+
+    def smooth(p):  # a smooth, noise-free crossover: every seed gives the same count
+        return int(round(10 / (1 + np.exp((p.rho - truth) / 0.02))))
+
+    pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2, 3], rho_range=(0.8, 1.0), coarse_points=5,
+                       min_spacing=0.005, target_width=0.03, max_trials_per_group=60)
+    drive(pol, smooth)
+    s = pol.summary()[0]
+    assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < 0.005, s
+    refined = sorted({r for r, *_ in points(pol)} - set(pol.coarse_grid()))
+    near = [r for r in {r for r, *_ in points(pol)} if abs(r - s["rho_c"]) <= 0.03]
+    assert refined and sum(r <= s["rho_c"] for r in near) >= 2 and sum(r >= s["rho_c"] for r in near) >= 2, refined
+
+
 @pytest.mark.parametrize("truth, rho_range", [(0.985, (0.8, 0.95)), (0.72, (0.8, 1.0))], ids=["above", "below"])
 def test_widens_the_range_towards_the_transition(truth, rho_range):
     pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], rho_range=rho_range, target_width=0.01,
                        max_trials_per_group=60)
     drive(pol, synthetic(truth))
     s = pol.summary()[0]
-    assert s["reason"].startswith("converged") and s["ci_low"] <= truth <= s["ci_high"], s
+    # Found outside the starting range, to within the target (single-run interval coverage is the benchmark's
+    # business: a 95% interval misses one run in twenty).
+    assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < pol.target_width, s
     assert all(0 < r <= 1.0 for r, _, _, _ in points(pol))
 
 
