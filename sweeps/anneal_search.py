@@ -204,7 +204,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.asha:
             scheduler = ASHAScheduler(time_attr="evaluation", metric=METRIC, mode="max", max_t=max(evals, 1),
                                       grace_period=max(1, args.grace_period), reduction_factor=args.reduction_factor)
-        callbacks = [ParquetSink(paths.results_root, name)]
+        # Each trial is its own Optuna sample: one that finished after Tune's last snapshot stays in the study
+        # and in the table (Tune samples a new trial in its place on --resume).
+        callbacks = [ParquetSink(paths.results_root, name, keep_finished_unknown=True)]
         if not args.quiet:
             callbacks.append(ProgressLine(show=("beta_schedule", "beta_max", "anneal_epochs", "free_bits", "rho"),
                                           total=n_new))

@@ -167,12 +167,16 @@ class ParquetSink(Callback):
 
     STATE_VERSION = 1
 
-    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True):
+    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = root if is_remote(root) else str(Path(root).expanduser().resolve())
         self.sweep_id = sweep_id
         self.verbose = verbose
+        # True for searches in which every trial is its own sample (Optuna): a trial that finished after the last
+        # snapshot is then a valid result that Tune will not re-run (it samples a new trial instead), so its file
+        # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
+        self.keep_finished_unknown = keep_finished_unknown
         self.failures: dict[str, str] = {}  # trial_id -> one-line reason (final failures only)
         self.retries: dict[str, int] = {}  # trial_id -> retries seen in this driver session
         self._rows: dict[str, dict[int, dict[str, Any]]] = {}
@@ -226,9 +230,13 @@ class ParquetSink(Callback):
 
     # ----- the table logic (callable without Tune, for tests) -------------------------------------------------
     def reconcile(self, known_trial_ids: set[str]) -> list[str]:
-        """Move files of trials Tune does not know (created after the last snapshot) out of the table."""
+        """Move files of trials Tune does not know (created after the last snapshot) out of the table (finished
+        ones stay with ``keep_finished_unknown``)."""
         moved = []
         for tid in sorted(set(list_trial_files(self.root, self.sweep_id)) - known_trial_ids):
+            if self.keep_finished_unknown and any(r.get("is_final") for r in
+                                                  read_trial_rows(self.root, self.sweep_id, tid)):
+                continue
             moved.append(supersede(self.root, self.sweep_id, tid))
             self.superseded.append(tid)
         if moved and self.verbose:

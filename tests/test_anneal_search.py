@@ -127,9 +127,11 @@ def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     study = _study(tmp_path, "k")
     done = [t for t in study.trials if t.state == TS.COMPLETE]
-    assert len(done) == 4 and not [t for t in study.trials if t.state == TS.RUNNING]
+    # Tune runs the 4 trials of its last snapshot; a trial that finished after that snapshot (Tune's periodic
+    # snapshot comes every >= 10 s) is kept as the extra sample it is, in the study and in the table.
+    assert 4 <= len(done) <= 4 + finals_before and not [t for t in study.trials if t.state == TS.RUNNING]
     df = pl.read_parquet(part / "*.parquet")
     assert df.select("trial_id", "step").is_unique().all()
     final = df.filter(pl.col("is_final"))
-    assert final.height == 4 and set(final["trial_id"]) == {t.user_attrs["ray_trial_id"] for t in done}
-    assert df.group_by("trial_id").len()["len"].to_list() == [4] * 4  # every trial has all four evaluations
+    assert final.height == len(done) and set(final["trial_id"]) == {t.user_attrs["ray_trial_id"] for t in done}
+    assert set(df.group_by("trial_id").len()["len"]) == {4}  # every trial has all four evaluations

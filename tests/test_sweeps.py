@@ -148,6 +148,17 @@ def test_sink_moves_files_of_trials_unknown_after_a_restore(tmp_path):
         results.ParquetSink(str(tmp_path / "elsewhere"), "s1").set_state(state)
 
 
+def test_sink_for_sampled_trials_keeps_finished_unknown_trials(tmp_path):
+    """Optuna's trials are each their own sample: one that finished after the last snapshot stays (Tune will
+    not re-run it); an unfinished one is re-sampled under a new id, so its rows move aside."""
+    root = tmp_path / "parquet"
+    sink = results.ParquetSink(str(root), "s2", verbose=False, keep_finished_unknown=True)
+    sink.add_result("finished", _result(2, is_final=True))
+    sink.add_result("running", _result(2))
+    assert [Path(m).name for m in sink.reconcile(set())] == ["running.parquet"]
+    assert sorted(p.name for p in (root / "sweep_id=s2").iterdir()) == ["finished.parquet"]
+
+
 def test_failure_text_names_the_exception():
     from ouvae.trainer import TrainingStalled
 
