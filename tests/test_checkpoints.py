@@ -80,3 +80,17 @@ def test_all_checkpoints_unreadable_is_a_clear_error(digits, tmp_path):
         store.load_newest(data=digits)
     with pytest.raises(ValueError, match="keep at least one"):
         store_in(tmp_path, keep=0)
+
+
+def test_works_on_a_non_local_pyarrow_filesystem(digits):
+    """Tune hands the trainable its storage filesystem (S3, GCS ...): the store uses only the pyarrow
+    FileSystem interface. pyarrow's in-memory mock filesystem stands in for an object store here."""
+    fs = pafs._MockFileSystem()
+    store = TrialCheckpoints(fs, "bucket/sweep/trial_1/ouvae_checkpoints")
+    assert store.load_newest(data=digits) is None  # nothing there yet, not even the folder
+    first, final = trainer_at(digits, 2), trainer_at(digits, 4)
+    first.history[-1]["is_final"] = False
+    store.save(first)
+    store.save(final)
+    assert store.steps() == [4]  # the finished trial keeps only its final checkpoint
+    assert store.load_newest(data=digits).history == final.history
