@@ -40,8 +40,8 @@ from ouvae.trainer import Trainer
 from sweeps.checkpoints import TrialCheckpoints
 
 # Test-only hooks (never set by the sweep scripts): a folder; the first time a trial id reaches its first
-# checkpointed report, a marker file is created there and the trial raises (FAIL) or its worker process is
-# SIGKILLed (KILL: what the kernel's out-of-memory killer does), so tests can check retries.
+# checkpointed report, a marker file is created there and the trial raises (TEST_FAIL_ONCE_KEY) or its worker
+# process is SIGKILLed (TEST_KILL_ONCE_KEY: what the kernel's out-of-memory killer does), so tests can check retries.
 TEST_FAIL_ONCE_KEY = "_test_fail_once_dir"
 TEST_KILL_ONCE_KEY = "_test_kill_once_dir"
 # Keys of the trial config that are not Config fields.
