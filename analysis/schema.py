@@ -58,6 +58,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("time_per_epoch_s", pa.float64(), "mean seconds per training epoch so far"),
     ("peak_memory_bytes", pa.int64(), "peak memory: CUDA max allocated, or process max RSS on CPU"),
     ("skipped_steps", pa.int64(), "optimizer steps skipped by the NaN/inf guard so far"),
+    ("hostname", pa.string(), "machine that computed this evaluation (e.g. to trace a faulty node on a cluster)"),
     # metrics (on `split`, at `rho_eval`)
     ("elbo", pa.float64(), "ELBO in nats per example (beta = 1, no free bits)"),
     ("iw_bound", pa.float64(), "importance-weighted bound L_k in nats per example"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -153,6 +154,7 @@ class Trainer:
             "time_per_epoch_s": self.train_seconds / epochs_done,
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "skipped_steps": self.skipped_steps,
+            "hostname": socket.gethostname(),
             "split": cfg.eval_split,
             **ev.as_dict(),
             "grad_var": grad_var,
@@ -182,6 +184,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "hostname": socket.gethostname(),
             "consecutive_skips": self.consecutive_skips,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,

@@ -18,7 +18,8 @@ the sweep resumed with --resume:
   (checkpointed, not yet reported); for the node kill also Tune's trial state: ``num_failures`` > 0 for exactly
   the trials that were on that node;
 * rows came from both worker nodes and none from the head: Tune stamps each result with the ``node_ip`` of the
-  node that produced it; joined to the table on (trial_id, step). The results schema itself has no node column.
+  node that produced it; joined to the table on (trial_id, step). The table's own ``hostname`` column cannot
+  tell the loopback nodes apart: they are one machine.
 
 The driver is killed at the worst moment the test can observe -- a trial has checkpointed an evaluation that the
 table does not have yet (see unrecorded_checkpoints) -- or 2 s after the sweep is half way if that moment never

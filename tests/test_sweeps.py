@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,6 +229,7 @@ def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path
     assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.5, 0.9, 1.0) for s in (0, 1)]
     assert set(df["latent_dims"]) == {"3-3"} and set(df["dataset"]) == {"digits"}
     assert set(df["binarization"]) == {"dynamic"} and df["ouvae_version"].null_count() == 0
+    assert set(df["hostname"]) == {socket.gethostname()}  # where each evaluation was computed
     assert df["layer_kl"].list.len().unique().to_list() == [2]
     assert (tmp_path / "reports" / "e2e" / "report.html").is_file() and "report:" in out
     # Ray's experiment folder holds the sweep's options for --resume.
