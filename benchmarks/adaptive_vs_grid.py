@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.transition import fit_transition  # noqa: E402
-from sweeps.refine import RefinePolicy, top_dim_of  # noqa: E402
+from sweeps.refine import RefinePolicy, simulate, top_dim_of  # noqa: E402
 from sweeps.synthetic import noisy_active_units  # noqa: E402
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
@@ -96,19 +96,7 @@ def run_adaptive(outcome: Outcome, *, top_dim: int, seeds: list[int], rho_range:
     pol = RefinePolicy([{"latent_dims": [top_dim]}], rho_range=rho_range, seeds=seeds, target_width=target,
                        max_trials_per_group=budget, min_spacing=min_spacing, n_boot=n_boot,
                        coarse_points=coarse_points, random_state=int(rng.integers(2**31)))
-    running = []
-    while True:
-        while len(running) < workers:
-            p = pol.next_proposal()
-            if p is None:
-                break
-            running.append(p)
-        if not running:
-            if not pol.is_finished():
-                raise RuntimeError("policy neither proposes nor finishes with nothing running (a deadlock)")
-            break
-        p = running.pop(int(rng.integers(len(running))))
-        pol.record(p.group, p.rho, p.seed, outcome(p.rho, p.seed))
+    simulate(pol, lambda p: outcome(p.rho, p.seed), workers=workers, rng=rng)
     g = pol.groups[0]
     return pol.fit(0), g.count(), g.done_reason
 

@@ -11,26 +11,14 @@ import numpy as np
 import pytest
 
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
-from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
+from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy, simulate
 from sweeps.synthetic import noisy_active_units, seed_offset
 
 
 def drive(pol: RefinePolicy, outcome, workers: int = 4, seed: int = 0) -> RefinePolicy:
-    """Run the policy like Tune does: ``workers`` trials in flight, finishing in random order."""
-    rng = np.random.default_rng(seed)
-    running = []
-    for _ in range(10_000):
-        while len(running) < workers:
-            p = pol.next_proposal()
-            if p is None:
-                break
-            running.append(p)
-        if not running:
-            assert pol.is_finished(), "nothing running, nothing proposed, not finished: a deadlock"
-            return pol
-        p = running.pop(int(rng.integers(len(running))))
-        pol.record(p.group, p.rho, p.seed, outcome(p))
-    raise AssertionError("the policy never finished")
+    """Run the policy like Tune does: ``workers`` trials in flight, finishing in random order (a deadlock or a
+    policy that never finishes raises)."""
+    return simulate(pol, outcome, workers=workers, rng=np.random.default_rng(seed), max_trials=10_000)
 
 
 def synthetic(rho_c: float, width: float = 0.003, seed_sd: float = 0.002, top_dim: int = 10, salt: int = 0):
