@@ -283,16 +283,7 @@ def summarize(results, storage, study_name: str, storage_uri: str, paths: cli.Sw
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cli.quiet_tune_output()
-    try:
-        return run(args, parser)
-    except cli.BAD_INPUT as e:
-        return cli.error_exit(str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
-        return 130
+    return cli.main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

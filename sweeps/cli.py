@@ -23,7 +23,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ouvae.config import Config, ConfigError, PRESETS, parse_value
 from sweeps.results import is_remote, join, read_json, sweep_exists, write_json
@@ -363,6 +363,21 @@ def error_exit(message: str) -> int:
 
 
 BAD_INPUT = (SweepError, SpaceError, ConfigError)
+
+
+def main(run: Callable[[argparse.Namespace, argparse.ArgumentParser], int], parser: argparse.ArgumentParser,
+         argv: list[str] | None, *, extra_errors: tuple[type[Exception], ...] = ()) -> int:
+    """A sweep script's main(): parse, run; bad input becomes one line on stderr and exit code 2 (nothing has
+    started yet), Ctrl-C exit code 130 with how to resume."""
+    args = parser.parse_args(argv)
+    quiet_tune_output()
+    try:
+        return run(args, parser)
+    except (*BAD_INPUT, *extra_errors) as e:
+        return error_exit(str(e))
+    except KeyboardInterrupt:
+        print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
+        return 130
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

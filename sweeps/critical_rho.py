@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - exercised only without the editable in
     _ADDED_PATH = _ROOT
 
 from sweeps import cli  # noqa: E402
+from sweeps.refine import RefineError  # noqa: E402
 from sweeps.space import CriticalGrid, SpaceError, base_config, latent_configs, parse_rho_list, rho_grid, rho_range, \
     seed_list  # noqa: E402
 
@@ -101,20 +102,6 @@ def make_grid(args: argparse.Namespace, fixed: dict) -> CriticalGrid:
     return grid
 
 
-def resolve_mode(args: argparse.Namespace) -> str:
-    if args.mode:
-        return args.mode
-    return "adaptive" if adaptive_available() else "grid"
-
-
-def adaptive_available() -> bool:
-    try:
-        from sweeps import adaptive  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def build_param_space(args: argparse.Namespace, grid: CriticalGrid, mode: str) -> tuple[dict, object | None]:
     """(param_space, search_alg). Grid mode: tune.grid_search over latent dims x rho x seed. Adaptive mode: the
     constants only; the searcher proposes latent_dims/rho/seed."""
@@ -127,7 +114,7 @@ def build_param_space(args: argparse.Namespace, grid: CriticalGrid, mode: str) -
                  "rho": tune.grid_search(grid.rhos),
                  "seed": tune.grid_search(grid.seeds)}
         return space, None
-    from sweeps.adaptive import make_critical_searcher  # the other half of issue 3
+    from sweeps.adaptive import make_critical_searcher  # imports Ray: only once the plan is valid
 
     lo, hi = rho_range(args.rho_min, args.rho_max)
     spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
@@ -143,9 +130,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t_start = time.monotonic()
     cli.check_resources_args(args)
     args, name, paths = cli.open_sweep(args, parser, SCRIPT, "critical-rho")
-    mode = args.mode = resolve_mode(args)
-    if mode == "adaptive" and not adaptive_available():
-        raise cli.SweepError("--adaptive needs sweeps/adaptive.py, which is not installed here; use --grid")
+    mode = args.mode = args.mode or "adaptive"
     if args.budget is not None and args.budget < 1:
         raise cli.SweepError(f"--budget {args.budget} must be >= 1 trial")
     fixed = cli.fixed_overrides(args)
@@ -250,25 +235,8 @@ def summarize(results, paths: cli.SweepPaths, name: str, args: argparse.Namespac
     return 0 if ok else 1
 
 
-def _adaptive_errors() -> tuple[type[Exception], ...]:
-    try:
-        from sweeps.refine import RefineError
-    except ImportError:  # pragma: no cover
-        return ()
-    return (RefineError,)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cli.quiet_tune_output()
-    try:
-        return run(args, parser)
-    except (*cli.BAD_INPUT, *_adaptive_errors()) as e:
-        return cli.error_exit(str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
-        return 130
+    return cli.main(run, build_parser(), argv, extra_errors=(RefineError,))
 
 
 if __name__ == "__main__":
