@@ -56,6 +56,12 @@ class TrialCheckpoints:
         from ray import tune
 
         storage = tune.get_context().get_storage()
+        # Ray's own check that this node sees the storage the driver set up (a local --storage path on a
+        # multi-node cluster without NFS fails here, with Ray's explanation). Tune runs it when it uploads a
+        # checkpoint; these checkpoints bypass that upload, so run it here (it is private: skipped if renamed).
+        check = getattr(storage, "_check_validation_file", None)
+        if check is not None:
+            check()
         return cls(storage.storage_filesystem, f"{storage.trial_fs_path}/{FOLDER}")
 
     def path(self, step: int) -> str:
