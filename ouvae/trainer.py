@@ -184,7 +184,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
-            "hostname": socket.gethostname(),
             "consecutive_skips": self.consecutive_skips,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
