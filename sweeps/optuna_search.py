@@ -63,8 +63,10 @@ class FullBudgetOptunaSearch(OptunaSearch):
         """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
         again at 1 when a trial continues from its checkpoint). A step already reported -- the evaluation a
         restarted trial re-sends -- keeps its value: it is the same measurement."""
-        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if isinstance(self.metric, list):
             return  # Optuna takes no intermediate values for several objectives
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
         ot_trial = self._ot_trials[trial_id]
         try:
             with warnings.catch_warnings():
