@@ -191,8 +191,9 @@ def continued_runs(trials: dict[str, dict]) -> dict[str, list[int]]:
 
 def check_continued_where_it_stopped(start: int, reported: set[int], first_step: int, what: str) -> None:
     """A run continued from the newest evaluation reported before the failure, or from the one after it (saved
-    just before the failure, never reported): no evaluation skipped, no progress lost."""
-    newest = max(reported)
+    just before the failure, never reported -- possibly the trial's first): no evaluation skipped, no progress
+    lost."""
+    newest = max(reported, default=0)
     assert newest <= start <= newest + first_step, f"{what}: continued from step {start}, had reported {newest}"
 
 
@@ -328,9 +329,8 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     restored = continued_runs(trials)
     # At least the half-way trial was resumed from its checkpoint by --resume, where the table had stopped.
     assert restored, {tid: brief(t["results"]) for tid, t in trials.items()}
-    for tid, starts in restored.items():
-        assert before.get(tid), f"trial {tid} was restored but had no rows before the crash"
-        check_continued_where_it_stopped(starts[-1], before[tid], int(df["step"].min()), f"{tid} ({how})")
+    for tid, starts in restored.items():  # a trial whose first checkpoint had no row yet had none before
+        check_continued_where_it_stopped(starts[-1], before.get(tid, set()), int(df["step"].min()), f"{tid} ({how})")
 
     rows = node_of_rows(df, trials)
     ips = set(rows["node_ip"].drop_nulls())
@@ -356,6 +356,9 @@ def test_restart_checks_catch_a_trial_that_started_again_from_scratch():
         continued_runs({"t": {"results": _run([8, 16]) + _run([24, 32], restored_from=16)}})
     check_continued_where_it_stopped(16, {8, 16}, 8, "t")
     check_continued_where_it_stopped(24, {8, 16}, 8, "t")  # saved step 24, failed before reporting it
+    check_continued_where_it_stopped(8, set(), 8, "t")  # its first checkpoint, never reported
+    with pytest.raises(AssertionError, match="continued from step 16"):
+        check_continued_where_it_stopped(16, set(), 8, "t")
     with pytest.raises(AssertionError, match="continued from step 32"):  # skipped an evaluation
         check_continued_where_it_stopped(32, {8, 16}, 8, "t")
     with pytest.raises(AssertionError, match="continued from step 8"):  # lost progress
