@@ -12,8 +12,9 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 BETA_SCHEDULES = ("constant", "linear", "cosine", "sigmoid", "cyclical")
 OBJECTIVES = ("elbo", "iwae")
@@ -78,8 +79,10 @@ class Config:
     max_skipped_steps: int = 50  # consecutive non-finite steps before the run fails as stalled
 
     def __post_init__(self) -> None:
-        # Accept lists from JSON / CLI for the tuple field, then validate everything.
-        object.__setattr__(self, "latent_dims", tuple(int(d) for d in self.latent_dims))
+        # Accept lists (JSON) and text ("4x10") for the tuple field, then validate everything.
+        dims = self.latent_dims
+        object.__setattr__(self, "latent_dims",
+                           parse_latent_dims(dims) if isinstance(dims, str) else tuple(int(d) for d in dims))
         _validate(self)
 
     # ----- construction -------------------------------------------------------------------------
@@ -92,11 +95,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
-        _reject_unknown(data)
+        check_keys(data)
         return cls(**dict(data))
 
     def replace(self, **overrides: Any) -> "Config":
-        _reject_unknown(overrides)
+        check_keys(overrides)
         return dataclasses.replace(self, **overrides)
 
     # ----- views --------------------------------------------------------------------------------
@@ -144,7 +147,7 @@ class Config:
             "binarization": binarization,
             "architecture": self.architecture,
             "n_layers": self.n_layers,
-            "latent_dims": "-".join(str(d) for d in self.latent_dims),
+            "latent_dims": format_latent_dims(self.latent_dims),
             "hidden_units": self.hidden_units,
             "hidden_layers": self.hidden_layers,
             "activation": self.activation,
@@ -164,19 +167,13 @@ class Config:
         }
 
 
-def _reject_unknown(data: Mapping[str, Any]) -> None:
+def check_keys(keys: Iterable[str]) -> None:
+    """Refuse names that are not Config fields, suggesting the closest field for each."""
     known = {f.name for f in fields(Config)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(keys) - known)
     if unknown:
-        hint = "; ".join(_close_match(k, known) for k in unknown)
-        raise ConfigError(f"unknown config key(s) {unknown}. {hint}".strip())
-
-
-def _close_match(key: str, known: set[str]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(key, sorted(known), n=1)
-    return f"did you mean {match[0]!r} for {key!r}?" if match else ""
+        hints = [f"did you mean {near!r} for {k!r}?" for k in unknown if (near := closest(k, known))]
+        raise ConfigError(f"unknown config key(s) {unknown}. {'; '.join(hints)}".strip())
 
 
 def _check(ok: bool, message: str) -> None:
@@ -245,6 +242,85 @@ PRESETS["demo"] = _derive(_BASE, "demo", dataset="digits", latent_dims=(10, 10, 
                           eval_every=10, eval_iw_k=50, num_threads=1)
 
 
+# ----- parsing: the one place that turns text into config values ------------------------------------
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to a misspelt `word` (difflib), or None: the one suggestion helper of the project."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word), sorted(choices), n=1)
+    return match[0] if match else None
+
+
+def format_latent_dims(dims: Sequence[int]) -> str:
+    """(10, 10, 20) -> "10-10-20": the text form used in the results table and on the command line."""
+    return "-".join(str(int(d)) for d in dims)
+
+
+def parse_latent_dims(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Latent sizes bottom to top from "10-10-10-10", "10,10,10,10", "4x10", or a sequence of ints."""
+    if not isinstance(text, str):
+        dims = tuple(int(d) for d in text)
+    else:
+        raw = text.strip().lower()
+        try:
+            if "x" in raw:
+                count, width = raw.split("x", 1)
+                dims = (int(width),) * int(count)
+            else:
+                dims = tuple(int(p) for p in raw.replace(",", "-").split("-") if p.strip())
+        except ValueError:
+            raise ConfigError(f"cannot read latent dims {text!r}: write them bottom to top as 10-10-10-10 or as "
+                              f"4x10") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ConfigError(f"latent dims {text!r} must be one or more positive integers, e.g. 4x10")
+    return dims
+
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _value_type(name: str) -> tuple[type, bool]:
+    """(base type, whether None is allowed) of a Config field, from its real type hint."""
+    hint = _FIELD_TYPES[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """The typed value of Config field `name` written as text (command line, --set, environment)."""
+    check_keys([name])
+    kind, optional = _value_type(name)
+    text = raw.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
+    origin = typing.get_origin(kind) or kind
+    try:
+        if origin is tuple:
+            return parse_latent_dims(text)
+        if kind is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            return text.lower() in _TRUE
+        if kind in (int, float):
+            return kind(text)
+    except ValueError:
+        label = getattr(kind, "__name__", str(kind)) + (" or none" if optional else "")
+        raise ConfigError(f"{name}: cannot read {raw!r} as {label}") from None
+    return text
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """("key", typed value) from "key=value" (dashes in the key allowed), e.g. for `--set eval_iw_k=100`."""
+    if "=" not in text:
+        raise ConfigError(f"{text!r}: write KEY=VALUE, e.g. eval_iw_k=100")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    key = key.replace("-", "_")
+    return key, parse_field(key, raw)
+
+
 # ----- command line -------------------------------------------------------------------------------
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Expose every Config field as `--field-name VALUE` (underscores or dashes) with no default, so only the
@@ -256,46 +332,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             flags.append(f"--{f.name}")
+        kind, optional = _value_type(f.name)
+        label = getattr(kind, "__name__", "dims") + (" or none" if optional else "")
         group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
-                           help=f"(default from preset) type {_type_name(f)}")
+                           help=f"(default from preset) {label}")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Parse the string overrides collected by add_config_arguments into typed values."""
-    out: dict[str, Any] = {}
-    for f in fields(Config):
-        raw = getattr(args, f"cfg_{f.name}", None)
-        if raw is not None:
-            out[f.name] = parse_value(f, raw)
-    return out
-
-
-def parse_value(f: dataclasses.Field, raw: str) -> Any:
-    name, kind = f.name, _type_name(f)
-    if raw.lower() in ("none", "null") and "None" in str(f.type):
-        return None
-    try:
-        if name == "latent_dims":
-            parts = _expand_times(raw) if "x" in raw else raw.replace(",", "-").split("-")
-            return tuple(int(p) for p in parts if p.strip() != "")
-        if kind == "bool":
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return raw.lower() in ("true", "1", "yes")
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')}: cannot read {raw!r} as {kind}") from None
-    return raw
-
-
-def _expand_times(raw: str) -> list[str]:
-    """`4x40` means four layers of 40 units."""
-    count, width = raw.split("x", 1)
-    return [width] * int(count)
-
-
-def _type_name(f: dataclasses.Field) -> str:
-    return str(f.type).replace("typing.", "")
+    return {f.name: parse_field(f.name, raw) for f in fields(Config)
+            if (raw := getattr(args, f"cfg_{f.name}", None)) is not None}

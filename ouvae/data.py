@@ -28,7 +28,6 @@ and the expected image counts in `DatasetSpec.expected_counts`. Tests scale them
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import os
@@ -46,6 +45,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
+
+from .config import closest
 
 __all__ = ["DataError", "DatasetSplits", "DatasetSpec", "RemoteFile", "DATASETS", "load_dataset",
            "default_cache_dir"]
@@ -620,8 +621,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     """
     spec = DATASETS.get(name)
     if spec is None:
-        close = difflib.get_close_matches(str(name), DATASETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest(name, DATASETS)
+        hint = f" Did you mean {close!r}?" if close else ""
         raise DataError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.{hint}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")

@@ -15,7 +15,6 @@ Storage layout (``--storage``, a local path, an NFS mount or ``s3://bucket/prefi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ouvae.config import Config, ConfigError, PRESETS, parse_value
+from ouvae.config import ConfigError, PRESETS, parse_assignment
 from sweeps.results import is_remote, join, read_json, sweep_exists, write_json
 from sweeps.space import SpaceError
 
@@ -93,23 +92,13 @@ RUNTIME_OPTIONS = ("address", "num_cpus", "num_gpus", "resume", "retry_failed", 
 def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Trainer overrides common to every trial: the shorthands plus every --set KEY=VALUE, typed by the
     Config field (a typo in a key fails here with a suggestion)."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
     out: dict[str, Any] = {}
     for text in args.overrides or ():
-        if "=" not in text:
-            raise SweepError(f"--set {text!r}: write KEY=VALUE, e.g. --set eval_iw_k=100")
-        key, raw = (s.strip() for s in text.split("=", 1))
-        key = key.replace("-", "_")
-        if key not in fields:
-            import difflib
-
-            near = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise SweepError(f"--set {key}: not a trainer Config field{hint}; see ouvae/config.py")
         try:
-            out[key] = parse_value(fields[key], raw)
+            key, value = parse_assignment(text)
         except ConfigError as e:
-            raise SweepError(str(e)) from None
+            raise SweepError(f"--set {e}") from None
+        out[key] = value
     for key in ("dataset", "epochs", "steps", "n_train"):
         value = getattr(args, key, None)
         if value is not None:

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - exercised only without the editable in
     sys.path.insert(0, _ROOT)
     _ADDED_PATH = _ROOT
 
+from ouvae.config import format_latent_dims  # noqa: E402
 from sweeps import cli  # noqa: E402
 from sweeps.refine import RefineError  # noqa: E402
 from sweeps.space import CriticalGrid, SpaceError, base_config, latent_configs, parse_rho_list, rho_grid, rho_range, \
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def describe_adaptive(args: argparse.Namespace, grid: CriticalGrid) -> str:
-    lat = ", ".join("-".join(map(str, d)) for d in grid.latents)
+    lat = ", ".join(format_latent_dims(d) for d in grid.latents)
     spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
     return (f"{len(grid.latents)} latent configs ({lat}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
             f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the rho_c "
@@ -208,7 +209,7 @@ def summarize(results, paths: cli.SweepPaths, name: str, args: argparse.Namespac
               + (f" --storage {args.storage}" if args.storage != "results" else ""))
     for r in failed:
         c = r.config or {}
-        dims = "-".join(str(d) for d in c.get("latent_dims", []))
+        dims = format_latent_dims(c.get("latent_dims", []))
         print(f"  FAILED latent_dims={dims} rho={c.get('rho')} seed={c.get('seed')}: {failure_text(r.error)}")
     print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment})")
     if args.no_report:

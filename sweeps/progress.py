@@ -13,12 +13,13 @@ from typing import Any, Sequence
 
 from ray.tune import Callback
 
+from ouvae.config import format_latent_dims
 from sweeps.results import failure_reason
 
 
 def _fmt_value(key: str, value: Any) -> str:
     if key == "latent_dims" and isinstance(value, (list, tuple)):
-        return "-".join(str(v) for v in value)
+        return format_latent_dims(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ouvae.config import parse_latent_dims
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
@@ -75,13 +76,7 @@ def jsonable(v: Any) -> Any:
 def top_dim_of(overrides: Mapping[str, Any]) -> int | None:
     """The top layer's size from a group's ``latent_dims`` (a sequence bottom -> top, or "10-10-10" text)."""
     dims = overrides.get("latent_dims")
-    if dims is None:
-        return None
-    if isinstance(dims, str):
-        parts = [p for p in dims.replace("x", "-").split("-") if p]
-        return int(parts[-1]) if parts else None
-    dims = list(dims)
-    return int(dims[-1]) if dims else None
+    return None if dims is None else parse_latent_dims(dims)[-1]
 
 
 @dataclass(frozen=True)

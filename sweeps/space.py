@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ouvae.config import BETA_SCHEDULES, Config, ConfigError, PRESETS
+from ouvae.config import format_latent_dims
+from ouvae.config import parse_latent_dims as config_latent_dims
 
 RHO_DECIMALS = 10  # grid values are rounded so 0.8 + 7 * 0.02 prints (and hashes) as 0.94, not 0.9400000000000001
 
@@ -67,19 +69,11 @@ def parse_rho_list(values: Iterable[float | str]) -> list[float]:
 
 # ----- latent configurations and seeds ------------------------------------------------------------------------
 def parse_latent_dims(text: str) -> tuple[int, ...]:
-    """'10-10-10-10', '10,10,10,10' or '4x10' (bottom to top)."""
-    raw = text.strip().lower()
+    """ouvae.config.parse_latent_dims with this module's error type (the message names the fix)."""
     try:
-        if "x" in raw:
-            count, width = raw.split("x", 1)
-            dims = (int(width),) * int(count)
-        else:
-            dims = tuple(int(p) for p in raw.replace(",", "-").split("-") if p.strip())
-    except ValueError:
-        raise SpaceError(f"cannot read latent dims {text!r}: write them bottom to top as 10-10-10-10 or as 4x10")
-    if not dims or any(d < 1 for d in dims):
-        raise SpaceError(f"latent dims {text!r} must be one or more positive integers, e.g. 4x10")
-    return dims
+        return config_latent_dims(text)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
 
 
 def latent_configs(sizes: Sequence[int] | None, layers: Sequence[int] | None,
@@ -183,7 +177,7 @@ class CriticalGrid:
         rhos = self.rhos
         grid = (f"{len(rhos)} rho values {rhos[0]:g}..{rhos[-1]:g}" if len(rhos) > 4
                 else "rho " + ", ".join(f"{r:g}" for r in rhos))
-        lat = ", ".join("-".join(map(str, d)) for d in self.latents)
+        lat = ", ".join(format_latent_dims(d) for d in self.latents)
         return (f"{self.n_trials} trials = {len(self.latents)} latent configs ({lat}) x {grid} x "
                 f"{len(self.seeds)} seeds ({', '.join(map(str, self.seeds))})")
 

@@ -1,6 +1,11 @@
-"""Shared pytest fixtures. One local Ray for the whole test session (each ray.init/shutdown costs 3-4 s)."""
+"""Shared pytest fixtures: one local Ray for the whole test session (each ray.init/shutdown costs 3-4 s) and a
+real S3 server on loopback."""
 
 from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,3 +20,51 @@ def ray_session():
              ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@dataclass
+class S3Server:
+    """A real S3 endpoint on loopback (moto's server mode) and the environment that points clients at it.
+
+    `env` holds dummy credentials and the endpoint in the standard variables (AWS_ENDPOINT_URL ...) that boto3,
+    PyArrow and Ray's storage layer read; pass it to subprocesses, or apply it with `use(monkeypatch)`.
+    """
+
+    endpoint: str
+    env: dict[str, str]
+
+    def use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+
+    def make_bucket(self, prefix: str = "ouvae") -> str:
+        """A new, empty bucket; returns its name."""
+        import boto3
+
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=self.endpoint, region_name=self.env["AWS_DEFAULT_REGION"],
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+        return name
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """Polars' object-store options for this endpoint."""
+        return {"aws_endpoint_url": self.endpoint, "aws_region": self.env["AWS_DEFAULT_REGION"],
+                "aws_allow_http": "true", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server for the session (a pip package, started and stopped here; dummy credentials)."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield S3Server(endpoint, env)
+    server.stop()

@@ -68,3 +68,17 @@ def test_result_fields_carry_the_hyperparameters():
     f = Config.from_preset("demo", rho=0.9, seed=3).result_fields("dynamic")
     assert f["latent_dims"] == "10-10-10-10" and f["n_layers"] == 4 and f["rho"] == 0.9 and f["seed"] == 3
     assert f["rho_eval"] == 0.9 and f["binarization"] == "dynamic" and f["beta_params"] == '{"beta_max": 1.0}'
+
+
+def test_one_parser_types_every_field_from_its_real_type_hint():
+    from ouvae.config import parse_assignment, parse_field, parse_latent_dims
+
+    assert parse_field("smooth_recompute", "yes") is True and parse_field("grad_clip", "none") is None
+    assert parse_field("n_train", "797") == 797 and parse_field("latent_dims", "2x5") == (5, 5)
+    assert parse_assignment("eval-iw-k = 25") == ("eval_iw_k", 25)
+    assert parse_latent_dims([3, 4]) == (3, 4) == parse_latent_dims("3,4")
+    for text, needle in [("epochs=1.5", "cannot read '1.5' as int"), ("seed=none", "cannot read 'none' as int"),
+                         ("smooth_recompute=maybe", "as bool"), ("rhoo=0.5", "did you mean 'rho'"),
+                         ("rho", "write KEY=VALUE"), ("latent_dims=4xten", "cannot read latent dims")]:
+        with pytest.raises(ConfigError, match=needle):
+            parse_assignment(text)
