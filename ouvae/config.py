@@ -296,10 +296,9 @@ def parse_field(name: str, raw: str) -> Any:
     text = raw.strip()
     if optional and text.lower() in ("none", "null"):
         return None
-    origin = typing.get_origin(kind) or kind
+    if (typing.get_origin(kind) or kind) is tuple:
+        return parse_latent_dims(text)
     try:
-        if origin is tuple:
-            return parse_latent_dims(text)
         if kind is bool:
             if text.lower() not in _TRUE + _FALSE:
                 raise ValueError
