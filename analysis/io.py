@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from analysis.schema import COLUMNS, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
+from analysis.schema import COLUMNS, READABLE_VERSIONS, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
 
 FILE_COL = "__file"  # path of the Parquet file each row came from, for messages that name the bad file
 # Final-row metrics that must be real numbers for the tables and fits to mean anything.
@@ -155,7 +155,7 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
     globs = result_globs(base, sweeps)
     lf = scan_results(base, sweeps, globs=globs)
     chosen = list(dict.fromkeys(sweeps)) if sweeps else find_sweeps(base)
-    version_bad = pl.col("schema_version").is_null() | (pl.col("schema_version") != SCHEMA_VERSION)
+    version_bad = pl.col("schema_version").is_null() | ~pl.col("schema_version").is_in(READABLE_VERSIONS)
     try:
         summary = lf.select(
             pl.len().alias("n_rows"),
@@ -176,7 +176,7 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
         fix = ("upgrade ouvae to read them" if newer else
                "re-export them with analysis.schema.conform (current schema) or move them out of the folder")
         raise AnalysisError(f"{bad.height} result file(s) use results schema {'/'.join(versions)}, this analysis reads "
-                            f"v{SCHEMA_VERSION} (e.g. {_examples(bad[FILE_COL].to_list(), base, bad.height)}): {fix}")
+                            f"{'/'.join(f'v{v}' for v in READABLE_VERSIONS)} (e.g. {_examples(bad[FILE_COL].to_list(), base, bad.height)}): {fix}")
     missing = [c for c in REQUIRED_FOR_ANALYSIS if row[f"null:{c}"]]
     if missing:
         col = missing[0]

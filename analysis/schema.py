@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code reads. v2 added the population and failure columns; a v1 file simply has them null.
+READABLE_VERSIONS = (1, 2)
 
 # (name, type, meaning). Order here is the column order on disk.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -24,13 +26,18 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("schema_version", pa.int32(), "version of this schema"),
     ("ouvae_version", pa.string(), "package version that produced the row"),
     ("sweep_id", pa.string(), "sweep name (also the hive partition)"),
-    ("trial_id", pa.string(), "Ray Tune trial id (or run name outside Tune)"),
+    ("trial_id", pa.string(), "one training run: the Ray Tune trial id, '<trial id>-m<member>' for a member of a "
+                              "population trial, or the run name outside Tune"),
+    ("population_id", pa.string(), "the Tune trial that trained this run inside a population (null: a run alone)"),
+    ("member", pa.int64(), "index of the run inside its population (0 for a run alone)"),
+    ("population_size", pa.int64(), "members trained together in one batched model (1 for a run alone)"),
     ("config_hash", pa.string(), "hash of the full trainer config minus the seed: equal hash = same configuration"),
     ("preset", pa.string(), "named config preset the trial started from"),
     # data
     ("dataset", pa.string(), "dataset registry name, e.g. digits, mnist, static_mnist"),
     ("split", pa.string(), "which split the metrics are computed on: validation or test"),
     ("binarization", pa.string(), "dynamic, static or none"),
+    ("likelihood", pa.string(), "observation model: bernoulli or discretized_logistic"),
     # model / method hyperparameters
     ("architecture", pa.string(), "mlp or conv"),
     ("n_layers", pa.int64(), "number of stochastic layers L"),
@@ -58,6 +65,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("time_per_epoch_s", pa.float64(), "mean seconds per training epoch so far"),
     ("peak_memory_bytes", pa.int64(), "peak memory: CUDA max allocated, or process max RSS on CPU"),
     ("skipped_steps", pa.int64(), "optimizer steps skipped by the NaN/inf guard so far"),
+    ("failure", pa.string(), "why the run stopped training (e.g. diverged), on its last row; null for a healthy run"),
     ("hostname", pa.string(), "machine that computed this evaluation (e.g. to trace a faulty node on a cluster)"),
     # metrics (on `split`, at `rho_eval`)
     ("elbo", pa.float64(), "ELBO in nats per example (beta = 1, no free bits)"),
@@ -73,7 +81,6 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
-COLUMN_DOCS: dict[str, str] = {name: doc for name, _, doc in COLUMNS}
 # Columns that must be present for the critical-rho analysis to mean anything.
 REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
                          "is_final", "top_kl", "top_active_units")
