@@ -4,4 +4,4 @@ Pure PyTorch; no Ray import anywhere in this package, so a trial, a notebook and
 The package root stays import-light (no torch) so that `ouvae.__version__` is cheap to read.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

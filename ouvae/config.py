@@ -139,33 +139,6 @@ class Config:
         }[self.beta_schedule]
         return {k: getattr(self, k) for k in keys}
 
-    def result_fields(self, binarization: str | None = None) -> dict[str, Any]:
-        """The hyperparameter columns of the results schema (analysis/schema.py)."""
-        return {
-            "preset": self.preset,
-            "dataset": self.dataset,
-            "binarization": binarization,
-            "architecture": self.architecture,
-            "n_layers": self.n_layers,
-            "latent_dims": format_latent_dims(self.latent_dims),
-            "hidden_units": self.hidden_units,
-            "hidden_layers": self.hidden_layers,
-            "activation": self.activation,
-            "rho": self.rho,
-            "rho_eval": self.effective_rho_eval,
-            "smooth_samples": self.smooth_samples,
-            "smooth": self.smooth,
-            "objective": self.objective,
-            "iw_samples": self.iw_samples,
-            "beta_schedule": self.beta_schedule,
-            "beta_params": json.dumps(self.beta_params, sort_keys=True),
-            "free_bits": self.free_bits,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "config_hash": self.config_hash(),
-        }
-
 
 def check_keys(keys: Iterable[str]) -> None:
     """Refuse names that are not Config fields, suggesting the closest field for each."""

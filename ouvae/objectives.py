@@ -1,17 +1,21 @@
 """Training objectives: the beta-weighted ELBO with free bits, and the IWAE bound; KL-annealing schedules.
 
 Why schedules are plain functions of (config, epoch progress): a search over schedule families (Optuna) only
-has to vary config fields, and a resumed run recomputes the same beta from the step counter alone.
+has to vary config fields, and a resumed run recomputes the same beta from the step counter alone. In a
+population every member has its own schedule and free bits; they enter the loss as (M,) tensors.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .config import Config
-from .model import HierarchicalVAE
+from .model import HierarchicalVAE, Noise
+
+Tensor = torch.Tensor
 
 
 def beta_at(cfg: Config, epoch: float) -> float:
@@ -41,25 +45,40 @@ def beta_at(cfg: Config, epoch: float) -> float:
     return lo + (hi - lo) * ramp
 
 
-def training_loss(model: HierarchicalVAE, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss over the batch, and the batch-mean total KL (detached, for logging).
+@dataclass
+class Loss:
+    """Per-member training loss (M,) -- sum it for backward, so each member's gradient is its own -- and the
+    batch-mean total KL per member (M,), detached, for logging."""
+
+    per_member: Tensor
+    kl: Tensor
+
+
+def rows_for(model: HierarchicalVAE, batch: int) -> int:
+    """Examples per member in one training pass: the batch, times k posterior samples for IWAE(k)."""
+    cfg = model.cfg
+    return batch * (cfg.iw_samples if cfg.objective == "iwae" else 1)
+
+
+def training_loss(model: HierarchicalVAE, x: Tensor, rho: Tensor, noise: Noise, beta: Tensor,
+                  free_bits: Tensor) -> Loss:
+    """The loss of every member on its batch x (M, B, C, H, W).
 
     ELBO: -E[log p(x|z)] + beta * sum_l max(KL_l, free_bits), the floor applied to the batch-mean KL of each
-    layer (Kingma et al. 2016). IWAE(k): -log mean_k w_k with k posterior samples per example (beta and free
-    bits do not apply to a bound on log p(x)).
+    layer (Kingma et al. 2016) and only where free_bits > 0. IWAE(k): -log mean_k w_k with k posterior samples
+    per example (beta and free bits do not apply to a bound on log p(x)). beta, free_bits: (M,).
     """
     cfg = model.cfg
+    m, b = x.shape[:2]
     if cfg.objective == "iwae":
         k = cfg.iw_samples
-        out = model(x.repeat(k, *([1] * (x.dim() - 1))))
-        log_w = out.log_weight.view(k, x.shape[0])
-        bound = torch.logsumexp(log_w, 0) - math.log(k)
-        loss = -bound.mean()
-        return loss, out.kl.sum(1).mean().detach()
-    out = model(x)
-    kl_per_layer = out.kl.mean(0)
-    if cfg.free_bits > 0:
-        kl_per_layer = torch.clamp(kl_per_layer, min=cfg.free_bits)
-    recon = -out.log_px.mean()
-    loss = recon + beta * kl_per_layer.sum()
-    return loss, out.kl.sum(1).mean().detach()
+        out = model(x.repeat(1, k, *([1] * (x.dim() - 2))), rho, noise)
+        log_w = out.log_weight.view(m, k, b)
+        bound = torch.logsumexp(log_w, 1) - math.log(k)
+        return Loss(-bound.mean(1), out.kl.sum(-1).mean(1).detach())
+    out = model(x, rho, noise)
+    kl_per_layer = out.kl.mean(1)  # (M, L)
+    floor = free_bits.view(m, 1)
+    kl_per_layer = torch.where(floor > 0, torch.maximum(kl_per_layer, floor), kl_per_layer)
+    recon = -out.log_px.mean(1)
+    return Loss(recon + beta * kl_per_layer.sum(-1), out.kl.sum(-1).mean(1).detach())

@@ -1,69 +1,98 @@
 """The Ornstein-Uhlenbeck operator T_rho, applied to networks whose input is a Gaussian latent.
 
-T_rho f(eps) = E_{eta ~ N(0, I)} f(rho * eps + sqrt(1 - rho^2) * eta). For a latent z = mu + sigma * eps we draw K
+T_rho f(eps) = E_{eta ~ N(0, I)} f(rho * eps + sqrt(1 - rho^2) * eta). For a latent z = mu + sigma * eps we form K
 correlated copies z'_k = mu + sigma * (rho * eps + sqrt(1 - rho^2) * eta_k) -- each has the same marginal as z,
 so no rescaling is needed -- evaluate the network on all K copies in ONE batched pass (the copies are folded
-into the batch dimension, so there is no Python loop over K) and average the outputs: a Monte Carlo estimate
-of T_rho applied to the network.
+into the rows, so there is no Python loop over K) and average the outputs: a Monte Carlo estimate of T_rho
+applied to the network.
 
-rho = 1 or K = 1 return f(z) itself, so both are exactly the plain VAE: with one copy the "average" would be f
-at a noisier point, which is a different model, not a smoothed one.
+Tensors carry a leading member dimension M (``ouvae/layers.py``): every member has its own rho, given as an
+(M,) tensor, never branched on in Python. A member with rho = 1 takes the output at copy 0, which is exactly
+f(z) (rho * eps + 0 * eta = eps bit for bit), not an average of K equal values, so rho = 1 members are exactly
+the plain VAE. When no member is smoothed (every rho = 1, or K = 1) the copies are not formed at all.
+
+The noise eta is an input (drawn by the caller from the run's own generator), so this module has no random
+state of its own: the same inputs give the same outputs, which makes resume and tests exact.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+Tensor = torch.Tensor
+
 
 class GaussianSample(NamedTuple):
-    """A reparameterised sample z = mu + std * eps, kept with its standardized noise coordinates."""
+    """A reparameterised sample z = mu + std * eps, kept with its standardized noise coordinates eps."""
 
-    z: torch.Tensor
-    mu: torch.Tensor
-    std: torch.Tensor
-    eps: torch.Tensor
+    z: Tensor
+    mu: Tensor
+    std: Tensor
+    eps: Tensor
 
 
-def sample_gaussian(mu: torch.Tensor, logvar: torch.Tensor) -> GaussianSample:
+def sample_gaussian(mu: Tensor, logvar: Tensor, eps: Tensor) -> GaussianSample:
     std = torch.exp(0.5 * logvar)
-    eps = torch.randn_like(mu)
     return GaussianSample(mu + std * eps, mu, std, eps)
 
 
 def is_identity(rho: float, k: int) -> bool:
+    """True when T_rho with K copies is the identity (no smoothing): rho = 1 or K = 1."""
     return rho >= 1.0 or k <= 1
 
 
-def ou_noise(eps: torch.Tensor, rho: float, k: int) -> torch.Tensor:
-    """K correlated copies of the standard normal `eps`: shape (K, *eps.shape), each copy again N(0, I)."""
-    eta = torch.randn((k, *eps.shape), dtype=eps.dtype, device=eps.device)
-    return rho * eps.unsqueeze(0) + math.sqrt(max(0.0, 1.0 - rho * rho)) * eta
+def correlated(eps: Tensor, rho: Tensor | float, eta: Tensor) -> Tensor:
+    """rho * eps + sqrt(1 - rho^2) * eta: standard-normal coordinates correlated rho with eps.
 
-
-def ou_smooth(f: Callable[[torch.Tensor], torch.Tensor], sample: GaussianSample, rho: float, k: int,
-              recompute: bool = False) -> torch.Tensor:
-    """Monte Carlo T_rho f at the latent `sample`: f on K correlated copies in one batched pass, outputs averaged.
-
-    `recompute` trades time for memory: the K-fold activations inside f are not kept for the backward pass
-    but recomputed from the (small) latent copies, so smoothing costs about one extra forward of the smoothed
-    maps instead of K times their activation memory.
+    `eta` has the copies in a dimension that `eps` lacks (eps is broadcast against it); `rho` broadcasts too.
     """
-    if is_identity(rho, k):
-        return f(sample.z)
-    copies = sample.mu.unsqueeze(0) + sample.std.unsqueeze(0) * ou_noise(sample.eps, rho, k)  # (K, B, ...)
+    rho = torch.as_tensor(rho, dtype=eps.dtype, device=eps.device)
+    return rho * eps + (1.0 - rho * rho).clamp_min(0.0).sqrt() * eta
 
-    def averaged(c: torch.Tensor) -> torch.Tensor:
-        return f(c.flatten(0, 1)).unflatten(0, (k, c.shape[1])).mean(0)  # one pass over all K*B rows
+
+def ou_smooth(f: Callable[[Tensor], Tensor], sample: GaussianSample, rho: Tensor, eta: Tensor | None,
+              identity: Tensor | None = None, recompute: bool = False) -> Tensor:
+    """Monte Carlo T_rho f at the latent `sample`, per member.
+
+    sample tensors: (M, N, d); rho: (M,); eta: (M, K, N, d) standard normal, or None for no smoothing (then f(z));
+    identity: (M,) bool, True for members whose rho is 1 (they take f at copy 0, i.e. f(z) exactly).
+    f maps (M, rows, d) to (M, rows, ...). `recompute` trades time for memory: the K-fold activations inside f are
+    not kept for the backward pass but recomputed from the (small) latent copies.
+    """
+    if eta is None:
+        return f(sample.z)
+    m, k, n = eta.shape[:3]
+    r = rho.view(m, 1, 1, 1)
+    copies = sample.mu.unsqueeze(1) + sample.std.unsqueeze(1) * correlated(sample.eps.unsqueeze(1), r, eta)
+
+    def averaged(c: Tensor) -> Tensor:
+        out = f(c.reshape(m, k * n, -1))  # one pass over all K*N rows of every member
+        out = out.view(m, k, n, *out.shape[2:])
+        mean = out.mean(1)
+        if identity is None:
+            return mean
+        keep = identity.view(m, *([1] * (mean.dim() - 1)))
+        return torch.where(keep, out[:, 0], mean)
 
     if recompute and torch.is_grad_enabled():
         return checkpoint(averaged, copies, use_reentrant=False, preserve_rng_state=False)
     return averaged(copies)
 
 
-def ou_operator(f: Callable[[torch.Tensor], torch.Tensor], eps: torch.Tensor, rho: float, k: int) -> torch.Tensor:
-    """T_rho f(eps) for a function of standard-normal coordinates (mu = 0, std = 1); used by the tests."""
-    return ou_smooth(f, GaussianSample(eps, torch.zeros_like(eps), torch.ones_like(eps), eps), rho, k)
+def ou_noise(eps: Tensor, rho: float, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """K correlated copies of the standard normal `eps`: shape (K, *eps.shape), each copy again N(0, I)."""
+    eta = torch.randn((k, *eps.shape), generator=generator, dtype=eps.dtype, device=eps.device)
+    return correlated(eps.unsqueeze(0), rho, eta)
+
+
+def ou_operator(f: Callable[[Tensor], Tensor], eps: Tensor, rho: float, k: int,
+                generator: torch.Generator | None = None) -> Tensor:
+    """T_rho f(eps) for a function of standard-normal coordinates (no member dimension): the operator's
+    properties are tested on this form."""
+    if is_identity(rho, k):
+        return f(eps)
+    copies = ou_noise(eps, rho, k, generator)
+    return f(copies.flatten(0, 1)).unflatten(0, (k, eps.shape[0])).mean(0)

@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, PRESETS, add_config_arguments, overrides_from_args
+import torch
+
+from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
+from .config import Config, ConfigError, PRESETS, add_config_arguments, format_latent_dims, overrides_from_args
 from .data import DataError
-from .trainer import CHECKPOINT_FILE, Trainer, TrainingStalled
+from .memory import reset_peak_memory
+from .records import run_columns
+from .trainer import Trainer, TrainingStalled, pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = overrides_from_args(args)
         cfg = Config.from_preset(args.preset, **overrides)
         out = Path(args.out or f"runs/{cfg.preset}-rho{cfg.rho:g}-seed{cfg.seed}")
+        # This process is the run's owner: it sets the thread count and starts the run's memory peak.
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        reset_peak_memory(pick_device(cfg.device))
 
         def report(trainer: Trainer, metrics: dict[str, Any]) -> None:
             with open(out / "metrics.jsonl", "a") as f:
@@ -76,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             c = trainer.cfg
             print(f"ouvae {__version__}: {c.preset} on {c.dataset} ({trainer.data.split_note}, "
-                  f"{trainer.data.binarization} binarization), latents {'-'.join(map(str, c.latent_dims))}, "
+                  f"{trainer.data.binarization} binarization), latents {format_latent_dims(c.latent_dims)}, "
                   f"rho={c.rho} K={c.smooth_samples} smooth={c.smooth}, {trainer.total_steps} steps on "
                   f"{trainer.device}", flush=True)
         final = trainer.fit()
-    except (ConfigError, DataError, TrainingStalled, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainingStalled, CheckpointFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = {**final, **trainer.cfg.result_fields(trainer.data.binarization), "ouvae_version": __version__}
+    summary = {**final, **run_columns(trainer.cfg, trainer.data)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nfinal ({final['split']} split, rho_eval={trainer.cfg.effective_rho_eval}): "
           f"ELBO {final['elbo']:.3f}  L_{final['iw_k']} {final['iw_bound']:.3f} nats")

@@ -6,18 +6,17 @@ import pytest
 import torch
 
 from ouvae.config import Config
-from ouvae.metrics import active_units, evaluate, gradient_variance
-from ouvae.model import HierarchicalVAE, discretized_logistic_log_prob, kl_to_standard_normal
-from ouvae.objectives import beta_at, training_loss
+from ouvae.metrics import active_units, evaluate, expand_members, gradient_variance
+from ouvae.model import HierarchicalVAE, Noise, Pass, discretized_logistic_log_prob, kl_to_standard_normal
+from ouvae.objectives import beta_at, rows_for, training_loss
 from ouvae.smoothing import sample_gaussian
 
 torch.set_num_threads(1)
 
 
-def small_model(**overrides) -> HierarchicalVAE:
-    torch.manual_seed(0)
+def small_model(seeds=(0,), **overrides) -> HierarchicalVAE:
     cfg = Config.from_preset("demo", latent_dims=(4, 3, 2), hidden_units=16, **overrides)
-    return HierarchicalVAE(cfg, (1, 8, 8), "bernoulli")
+    return HierarchicalVAE(cfg, (1, 8, 8), "bernoulli", seeds)
 
 
 def binary_batch(n=32, seed=0) -> torch.Tensor:
@@ -25,10 +24,27 @@ def binary_batch(n=32, seed=0) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, 1, 8, 8), 0.3), generator=g)
 
 
+def gen(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def forward(model: HierarchicalVAE, x: torch.Tensor, rho, seed: int = 7, noise: Noise | None = None) -> Pass:
+    """Every member on the same images x (N, C, H, W), member m smoothed at rho[m]."""
+    noise = noise if noise is not None else model.draw_noise(x.shape[0], rho, gen(seed))
+    return model(expand_members(x, model.members), torch.tensor(rho), noise)
+
+
+def member_noise(noise: Noise, m: int) -> Noise:
+    """Member m's slice of a population's noise, as the noise of a population of one."""
+    one = lambda t: None if t is None else t[m:m + 1]  # noqa: E731
+    return Noise([one(t) for t in noise.eps], [one(t) for t in noise.encoders], [one(t) for t in noise.decoders],
+                 one(noise.decode_x))
+
+
 def test_analytic_kl_matches_monte_carlo():
-    torch.manual_seed(0)
-    mu, logvar = torch.randn(1, 5), torch.randn(1, 5) * 0.5
-    s = sample_gaussian(mu.expand(400_000, 5), logvar.expand(400_000, 5))
+    g = gen(0)
+    mu, logvar = torch.randn(1, 5, generator=g), torch.randn(1, 5, generator=g) * 0.5
+    s = sample_gaussian(mu.expand(400_000, 5), logvar.expand(400_000, 5), torch.randn(400_000, 5, generator=g))
     log_q = (-0.5 * (math.log(2 * math.pi) + logvar + s.eps**2)).sum(-1)
     log_p = (-0.5 * (math.log(2 * math.pi) + s.z**2)).sum(-1)
     assert (log_q - log_p).mean().item() == pytest.approx(kl_to_standard_normal(mu, logvar).item(), rel=0.01)
@@ -36,90 +52,122 @@ def test_analytic_kl_matches_monte_carlo():
 
 def test_rho_one_and_k_one_give_exactly_the_plain_vae():
     x = binary_batch()
-    plain = small_model(rho=1.0)
-    results = []
-    for rho, k in [(1.0, 5), (0.5, 1)]:
-        model = small_model(rho=rho, smooth_samples=k)
-        model.load_state_dict(plain.state_dict())
-        torch.manual_seed(7)
-        results.append(model(x).log_weight)
-    torch.manual_seed(7)
-    reference = plain(x).log_weight
-    assert torch.equal(results[0], reference) and torch.equal(results[1], reference)
+    plain = forward(small_model(rho=1.0), x, [1.0]).log_weight
+    assert torch.equal(forward(small_model(smooth_samples=1), x, [0.5]).log_weight, plain)  # K = 1: no copies
+    # A rho = 1 member inside a population that smooths another member: the plain VAE path, given its noise.
+    pop = small_model(seeds=(0, 0))
+    noise = pop.draw_noise(x.shape[0], [1.0, 0.8], gen())
+    mixed = forward(pop, x, [1.0, 0.8], noise=noise).log_weight
+    alone = forward(small_model(rho=1.0), x, [1.0], noise=member_noise(noise, 0)).log_weight
+    assert torch.allclose(mixed[0], alone[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(mixed[1], alone[0], atol=1e-3)  # same parameters, smoothed at 0.8: another model
 
 
 def test_smoothing_changes_the_model_only_below_rho_one():
     x = binary_batch()
-    model = small_model(rho=0.5)
-    torch.manual_seed(7)
-    smoothed = model(x).log_weight
-    torch.manual_seed(7)
-    plain = model(x, rho=1.0).log_weight
-    assert not torch.allclose(smoothed, plain)
+    model = small_model()
+    noise = model.draw_noise(x.shape[0], [0.5], gen())
+    smoothed = forward(model, x, [0.5], noise=noise).log_weight
+    assert not torch.allclose(smoothed, forward(model, x, [1.0], noise=noise).log_weight)
+
+
+def test_a_member_computes_what_the_same_network_alone_computes():
+    """Stacking is only batching: member m of a population, given its parameters and noise, is the model alone."""
+    x = binary_batch(12)
+    pop = small_model(seeds=(3, 4, 5))
+    noise = pop.draw_noise(12, [0.7, 1.0, 0.9], gen())
+    out = forward(pop, x, [0.7, 1.0, 0.9], noise=noise)
+    for m, seed in enumerate((3, 4, 5)):
+        alone = small_model(seeds=(seed,))
+        assert torch.equal(alone.flat[0], pop.flat[m])  # a member starts from its own seed's initialisation
+        ref = forward(alone, x, [[0.7, 1.0, 0.9][m]], noise=member_noise(noise, m))
+        assert torch.allclose(out.log_weight[m], ref.log_weight[0], atol=1e-4)
+        assert torch.allclose(out.kl[m], ref.kl[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("smooth", ["encoder", "decoder", "both"])
 def test_per_layer_outputs_have_the_documented_shapes(smooth):
-    out = small_model(rho=0.8, smooth=smooth)(binary_batch(10))
-    assert out.kl.shape == out.log_q.shape == out.log_p.shape == (10, 3)
-    assert out.log_px.shape == (10,) and [m.shape[1] for m in out.posterior_means] == [4, 3, 2]
+    out = forward(small_model(seeds=(0, 1), smooth=smooth), binary_batch(10), [0.8, 0.9])
+    assert out.kl.shape == out.log_q.shape == out.log_p.shape == (2, 10, 3)
+    assert out.log_px.shape == (2, 10) and [m.shape for m in out.posterior_means] == [(2, 10, d) for d in (4, 3, 2)]
     assert torch.isfinite(out.log_weight).all()
 
 
+def spread_model() -> HierarchicalVAE:
+    """A model whose posterior lies well away from its prior, so the gaps between bounds exceed the MC noise."""
+    model = small_model()
+    with torch.no_grad():
+        model.flat.mul_(2.0)
+    return model
+
+
 def test_iw_bound_is_above_the_elbo_and_grows_with_k():
-    model = small_model(rho=0.9)
-    x = binary_batch(64)
-    torch.manual_seed(0)
-    bounds = [evaluate(model, x, iw_k=k).iw_bound for k in (1, 10, 200)]
-    elbo = evaluate(model, x, iw_k=50).elbo
+    model, x = spread_model(), binary_batch(512)
+    bounds = [evaluate(model, x, iw_k=k, rho=[0.9], generator=gen(0))[0].iw_bound for k in (1, 10, 200)]
+    elbo = evaluate(model, x, iw_k=50, rho=[0.9], generator=gen(0))[0].elbo
     assert bounds[0] < bounds[1] < bounds[2]
     assert bounds[2] > elbo
     assert bounds[0] == pytest.approx(elbo, abs=0.5)  # L_1 is an ELBO estimate
 
 
 def test_iw_bound_is_the_same_however_it_is_chunked():
-    model = small_model()
-    x = binary_batch(20)
-    torch.manual_seed(1)
-    a = evaluate(model, x, iw_k=500, max_rows=20_000).iw_bound
-    torch.manual_seed(1)
-    b = evaluate(model, x, iw_k=500, max_rows=100).iw_bound  # 5 samples per pass
-    assert a == pytest.approx(b, abs=0.05)
+    model, x = spread_model(), binary_batch(20)
+    whole = evaluate(model, x, iw_k=500, rho=[1.0], generator=gen(1), max_rows=20_000)[0].iw_bound
+    chunked = evaluate(model, x, iw_k=500, rho=[1.0], generator=gen(2), max_rows=100)[0].iw_bound  # 5 per pass
+    l5 = evaluate(model, x, iw_k=5, rho=[1.0], generator=gen(3))[0].iw_bound
+    # Chunks must combine into one L_500 (not average five-sample bounds): the difference is Monte Carlo noise,
+    # a small fraction of the gap between L_5 and L_500.
+    assert abs(whole - chunked) < 0.1 * (whole - l5)
 
 
 def test_active_units_on_a_constructed_case():
-    torch.manual_seed(0)
+    g = gen(0)
     # unit 0 varies strongly across x, unit 1 barely (var 0.004), unit 2 is constant, unit 3 has var ~0.04
-    means = torch.stack([torch.randn(5000), 0.063 * torch.randn(5000), torch.zeros(5000),
-                         0.2 * torch.randn(5000)], 1)
-    assert active_units(means) == 2
-    assert active_units(means, threshold=0.001) == 3
+    means = torch.stack([torch.randn(5000, generator=g), 0.063 * torch.randn(5000, generator=g), torch.zeros(5000),
+                         0.2 * torch.randn(5000, generator=g)], 1)
+    assert int(active_units(means)) == 2
+    assert int(active_units(means, threshold=0.001)) == 3
+    assert active_units(torch.stack([means, means[:, [0, 2, 2, 2]]])).tolist() == [2, 1]  # per member
 
 
-def test_iwae_objective_with_k_samples_runs_and_differs_from_the_elbo():
+def losses(model: HierarchicalVAE, x: torch.Tensor, rho, draws: int, free_bits=0.0) -> torch.Tensor:
+    """(draws, M) training losses on the same batch over independent noise draws."""
+    m = model.members
+    out = []
+    for d in range(draws):
+        rows = rows_for(model, x.shape[0])
+        out.append(training_loss(model, expand_members(x, m), torch.tensor(rho),
+                                 model.draw_noise(rows, rho, gen(d)), torch.ones(m),
+                                 torch.full((m,), free_bits)).per_member.detach())
+    return torch.stack(out)
+
+
+def test_iwae_objective_is_a_tighter_bound_than_the_elbo():
     x = binary_batch()
-    torch.manual_seed(0)
-    iwae_loss, _ = training_loss(small_model(objective="iwae", iw_samples=5), x, 1.0)
-    torch.manual_seed(0)
-    elbo_loss, _ = training_loss(small_model(), x, 1.0)
-    assert iwae_loss.item() < elbo_loss.item() + 1.0 and torch.isfinite(iwae_loss)
+    iwae = losses(small_model(objective="iwae", iw_samples=5), x, [1.0], draws=30)[:, 0]
+    elbo = losses(small_model(), x, [1.0], draws=30)[:, 0]
+    gap = (elbo - iwae).mean()  # -L_5 <= -L_1 in expectation: the IWAE loss is lower
+    assert gap > 3 * (elbo - iwae).std() / math.sqrt(30) and gap > 0.1
 
 
-def test_free_bits_floor_each_layer_kl():
+def test_free_bits_floor_each_layer_kl_per_member():
     x = binary_batch()
-    torch.manual_seed(0)
-    loss_free, _ = training_loss(small_model(free_bits=50.0), x, 1.0)
-    torch.manual_seed(0)
-    out = small_model()(x)
-    expected = -out.log_px.mean() + 50.0 * 3  # every layer's KL is far below the 50-nat floor
-    assert loss_free.item() == pytest.approx(expected.item(), rel=1e-5)
+    model = small_model(seeds=(0, 0))
+    noise = model.draw_noise(x.shape[0], [1.0, 1.0], gen(0))
+    loss = training_loss(model, expand_members(x, 2), torch.ones(2), noise, torch.ones(2), torch.tensor([0.0, 50.0]))
+    out = forward(model, x, [1.0, 1.0], noise=noise)
+    recon = -out.log_px.mean(1)
+    assert loss.per_member[1].item() == pytest.approx((recon[1] + 50.0 * 3).item(), rel=1e-5)  # all KLs < 50
+    assert loss.per_member[0].item() == pytest.approx((recon[0] + out.kl[0].mean(0).sum()).item(), rel=1e-5)
 
 
-def test_gradient_variance_is_finite_and_positive():
-    x = binary_batch(64)
-    torch.manual_seed(0)
-    plain = gradient_variance(small_model(rho=1.0), x, 1.0, draws=20)
-    assert math.isfinite(plain) and plain > 0
+def test_gradient_variance_is_the_variance_over_noise_draws_per_member():
+    """Four independent copies of each image average the noise of four draws: a quarter of the variance."""
+    model, x = small_model(seeds=(0, 1)), binary_batch(64)
+    kwargs = dict(rho=[1.0, 0.7], beta=torch.ones(2), free_bits=torch.zeros(2), draws=40)
+    one = gradient_variance(model, x, generator=gen(0), **kwargs)
+    four = gradient_variance(model, x.repeat(4, 1, 1, 1), generator=gen(1), **kwargs)
+    assert all(0.15 < b / a < 0.4 for a, b in zip(one, four)), (one, four)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
@@ -143,26 +191,30 @@ def test_discretized_logistic_is_a_distribution_over_256_values():
         assert p.sum().item() == pytest.approx(1.0, abs=1e-6)
 
 
-def test_conv_model_runs_on_cifar_and_mnist_shapes():
-    torch.manual_seed(0)
+def test_conv_members_compute_what_each_conv_network_alone_computes():
+    """Grouped convolutions (members folded into channels) equal each member's own convolutions."""
     for shape, lik in [((3, 32, 32), "discretized_logistic"), ((1, 28, 28), "bernoulli")]:
-        cfg = Config.from_preset("paper-conv", hidden_units=8, latent_dims=(6, 4), rho=0.8, smooth_samples=3)
-        model = HierarchicalVAE(cfg, shape, lik)
-        x = torch.rand(4, *shape) if lik != "bernoulli" else torch.bernoulli(torch.rand(4, *shape))
-        if lik != "bernoulli":
-            x = (x * 255).round() / 255
-        out = model(x)
-        assert torch.isfinite(out.log_weight).all() and out.kl.shape == (4, 2)
+        cfg = Config.from_preset("paper-conv", hidden_units=8, latent_dims=(6, 4), smooth_samples=3)
+        x = torch.rand(4, *shape, generator=gen(1))
+        x = torch.bernoulli(x, generator=gen(2)) if lik == "bernoulli" else (x * 255).round() / 255
+        pop = HierarchicalVAE(cfg, shape, lik, seeds=(1, 2))
+        noise = pop.draw_noise(4, [0.8, 0.9], gen())
+        out = forward(pop, x, [0.8, 0.9], noise=noise)
+        assert torch.isfinite(out.log_weight).all() and out.kl.shape == (2, 4, 2)
+        for m, seed in enumerate((1, 2)):
+            alone = HierarchicalVAE(cfg, shape, lik, seeds=(seed,))
+            ref = forward(alone, x, [[0.8, 0.9][m]], noise=member_noise(noise, m))
+            assert torch.allclose(out.log_weight[m], ref.log_weight[0], rtol=1e-5, atol=1e-3)
 
 
 def test_recomputing_smoothed_maps_gives_the_same_loss_and_gradients():
     x = binary_batch()
     grads = []
     for recompute in (False, True):
-        model = small_model(rho=0.7, smooth_recompute=recompute)
-        torch.manual_seed(5)
-        loss, _ = training_loss(model, x, 1.0)
-        loss.backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, atol=1e-5)
+        model = small_model(seeds=(0, 1), smooth_recompute=recompute)
+        noise = model.draw_noise(x.shape[0], [0.7, 0.9], gen(5))
+        loss = training_loss(model, expand_members(x, 2), torch.tensor([0.7, 0.9]), noise, torch.ones(2),
+                             torch.zeros(2))
+        loss.per_member.sum().backward()
+        grads.append(model.flat.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

@@ -78,14 +78,31 @@ def test_copies_have_the_marginal_of_the_sample():
     assert corr == pytest.approx(0.7, abs=0.01)  # each copy keeps correlation rho with the original
 
 
-def test_all_copies_go_through_the_network_in_one_call():
+def test_all_copies_of_all_members_go_through_the_network_in_one_call():
     calls = []
 
     def f(z):
         calls.append(z.shape)
         return 2 * z
 
-    mu, std, eps = torch.zeros(6, 4), torch.ones(6, 4), torch.randn(6, 4)
-    out = ou_smooth(f, GaussianSample(mu + std * eps, mu, std, eps), 0.5, 5)
-    assert calls == [torch.Size([30, 4])]
-    assert out.shape == (6, 4)
+    mu, std, eps = torch.zeros(3, 6, 4), torch.ones(3, 6, 4), torch.randn(3, 6, 4)
+    eta = torch.randn(3, 5, 6, 4)
+    out = ou_smooth(f, GaussianSample(mu + std * eps, mu, std, eps), torch.tensor([0.5, 0.9, 1.0]), eta)
+    assert calls == [torch.Size([3, 30, 4])]  # members x (K copies * 6 rows) x 4
+    assert out.shape == (3, 6, 4)
+
+
+def test_each_member_is_smoothed_at_its_own_rho_and_rho_one_members_are_untouched():
+    torch.manual_seed(6)
+    f = lambda z: torch.sin(5 * z)  # noqa: E731
+    mu, std = torch.randn(3, 50, 2), torch.rand(3, 50, 2) + 0.5
+    eps = torch.randn(3, 50, 2)
+    sample = GaussianSample(mu + std * eps, mu, std, eps)
+    eta = torch.randn(3, 4, 50, 2)
+    rho = torch.tensor([0.6, 1.0, 0.3])
+    out = ou_smooth(f, sample, rho, eta, identity=rho >= 1.0)
+    assert torch.equal(out[1], f(sample.z[1]))  # exactly f(z), not an average of K equal values
+    for m in (0, 2):  # each member alone, with its own rho and noise, gives the same numbers
+        alone = GaussianSample(*(t[m:m + 1] for t in sample))
+        assert torch.allclose(out[m], ou_smooth(f, alone, rho[m:m + 1], eta[m:m + 1])[0], atol=1e-6)
+    assert not torch.allclose(out[0], f(sample.z[0]))

@@ -42,13 +42,8 @@ def test_checkpoint_resumes_to_the_same_next_step_loss(digits, tmp_path):
     b = Trainer.from_checkpoint(tmp_path, data=digits, steps=31)
     assert b.step == a.step == 30 and b.cfg.rho == 0.7
     assert len(a.history) > 1 and b.history == a.history and b.last_metrics == a.history[-1]
-    resumed_rng = torch.get_rng_state()  # both trainers share torch's global generator: give each the same
-    loss_a = a.train_step(a.batch_at(a.step))
-    torch.set_rng_state(resumed_rng)
-    loss_b = b.train_step(b.batch_at(b.step))
-    assert loss_a == loss_b
-    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
-        assert torch.equal(pa, pb)
+    assert a.train_step() == b.train_step()  # each trainer owns its generators: no global state to line up
+    assert torch.equal(a.model.flat, b.model.flat)
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(digits, tmp_path):
@@ -59,8 +54,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(digits, tmp_path):
     first.save_checkpoint(tmp_path)
     resumed = Trainer.from_checkpoint(tmp_path, data=digits, steps=24)
     resumed.fit()
-    for pa, pb in zip(straight.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(pa, pb)
+    assert torch.equal(straight.model.flat, resumed.model.flat)
+    assert resumed.history[-1] == {**straight.history[-1], "wall_time_s": resumed.history[-1]["wall_time_s"],
+                                   "time_per_epoch_s": resumed.history[-1]["time_per_epoch_s"],
+                                   "peak_memory_bytes": resumed.history[-1]["peak_memory_bytes"]}
 
 
 def nan_data(digits: DatasetSplits, every_batch: bool) -> DatasetSplits:
@@ -110,12 +107,3 @@ def test_cli_bad_values_exit_2_with_a_message(tmp_path, capsys):
     assert "rho must lie in (0, 1]" in capsys.readouterr().err
     assert train_main(["--dataset", "no-such-set", "--out", str(tmp_path)]) == 2
     assert "no-such-set" in capsys.readouterr().err
-
-
-def test_smoothing_keeps_the_top_layer_active_where_the_plain_vae_collapses(digits):
-    """The paper's phenomenon at a small budget: rho = 0.7 keeps clearly more top-layer active units."""
-    top = {}
-    for rho in (1.0, 0.7):
-        cfg = Config.from_preset("demo", rho=rho, n_train=797, epochs=30, eval_every=1000, eval_iw_k=10)
-        top[rho] = Trainer(cfg, data=digits).fit()["top_active_units"]
-    assert top[0.7] >= top[1.0] + 5, top

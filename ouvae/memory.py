@@ -1,0 +1,67 @@
+"""Peak memory of one run, measured per run even when a worker process runs many runs in turn.
+
+Why: with Ray's actor reuse one worker process trains trial after trial; the process's lifetime peak
+(``ru_maxrss``) would report, for every trial, the largest trial that ran before it. So the owner of a run (the
+command line, the sweep trainable) calls ``reset_peak_memory`` when the run starts, and the trainer reads
+``peak_memory_bytes`` at each evaluation:
+
+* CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``), reset per run.
+* CPU on Linux: the kernel's resident-set high-water mark ``VmHWM`` (/proc/self/status), reset per run by
+  writing 5 to /proc/self/clear_refs (Linux >= 4.0). This is the whole process's resident memory, so it includes
+  the interpreter, torch and the data set, not only the model.
+* Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss``; `peak_memory_method` says
+  which one was used, and it is recorded with the results (README, "Peak memory").
+
+These are process-wide operations: the library's Trainer never calls ``reset_peak_memory`` itself.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> str:
+    """Start a new peak for the run about to start on `device`; returns the method (see peak_memory_method)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "cuda_max_allocated"
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return "ru_maxrss"
+    return "vm_hwm" if _vm_hwm_bytes() is not None else "ru_maxrss"
+
+
+def peak_memory_method(device: torch.device) -> str:
+    """cuda_max_allocated, vm_hwm (resettable process high-water mark) or ru_maxrss (process lifetime)."""
+    if device.type == "cuda":
+        return "cuda_max_allocated"
+    return "vm_hwm" if _vm_hwm_bytes() is not None and _CLEAR_REFS.exists() else "ru_maxrss"
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The peak since the last reset_peak_memory (see the module docstring for what each device measures)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    hwm = _vm_hwm_bytes()
+    if hwm is not None:
+        return hwm
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes

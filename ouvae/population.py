@@ -1,0 +1,330 @@
+"""Training a population: many runs of one architecture as ONE batched model, each member its own run.
+
+Why: the runs of a critical-rho sweep share every shape-giving setting (latent sizes, hidden units and layers,
+K, batch size, data set) and differ in scalars (rho, seed, beta schedule, free bits). One small run keeps a GPU
+idle between ~400 tiny kernels per step; M runs stacked along a leading member dimension do the same work in the
+same number of (larger) kernels (README, "Populations"; HFTA, Wang et al., MLSys 2021).
+
+What each member keeps to itself (so it is the run it would have been alone, in distribution):
+* its parameters, initialised from its own seed exactly as a run alone (``ouvae/layers.py``);
+* its data order, a function of (its seed, epoch) as for a run alone;
+* its rho (and evaluation rho), beta schedule and free bits, as (M,) tensors in the loss;
+* its gradient norm, clipping, non-finite check and Adam state (``ouvae/optim.py``): a member whose loss or
+  gradient is not finite skips that update alone; after ``max_skipped_steps`` consecutive skips it is marked
+  failed with its reason and frozen, while the others train on unchanged;
+* its history of evaluations.
+Shared: the noise stream (one generator per population, seeded from the members' seeds), the step counter and
+budget, the learning rate, and the evaluation images. Nothing is reduced across members except for logging, so
+results agree with runs alone in distribution, and bit for bit with a rerun of the same population (members,
+order, device), also after resuming from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import checkpoint
+from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
+from .config import Config, ConfigError
+from .data import DatasetSplits, load_dataset
+from .memory import peak_memory_bytes
+from .metrics import evaluate, gradient_variance
+from .model import HierarchicalVAE
+from .objectives import beta_at, rows_for, training_loss
+from .optim import MemberAdam
+
+# Config fields a member may set for itself; every other field must be equal across a population.
+MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min", "beta_max", "anneal_epochs",
+                 "n_cycles", "cycle_ratio", "sigmoid_steepness", "free_bits", "max_skipped_steps")
+# Per-invocation settings: they may change when a population is resumed (another device, more threads, ...).
+RUNTIME_FIELDS = ("data_dir", "device", "num_threads")
+
+Callback = Callable[["Population", list[dict[str, Any]]], None]
+
+
+class TrainingStalled(RuntimeError):
+    """Every member of a run had too many consecutive non-finite steps: training cannot recover."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def shared_settings(cfg: Config) -> dict[str, Any]:
+    """The settings every member of a population shares (all but MEMBER_FIELDS)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in MEMBER_FIELDS}
+
+
+def population_key(cfg: Config) -> str:
+    """Equal keys = configurations that can train together in one population (the sweeps group by it)."""
+    shared = {k: v for k, v in shared_settings(cfg).items() if k not in RUNTIME_FIELDS}
+    return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_population(configs: Sequence[Config]) -> None:
+    """Refuse configurations that cannot share one batched model, naming the settings that differ."""
+    if not configs:
+        raise ConfigError("a population needs at least one configuration")
+    first = shared_settings(configs[0])
+    for i, cfg in enumerate(configs[1:], 1):
+        other = shared_settings(cfg)
+        diff = sorted(k for k in first if first[k] != other[k])
+        if diff:
+            shown = ", ".join(f"{k}={first[k]!r} vs {other[k]!r}" for k in diff[:4])
+            raise ConfigError(f"member {i} cannot train in the same population as member 0: they differ in {shown}"
+                              f" (members may differ only in {', '.join(MEMBER_FIELDS)}); group runs by "
+                              f"ouvae.population.population_key")
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (member seeds, a step, a purpose), stable across machines and versions."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class Member:
+    """One run inside a population: its configuration and what it has done so far."""
+
+    cfg: Config
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
+    failure: str | None = None  # why it stopped training (set once, then it is frozen)
+    failure_reported: bool = False  # its last row (with the failure) went to the callback
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None
+
+    def state(self) -> str:
+        """JSON of everything but the config (checkpoints hold plain data only)."""
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"})
+
+    def restore(self, text: str) -> None:
+        for key, value in json.loads(text).items():
+            setattr(self, key, value)
+
+
+class Population:
+    """Trains M configurations that share an architecture (check_population) as one model.
+
+    ``callback(population, rows)`` runs after each evaluation with one metrics dict per member that is still
+    training -- plus, once, the last row of a member that failed since the previous evaluation (its ``failure``
+    says why). ``fit()`` runs to the budget; a population restored with ``from_checkpoint`` continues exactly.
+    """
+
+    def __init__(self, configs: Sequence[Config], callback: Callback | None = None,
+                 data: DatasetSplits | None = None):
+        check_population(configs)
+        self.members = [Member(c) for c in configs]
+        self.cfg = cfg = configs[0]  # the shared settings (member fields: see self.members)
+        self.callback = callback
+        self.device = pick_device(cfg.device)
+        # The data seed is fixed: every member and every run is scored on the same images.
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        train = self.data.train if cfg.n_train is None else self.data.train[: cfg.n_train]
+        evals = getattr(self.data, cfg.eval_split)
+        evals = evals if cfg.eval_max_examples is None else evals[: cfg.eval_max_examples]
+        self.train_x, self.eval_x = train.to(self.device), evals.to(self.device)  # kept on the device
+        seeds = [c.seed for c in configs]
+        self.model = HierarchicalVAE(cfg, self.data.image_shape, self.data.likelihood, seeds).to(self.device)
+        self.optimizer = MemberAdam(self.model.flat, cfg.lr)
+        self.seed = seeds[0] if len(seeds) == 1 else derived_seed("population", seeds)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.batches_per_epoch = math.ceil(self.train_x.shape[0] / cfg.batch_size)
+        self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.batches_per_epoch
+        self.step = 0
+        self.train_seconds = 0.0  # optimizer steps only: time per epoch compares methods, not evaluation
+        self.eval_seconds = 0.0
+        self.rho = [c.rho for c in configs]
+        self.rho_eval = [c.effective_rho_eval for c in configs]
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.float32, device=self.device)  # noqa: E731
+        self._rho_t = as_tensor(self.rho)
+        self._free_bits_t = as_tensor([c.free_bits for c in configs])
+        self._order = torch.empty(0, dtype=torch.long)
+        self._order_epoch = -1
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.batches_per_epoch
+
+    # ----- training ---------------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, Any]]:
+        """Train to the budget; returns every member's last metrics (a failed member's is its failure row).
+        Raises TrainingStalled when every member has failed."""
+        t0 = time.perf_counter()
+        while self.step < self.total_steps and any(m.active for m in self.members):
+            self.train_step()
+            at_epoch_end = self.step % self.batches_per_epoch == 0
+            final = self.step >= self.total_steps
+            newly_failed = any(not m.active and not m.failure_reported for m in self.members)
+            if final or newly_failed or (at_epoch_end and (self.step // self.batches_per_epoch) % self.cfg.eval_every == 0):
+                self.train_seconds += time.perf_counter() - t0
+                self.evaluate_and_report(is_final=final)
+                t0 = time.perf_counter()
+        if any(m.active and not (m.history and m.history[-1]["is_final"]) for m in self.members):
+            self.evaluate_and_report(is_final=True)  # resumed after the last step
+        if not any(m.active for m in self.members):
+            raise TrainingStalled("; ".join(dict.fromkeys(m.failure for m in self.members if m.failure)))
+        return [m.history[-1] for m in self.members]
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """(M, B) training-image indices of optimizer step `step`: member m's are a pure function of (its seed,
+        epoch), the same as when it trains alone, so resume is exact."""
+        epoch, b = divmod(step, self.batches_per_epoch)
+        if self._order_epoch != epoch:
+            n = self.train_x.shape[0]
+            orders = [torch.randperm(n, generator=torch.Generator().manual_seed(m.cfg.seed * 1_000_003 + epoch))
+                      for m in self.members]
+            self._order, self._order_epoch = torch.stack(orders).to(self.device), epoch
+        size = self.cfg.batch_size
+        return self._order[:, b * size:(b + 1) * size]
+
+    def train_step(self) -> list[float]:
+        """One optimizer step of every member on its own batch; returns each member's loss (NaN where the step
+        was skipped). A member whose loss or gradient is not finite skips this update and is counted."""
+        x = self.train_x[self.batch_indices(self.step)]
+        if self.data.binarization == "dynamic":
+            x = torch.bernoulli(x, generator=self.generator)
+        noise = self.model.draw_noise(rows_for(self.model, x.shape[1]), self.rho, self.generator)
+        beta = torch.tensor([beta_at(m.cfg, self.epoch) for m in self.members], device=self.device)
+        loss = training_loss(self.model, x, self._rho_t, noise, beta, self._free_bits_t)
+        self.optimizer.zero_grad()
+        loss.per_member.sum().backward()  # a sum: each member's gradient is its own
+        ok = self.optimizer.check_and_clip(loss.per_member.detach(), self.cfg.grad_clip).tolist()
+        self.optimizer.step([i for i, (good, m) in enumerate(zip(ok, self.members)) if good and m.active])
+        self.step += 1
+        losses = loss.per_member.detach().tolist()
+        for i, (good, m) in enumerate(zip(ok, self.members)):
+            if not m.active:
+                losses[i] = math.nan
+            elif good:
+                m.consecutive_skips = 0
+            else:
+                losses[i] = math.nan
+                m.skipped_steps += 1
+                m.consecutive_skips += 1
+                if m.consecutive_skips >= m.cfg.max_skipped_steps:
+                    m.failure = (f"TrainingStalled: {m.consecutive_skips} consecutive steps had a non-finite loss or "
+                                 f"gradient (step {self.step}, {m.skipped_steps} skipped in all): training has "
+                                 f"diverged. Lower lr (now {m.cfg.lr}), set grad_clip, or check the data for NaNs.")
+        return losses
+
+    # ----- evaluation -------------------------------------------------------------------------------------------
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Every member's metrics now (ELBO, L_k, per-layer KL and active units, ...), without reporting them.
+        Evaluation draws its noise from a generator of its own, seeded by the step, so it never changes the
+        training trajectory."""
+        cfg, m = self.cfg, self.size
+        gen = torch.Generator(self.device).manual_seed(derived_seed("evaluation", self.seed, self.step))
+        evals = evaluate(self.model, self.eval_x, iw_k=cfg.eval_iw_k, rho=self.rho_eval, generator=gen,
+                         batch_size=max(cfg.batch_size, 100))
+        grad_var: list[float | None] = [None] * m
+        if cfg.grad_var_draws > 1:
+            x = self.eval_x[: cfg.batch_size]
+            beta = torch.tensor([beta_at(mm.cfg, self.epoch) for mm in self.members], device=self.device)
+            grad_var = gradient_variance(self.model, x, rho=self.rho, beta=beta, free_bits=self._free_bits_t,
+                                         draws=cfg.grad_var_draws, generator=gen)
+        common = {"epoch": int(self.step // self.batches_per_epoch), "step": self.step,
+                  "time_per_epoch_s": self.train_seconds / max(self.epoch, 1e-12),
+                  "peak_memory_bytes": peak_memory_bytes(self.device), "hostname": socket.gethostname(),
+                  "split": cfg.eval_split, "population_size": m}
+        return [{**common, **ev.as_dict(), "grad_var": gv, "member": i, "skipped_steps": mem.skipped_steps,
+                 "failure": mem.failure}
+                for i, (ev, gv, mem) in enumerate(zip(evals, grad_var, self.members))]
+
+    def evaluate_and_report(self, is_final: bool) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        self.eval_seconds += time.perf_counter() - t0
+        rows = []
+        for mem, row in zip(self.members, metrics):
+            if mem.failure_reported:
+                continue
+            row.update(is_final=is_final and mem.active, wall_time_s=self.train_seconds + self.eval_seconds)
+            mem.history.append(row)
+            mem.failure_reported = not mem.active
+            rows.append(row)
+        if self.callback is not None and rows:
+            self.callback(self, rows)
+        return rows
+
+    # ----- checkpoints --------------------------------------------------------------------------------------------
+    def _state(self, members: Sequence[int], rng: torch.Tensor) -> dict[str, Any]:
+        opt = self.optimizer.state_dict()
+        idx = torch.tensor(list(members))
+        return {
+            "configs": [json.dumps(self.members[i].cfg.to_dict()) for i in members],
+            "layout": json.dumps(self.model.layout.describe()),
+            "params": self.model.flat.detach().cpu()[idx].clone(),
+            "optimizer": {k: v.detach().cpu()[idx].clone() for k, v in opt.items()},
+            "step": self.step,
+            "members": [self.members[i].state() for i in members],
+            "rng": rng,
+            "rng_device": self.device.type,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+        }
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Everything needed to continue exactly -- all members, optimizer, step, RNG, histories -- written
+        atomically to `directory`/checkpoint.pt (plain tensors and text: ouvae/checkpoint.py)."""
+        state = self._state(range(self.size), self.generator.get_state())
+        return checkpoint.write(state, Path(directory) / CHECKPOINT_FILE)
+
+    def export_member(self, member: int, directory: str | Path) -> Path:
+        """Member `member` as an ordinary single-run checkpoint (``python -m ouvae.train --resume`` and
+        evaluation accept it). Its noise stream continues from a generator seeded by (its seed, step): a valid
+        continuation of that run, though not the numbers it would have drawn inside this population."""
+        if not 0 <= member < self.size:
+            raise IndexError(f"member {member} does not exist in a population of {self.size}")
+        gen = torch.Generator(self.device).manual_seed(derived_seed("export", self.members[member].cfg.seed,
+                                                                     self.step))
+        return checkpoint.write(self._state([member], gen.get_state()), Path(directory) / CHECKPOINT_FILE)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, callback: Callback | None = None,
+                        data: DatasetSplits | None = None, **overrides: Any) -> "Population":
+        """Rebuild a population from `directory`/checkpoint.pt; `overrides` apply to every member (e.g. a larger
+        budget, or the runtime settings device, data_dir, num_threads)."""
+        path = Path(directory) / CHECKPOINT_FILE
+        state = checkpoint.read(path)
+        try:
+            configs = [Config.from_dict(json.loads(text)).replace(**overrides) for text in state["configs"]]
+        except ConfigError as e:
+            raise CheckpointFormatError(f"{path}: its configuration is not valid here ({e})") from None
+        pop = cls(configs, callback=callback, data=data)
+        if json.loads(state["layout"]) != pop.model.layout.describe() or \
+                tuple(state["params"].shape) != tuple(pop.model.flat.shape):
+            raise CheckpointFormatError(f"{path}: its parameters do not fit the model its configuration describes "
+                                        f"(another ouvae version or a damaged file): retrain the run")
+        with torch.no_grad():
+            pop.model.flat.copy_(state["params"])
+        pop.optimizer.load_state_dict(state["optimizer"])
+        pop.step = int(state["step"])
+        pop.train_seconds, pop.eval_seconds = float(state["train_seconds"]), float(state["eval_seconds"])
+        for mem, text in zip(pop.members, state["members"]):
+            mem.restore(text)
+        if state.get("rng_device", "cpu") == pop.device.type:
+            pop.generator.set_state(state["rng"])
+        else:  # CPU and CUDA generators have different states: continue validly, though not bit for bit
+            pop.generator.manual_seed(derived_seed("moved", pop.seed, pop.step, state["rng_device"]))
+        return pop

@@ -1,0 +1,53 @@
+"""The columns that describe a run in the results table and in ``metrics.json``: configuration and data.
+
+Why here and not in config.py: the configuration describes a run; which of its values the results table
+records, and under which names (analysis/schema.py), is a separate contract with the analysis, shared by the
+command line and the sweep trainable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from . import __version__
+from .config import Config, format_latent_dims
+from .data import DatasetSplits
+
+
+def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
+    """The identity, data and hyperparameter columns of one run's rows.
+
+    `dataset` is the loaded data's own name, so two user data sets (e.g. ``idx:kmnist`` and ``idx:emnist``, both
+    loaded with dataset="idx") are told apart, and so is their ``config_hash``.
+    """
+    config_hash = cfg.config_hash()
+    if data.name != cfg.dataset:
+        config_hash = hashlib.sha1(f"{config_hash}:{data.name}".encode()).hexdigest()[:12]
+    return {
+        "ouvae_version": __version__,
+        "preset": cfg.preset,
+        "dataset": data.name,
+        "binarization": data.binarization,
+        "likelihood": data.likelihood,
+        "architecture": cfg.architecture,
+        "n_layers": cfg.n_layers,
+        "latent_dims": format_latent_dims(cfg.latent_dims),
+        "hidden_units": cfg.hidden_units,
+        "hidden_layers": cfg.hidden_layers,
+        "activation": cfg.activation,
+        "rho": cfg.rho,
+        "rho_eval": cfg.effective_rho_eval,
+        "smooth_samples": cfg.smooth_samples,
+        "smooth": cfg.smooth,
+        "objective": cfg.objective,
+        "iw_samples": cfg.iw_samples,
+        "beta_schedule": cfg.beta_schedule,
+        "beta_params": json.dumps(cfg.beta_params, sort_keys=True),
+        "free_bits": cfg.free_bits,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "config_hash": config_hash,
+    }

@@ -1,0 +1,163 @@
+"""Populations on real data (scikit-learn's digits): many runs of one architecture as one batched model.
+
+What must hold: a population of one is the single run; every member is the run it would be alone, in
+distribution (its own initialisation, data order, rho, schedule); a diverging member fails alone; checkpoints
+resume bit for bit and any member exports as an ordinary single-run checkpoint; nothing touches global state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from ouvae.checkpoint import CheckpointFormatError
+from ouvae.config import Config, ConfigError
+from ouvae.data import DatasetSplits, load_dataset
+from ouvae.population import Population, TrainingStalled, population_key
+from ouvae.train import main as train_main
+from ouvae.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    return load_dataset("digits")
+
+
+def quick(**overrides) -> Config:
+    base = dict(rho=0.8, latent_dims=(5, 5), hidden_units=32, steps=40, eval_every=1000, eval_iw_k=5, n_train=400,
+                eval_max_examples=100)
+    return Config.from_preset("demo", **{**base, **overrides})
+
+
+def test_a_population_of_one_is_the_single_run(digits):
+    cfg = quick(steps=30, eval_every=2, rho=0.7, seed=4)
+    rows: list[dict] = []
+    pop = Population([cfg], callback=lambda p, r: rows.extend(r), data=digits)
+    pop.fit()
+    single = Trainer(cfg, data=digits)
+    single.fit()
+    assert torch.equal(pop.model.flat, single.model.flat)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("wall_time_s", "time_per_epoch_s", "peak_memory_bytes")} for r in h]  # noqa: E731
+    assert strip(pop.members[0].history) == strip(single.history) == strip(rows)
+    assert [r["member"] for r in rows] == [0] * len(rows) and rows[-1]["is_final"]
+
+
+def test_members_start_from_their_own_seed_and_keep_their_own_data_order(digits):
+    pop = Population([quick(seed=s) for s in (3, 1, 2)], data=digits)
+    for m, seed in enumerate((3, 1, 2)):
+        alone = Population([quick(seed=seed)], data=digits)
+        assert torch.equal(pop.model.flat[m], alone.model.flat[0])
+        assert torch.equal(pop.batch_indices(7)[m], alone.batch_indices(7)[0])
+    assert not torch.equal(pop.batch_indices(7)[0], pop.batch_indices(7)[1])
+
+
+def test_the_same_population_gives_the_same_numbers_on_a_rerun(digits):
+    configs = [quick(rho=r, seed=s) for r, s in ((0.8, 0), (1.0, 1), (0.6, 2))]
+    a, b = Population(configs, data=digits), Population(configs, data=digits)
+    a.fit()
+    b.fit()
+    assert torch.equal(a.model.flat, b.model.flat)
+    assert [m.history[-1]["elbo"] for m in a.members] == [m.history[-1]["elbo"] for m in b.members]
+
+
+def test_members_alone_and_inside_a_population_agree_in_distribution(digits):
+    """Across groupings only the shared noise stream differs. Three seeds at rho = 1 and three at rho = 0.8,
+    trained alone and as one population of six: per rho, the final ELBO and top-layer active units agree within
+    their seed-to-seed spread, and both groupings show the phenomenon (rho = 0.8 keeps the top layer active where
+    rho = 1 collapses it; the rho = 1 member inside the population is the plain VAE, tests/test_model.py)."""
+    configs = [Config.from_preset("demo", rho=rho, seed=s, n_train=797, epochs=12, eval_every=1000, eval_iw_k=10)
+               for rho in (1.0, 0.8) for s in (0, 1, 2)]
+    alone = [Trainer(c, data=digits).fit() for c in configs]
+    together = Population(configs, data=digits).fit()
+    assert [r["elbo"] for r in alone] != [r["elbo"] for r in together]  # the noise really differs
+    for group in (slice(0, 3), slice(3, 6)):
+        for key, floor in (("elbo", 0.1), ("top_active_units", 1.0)):
+            a, b = [r[key] for r in alone[group]], [r[key] for r in together[group]]
+            se = math.sqrt((statistics.variance(a) + statistics.variance(b)) / len(a))
+            assert abs(statistics.mean(a) - statistics.mean(b)) <= 3 * se + floor, (key, a, b)
+    for runs in (alone, together):
+        plain, smoothed = [r["top_active_units"] for r in runs[:3]], [r["top_active_units"] for r in runs[3:]]
+        assert min(smoothed) >= max(plain) + 4, (plain, smoothed)
+
+
+def test_a_diverging_member_fails_alone_while_the_others_finish(digits):
+    configs = [quick(seed=0), quick(seed=1, beta_max=float("inf"), max_skipped_steps=5), quick(seed=2, rho=1.0)]
+    rows: list[dict] = []
+    pop = Population(configs, callback=lambda p, r: rows.extend(r), data=digits)
+    final = pop.fit()
+    failed = [r for r in rows if r["member"] == 1]
+    assert len(failed) == 1 and failed[0]["failure"].startswith("TrainingStalled: 5 consecutive steps")
+    assert failed[0]["step"] == 5 and not failed[0]["is_final"] and pop.members[1].skipped_steps == 5
+    for m in (0, 2):
+        assert final[m]["is_final"] and final[m]["skipped_steps"] == 0 and final[m]["failure"] is None
+        assert all(math.isfinite(v) for v in final[m]["layer_kl"]) and math.isfinite(final[m]["elbo"])
+    # frozen, not drifting: Adam's momentum must not move a member whose updates are masked
+    assert torch.equal(pop.model.flat[1], Population(configs[1:2], data=digits).model.flat[0])
+    with pytest.raises(TrainingStalled, match="5 consecutive steps"):
+        Population(configs[1:2], data=digits).fit()
+
+
+def test_population_checkpoint_resumes_bit_for_bit(digits, tmp_path):
+    configs = [quick(rho=r, seed=s, steps=24, eval_every=1) for r, s in ((0.8, 0), (0.9, 5), (1.0, 3))]
+    straight = Population(configs, data=digits)
+    straight.fit()
+    first = Population([c.replace(steps=10) for c in configs], data=digits)
+    first.fit()
+    first.save_checkpoint(tmp_path)
+    resumed = Population.from_checkpoint(tmp_path, data=digits, steps=24)
+    assert [m.history for m in resumed.members] == [m.history for m in first.members]
+    resumed.fit()
+    assert torch.equal(straight.model.flat, resumed.model.flat)
+    assert torch.equal(straight.optimizer.exp_avg_sq, resumed.optimizer.exp_avg_sq)
+    assert [m.history[-1]["elbo"] for m in straight.members] == [m.history[-1]["elbo"] for m in resumed.members]
+
+
+def test_a_member_exports_as_an_ordinary_single_run_checkpoint(digits, tmp_path):
+    configs = [quick(seed=s, rho=r, steps=20) for s, r in ((0, 0.8), (1, 0.7))]
+    pop = Population(configs, data=digits)
+    pop.fit()
+    pop.export_member(1, tmp_path / "m1")
+    run = Trainer.from_checkpoint(tmp_path / "m1", data=digits, steps=30)
+    assert run.cfg == configs[1].replace(steps=30) and run.step == 20
+    assert torch.equal(run.model.flat[0], pop.model.flat[1]) and run.history == pop.members[1].history
+    assert torch.equal(run.population.optimizer.exp_avg[0], pop.optimizer.exp_avg[1])
+    assert run.evaluate()["elbo"] == pytest.approx(pop.evaluate()[1]["elbo"], abs=0.5)  # other noise, same model
+    assert run.fit()["step"] == 30
+    with pytest.raises(CheckpointFormatError, match="population of 2 runs"):  # a population is not one run
+        pop.save_checkpoint(tmp_path / "pop")
+        Trainer.from_checkpoint(tmp_path / "pop", data=digits)
+
+
+def test_the_command_line_resumes_an_exported_member(tmp_path, capsys):
+    cfg = Config.from_preset("demo", steps=12, latent_dims=(4, 4), hidden_units=16, eval_iw_k=3, seed=1)
+    pop = Population([cfg.replace(seed=0), cfg])
+    pop.fit()
+    pop.export_member(1, tmp_path)
+    assert train_main(["--out", str(tmp_path), "--resume", "--steps", "16"]) == 0
+    final = json.loads((tmp_path / "metrics.json").read_text())
+    assert final["step"] == 16 and final["seed"] == 1 and final["dataset"] == "digits"
+
+
+def test_members_that_differ_in_shape_cannot_share_a_population(digits):
+    with pytest.raises(ConfigError, match=r"differ in hidden_units=32 vs 64.*population_key"):
+        Population([quick(), quick(hidden_units=64)], data=digits)
+    assert population_key(quick(rho=0.5, seed=3, free_bits=0.2)) == population_key(quick())
+    assert population_key(quick(latent_dims=(5, 10))) != population_key(quick())
+
+
+def test_trainers_touch_no_global_state_so_two_in_one_process_do_not_disturb_each_other(digits):
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    a_alone = Trainer(quick(seed=0, num_threads=2), data=digits).fit()
+    a, b = Trainer(quick(seed=0, num_threads=2), data=digits), Trainer(quick(seed=1), data=digits)
+    for _ in range(40):  # interleaved step by step
+        a.train_step()
+        b.train_step()
+    a.population.evaluate_and_report(is_final=True)
+    assert a.history[-1]["elbo"] == a_alone["elbo"]
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
