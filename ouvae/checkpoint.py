@@ -60,11 +60,11 @@ def read(path: Path) -> dict[str, Any]:
                                     f"{CHECKPOINT_FILE})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         raise CheckpointFormatError(
             f"{path}: refused: the file holds Python objects, not only tensors and plain data (written by ouvae "
             f"0.1, by another program, or tampered with; loading it could run code). Retrain the run, or load it "
-            f"with ouvae 0.1 if you trust it ({str(e).splitlines()[0][:120]})") from None
+            f"with ouvae 0.1 if you trust it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointFormatError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:160] if str(e) else 'truncated'}); the file is "

@@ -69,6 +69,9 @@ def test_a_truncated_or_incomplete_file_is_a_one_line_error_on_the_command_line(
     assert train_main(["--out", str(saved.parent), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a readable checkpoint" in err and err.count("\n") == 0
-    saved.write_bytes(pickle.dumps({"format": "ouvae-checkpoint"}))  # a plain pickle, not a torch file
+    torch.save({"format": "ouvae-checkpoint"}, saved)
     assert train_main(["--out", str(saved.parent), "--resume"]) == 2
     assert "incomplete ouvae checkpoint (no format_version)" in capsys.readouterr().err
+    saved.write_bytes(pickle.dumps({"format": "ouvae-checkpoint"}))  # a plain pickle, not a torch file
+    assert train_main(["--out", str(saved.parent), "--resume"]) == 2
+    assert "refused" in capsys.readouterr().err
