@@ -1,6 +1,6 @@
 """Time per epoch and peak memory of VAE, IWAE(5) and OU-VAE(K=5), as ratios against the VAE, in one run.
 
-    python benchmarks/trainer_bench.py [--steps 30] [--out benchmark.json] [--device auto]
+    python benchmarks/trainer_bench.py [--seconds 5] [--out benchmark.json] [--device auto]
 
 Models: the 4x40 MLP on MNIST-shaped binary data (batch 100, an epoch = 50,000 images) and the 4-layer conv
 model on CIFAR-shaped 8-bit data (batch 64, an epoch = 45,000 images) -- appendix Tables 9 and 10. Data are
@@ -9,8 +9,7 @@ random tensors of the right shape: speed and memory do not depend on the pixel v
 Peak memory: on CUDA the allocator's peak per method; on CPU (no allocator statistics) the bytes autograd
 keeps for the backward pass plus parameters, gradients and Adam state -- the quantity that the K copies
 multiply, measured the same way for every method. The appendix's headline ratios are printed beside ours:
-time 4.6 / 4.2 = 1.095 and memory 3.74 / 2.12 = 1.76 (OU-VAE / VAE). On CPU the script also prints where a
-step's time goes (forward, backward, optimizer), since CPU time ratios follow FLOPs, not GPU parallelism.
+time 4.6 / 4.2 = 1.095 and memory 3.74 / 2.12 = 1.76 (OU-VAE / VAE).
 """
 
 from __future__ import annotations
@@ -18,15 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
 
+from bench_util import steps_per_second, synthetic_splits
 from ouvae.config import Config
-from ouvae.model import HierarchicalVAE
-from ouvae.objectives import training_loss
-from ouvae.trainer import pick_device
+from ouvae.memory import peak_memory_bytes, reset_peak_memory
+from ouvae.metrics import expand_members
+from ouvae.objectives import beta_at, rows_for, training_loss
+from ouvae.population import Population, pick_device
 
 PAPER = {"time": 4.6 / 4.2, "memory": 3.74 / 2.12}
 MODELS = {
@@ -42,12 +42,7 @@ METHODS = {
 }
 
 
-def make_batch(shape, likelihood, batch, device) -> torch.Tensor:
-    x = torch.rand(batch, *shape, device=device)
-    return torch.bernoulli(x) if likelihood == "bernoulli" else (x * 255).round() / 255
-
-
-def saved_tensor_bytes(model: HierarchicalVAE, x: torch.Tensor) -> int:
+def saved_tensor_bytes(run: Population) -> int:
     """Bytes autograd holds for backward after one forward of the training loss (distinct storages)."""
     seen: dict[int, int] = {}
 
@@ -56,51 +51,31 @@ def saved_tensor_bytes(model: HierarchicalVAE, x: torch.Tensor) -> int:
         seen[st.data_ptr()] = st.nbytes()
         return t
 
+    model, cfg = run.model, run.cfg
+    x = expand_members(run.train_x[: cfg.batch_size], 1)
+    noise = model.draw_noise(rows_for(model, cfg.batch_size), run.rho, run.generator)
+    beta = torch.tensor([beta_at(cfg, 0.0)])
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = training_loss(model, x, 1.0)
+        loss = training_loss(model, x, run._rho_t, noise, beta, run._free_bits_t)
     del loss
     return sum(seen.values())
 
 
-def state_bytes(model: HierarchicalVAE) -> int:
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return 4 * params  # weights + gradients + Adam's two moments
-
-
-def measure(cfg: Config, shape, likelihood, device, steps: int) -> dict:
-    torch.manual_seed(0)
-    model = HierarchicalVAE(cfg, shape, likelihood).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)
-    x = make_batch(shape, likelihood, cfg.batch_size, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timing = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-    for i in range(steps + 3):  # 3 warm-up steps
-        if i == 3:
-            timing = dict.fromkeys(timing, 0.0)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-        sync(); t0 = time.perf_counter()
-        loss, _ = training_loss(model, x, 1.0)
-        sync(); t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sync(); t2 = time.perf_counter()
-        opt.step()
-        sync(); t3 = time.perf_counter()
-        timing["forward"] += t1 - t0
-        timing["backward"] += t2 - t1
-        timing["optimizer"] += t3 - t2
-    step_s = sum(timing.values()) / steps
+def measure(cfg: Config, shape, likelihood, device: torch.device, seconds: float) -> dict:
+    """Time per step and memory of one run (a population of one) on random data of the model's shape."""
+    reset_peak_memory(device)
+    run = Population([cfg.replace(device=device.type)], data=synthetic_splits(shape, likelihood, n_train=640))
+    step_s = 1.0 / steps_per_second(run, seconds)
     if device.type == "cuda":
-        memory = torch.cuda.max_memory_allocated(device)
-    else:
-        memory = saved_tensor_bytes(model, x) + state_bytes(model)
-    return {"step_s": step_s, "memory": memory, "split": {k: v / steps for k, v in timing.items()}}
+        memory = peak_memory_bytes(device)
+    else:  # no allocator statistics: what autograd keeps for backward + weights, gradients and Adam's two moments
+        memory = saved_tensor_bytes(run) + 4 * run.model.flat.numel() * run.model.flat.element_size()
+    return {"step_s": step_s, "memory": memory}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per method (after 3 warm-up)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="timing window per method (after 2 warm-up steps)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -110,22 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps per method")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.seconds:g} s per method")
     records = []
     for model_name in args.models:
         preset, overrides, shape, likelihood, epoch_images = MODELS[model_name]
         base = Config.from_preset(preset, **overrides)
         print(f"\n{model_name}: latents {base.latent_dims}, batch {base.batch_size}")
-        print(f"{'method':<24} {'s/epoch':>9} {'time ratio':>10} {'memory MB':>10} {'mem ratio':>9}   "
-              f"forward / backward / optimizer ms per step")
+        print(f"{'method':<24} {'s/epoch':>9} {'time ratio':>10} {'memory MB':>10} {'mem ratio':>9}")
         ref = None
         for method, kw in METHODS.items():
-            r = measure(base.replace(**kw), shape, likelihood, device, args.steps)
+            r = measure(base.replace(**kw), shape, likelihood, device, args.seconds)
             epoch_s = r["step_s"] * math.ceil(epoch_images / base.batch_size)
             ref = ref or r
-            split = " / ".join(f"{1000 * v:.1f}" for v in r["split"].values())
             print(f"{method:<24} {epoch_s:>9.1f} {r['step_s'] / ref['step_s']:>10.2f} {r['memory'] / 2**20:>10.1f} "
-                  f"{r['memory'] / ref['memory']:>9.2f}   {split}")
+                  f"{r['memory'] / ref['memory']:>9.2f}")
             records.append({"model": model_name, "method": method, "time_per_epoch_s": epoch_s,
                             "peak_memory_bytes": int(r["memory"]), "device": str(device),
                             "batch_size": base.batch_size, "time_ratio": r["step_s"] / ref["step_s"],

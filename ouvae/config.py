@@ -75,7 +75,8 @@ class Config:
     # runtime
     seed: int = 0
     device: str = "auto"
-    num_threads: int | None = None  # torch intra-op threads (None = torch default)
+    num_threads: int | None = None  # torch intra-op threads, set by the process that runs the trainer (None = torch's)
+    compile_step: bool = False  # torch.compile the training loss (on CUDA mode "reduce-overhead": CUDA graphs)
     max_skipped_steps: int = 50  # consecutive non-finite steps before the run fails as stalled
 
     def __post_init__(self) -> None:
@@ -111,7 +112,7 @@ class Config:
     def config_hash(self) -> str:
         """Stable hash of everything but the seed and bookkeeping: equal hash = same configuration."""
         d = self.to_dict()
-        for key in ("seed", "data_dir", "device", "num_threads", "preset"):
+        for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset"):
             d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

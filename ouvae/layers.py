@@ -86,17 +86,23 @@ def fast_tanh(x: Tensor) -> Tensor:
     Why: PyTorch's CPU tanh costs ~2 ns per float32 element here, sigmoid ~0.2 ns, and tanh was ~18% of a
     training step of the MLP models (BENCHMARKS.md). The absolute difference from torch.tanh is below 2.4e-7.
     """
-    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0) if not x.requires_grad else _FastTanh.apply(x)
+    if torch.is_grad_enabled():
+        return _FastTanh.apply(x)
+    return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
 
 
 class _FastTanh(torch.autograd.Function):
     """fast_tanh with tanh's own one-kernel backward, g * (1 - y^2), instead of the chain rule through 3 ops."""
 
+    generate_vmap_rule = True  # usable under torch.func.vmap (benchmarks/population_bench.py compares it)
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's signature
-        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(y)
-        return y
+    def forward(x: Tensor) -> Tensor:
+        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd's signature
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001

@@ -46,7 +46,7 @@ from .optim import MemberAdam
 MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min", "beta_max", "anneal_epochs",
                  "n_cycles", "cycle_ratio", "sigmoid_steepness", "free_bits", "max_skipped_steps")
 # Per-invocation settings: they may change when a population is resumed (another device, more threads, ...).
-RUNTIME_FIELDS = ("data_dir", "device", "num_threads")
+RUNTIME_FIELDS = ("data_dir", "device", "num_threads", "compile_step")
 
 Callback = Callable[["Population", list[dict[str, Any]]], None]
 
@@ -157,6 +157,10 @@ class Population:
         self._free_bits_t = as_tensor([c.free_bits for c in configs])
         self._order = torch.empty(0, dtype=torch.long)
         self._order_epoch = -1
+        self._loss = training_loss
+        if cfg.compile_step:  # the forward and backward of the loss; noise, data and the update stay eager
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._loss = torch.compile(training_loss, mode=mode)
 
     @property
     def size(self) -> int:
@@ -183,7 +187,9 @@ class Population:
         if any(m.active and not (m.history and m.history[-1]["is_final"]) for m in self.members):
             self.evaluate_and_report(is_final=True)  # resumed after the last step
         if not any(m.active for m in self.members):
-            raise TrainingStalled("; ".join(dict.fromkeys(m.failure for m in self.members if m.failure)))
+            reasons = dict.fromkeys(m.failure.removeprefix(f"{TrainingStalled.__name__}: ")
+                                    for m in self.members if m.failure)
+            raise TrainingStalled("; ".join(reasons))
         return [m.history[-1] for m in self.members]
 
     def batch_indices(self, step: int) -> torch.Tensor:
@@ -206,7 +212,7 @@ class Population:
             x = torch.bernoulli(x, generator=self.generator)
         noise = self.model.draw_noise(rows_for(self.model, x.shape[1]), self.rho, self.generator)
         beta = torch.tensor([beta_at(m.cfg, self.epoch) for m in self.members], device=self.device)
-        loss = training_loss(self.model, x, self._rho_t, noise, beta, self._free_bits_t)
+        loss = self._loss(self.model, x, self._rho_t, noise, beta, self._free_bits_t)
         self.optimizer.zero_grad()
         loss.per_member.sum().backward()  # a sum: each member's gradient is its own
         ok = self.optimizer.check_and_clip(loss.per_member.detach(), self.cfg.grad_clip).tolist()

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 from ray import tune
 
 from analysis.schema import SCHEMA_VERSION
-from ouvae import __version__
+from ouvae.records import run_columns
 from ouvae.config import Config
 from ouvae.trainer import Trainer
 from sweeps.checkpoints import TrialCheckpoints
@@ -80,8 +80,7 @@ def _dataset(cfg: Config):
 
 def report_payload(trainer: Trainer, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """One results row minus sweep_id/trial_id (the driver knows those)."""
-    return {**metrics, **trainer.cfg.result_fields(trainer.data.binarization),
-            "ouvae_version": __version__, "schema_version": SCHEMA_VERSION}
+    return {**metrics, **run_columns(trainer.cfg, trainer.data), "schema_version": SCHEMA_VERSION}
 
 
 def evaluation_index(trainer: Trainer, metrics: Mapping[str, Any]) -> int:

@@ -64,10 +64,14 @@ def test_command_line_overrides_are_typed():
         overrides_from_args(p.parse_args(["--rho", "x1"]))
 
 
-def test_result_fields_carry_the_hyperparameters():
-    f = Config.from_preset("demo", rho=0.9, seed=3).result_fields("dynamic")
+def test_run_columns_carry_the_hyperparameters_and_the_data():
+    from ouvae.data import load_dataset
+    from ouvae.records import run_columns
+
+    f = run_columns(Config.from_preset("demo", rho=0.9, seed=3), load_dataset("digits"))
     assert f["latent_dims"] == "10-10-10-10" and f["n_layers"] == 4 and f["rho"] == 0.9 and f["seed"] == 3
     assert f["rho_eval"] == 0.9 and f["binarization"] == "dynamic" and f["beta_params"] == '{"beta_max": 1.0}'
+    assert f["dataset"] == "digits" and f["likelihood"] == "bernoulli"
 
 
 def test_one_parser_types_every_field_from_its_real_type_hint():
