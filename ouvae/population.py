@@ -74,6 +74,29 @@ def population_key(cfg: Config) -> str:
     return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def smooths(cfg: Config) -> bool:
+    """Whether a run forms OU copies at all (rho < 1 and K > 1); runs that do not take the plain VAE's path,
+    which costs about a third of a smoothed step, so they are best grouped apart."""
+    return cfg.rho < 1.0 and cfg.smooth_samples > 1
+
+
+def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Config]]:
+    """Split runs into populations of at most `size` that can train together: equal population_key, and
+    smoothed runs apart from unsmoothed ones. Groups keep the order of first appearance; each group is cut into
+    nearly equal chunks (e.g. 10 runs with size 8 -> 5 + 5, not 8 + 2), so population trials take similar time."""
+    if size < 1:
+        raise ConfigError(f"population size must be >= 1, got {size}")
+    groups: dict[tuple[str, bool], list[Config]] = {}
+    for cfg in configs:
+        groups.setdefault((population_key(cfg), smooths(cfg)), []).append(cfg)
+    out: list[list[Config]] = []
+    for runs in groups.values():
+        n_chunks = math.ceil(len(runs) / size)
+        bounds = [round(i * len(runs) / n_chunks) for i in range(n_chunks + 1)]
+        out += [runs[a:b] for a, b in zip(bounds, bounds[1:])]
+    return out
+
+
 def check_population(configs: Sequence[Config]) -> None:
     """Refuse configurations that cannot share one batched model, naming the settings that differ."""
     if not configs:

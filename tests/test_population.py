@@ -17,7 +17,8 @@ import torch
 from ouvae.checkpoint import CheckpointFormatError
 from ouvae.config import Config, ConfigError
 from ouvae.data import DatasetSplits, load_dataset
-from ouvae.population import Population, TrainingStalled, population_key
+from ouvae.population import (Population, TrainingStalled, check_population, group_into_populations,
+                              population_key)
 from ouvae.train import main as train_main
 from ouvae.trainer import Trainer
 
@@ -142,6 +143,18 @@ def test_the_command_line_resumes_an_exported_member(tmp_path, capsys):
     assert train_main(["--out", str(tmp_path), "--resume", "--steps", "16"]) == 0
     final = json.loads((tmp_path / "metrics.json").read_text())
     assert final["step"] == 16 and final["seed"] == 1 and final["dataset"] == "digits"
+
+
+def test_runs_are_grouped_by_architecture_and_smoothing_into_balanced_populations():
+    runs = [quick(latent_dims=dims, rho=rho, seed=s) for dims in ((5, 5), (5, 10)) for rho in (0.8, 0.9, 1.0)
+            for s in range(3)]
+    groups = group_into_populations(runs, size=4)
+    assert sorted(len(g) for g in groups) == [3, 3, 3, 3, 3, 3]  # 6 smoothed runs -> 3 + 3, not 4 + 2
+    for g in groups:
+        check_population(g)  # each group can really train together
+        assert len({c.rho < 1 for c in g}) == 1  # plain runs are not slowed down by smoothed ones
+    assert sorted(id(c) for g in groups for c in g) == sorted(id(c) for c in runs)  # every run exactly once
+    assert len(group_into_populations(runs, size=100)) == 4 and len(group_into_populations(runs, size=1)) == 18
 
 
 def test_members_that_differ_in_shape_cannot_share_a_population(digits):
