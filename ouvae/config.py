@@ -22,6 +22,7 @@ SMOOTH_CHOICES = ("both", "encoder", "decoder")
 ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "softplus")
 DEVICES = ("auto", "cpu", "cuda")
+BINARIZATIONS = ("dynamic", "static", "none")
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,9 @@ class Config:
     dataset: str = "digits"
     data_dir: str | None = None
     n_train: int | None = None  # cap on training images (None = the whole training split)
+    # Your own data (dataset idx or npy; registered sets keep the paper's split and binarization):
+    validation_size: float | None = None  # held out of the end of train: fraction < 1 or count; None = 1/6
+    binarization: str = "auto"  # auto (idx: dynamic, npy: inferred from the arrays), dynamic, static or none
     # model
     architecture: str = "mlp"
     latent_dims: tuple[int, ...] = (40, 40, 40, 40)
@@ -114,6 +118,10 @@ class Config:
         d = self.to_dict()
         for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset"):
             d.pop(key)
+        # Unset data options leave the hash as it was before these fields existed (old sweeps keep their hashes).
+        for key, unset in (("validation_size", None), ("binarization", "auto")):
+            if d[key] == unset:
+                d.pop(key)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -188,6 +196,12 @@ def _validate(c: Config) -> None:
     _check(c.eval_max_examples is None or c.eval_max_examples >= 2,
            f"eval_max_examples must be >= 2 or None, got {c.eval_max_examples}")
     _check(c.n_train is None or c.n_train >= 1, f"n_train must be >= 1 or None, got {c.n_train}")
+    _check(c.validation_size is None or 0 < c.validation_size < 1
+           or (c.validation_size >= 1 and float(c.validation_size).is_integer()),
+           f"validation_size must be a fraction in (0, 1) or a whole count >= 1 of training images, got "
+           f"{c.validation_size}")
+    _check(c.binarization in ("auto", *BINARIZATIONS),
+           f"binarization must be one of {('auto', *BINARIZATIONS)}, got {c.binarization!r}")
     _check(c.grad_var_draws >= 0, f"grad_var_draws must be >= 0, got {c.grad_var_draws}")
     _check(c.device in DEVICES, f"device must be one of {DEVICES}, got {c.device!r}")
     _check(c.num_threads is None or c.num_threads >= 1, f"num_threads must be >= 1 or None, got {c.num_threads}")

@@ -4,13 +4,21 @@ Fashion-MNIST. Split sizes are scaled down with dataclasses.replace on the regis
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import hashlib
+import http.server
 import io
+import json
+import multiprocessing
 import pickle
+import shutil
+import socket
 import struct
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +26,9 @@ import pytest
 import scipy.io
 import torch
 
-from ouvae.data import DATASETS, DataError, DatasetSplits, default_cache_dir, load_dataset
+from ouvae.config import Config, ConfigError, parse_field
+from ouvae.data import DATASETS, DataError, DatasetSplits, default_cache_dir, load_config_dataset, load_dataset
+from ouvae.data.files import LOCK_FILE
 
 torch.set_num_threads(1)
 
@@ -225,60 +235,168 @@ def test_nonexistent_data_dir_and_unknown_name_and_bad_seed(tmp_path):
         load_dataset("digits", seed=-1)
 
 
-# ----- downloading (file:// URLs stand in for the official servers) --------------------------------------
+# ----- downloading (a real HTTP server on loopback stands in for the official servers) ----------------------
 
-def serve_mnist(tmp_path, monkeypatch, md5_override=None):
-    """Put gz files in a 'server' folder and point the mnist spec's URLs and md5s at them."""
-    server = tmp_path / "server"
-    write_mnist(server)
+class FileServer:
+    """Serves the files of `root` over HTTP on 127.0.0.1, counting the GET requests per path; `delay_s` makes
+    each response slow, so that concurrent clients really overlap."""
+
+    def __init__(self, root: Path):
+        self.root, self.delay_s, self.requests = root, 0.0, collections.Counter()
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self):
+                outer.requests[self.path] += 1
+                time.sleep(outer.delay_s)
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    root = tmp_path / "server"
+    root.mkdir()
+    server = FileServer(root)
+    yield server
+    server.close()
+
+
+def refusing_url():
+    """An http URL on loopback where nothing listens: the connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def serve_mnist(server, monkeypatch, mirrors=None, md5_override=None):
+    """Small MNIST files on the server (under good/), the mnist spec pointed at `mirrors` (URL prefixes, default:
+    a refusing one, then the server) with the files' real md5s (or `md5_override`)."""
+    train, test = write_mnist(server.root / "good")
     spec = small_mnist(monkeypatch)
-    files = []
-    for f in spec.files:
-        md5 = md5_override or hashlib.md5((server / f.name).read_bytes()).hexdigest()
-        files.append(dataclasses.replace(f, urls=("file:///nonexistent/" + f.name, (server / f.name).as_uri()),
-                                         md5=md5))
-    scale(monkeypatch, "mnist", files=tuple(files))
-    return server
+    mirrors = mirrors or (refusing_url(), server.base + "good/")
+    def md5(name):
+        return md5_override or hashlib.md5((server.root / "good" / name).read_bytes()).hexdigest()
+
+    files = tuple(dataclasses.replace(f, urls=tuple(m + f.name for m in mirrors), md5=md5(f.name)) for f in spec.files)
+    scale(monkeypatch, "mnist", files=files)
+    return train, test
 
 
-def test_download_into_cache_with_checksum_then_reuse(tmp_path, monkeypatch, isolated_cache, capsys):
-    server = serve_mnist(tmp_path, monkeypatch)
+def cached_names(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+
+
+def test_download_falls_back_to_the_next_mirror_checks_md5_then_reuses_the_cache(file_server, monkeypatch,
+                                                                                  isolated_cache):
+    train_u8, _ = serve_mnist(file_server, monkeypatch)  # first mirror refuses the connection
+    d = load_dataset("mnist", download=True)
+    assert torch.equal(d.train, torch.from_numpy(train_u8[:80]).float().unsqueeze(1) / 255)
+    assert cached_names(isolated_cache / "mnist") == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
+    assert file_server.requests == {"/good/train-images-idx3-ubyte.gz": 1, "/good/t10k-images-idx3-ubyte.gz": 1}
+    again = load_dataset("mnist", download=True)  # md5 of the cached files matches: no request
+    offline = load_dataset("mnist", download=False)
+    assert sum(file_server.requests.values()) == 2
+    assert torch.equal(again.validation, d.validation) and torch.equal(offline.test, d.test)
+
+
+def test_md5_mismatch_on_one_mirror_takes_the_next_and_on_all_leaves_no_file(file_server, monkeypatch,
+                                                                               isolated_cache):
+    write_mnist(file_server.root / "other", n_train=100, n_test=30)  # same names, other bytes
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        path = file_server.root / "other" / name
+        path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-1] + b"\x07"))
+    serve_mnist(file_server, monkeypatch, mirrors=(file_server.base + "other/", file_server.base + "good/"))
     d = load_dataset("mnist", download=True)
     assert d.train.shape == (80, 1, 28, 28)
-    cached = sorted(p.name for p in (isolated_cache / "mnist").iterdir())
-    assert cached == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]  # no temp files left
-    for name in cached:
-        (server / name).unlink()
-    again = load_dataset("mnist", download=False)  # served from the cache now
-    assert torch.equal(again.validation, d.validation)
-    assert "downloading" in capsys.readouterr().err
+    assert file_server.requests["/other/train-images-idx3-ubyte.gz"] == 1
+    assert file_server.requests["/good/train-images-idx3-ubyte.gz"] == 1
 
-
-def test_download_with_wrong_checksum_leaves_no_file(tmp_path, monkeypatch, isolated_cache):
-    serve_mnist(tmp_path, monkeypatch, md5_override="0" * 32)
-    with pytest.raises(DataError, match="md5") as err:
+    shutil.rmtree(isolated_cache / "mnist")
+    serve_mnist(file_server, monkeypatch, mirrors=(file_server.base + "other/",))
+    with pytest.raises(DataError) as err:
         load_dataset("mnist", download=True)
-    assert "Could not download" in str(err.value)
-    assert list((isolated_cache / "mnist").iterdir()) == []
+    msg = str(err.value)
+    assert "MD5 hash of downloaded file" in msg and "could not be downloaded" in msg
+    assert f"on node {socket.gethostname()}" in msg and "\n" not in msg
+    assert cached_names(isolated_cache / "mnist") == []  # the bad download was never moved into place
 
 
-def test_corrupted_cached_download_tells_to_delete_it(tmp_path, monkeypatch, isolated_cache):
-    serve_mnist(tmp_path, monkeypatch)
-    load_dataset("mnist", download=True)
+def test_corrupted_cached_file_is_named_offline_and_fetched_again_online(file_server, monkeypatch, isolated_cache):
+    serve_mnist(file_server, monkeypatch)
+    d = load_dataset("mnist", download=True)
     bad = isolated_cache / "mnist" / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:-10])
     with pytest.raises(DataError) as err:
-        load_dataset("mnist", download=True)
+        load_dataset("mnist", download=False)
     assert f"Delete {bad}" in str(err.value) and "md5" in str(err.value)
+    again = load_dataset("mnist", download=True)  # pooch sees the wrong md5 and downloads the file again
+    assert torch.equal(again.train, d.train)
+    assert file_server.requests["/good/train-images-idx3-ubyte.gz"] == 2
 
 
-def test_download_unreachable_url_says_what_to_do(tmp_path, monkeypatch, isolated_cache):
+def test_download_offline_is_one_line_naming_node_files_folders_and_source(tmp_path, monkeypatch, isolated_cache):
     spec = small_mnist(monkeypatch)
-    scale(monkeypatch, "mnist", files=tuple(dataclasses.replace(f, urls=("file:///nonexistent/" + f.name,))
-                                            for f in spec.files))
-    with pytest.raises(DataError, match="offline") as err:
+    urls = {f.name: refusing_url() + f.name for f in spec.files}
+    scale(monkeypatch, "mnist", files=tuple(dataclasses.replace(f, urls=(urls[f.name],)) for f in spec.files))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", empty, download=True)
+    msg = str(err.value)
+    for needle in (f"on node {socket.gethostname()}", "train-images-idx3-ubyte.gz", str(empty),
+                   str(isolated_cache / "mnist"), urls["train-images-idx3-ubyte.gz"], "offline", "refused"):
+        assert needle in msg, needle
+    assert "\n" not in msg
+
+
+def test_unwritable_cache_names_the_node_and_the_fix(tmp_path, monkeypatch, file_server):
+    serve_mnist(file_server, monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("OUVAE_DATA", str(blocker / "cache"))
+    with pytest.raises(DataError, match=f"on node {socket.gethostname()}: cannot create or lock the cache folder "
+                                        f".*set OUVAE_DATA to a writable folder"):
         load_dataset("mnist", download=True)
-    assert str(isolated_cache / "mnist") in str(err.value)
+
+
+def _load_in_child(barrier, results):
+    barrier.wait()  # every process asks at the same moment
+    d = load_dataset("mnist", download=True)
+    results.put((d.train.shape[0], float(d.validation.sum()), float(d.test.sum())))
+
+
+def test_concurrent_processes_on_one_node_download_once(file_server, monkeypatch, isolated_cache):
+    serve_mnist(file_server, monkeypatch)
+    file_server.delay_s = 0.3  # the first download is still running when the others want the files
+    ctx = multiprocessing.get_context("fork")  # children inherit the monkeypatched registry and environment
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_load_in_child, args=(barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60) for _ in range(n)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert file_server.requests == {"/good/train-images-idx3-ubyte.gz": 1, "/good/t10k-images-idx3-ubyte.gz": 1}
+    assert len(set(got)) == 1 and got[0][0] == 80  # every process got the same data
+    assert cached_names(isolated_cache / "mnist") == ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
 
 
 # ----- static MNIST (.amat) -----------------------------------------------------------------------------
@@ -486,10 +604,325 @@ def test_corrupt_cifar_raises_data_error(tmp_path, monkeypatch, damage, match):
     assert not (tmp_path / "PWNED").exists()
 
 
+# ----- your own data: IDX files of any count and size (--dataset idx) ----------------------------------------
+
+def test_idx_route_reads_any_image_count_and_size(tmp_path):
+    folder = tmp_path / "kmnist-like"
+    train_u8, test_u8 = grey_images(37, 11, shape=(20, 12)), grey_images(9, 12, shape=(20, 12))
+    write_idx(folder, "train", train_u8)
+    write_idx(folder, "t10k", test_u8, gz=False)
+    d = load_dataset("idx", folder)
+    # default validation_size 1/6: round(37 / 6) = 6 held out of the end of train
+    assert d.train.shape == (31, 1, 20, 12) and d.validation.shape == (6, 1, 20, 12) and d.test.shape == (9, 1, 20, 12)
+    assert (d.name, d.binarization, d.likelihood) == ("idx:kmnist-like", "dynamic", "bernoulli")
+    assert torch.equal(d.train, torch.from_numpy(train_u8[:31]).float().unsqueeze(1) / 255)
+    p_val = torch.from_numpy(train_u8[31:]).float().unsqueeze(1) / 255
+    assert is_binary(d.validation) and is_binary(d.test)
+    assert (d.validation[p_val == 0] == 0).all() and (d.validation[p_val == 1] == 1).all()
+    assert d.split_note.startswith("31/6/9 (IDX files in") and "validation_size 1/6 (default)" in d.split_note
+
+
+def test_idx_route_on_mnist_files_gives_the_registered_mnist_split(tmp_path, monkeypatch):
+    scale(monkeypatch, "mnist", n_validation=20, expected_counts=None)
+    write_mnist(tmp_path, n_train=120, n_test=30)  # 1/6 of 120 = 20, as the registry's 10,000 of 60,000
+    own, registered = load_dataset("idx", tmp_path), load_dataset("mnist", tmp_path, download=False)
+    for split in ("train", "validation", "test"):
+        assert torch.equal(getattr(own, split), getattr(registered, split)), split
+
+
+@pytest.mark.parametrize("size,n_val", [(0.25, 10), (7, 7), (7.0, 7)])
+def test_idx_validation_size_fraction_or_count(tmp_path, size, n_val):
+    write_mnist(tmp_path, n_train=40, n_test=5)
+    d = load_dataset("idx", tmp_path, validation_size=size)
+    assert (len(d.train), len(d.validation)) == (40 - n_val, n_val)
+    assert f"validation_size {size:g}" in d.split_note
+
+
+@pytest.mark.parametrize("binarization,likelihood", [("static", "bernoulli"), ("none", "discretized_logistic")])
+def test_idx_stated_binarization_sets_the_likelihood(tmp_path, binarization, likelihood):
+    train_u8, _ = write_mnist(tmp_path, n_train=30, n_test=6)
+    d = load_dataset("idx", tmp_path, binarization=binarization)
+    assert (d.binarization, d.likelihood) == (binarization, likelihood)
+    if binarization == "static":
+        assert is_binary(d.train) and is_binary(d.validation) and is_binary(d.test)
+        assert torch.equal(d.train, load_dataset("idx", tmp_path, binarization="static").train)
+    else:
+        assert torch.equal(d.train, torch.from_numpy(train_u8[:25]).float().unsqueeze(1) / 255)
+    assert "(stated)" in d.split_note
+
+
+def test_idx_finds_prefixed_and_test_named_files(tmp_path):
+    """EMNIST's names: emnist-letters-train-images-idx3-ubyte.gz / emnist-letters-test-images-idx3-ubyte.gz."""
+    folder = tmp_path / "emnist-letters"
+    folder.mkdir()
+    (folder / "emnist-letters-train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(grey_images(12, 1))))
+    (folder / "emnist-letters-test-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(grey_images(4, 2))))
+    (folder / "emnist-letters-train-labels-idx1-ubyte.gz").write_bytes(b"labels are ignored")
+    d = load_dataset("idx", folder)
+    assert (len(d.train), len(d.validation), len(d.test), d.name) == (10, 2, 4, "idx:emnist-letters")
+
+
+def write_idx_case(folder, damage):
+    """A small IDX folder damaged as `damage` says; returns the file or folder the error must name."""
+    train, test = write_mnist(folder, n_train=30, n_test=6)
+    if damage == "truncated":
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(idx_bytes(train)[:-5]))
+    elif damage == "empty_test":
+        path = folder / "t10k-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(idx_bytes(test[:0])))
+    elif damage == "sizes_differ":
+        path = folder / "t10k-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(idx_bytes(grey_images(6, 3, shape=(14, 14)))))
+    elif damage == "no_test":
+        (folder / "t10k-images-idx3-ubyte.gz").unlink()
+        path = folder
+    elif damage == "two_sets":
+        write_idx(folder, "kmnist-train", train)
+        path = folder
+    else:  # zero pixels per image
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">III", 30, 0, 28)))
+    return path
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("truncated", "header promises 30 images of 28x28"),
+    ("empty_test", "holds no images"),
+    ("sizes_differ", "holds 14x14 images but train-images-idx3-ubyte.gz holds 28x28"),
+    ("no_test", "no test image file"),
+    ("two_sets", "several training image files"),
+    ("zero_pixels", "declares 0x28 images"),
+])
+def test_bad_idx_folder_is_one_line_naming_the_file(tmp_path, damage, match):
+    path = write_idx_case(tmp_path / "data", damage)
+    with pytest.raises(DataError, match=match) as err:
+        load_dataset("idx", tmp_path / "data")
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_idx_validation_size_that_empties_a_split_names_the_file_and_fix(tmp_path):
+    write_mnist(tmp_path, n_train=5, n_test=2)
+    train_file = tmp_path / "train-images-idx3-ubyte.gz"
+    with pytest.raises(DataError, match=r"holds out 0, which leaves the validation split empty.*from 1 to 4") as e:
+        load_dataset("idx", tmp_path, validation_size=0.05)
+    assert str(e.value).startswith(str(train_file))
+    with pytest.raises(DataError, match="holds out 5, which leaves the training split empty"):
+        load_dataset("idx", tmp_path, validation_size=5)
+    np.savez(tmp_path / "one.npz", train=np.zeros((1, 4, 4)), test=np.zeros((1, 4, 4)))
+    with pytest.raises(DataError, match=r"one.npz\['train'\]: holds 1 training image\(s\); at least 2 are needed"):
+        load_dataset("npy", tmp_path / "one.npz")
+
+
+def test_user_routes_need_an_existing_data_dir(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="no data_dir was given. Fix: --data-dir"):
+        load_dataset("idx")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"data_dir kmnist \(relative to {tmp_path}; a sweep trial runs in its own "
+                                        rf"folder: give an absolute path\) does not exist"):
+        load_dataset("idx", "kmnist")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("npy", tmp_path / "typo.npz")
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset("idx", tmp_path / "x.bin")
+
+
+# ----- your own data: NumPy arrays (--dataset npy) -----------------------------------------------------------
+
+def test_npz_of_binary_images_is_static_bernoulli(tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.random((24, 9, 7)) < 0.4, rng.random((5, 9, 7)) < 0.4
+    np.savez(tmp_path / "shapes.npz", train=train, test=test)
+    d = load_dataset("npy", tmp_path / "shapes.npz")
+    assert (d.name, d.binarization, d.likelihood) == ("npy:shapes", "static", "bernoulli")
+    assert d.train.shape == (20, 1, 9, 7) and d.validation.shape == (4, 1, 9, 7)
+    assert torch.equal(d.train, torch.from_numpy(train[:20]).float().unsqueeze(1))  # 0/1 images are kept as they are
+    assert torch.equal(d.test, torch.from_numpy(test).float().unsqueeze(1))
+    assert "every value is 0 or 1" in d.split_note
+
+
+def test_npy_folder_of_grey_levels_is_dynamic_and_keeps_its_validation_split(tmp_path):
+    rng = np.random.default_rng(1)
+    sizes = {"train": 12, "validation": 5, "test": 4}
+    arrays = {s: rng.random((n, 1, 6, 6)).astype(np.float32) for s, n in sizes.items()}
+    for split, a in arrays.items():
+        np.save(tmp_path / f"{split}.npy", a)
+    d = load_dataset("npy", tmp_path)
+    assert (d.name, d.binarization, d.likelihood) == (f"npy:{tmp_path.name}", "dynamic", "bernoulli")
+    assert torch.equal(d.train, torch.from_numpy(arrays["train"]))
+    assert d.validation.shape == (5, 1, 6, 6) and is_binary(d.validation) and is_binary(d.test)
+    assert d.split_note.startswith("12/5/4")
+
+
+def test_npz_of_8bit_colour_is_discretized_logistic_channels_last_or_first(tmp_path):
+    rng = np.random.default_rng(2)
+    train = rng.integers(0, 256, (10, 5, 4, 3), dtype=np.uint8)  # (N, H, W, C), as images usually come
+    test = rng.integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "last.npz", train=train, test=test)
+    np.savez(tmp_path / "first.npz", train=train.transpose(0, 3, 1, 2), test=test.transpose(0, 3, 1, 2))
+    last, first = load_dataset("npy", tmp_path / "last.npz"), load_dataset("npy", tmp_path / "first.npz")
+    assert (last.binarization, last.likelihood, last.image_shape) == ("none", "discretized_logistic", (3, 5, 4))
+    expected = torch.from_numpy(train.transpose(0, 3, 1, 2)[:8].astype(np.float32)) / 255
+    assert torch.equal(last.train, expected) and torch.equal(first.train, expected)
+    assert torch.equal(last.validation, first.validation) and last.validation.shape == (2, 3, 5, 4)
+
+
+def test_npz_of_8bit_grey_is_dynamic_and_a_stated_binarization_wins(tmp_path):
+    train, test = grey_images(18, 4, shape=(8, 8)), grey_images(3, 5, shape=(8, 8))
+    np.savez(tmp_path / "grey.npz", train=train, test=test)
+    d = load_dataset("npy", tmp_path / "grey.npz")
+    assert d.binarization == "dynamic" and torch.equal(d.train, torch.from_numpy(train[:15]).float().unsqueeze(1) / 255)
+    stated = load_dataset("npy", tmp_path / "grey.npz", binarization="none", validation_size=2)
+    assert (stated.binarization, stated.likelihood, len(stated.validation)) == ("none", "discretized_logistic", 2)
+    assert "(stated)" in stated.split_note
+
+
+def write_npz_case(path, damage):
+    rng = np.random.default_rng(3)
+    arrays = {"train": rng.random((10, 6, 6)).astype(np.float32), "test": rng.random((3, 6, 6)).astype(np.float32)}
+    if damage == "flat":
+        arrays["train"] = arrays["train"].reshape(10, 36)
+    elif damage == "dtype":
+        arrays["train"] = arrays["train"].astype(np.complex64)
+    elif damage == "float_range":
+        arrays["test"] = arrays["test"] * 255
+    elif damage == "int_range":
+        arrays["train"] = rng.integers(-1, 300, (10, 6, 6))
+    elif damage == "nan":
+        arrays["train"][7, 2, 2] = np.nan
+    elif damage == "empty":
+        arrays["test"] = arrays["test"][:0]
+    elif damage == "no_test":
+        del arrays["test"]
+    elif damage == "extra_key":
+        arrays["valid"] = arrays["test"]
+    elif damage == "shapes_differ":
+        arrays["test"] = rng.random((3, 5, 5)).astype(np.float32)
+    elif damage == "mixed_dtypes":
+        arrays["test"] = rng.integers(0, 256, (3, 6, 6), dtype=np.uint8)
+    elif damage == "channels":
+        arrays["train"] = rng.random((10, 2, 6, 6)).astype(np.float32)
+    if damage == "pickled":
+        np.savez(path, train=np.array([{"x": 1}] * 3, dtype=object), test=arrays["test"])
+    elif damage == "not_zip":
+        path.write_bytes(b"PK\x03\x04 truncated")
+    else:
+        np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("flat", r"shape \(10, 36\) is not a stack of images"),
+    ("channels", r"shape \(10, 2, 6, 6\) is not a stack of images"),
+    ("dtype", "dtype complex64 is not an image type"),
+    ("pickled", "not a readable .npz file without pickled objects"),
+    ("not_zip", "not a readable .npz file"),
+    ("float_range", r"outside \[0, 1\]. Fix: divide 8-bit intensities by 255"),
+    ("int_range", r"integer values span \[-1, 29\d\], outside the 8-bit range"),
+    ("nan", "NaN or infinite values .first in image 7"),
+    ("empty", r"holds no images \(shape \(0, 1, 6, 6\)\): that split would be empty"),
+    ("no_test", "has no 'test' images"),
+    ("extra_key", r"holds arrays \['valid'\]"),
+    ("shapes_differ", "the splits disagree on the image shape"),
+    ("mixed_dtypes", "the splits mix dtypes"),
+])
+def test_bad_npz_is_one_line_naming_the_file_and_fix(tmp_path, damage, match):
+    path = tmp_path / "data.npz"
+    write_npz_case(path, damage)
+    with pytest.raises(DataError, match=match) as err:
+        load_dataset("npy", path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "Fix:" in msg and "\n" not in msg
+
+
+def test_bad_npy_folder_names_the_array_file(tmp_path):
+    np.save(tmp_path / "train.npy", np.full((4, 3, 3), 2.0))
+    np.save(tmp_path / "test.npy", np.zeros((2, 3, 3)))
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'train.npy'}: float values span \[2, 2\]"):
+        load_dataset("npy", tmp_path)
+    with pytest.raises(DataError, match="holds no train.npy / test.npy .to use x.npz, give its path as --data-dir"):
+        (tmp_path / "sub").mkdir()
+        np.savez(tmp_path / "sub" / "x.npz", train=np.zeros((2, 2, 2)))
+        load_dataset("npy", tmp_path / "sub")
+
+
+def test_validation_size_with_an_explicit_validation_array_is_refused(tmp_path):
+    z = np.zeros((4, 3, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", train=z, validation=z, test=z)
+    with pytest.raises(DataError, match=r"d.npz\['validation'\]: the data has its own validation split"):
+        load_dataset("npy", tmp_path / "d.npz", validation_size=0.5)
+
+
+# ----- data options on registered sets and in the Config -----------------------------------------------------
+
+def test_registered_sets_refuse_other_validation_size_or_binarization(tmp_path, monkeypatch):
+    small_mnist(monkeypatch)
+    write_mnist(tmp_path)
+    with pytest.raises(DataError, match="mnist's validation split is fixed .20 images.*Fix: unset validation_size"):
+        load_dataset("mnist", tmp_path, download=False, validation_size=0.5)
+    with pytest.raises(DataError, match="mnist is always binarized 'dynamic'.*Fix: unset binarization"):
+        load_dataset("mnist", tmp_path, download=False, binarization="static")
+    same = load_dataset("mnist", tmp_path, download=False, validation_size=20, binarization="dynamic")
+    assert same.split_note.startswith("80/20/30")
+
+
+def test_config_data_fields_validate_parse_and_reach_the_loader(tmp_path):
+    assert parse_field("binarization", "none") == "none"  # the 8-bit choice, not Python's None
+    assert parse_field("validation_size", "0.2") == 0.2 and parse_field("validation_size", "none") is None
+    for bad in ({"validation_size": 0.0}, {"validation_size": 2.5}, {"binarization": "sometimes"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Config(**bad)
+    base = Config(dataset="idx")
+    assert base.config_hash() == Config(dataset="idx", validation_size=None, binarization="auto").config_hash()
+    assert base.config_hash() != base.replace(validation_size=0.5).config_hash()
+    write_mnist(tmp_path, n_train=40, n_test=5)
+    d = load_config_dataset(base.replace(data_dir=str(tmp_path), validation_size=0.5, binarization="static"))
+    assert (len(d.validation), d.binarization) == (20, "static")
+
+
+# ----- your own data end to end: python -m ouvae.train --dataset idx|npy ------------------------------------
+
+TINY_RUN = ["--steps", "3", "--latent-dims", "1x2", "--hidden-units", "8", "--hidden-layers", "1",
+            "--batch-size", "10", "--eval-iw-k", "2", "--smooth-samples", "2", "--rho", "0.9", "--quiet"]
+
+
+def test_train_cli_on_idx_files_end_to_end(tmp_path, capsys):
+    from ouvae.train import main
+
+    write_idx(tmp_path / "mine", "train", grey_images(36, 1, shape=(10, 9)))
+    write_idx(tmp_path / "mine", "t10k", grey_images(8, 2, shape=(10, 9)))
+    assert main(["--dataset", "idx", "--data-dir", str(tmp_path / "mine"), "--out", str(tmp_path / "run"),
+                 *TINY_RUN]) == 0
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (final["step"], final["binarization"]) == (3, "dynamic")
+    assert np.isfinite(final["elbo"]) and final["split"] == "validation"
+
+
+def test_train_cli_on_npz_colour_end_to_end_and_bad_file_exits_2(tmp_path, capsys):
+    from ouvae.train import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "colour.npz", train=rng.integers(0, 256, (30, 6, 6, 3), dtype=np.uint8),
+             test=rng.integers(0, 256, (6, 6, 6, 3), dtype=np.uint8))
+    assert main(["--dataset", "npy", "--data-dir", str(tmp_path / "colour.npz"), "--out", str(tmp_path / "run"),
+                 *TINY_RUN]) == 0
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (final["step"], final["binarization"]) == (3, "none") and np.isfinite(final["elbo"])
+
+    np.savez(tmp_path / "bad.npz", train=np.zeros((30, 36)), test=np.zeros((6, 36)))
+    capsys.readouterr()
+    assert main(["--dataset", "npy", "--data-dir", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "r2"),
+                 *TINY_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'bad.npz'}['train']: shape (30, 36)") and "\n" not in err
+
+
 # ----- registry, cache, container -------------------------------------------------------------------------
 
 def test_registry_holds_the_paper_conventions():
-    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "static_mnist", "omniglot", "cifar10"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "static_mnist", "omniglot", "cifar10", "idx", "npy"}
+    assert {name for name, spec in DATASETS.items() if spec.user_data} == {"idx", "npy"}
+    assert all(not DATASETS[name].files for name in ("idx", "npy"))
     assert DATASETS["mnist"].n_validation == 10_000 and DATASETS["mnist"].expected_counts == {"train": 60_000, "test": 10_000}
     assert DATASETS["static_mnist"].expected_counts == {"train": 50_000, "validation": 10_000, "test": 10_000}
     assert DATASETS["omniglot"].n_validation == 1_345
@@ -537,3 +970,8 @@ def test_real_fashion_mnist_from_debian_package():
     # Fashion-MNIST's mean pixel intensity is about 0.286 (72.9 / 255)
     assert abs(d.train.mean().item() - 0.286) < 0.01
     assert abs(d.test.mean().item() - 0.286) < 0.02
+    # the same files through --dataset idx: the default validation_size 1/6 gives the registered split exactly
+    own = load_dataset("idx", DEBIAN_FASHION)
+    assert own.name == "idx:fashion-mnist"
+    for split in ("train", "validation", "test"):
+        assert torch.equal(getattr(own, split), getattr(d, split)), split
