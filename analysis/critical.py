@@ -156,14 +156,14 @@ def configurations(runs: pl.DataFrame) -> pl.DataFrame:
     cfg = cfg.with_columns(pl.Series("config_id", [f"c{i + 1:02d}" for i in range(cfg.height)]),
                            pl.Series("label", labels), pl.Series("family_label", fam_labels),
                            pl.Series("dataset_family_label", ds_labels))
-    return _with_ids(_with_ids(cfg, "family_label", "family_id", "f"), "dataset_family_label", "dataset_family_id", "d")
+    return _with_ids(_with_ids(cfg, FAMILY_KEYS, "family_id", "f"), DATASET_FAMILY_KEYS, "dataset_family_id", "d")
 
 
-def _with_ids(cfg: pl.DataFrame, label: str, id_col: str, prefix: str) -> pl.DataFrame:
-    """Number the distinct values of ``label`` in order of appearance: <prefix>01, <prefix>02, ..."""
-    ids = cfg.select(label).unique(maintain_order=True).with_row_index("i").with_columns(
+def _with_ids(cfg: pl.DataFrame, keys: tuple[str, ...], id_col: str, prefix: str) -> pl.DataFrame:
+    """Number the distinct combinations of ``keys`` in order of appearance: <prefix>01, <prefix>02, ..."""
+    ids = cfg.select(keys).unique(maintain_order=True).with_row_index("i").with_columns(
         pl.format(f"{prefix}{{}}", (pl.col("i") + 1).cast(pl.String).str.zfill(2)).alias(id_col)).drop("i")
-    return cfg.join(ids, on=label, how="left", maintain_order="left")
+    return cfg.join(ids, on=list(keys), how="left", maintain_order="left", nulls_equal=True)
 
 
 def mixing_notes(runs: pl.DataFrame, configs: pl.DataFrame) -> list[str]:

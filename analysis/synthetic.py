@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +89,9 @@ class SyntheticTruth:
     root: Path
     sweep_id: str
     rho_c: dict[tuple[str, str], float]  # (dataset, latent_dims "10-10-10-10") -> true rho_c at the end of training
-    width: dict[str, float]  # latent_dims -> true logistic width w
-    rhos: tuple[float, ...]
-    seeds: tuple[int, ...]
     steps: tuple[int, ...]  # the evaluation steps of every trial
     n_rows: int
     n_files: int
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 def _per_size(spec: RhoCSpec, size: int, name: str) -> float:
@@ -156,7 +152,6 @@ def make_synthetic_results(
     frac = np.arange(1, n_evals + 1) / n_evals  # fraction of training done at each evaluation
     steps = tuple(int(s) for s in np.arange(1, n_evals + 1) * steps_per_eval)
     truth: dict[tuple[str, str], float] = {}
-    widths: dict[str, float] = {}
     n_rows = n_files = 0
     for ds_index, (dataset, shift) in enumerate(shifts.items()):
         ds_salt = salt + 100_003 * ds_index  # each dataset has its own seed offsets and draws
@@ -164,7 +159,7 @@ def make_synthetic_results(
             dims = "-".join([str(int(d))] * n_layers)
             rc = _per_size(rho_c, int(d), "rho_c") + float(shift)
             w = _per_size(width, int(d), "width")
-            truth[(dataset, dims)], widths[dims] = rc, w
+            truth[(dataset, dims)] = rc
             base = _base_columns(sweep_id, dataset, n_layers, dims, overrides)
             for rho in rhos:
                 cfg_hash = hashlib.sha1(json.dumps({**base, "rho": rho}, sort_keys=True, default=str)
@@ -186,9 +181,7 @@ def make_synthetic_results(
                     _write_atomic(table, folder / f"{trial_id}.parquet")
                     n_rows += n_evals
                     n_files += 1
-    return SyntheticTruth(root=Path(root), sweep_id=sweep_id, rho_c=truth, width=widths, rhos=rhos,
-                          seeds=tuple(range(n_seeds)), steps=steps, n_rows=n_rows, n_files=n_files,
-                          config={**dict(overrides or {}), "n_layers": n_layers, "datasets": list(shifts)})
+    return SyntheticTruth(root=Path(root), sweep_id=sweep_id, rho_c=truth, steps=steps, n_rows=n_rows, n_files=n_files)
 
 
 def _base_columns(sweep_id: str, dataset: str, n_layers: int, dims: str, overrides: Mapping[str, Any] | None

@@ -6,7 +6,7 @@ uniform 0.005 grid over the range, with every seed at every rho, using at most a
 
 Three sources of runs:
 
-* synthetic (default): a noisy logistic transition with seed-level offsets (``sweeps/synthetic.py``), several
+* synthetic (default): a noisy logistic transition with seed-level offsets (``analysis/synthetic.py``), several
   replicates per scenario, a known truth, so interval coverage is reported too. Fast: it drives the pure policy
   (``sweeps/refine.py``) with simulated asynchronous workers (``--workers`` at once, finishing in random order),
   the same decisions the Ray Tune searcher makes, without Ray.
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.transition import fit_transition  # noqa: E402
 from sweeps.refine import RefinePolicy, simulate, top_dim_of  # noqa: E402
-from sweeps.synthetic import noisy_active_units  # noqa: E402
+from analysis.synthetic import noisy_active_units  # noqa: E402
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 

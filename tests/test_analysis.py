@@ -222,11 +222,12 @@ def test_across_datasets_margin_is_an_option_and_a_missing_fit_gives_no_verdict(
 def test_rho_c_against_the_budget(tmp_path, drift, verdict):
     """rho_c at fraction f of training = 0.92 + drift * (1 - f), 4 evaluations: a drift of 0.08 moves it by 0.02
     in the last budget step, twice the tolerance (half the default margin 0.02)."""
-    make_synthetic_results(tmp_path / "res", latent_sizes=(10,), rho_c=0.92, rho_c_drift=drift, n_seeds=6,
-                           n_evals=4, steps_per_eval=500, seed_sd=0.002, salt=11)
+    truth = make_synthetic_results(tmp_path / "res", latent_sizes=(10,), rho_c=0.92, rho_c_drift=drift, n_seeds=6,
+                                   n_evals=4, steps_per_eval=500, seed_sd=0.002, salt=11)
     rep = _analyze(tmp_path / "res")
     (series,) = rep.budgets.values()
-    assert series.steps == [500, 1000, 1500, 2000] and series.verdict is verdict, budget_text(series)
+    assert series.steps == list(truth.steps) == [500, 1000, 1500, 2000]
+    assert series.verdict is verdict, budget_text(series)
     expected = [0.92 + drift * (1 - f) for f in (0.25, 0.5, 0.75, 1.0)]
     assert [f.rho_c for f in series.fits] == pytest.approx(expected, abs=0.008)
     assert series.fits[-1] is rep.critical.fits[series.config_id]  # the last budget is the main fit itself
@@ -468,11 +469,45 @@ def make_zero_bytes(small):
     return small
 
 
+def make_ray_experiment(small):
+    folder = small.parent / "ray" / "synthetic"
+    folder.mkdir(parents=True)
+    (folder / "ouvae_sweep.json").write_text("{}")
+    return folder
+
+
+def make_report_folder(small):
+    run_cli(small, "--no-plots", *FAST)
+    return small / "report"
+
+
+def make_loose_files(small):
+    loose = small.parent / "loose"
+    loose.mkdir()
+    for f in small.glob("sweep_id=*/*.parquet"):
+        f.rename(loose / f.name)
+    return loose
+
+
+def make_superseded(small):
+    folder = small.parent / "parquet.superseded"
+    (small / "sweep_id=synthetic").rename(folder)
+    return folder
+
+
 BAD = {
+    "a file, not a folder": (_first_file, [], "is a file, not a results folder"),
+    "Ray's experiment folder": (make_ray_experiment, [], "is Ray Tune's experiment folder, not the results table"),
+    "the ray/ folder": (lambda small: make_ray_experiment(small).parent, [], "is Ray Tune's experiment folder"),
+    "a report folder": (make_report_folder, [], "is a report folder, not the results table"),
+    "Parquet files outside sweep_id=": (make_loose_files, [], "holds .parquet files but no sweep_id=<id>/ folders"),
+    "superseded files": (make_superseded, [], "holds superseded result files"),
+    "sweep folder and another --sweep": (lambda small: small / "sweep_id=synthetic", ["--sweep", "other"],
+                                         "not found in the sweep folder"),
     "unreadable file": (make_unreadable, [], "garbage.parquet"),
     "zero-byte file": (make_zero_bytes, [], "zero.parquet"),
     "missing folder": (make_missing, [], "does not exist"),
-    "empty folder": (make_empty, [], "no result files"),
+    "empty folder": (make_empty, [], "no result files in"),
     "sweep folder without files": (make_empty_sweep, [], "no result files"),
     "older schema version": (make_old_schema, [], "schema v0"),
     "column missing": (make_missing_column, [], "column 'top_kl' is missing"),
@@ -503,6 +538,111 @@ def test_bad_input_exit_2_clear_message_no_report(case, small, tmp_path):
     assert expected in lines[0], lines[0]
     assert "Traceback" not in stderr and stdout == ""
     assert no_report_left(out) and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- the three folders, local and S3
+def storage_folder(root: Path) -> Path:
+    """A sweep's --storage folder as critical_rho.py leaves it: parquet/, ray/<name>/, reports/<name>/."""
+    make_synthetic_results(root / "parquet", latent_sizes=(10,), rhos=(0.85, 0.9, 0.95, 1.0), n_seeds=3, n_evals=2,
+                           salt=1)
+    (root / "ray" / "synthetic").mkdir(parents=True)
+    (root / "ray" / "synthetic" / "ouvae_sweep.json").write_text("{}")
+    (root / "reports" / "synthetic").mkdir(parents=True)
+    return root
+
+
+FOLDER_KINDS = {  # folder given (relative to the storage folder) -> default report folder
+    "storage folder": ("", "reports/synthetic"),
+    "Parquet root": ("parquet", "parquet/report"),
+    "sweep folder": ("parquet/sweep_id=synthetic", "parquet/report"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOLDER_KINDS))
+def test_cli_reads_each_kind_of_results_folder(kind, tmp_path):
+    root = storage_folder(tmp_path / "results")
+    given, report = FOLDER_KINDS[kind]
+    rc, stdout, stderr = run_cli(root / given if given else root, "--no-plots", *FAST)
+    assert rc == 0, stderr
+    assert stdout.rstrip().endswith(f"report: {root / report / 'report.html'}")
+    table = pl.read_csv(root / report / "tables" / "rho_c.csv")
+    assert table["n_runs"].to_list() == [12] and table["status"].to_list() == ["ok"]
+    reference = analyze(root / "parquet", write=False, plots_on=False, n_boot=200, compare_boot=60)
+    assert table["rho_c"].to_list() == pytest.approx(reference.rho_c["rho_c"].to_list())
+
+
+@pytest.fixture
+def s3_results(s3_server, monkeypatch, tmp_path):
+    """A storage folder uploaded to a new bucket at <bucket>/store; the working directory is tmp_path."""
+    import pyarrow.fs as pafs
+
+    s3_server.use(monkeypatch)
+    bucket = s3_server.make_bucket()
+    local = storage_folder(tmp_path / "local")
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}")
+    pafs.copy_files(str(local), f"{bucket}/store", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    monkeypatch.chdir(tmp_path)
+    return bucket, local
+
+
+def test_cli_reads_each_kind_of_folder_from_s3(s3_results, tmp_path):
+    bucket, local = s3_results
+    reference = analyze(local / "parquet", write=False, plots_on=False, n_boot=200, compare_boot=60)
+    for given in ("store", "store/parquet", "store/parquet/sweep_id=synthetic"):
+        rc, stdout, stderr = run_cli(f"s3://{bucket}/{given}", "--no-plots", *FAST)
+        assert rc == 0, (given, stderr)
+        report = tmp_path / "reports" / "synthetic"  # remote input: the report goes to ./reports/<sweep>
+        assert stdout.rstrip().endswith(f"report: {Path('reports/synthetic/report.html')}")
+        table = pl.read_csv(report / "tables" / "rho_c.csv")
+        assert table["rho_c"].to_list() == pytest.approx(reference.rho_c["rho_c"].to_list()), given
+        assert f"s3://{bucket}/{given}" in (report / "report.html").read_text()
+    rc, _, stderr = run_cli(f"s3://{bucket}/store", "--out", tmp_path / "elsewhere", "--no-plots", *FAST)
+    assert rc == 0 and (tmp_path / "elsewhere" / "report.html").is_file()
+
+
+def test_bad_s3_locations_are_one_line_errors(s3_results, s3_server, monkeypatch, tmp_path):
+    import moto.settings
+
+    bucket, _ = s3_results
+    cases = [(f"s3://no-such-bucket-{bucket}/store", "S3 bucket 'no-such-bucket-"),
+             (f"s3://{bucket}/nothing-here", f"nothing under s3://{bucket}/nothing-here"),
+             (f"s3://{bucket}/store/ray/synthetic", "is Ray Tune's experiment folder"),
+             ("gs://bucket/store", "gs:// is not supported"),
+             ("s3:///store", "names no bucket")]
+    for url, expected in cases:
+        rc, stdout, stderr = run_cli(url, "--no-plots", *FAST)
+        assert rc == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, (url, stderr)
+        assert expected in stderr, (url, stderr)
+    assert "does not exist" in run_cli(cases[0][0], *FAST)[2]
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks credentials
+    rc, _, stderr = run_cli(f"s3://{bucket}/store", "--no-plots", *FAST)
+    assert rc == 2 and f"access to S3 bucket {bucket!r} denied" in stderr and "AWS_ACCESS_KEY_ID" in stderr, stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_unreachable_s3_endpoint_message_names_the_endpoint(monkeypatch):
+    """The AWS SDK retries an unreachable endpoint for ~8 s before PyArrow raises; the wording of its error is
+    checked on the error PyArrow raises then."""
+    from analysis.storage import _s3_error
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    exc = OSError("When getting information for key 'store' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+                  "HeadObject operation: curlCode: 7, Couldn't connect to server")
+    assert _s3_error("s3://b/store", "b", exc) == ("cannot reach S3 (http://127.0.0.1:9) for s3://b/store: check the "
+                                                   "network, or set AWS_ENDPOINT_URL to your S3 server's address")
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--level", "95", "--level 95.0 is not a confidence level"),
+    ("--n-boot", "10", "--n-boot 10 is too few bootstrap resamples"),
+    ("--compare-boot", "-1", "--compare-boot -1 is negative"),
+    ("--delta", "2", "--delta 2.0 is not a margin on rho"),
+    ("--max-budgets", "1", "--max-budgets 1: give at least 2"),
+])
+def test_bad_options_are_named(option, value, expected, small, tmp_path):
+    rc, stdout, stderr = run_cli(small, option, value, "--out", tmp_path / "r")
+    assert rc == 2 and stdout == "" and stderr.startswith(f"error: {expected}") and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_unwritable_output_is_a_clear_error(small, tmp_path):
