@@ -126,7 +126,7 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
 def budget_short_text(s: BudgetSeries) -> str:
     """A few words for the rho_c table, next to the number."""
     if s.still_moving:
-        return f"still {s.verdict.value} ({s.shift:+.3f} in the last budget step)"
+        return f"still {s.verdict.value} ({s.shift:+.3f} since step {s.steps[-2]})"
     return {BudgetVerdict.CONVERGED: "converged", BudgetVerdict.NOT_DECIDED: "not decided",
             BudgetVerdict.ONE_BUDGET: "one budget only"}[s.verdict]
 

@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from analysis.critical import CriticalResult, one_blas_thread
-from analysis.intervals import (MIN_SEEDS, UNDETERMINED_SHORT, UNDETERMINED_TEXT, Interval, Undetermined,
+from analysis.intervals import (MIN_SEEDS, UNDETERMINED_SHORT, Interval, Undetermined,
                                 difference_interval, percentile_interval, seed_bootstrap, small_sample_factor, widen)
 from analysis.transition import STATUS_OK, TransitionFit
 
@@ -248,7 +248,7 @@ def rho_c_verdict_text(d: RhoCDifference, subject: str) -> str:
         return f"{d.verdict.value} for {subject}{how}"
     if d.verdict is RhoCVerdict.NOT_DECIDED:
         return f"not decided (the interval straddles ±{d.margin:g})"
-    return f"no verdict ({UNDETERMINED_TEXT[d.interval.undetermined]})"
+    return f"no verdict ({UNDETERMINED_SHORT[d.interval.undetermined]})"
 
 
 SHARPNESS_TEXT = {
@@ -313,14 +313,3 @@ def latent_family_text(family: LatentFamily, critical: CriticalResult) -> str:
     if unresolved and unresolved < n:
         sh += f" ({unresolved} of {n} steps could not be compared)"
     return f"{family.label}: {rho}; {sh}{tail}."
-
-
-def dataset_pair_text(pair: DatasetPair, critical: CriticalResult) -> str:
-    """One line per dataset pair: both rho_c, the difference with its interval, the verdict."""
-    cfg = {r["config_id"]: r for r in critical.configs.iter_rows(named=True)}
-    a, b = cfg[pair.a], cfg[pair.b]
-    fa, fb = critical.fits[pair.a], critical.fits[pair.b]
-    d = pair.rho_c
-    diff = "" if d.delta is None else f"; Δρc {d.delta:+.3f} {interval_text(d.interval)}"
-    return (f"{a['dataset_family_label']}: {a['dataset']} {rho_c_text(fa)} vs {b['dataset']} {rho_c_text(fb)}{diff}: "
-            f"{rho_c_verdict_text(d, 'dataset ' + b['dataset'])}")

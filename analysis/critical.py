@@ -216,7 +216,7 @@ FIT_SCHEMA = {
     "config_id": pl.String, "status": pl.String, "rho_c": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
     "width": pl.Float64, "bracket_low": pl.Float64, "bracket_high": pl.Float64, "changepoint": pl.Float64,
     "n_runs": pl.Int64, "n_rho": pl.Int64, "n_seeds": pl.Int64, "message": pl.String, "beyond": pl.String,
-    "rho_min": pl.Float64, "rho_max": pl.Float64, "interval": pl.String, "kl_midpoint": pl.Float64,
+    "rho_min": pl.Float64, "rho_max": pl.Float64, "interval_undetermined": pl.String, "kl_midpoint": pl.Float64,
 }
 
 
@@ -256,7 +256,8 @@ def fit_configurations(runs: pl.DataFrame, configs: pl.DataFrame, *, level: floa
             fits[cfg["config_id"]] = fit
             rows.append({"config_id": cfg["config_id"], "status": fit.status.value,
                          **{f: getattr(fit, f) for f in FIT_FIELDS},
-                         "interval": None if fit.interval_undetermined is None else fit.interval_undetermined.value,
+                         "interval_undetermined": None if fit.interval_undetermined is None
+                         else fit.interval_undetermined.value,
                          "kl_midpoint": kl_midpoint(sub["rho"].to_numpy(), sub["top_kl"].to_numpy())})
     table = configs.join(pl.DataFrame(rows, schema=FIT_SCHEMA), on="config_id", how="left", maintain_order="left")
     return CriticalResult(runs=runs, configs=configs, fits=fits, table=table, level=level)

@@ -62,7 +62,8 @@ def fit_label(name: str, fit: TransitionFit | None) -> str:
         where = {"above": f" (ρc > {fit.rho_max:g})", "below": f" (ρc < {fit.rho_min:g})"}.get(fit.beyond or "", "")
         return f"{verbatim(name)}: {fit.status.value.replace('_', ' ')}{where}"
     if fit.ci_low is None:
-        return f"{verbatim(name)}: ρc = {fit.rho_c:.3f}, interval not determined ({UNDETERMINED_SHORT[fit.interval_undetermined]})"
+        why = UNDETERMINED_SHORT[fit.interval_undetermined]
+        return f"{verbatim(name)}: ρc = {fit.rho_c:.3f}, interval not determined ({why})"
     return f"{verbatim(name)}: ρc = {fit.rho_c:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
 
 
@@ -99,7 +100,8 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
                 if fit.ci_low is not None:
                     ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.15, lw=0)
         else:
-            ax_m.plot(med["rho"], med["active_fraction"], color=color, lw=1.0, ls=":", label=f"{verbatim(name)} (no fit)")
+            ax_m.plot(med["rho"], med["active_fraction"], color=color, lw=1.0, ls=":",
+                      label=f"{verbatim(name)} (no fit)")
     ax_kl.set_xlabel("ρ")
     ax_kl.set_ylabel("top-layer KL (nats)")
     ax_kl.set_title("Top-layer KL at the end of training")

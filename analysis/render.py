@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from analysis.budget import budget_short_text, budget_text
-from analysis.compare import (dataset_pair_text, interval_text, latent_family_text, ratio_text,
-                              rho_c_verdict_text, sharpness_verdict_text)
+from analysis.compare import (interval_text, latent_family_text, ratio_text, rho_c_verdict_text,
+                              sharpness_verdict_text)
 from analysis.compare import SharpnessVerdict
 from analysis.critical import GROUP_KEYS, CriticalResult
 from analysis.intervals import UNDETERMINED_SHORT, Interval, Undetermined
@@ -63,8 +63,8 @@ def rho_c_table(rep: Report) -> Table:
         for c in crit.table["config_id"]], dtype=pl.String)
     data = crit.table.with_columns(budget_col, at_limit).select(
         "config_id", "label", "family_id", "dataset_family_id", *GROUP_KEYS, "top_dim", "status", "rho_c", "ci_low",
-        "ci_high", "interval", "budget", "width", "width_undetermined", "bracket_low", "bracket_high", "changepoint", "kl_midpoint",
-        "n_runs", "n_rho", "n_seeds", "message").rename({"interval": "interval_undetermined"})
+        "ci_high", "interval_undetermined", "budget", "width", "width_undetermined", "bracket_low", "bracket_high",
+        "changepoint", "kl_midpoint", "n_runs", "n_rho", "n_seeds", "message")
     return Table("rho_c", "Critical ρ per configuration",
                  f"ρc: where half the top-layer units are active (binomial logistic fit on active/top_dim, all seeds); "
                  f"{pct} interval: bootstrap resampling whole seeds, widened for few seeds ('not determined' when the "
@@ -173,7 +173,7 @@ def render_text(rep: Report) -> str:
     crit = rep.critical
     lines = [f"{rep.n_rows:,} rows, {rep.n_trials:,} trials, {rep.n_files:,} files, sweep(s) {', '.join(rep.sweeps)}",
              "", rho_c_table(rep).to_text()]
-    problems = [r for r in crit.table.iter_rows(named=True) if r["status"] != "ok" or r["interval"] is not None]
+    problems = [r for r in crit.table.iter_rows(named=True) if r["status"] != "ok" or r["interval_undetermined"] is not None]
     if problems:
         lines += ["", *(f"{r['config_id']} {r['label']}: {r['message']}" for r in problems)]
     moving = [(cid, s) for cid, s in rep.budgets.items() if s.still_moving]
@@ -186,7 +186,7 @@ def render_text(rep: Report) -> str:
         if t is not None:
             lines += ["", t.to_text()]
     if rep.datasets:
-        lines += ["", "Across datasets:", *(f"  {dataset_pair_text(p, crit)}" for p in rep.datasets)]
+        lines += ["", "Across datasets:", dataset_table(rep).to_text()]
     if rep.notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in rep.notes)]
     return "\n".join(lines)
@@ -238,7 +238,7 @@ def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]
     parts += [f"<div class='note'>{html.escape(n)}</div>" for n in rep.notes]
     parts += ["<h2>Critical ρ</h2>", _html_table(rho_c_table(rep))]
     for r in crit.table.iter_rows(named=True):
-        cls = "" if r["status"] == "ok" and r["interval"] is None else " class='bad'"
+        cls = "" if r["status"] == "ok" and r["interval_undetermined"] is None else " class='bad'"
         parts.append(f"<p{cls}><b>{html.escape(r['config_id'])}</b> {html.escape(r['label'])}: "
                      f"{html.escape(r['message'] or '')}</p>")
     moving = [(cid, s) for cid, s in rep.budgets.items() if s.still_moving]
@@ -247,7 +247,7 @@ def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]
         parts += [f"<li class='bad'><b>{html.escape(cid)}</b> {html.escape(budget_text(s))}</li>" for cid, s in moving]
         parts.append("</ul>")
     sections = [("latent", "Across latent sizes", [latent_family_text(f, crit) for f in rep.latent], latent_table),
-                ("datasets", "Across datasets", [dataset_pair_text(p, crit) for p in rep.datasets], dataset_table),
+                ("datasets", "Across datasets", [], dataset_table),
                 ("budget", "ρc against the training budget", [], budget_table)]
     for key, heading, sentences, table in sections:
         t = table(rep)

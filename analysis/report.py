@@ -218,7 +218,7 @@ def _make_figures(report: Report, curves: pl.DataFrame, folder: Path) -> dict[st
         label = fam["family_label"][0]
         runs = crit.runs.filter(pl.col("family_id") == fam_id)
         figs = [save(plots.transition_figure(runs, fam, crit.fits, curve="latent_dims", title=label, level=crit.level),
-                     f"transition_{fam_id}", f"{label}: top-layer KL and active fraction vs ρ, fitted ρc with interval"),
+                     f"transition_{fam_id}", f"{label}: top-layer KL and active fraction vs ρ, fitted ρc, interval"),
                 save(plots.layers_figure(runs, fam, title=label), f"layers_{fam_id}",
                      f"{label}: active units and KL of every layer vs ρ")]
         for c in fam.iter_rows(named=True):

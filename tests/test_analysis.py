@@ -213,7 +213,7 @@ def test_across_datasets_margin_is_an_option_and_a_missing_fit_gives_no_verdict(
     assert len(rep.datasets) == 3 and len(missing) == 2
     assert all(p.rho_c.verdict is RhoCVerdict.NO_VERDICT and p.rho_c.interval.undetermined is Undetermined.NO_FIT
                for p in missing)
-    assert "no verdict (a transition is not located on one side)" in render_text(rep)
+    assert "no verdict (no fit)" in render_text(rep)
 
 
 # ----------------------------------------------------------------------------------------- training budget
@@ -236,7 +236,7 @@ def test_rho_c_against_the_budget(tmp_path, drift, verdict):
     if verdict is BudgetVerdict.CONVERGED:
         assert "converged" in row and "still moving" not in text
     else:  # said next to the number, and explained below the table
-        assert f"still {verdict.value} ({series.shift:+.3f}" in row
+        assert f"still {verdict.value} ({series.shift:+.3f} since step 1500)" in row
         assert "ρc still moving with the training budget:" in text and "train longer" in text
 
 
