@@ -320,8 +320,8 @@ class RefinePolicy:
             picks = self._round(g, wider)
         if not picks:
             if not pending:
-                g.done_reason = (f"every (rho, seed) pair at spacing {self.min_spacing:g} around the transition has been "
-                                 f"run; the interval cannot narrow further at this resolution")
+                g.done_reason = (f"every (rho, seed) pair at spacing {self.min_spacing:g} around the transition "
+                                 f"has been run; the interval cannot narrow further at this resolution")
             return []
         left = self.max_trials_per_group - g.count()
         if self.max_trials is not None:
