@@ -26,6 +26,7 @@ from analysis.errors import AnalysisError
 SWEEP_PREFIX = "sweep_id="
 PARQUET_DIR = "parquet"  # <storage>/parquet, as the sweep writes it
 REPORTS_DIR = "reports"  # <storage>/reports/<name>, as the sweep writes it
+SUPERSEDED_SUFFIX = ".superseded"  # <storage>/parquet.superseded/: files of re-created trials, never analysed
 # Files of Ray Tune's experiment folder (<storage>/ray/<name>/) and of the sweep's options.
 RAY_MARKERS = ("ouvae_sweep.json", "tuner.pkl", "trainable.pkl")
 
@@ -131,8 +132,11 @@ def locate(target: str | os.PathLike[str]) -> ResultsLocation:
     name = folder.rsplit("/", 1)[-1]
     loc = dict(given=given, filesystem=fs, folder=folder, remote=remote, storage_options=options)
     if name.startswith(SWEEP_PREFIX):
-        return ResultsLocation(kind=FolderKind.SWEEP_FOLDER, parquet_root=folder.rsplit("/", 1)[0],
-                               sweep=name[len(SWEEP_PREFIX):], **loc)
+        parent = folder.rsplit("/", 1)[0]
+        if parent.endswith(SUPERSEDED_SUFFIX):
+            raise AnalysisError(_wrong_folder(given, parent.rsplit("/", 1)[-1], []))
+        return ResultsLocation(kind=FolderKind.SWEEP_FOLDER, parquet_root=parent, sweep=name[len(SWEEP_PREFIX):],
+                               **loc)
     children = _list(fs, folder, given, remote)
     dirs = {i.base_name for i in children if i.type == pafs.FileType.Directory}
     if any(d.startswith(SWEEP_PREFIX) for d in dirs):
@@ -150,7 +154,7 @@ def _wrong_folder(given: str, name: str, children: list[pafs.FileInfo]) -> str:
         return f"{given} is Ray Tune's experiment folder, not the results table: {pass_instead}"
     if "report.html" in files or name in (REPORTS_DIR, "report"):
         return f"{given} is a report folder, not the results table: {pass_instead}"
-    if name.endswith(".superseded"):
+    if name.endswith(SUPERSEDED_SUFFIX):
         return (f"{given} holds superseded result files (trials re-created after a crash), which are not analysed: "
                 f"{pass_instead}")
     if any(f.endswith(".parquet") for f in files):

@@ -93,6 +93,27 @@ def _analyze(root: Path, **kw):
     return analyze(root, write=False, plots_on=False, n_boot=200, **{"compare_boot": 0, **kw})
 
 
+def test_report_figures_and_tables_written(synth):
+    _, out, rc, _, _ = synth
+    assert rc == 0
+    pngs = sorted((out / "figures").glob("*.png"))
+    kinds = sorted({p.name.rsplit("_", 1)[0] for p in pngs})
+    assert kinds == ["budget", "curves", "layers", "transition"]  # one dataset: no datasets_*.png
+    assert len([p for p in pngs if p.name.startswith("curves_")]) == 3  # one per configuration
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        assert p.stat().st_size > 20_000, p
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(pngs)  # self-contained: every figure embedded
+    for heading in ("Critical ρ per configuration", "Across latent sizes", "ρc against the training budget",
+                    "Table 6", "Table 8"):
+        assert heading in html
+    for name in ("rho_c", "latent_size_comparison", "rho_c_by_budget", "table6", "table8", "order_parameters"):
+        assert (out / "tables" / f"{name}.csv").stat().st_size > 0
+    assert not (out / "tables" / "dataset_comparison.csv").exists()
+    assert not list(out.parent.glob(".report.staging-*"))  # the staging folder is gone after publishing
+
+
 def test_wider_latents_higher_rho_c_is_reported_as_such(tmp_path):
     make_synthetic_results(tmp_path / "res", rho_c={10: 0.89, 20: 0.92, 40: 0.95}, n_evals=1, salt=5)
     rep = _analyze(tmp_path / "res")
@@ -252,7 +273,7 @@ def test_budget_with_unequal_run_lengths_uses_the_steps_every_run_reached(tmp_pa
 
 
 # ------------------------------------------------------------------------------------------- what figures show
-def test_transition_figure_plots_the_runs_and_the_fits(tmp_path):
+def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbatim(tmp_path):
     root = tmp_path / "res"
     make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:$HOME/my data": 0.03,
                                                                "_private": 0.0}, n_seeds=3, n_evals=1, salt=2)
@@ -495,6 +516,13 @@ def make_superseded(small):
     return folder
 
 
+def make_superseded_sweep(small):
+    folder = small.parent / "parquet.superseded"
+    folder.mkdir()
+    (small / "sweep_id=synthetic").rename(folder / "sweep_id=synthetic")
+    return folder / "sweep_id=synthetic"
+
+
 BAD = {
     "a file, not a folder": (_first_file, [], "is a file, not a results folder"),
     "Ray's experiment folder": (make_ray_experiment, [], "is Ray Tune's experiment folder, not the results table"),
@@ -502,6 +530,7 @@ BAD = {
     "a report folder": (make_report_folder, [], "is a report folder, not the results table"),
     "Parquet files outside sweep_id=": (make_loose_files, [], "holds .parquet files but no sweep_id=<id>/ folders"),
     "superseded files": (make_superseded, [], "holds superseded result files"),
+    "a superseded sweep folder": (make_superseded_sweep, [], "holds superseded result files"),
     "sweep folder and another --sweep": (lambda small: small / "sweep_id=synthetic", ["--sweep", "other"],
                                          "not found in the sweep folder"),
     "unreadable file": (make_unreadable, [], "garbage.parquet"),
@@ -725,7 +754,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 import analysis, analysis.io, analysis.critical, analysis.tables, analysis.plots, analysis.report
-import analysis.synthetic, analysis.transition, analysis.__main__
+import analysis.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
+import analysis.compare, analysis.budget, analysis.render, analysis.errors
 from analysis.synthetic import make_synthetic_results
 make_synthetic_results(sys.argv[1], latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2)
 rc = analysis.__main__.main([sys.argv[1], '--n-boot', '100'])
