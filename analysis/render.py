@@ -19,7 +19,7 @@ from analysis.budget import budget_short_text, budget_text
 from analysis.compare import (interval_text, latent_family_text, ratio_text, rho_c_verdict_text,
                               sharpness_verdict_text)
 from analysis.compare import SharpnessVerdict
-from analysis.critical import GROUP_KEYS, CriticalResult
+from analysis.critical import GROUP_KEYS
 from analysis.intervals import UNDETERMINED_SHORT, Interval, Undetermined
 from analysis.schema import SCHEMA_VERSION
 from analysis.tables import Table
