@@ -64,7 +64,7 @@ from analysis.synthetic import noisy_active_units  # noqa: E402
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 
 SCENARIOS: dict[str, dict[str, float]] = {
-    # a smooth crossover, as measured on digits (DESIGN.md section 6: w ~ 0.01, seeds differ by a few 0.001)
+    # a smooth crossover, as measured on digits with the demo model (w ~ 0.01, seeds differ by a few 0.001)
     "smooth": {"width": 0.01, "seed_sd": 0.004},
     # a sharp transition, the paper's "phase transition": the grid spacing, not the noise, limits the grid
     "sharp": {"width": 0.002, "seed_sd": 0.002},

@@ -60,7 +60,7 @@ def test_interval_coverage_is_not_below_the_nominal_95_percent(w, seed_sd, n_see
 
 
 def test_smooth_crossover_like_the_measured_digits_runs():
-    """DESIGN.md section 6: two seeds, top-layer active units falling smoothly between rho 0.92 and 1.0."""
+    """The demo model measured on digits (two seeds): top-layer active units fall smoothly between rho 0.92 and 1."""
     rho = [0.80, 0.80, 0.88, 0.88, 0.92, 0.92, 0.94, 0.94, 0.96, 0.96, 0.98, 0.98, 1.00, 1.00]
     seed = [0, 1] * 7
     act = [10, 10, 10, 10, 10, 10, 7, 7, 3, 4, 0, 2, 0, 0]
