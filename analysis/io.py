@@ -1,132 +1,112 @@
-"""Lazy loading and validation of a results folder.
+"""Lazy loading and validation of the results table, local or on S3.
 
 Why a separate module: every later step (fits, tables, plots) trusts what it gets from here, so all checks of
 the input live in one place and fail early with one clear message (`AnalysisError`) that names the problem and
-the fix, before anything is written. Reading stays lazy (``pl.scan_parquet`` over the hive layout) so a million
+the fix, before anything is written. Where the files are is ``analysis/storage.py``'s business; this module
+lists them there and reads them lazily (``pl.scan_parquet`` over the file list, hive partitions) so a million
 rows cost only the columns each query touches.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 
+from analysis.errors import AnalysisError
 from analysis.schema import COLUMNS, READABLE_VERSIONS, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
+from analysis.storage import ResultsLocation, locate
+
+__all__ = ["AnalysisError", "FILE_COL", "NUMERIC_METRICS", "Results", "collect", "load_results", "result_files",
+           "scan_results"]
 
 FILE_COL = "__file"  # path of the Parquet file each row came from, for messages that name the bad file
 # Final-row metrics that must be real numbers for the tables and fits to mean anything.
 NUMERIC_METRICS = ("top_kl", "elbo", "iw_bound", "kl_total", "recon")
 
 
-class AnalysisError(Exception):
-    """Input the user can fix. The message is one line: what is wrong, and what to do about it."""
-
-
 def _polars_schema() -> pl.Schema:
     return pl.Schema(pl.from_arrow(SCHEMA.empty_table()).schema)
 
 
-def _short(path: str, root: Path) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)
+def _examples(loc: ResultsLocation, paths: list[str]) -> str:
+    shown = ", ".join(loc.short(p) for p in paths[:3])
+    return f"{shown} and {len(paths) - 3} more" if len(paths) > 3 else shown
 
 
-def _examples(paths: list[str], root: Path, total: int) -> str:
-    shown = ", ".join(_short(p, root) for p in paths[:3])
-    more = f" and {total - 3} more" if total > 3 else ""
-    return f"{shown}{more}"
+def _chosen_sweeps(loc: ResultsLocation, sweeps: list[str] | tuple[str, ...] | None) -> list[str]:
+    """The sweeps to analyse: ``sweeps`` (checked against the location) or every sweep present."""
+    present = loc.find_sweeps()
+    if not sweeps:
+        return present
+    unknown = [s for s in sweeps if s not in present]
+    if unknown:
+        have = ", ".join(present) if present else "none"
+        where = f"the sweep folder {loc.given}" if loc.sweep is not None else loc.given
+        raise AnalysisError(f"sweep id(s) {', '.join(unknown)} not found in {where} (sweeps present: {have}): "
+                            f"check --sweep")
+    return list(dict.fromkeys(sweeps))
 
 
-def find_sweeps(root: str | os.PathLike[str]) -> list[str]:
-    """Sweep ids present under ``root`` (folders named ``sweep_id=<id>``), sorted."""
-    base = Path(root)
-    if not base.is_dir():
-        return []
-    return sorted(p.name.split("=", 1)[1] for p in base.iterdir() if p.is_dir() and p.name.startswith("sweep_id="))
+def result_files(loc: ResultsLocation, sweeps: list[str]) -> list[str]:
+    """The result files of ``sweeps`` as Polars reads them, after checking that there are some and none is empty.
 
-
-def result_globs(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None) -> list[str]:
-    """The glob pattern(s) to scan, after checking that the folder and the requested sweeps exist.
-
-    Raises AnalysisError for a missing folder, a folder with no result files, or an unknown sweep id.
+    Raises AnalysisError for a location with no result files or with 0-byte files.
     """
-    base = Path(root)
-    if not base.exists():
-        raise AnalysisError(f"results folder {base} does not exist: pass the folder the sweep wrote "
-                            f"(it holds sweep_id=<id>/<trial>.parquet)")
-    if not base.is_dir():
-        raise AnalysisError(f"{base} is a file, not a results folder: pass the folder that holds sweep_id=<id>/ "
-                            f"subfolders")
-    present = find_sweeps(base)
-    if sweeps:
-        unknown = [s for s in sweeps if s not in present]
-        if unknown:
-            have = ", ".join(present) if present else "none"
-            raise AnalysisError(f"sweep id(s) {', '.join(unknown)} not found in {base} (sweeps present: {have}): "
-                                f"check --sweep")
-        chosen = list(dict.fromkeys(sweeps))
-    else:
-        chosen = present
-    patterns = [str(base / f"sweep_id={s}" / "*.parquet") for s in chosen]
-    files = [f for p in patterns for f in glob.glob(p)]
-    empty = sorted(f for f in files if os.path.getsize(f) == 0)
+    infos = [i for s in sweeps for i in loc.list_files(s)]
+    empty = [i.path for i in infos if i.size == 0]
     if empty:
-        raise AnalysisError(f"{len(empty)} result file(s) are empty (0 bytes, e.g. {_examples(empty, base, len(empty))}):"
-                            f" a writer crashed before its first write; delete them and re-run those trials")
-    if not files:
-        where = f"sweep(s) {', '.join(chosen)} in {base}" if chosen else str(base)
-        raise AnalysisError(f"no result files in {where}: expected {base}/sweep_id=<id>/<trial>.parquet; point the "
-                            f"command at the folder the sweep wrote, or wait until a trial has reported")
-    return [p for p in patterns if glob.glob(p)]
+        raise AnalysisError(f"{len(empty)} result file(s) are empty (0 bytes, e.g. {_examples(loc, empty)}): a writer "
+                            f"crashed before its first write; delete them and re-run those trials")
+    if not infos:
+        where = f"sweep(s) {', '.join(sweeps)} in {loc.given}" if sweeps else loc.given
+        raise AnalysisError(f"no result files in {where}: expected {loc.kind.value} holding sweep_id=<id>/<trial>."
+                            f"parquet; point the command at the folder the sweep wrote, or wait until a trial has "
+                            f"reported")
+    return [loc.uri(i.path) for i in infos]
 
 
-def scan_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None, *,
-                 globs: list[str] | None = None) -> pl.LazyFrame:
+def scan_results(files: list[str], storage_options: dict[str, str] | None = None) -> pl.LazyFrame:
     """A lazy frame over every result row, with the full current schema and a ``__file`` column.
 
     Columns absent from a file come back as nulls (validation then names them); narrower integer/float types are
     upcast. Nothing is read until a query is collected.
     """
     return pl.scan_parquet(
-        globs if globs is not None else result_globs(root, sweeps),
+        files,
         hive_partitioning=True,
-        hidden_file_prefix=(".", "_"),  # temp files of atomic writes and _SUCCESS-style markers are not results
         schema=_polars_schema(),
         missing_columns="insert",
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
         include_file_paths=FILE_COL,
+        storage_options=storage_options,
     )
 
 
 @dataclass
 class Results:
-    """A validated results folder: the lazy scan plus what validation learnt on the way."""
+    """A validated results table: where it is, the lazy scan, and what validation learnt on the way."""
 
-    root: Path
+    location: ResultsLocation
     sweeps: list[str]
+    files: list[str]
     lf: pl.LazyFrame
     n_rows: int
     n_files: int
 
 
-def _type_mismatch_files(root: Path, lf_globs: list[str]) -> str:
+def _type_mismatch_files(loc: ResultsLocation, files: list[str]) -> str:
     """Slow path after a read error: read file footers to name the files that are unreadable or whose column types
     differ from the schema, with the fix for that case."""
     expected = {name: typ for name, typ, _ in COLUMNS}
     bad: list[str] = []
     detail = ""
-    files = sorted(f for g in lf_globs for f in glob.glob(g))
     for f in files:
         try:
-            schema = pq.read_schema(f)
+            schema = pq.read_schema(f.removeprefix("s3://"), filesystem=loc.filesystem)
         except Exception as exc:  # unreadable footer: corrupt or not Parquet
             bad.append(f)
             detail = detail or f"cannot be read as Parquet ({exc.__class__.__name__})"
@@ -142,19 +122,21 @@ def _type_mismatch_files(root: Path, lf_globs: list[str]) -> str:
         return ""
     fix = ("delete or replace them (a partial copy? copy them again from the cluster)" if "cannot be read" in detail
            else "rewrite them with analysis.schema.conform or move them out of the folder")
-    return f"{len(bad)} file(s) {detail} (e.g. {_examples(bad, root, len(bad))}); {fix}"
+    return f"{len(bad)} file(s) {detail} (e.g. {_examples(loc, bad)}); {fix}"
 
 
-def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ...] | None = None) -> Results:
-    """Scan and validate a results folder; raise AnalysisError naming the first problem found.
+def load_results(target: str | os.PathLike[str] | ResultsLocation,
+                 sweeps: list[str] | tuple[str, ...] | None = None) -> Results:
+    """Locate, scan and validate a results table; raise AnalysisError naming the first problem found.
 
-    Checks (one pass over a few small columns): there are rows; every file carries the current schema version;
+    ``target``: a local folder or ``s3://`` URL of any of the three kinds ``analysis.storage.locate`` accepts.
+    Checks (one pass over a few small columns): there are rows; every file carries a readable schema version;
     every column the analysis needs is present and non-null; column types match the schema.
     """
-    base = Path(root)
-    globs = result_globs(base, sweeps)
-    lf = scan_results(base, sweeps, globs=globs)
-    chosen = list(dict.fromkeys(sweeps)) if sweeps else find_sweeps(base)
+    loc = target if isinstance(target, ResultsLocation) else locate(target)
+    chosen = _chosen_sweeps(loc, sweeps)
+    files = result_files(loc, chosen)
+    lf = scan_results(files, loc.storage_options)
     version_bad = pl.col("schema_version").is_null() | ~pl.col("schema_version").is_in(READABLE_VERSIONS)
     try:
         summary = lf.select(
@@ -164,11 +146,11 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
             *[pl.col(c).null_count().alias(f"null:{c}") for c in REQUIRED_FOR_ANALYSIS],
         ).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise AnalysisError(_read_error(base, globs, exc)) from None
+        raise AnalysisError(_read_error(loc, files, exc)) from None
     row = summary.row(0, named=True)
     if row["n_rows"] == 0:
-        raise AnalysisError(f"the result files in {base} hold no rows: wait until a trial has reported an evaluation, "
-                            f"or remove the empty files")
+        raise AnalysisError(f"the result files in {loc.given} hold no rows: wait until a trial has reported an "
+                            f"evaluation, or remove the empty files")
     if row["version_bad"]:
         bad = lf.filter(version_bad).group_by(FILE_COL).agg(pl.col("schema_version").first()).sort(FILE_COL).collect()
         versions = sorted({"missing" if v is None else f"v{v}" for v in bad["schema_version"].to_list()})
@@ -176,16 +158,18 @@ def load_results(root: str | os.PathLike[str], sweeps: list[str] | tuple[str, ..
         fix = ("upgrade ouvae to read them" if newer else
                "re-export them with analysis.schema.conform (current schema) or move them out of the folder")
         raise AnalysisError(f"{bad.height} result file(s) use results schema {'/'.join(versions)}, this analysis reads "
-                            f"{'/'.join(f'v{v}' for v in READABLE_VERSIONS)} (e.g. {_examples(bad[FILE_COL].to_list(), base, bad.height)}): {fix}")
+                            f"{'/'.join(f'v{v}' for v in READABLE_VERSIONS)} (e.g. "
+                            f"{_examples(loc, bad[FILE_COL].to_list())}): {fix}")
     missing = [c for c in REQUIRED_FOR_ANALYSIS if row[f"null:{c}"]]
     if missing:
         col = missing[0]
         bad = lf.filter(pl.col(col).is_null()).select(FILE_COL).unique().sort(FILE_COL).collect()[FILE_COL].to_list()
         also = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
         raise AnalysisError(f"column {col!r} is missing or empty in {len(bad)} result file(s) "
-                            f"(e.g. {_examples(bad, base, len(bad))}){also}: the analysis needs it; these files come "
+                            f"(e.g. {_examples(loc, bad)}){also}: the analysis needs it; these files come "
                             f"from an older or different writer, re-run those trials or move the files out of the folder")
-    return Results(root=base, sweeps=chosen, lf=lf, n_rows=int(row["n_rows"]), n_files=int(row["n_files"]))
+    return Results(location=loc, sweeps=chosen, files=files, lf=lf, n_rows=int(row["n_rows"]),
+                   n_files=int(row["n_files"]))
 
 
 def collect(results: Results, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
@@ -197,13 +181,13 @@ def collect(results: Results, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
     try:
         return pl.collect_all(list(queries))
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise AnalysisError(_read_error(results.root, result_globs(results.root, results.sweeps), exc)) from None
+        raise AnalysisError(_read_error(results.location, results.files, exc)) from None
 
 
-def _read_error(root: Path, globs: list[str], exc: Exception) -> str:
-    named = _type_mismatch_files(root, globs)
+def _read_error(loc: ResultsLocation, files: list[str], exc: Exception) -> str:
+    named = _type_mismatch_files(loc, files)
     if named:
-        return f"results in {root} do not match results schema v{SCHEMA_VERSION}: {named}"
+        return f"results in {loc.given} do not match results schema v{SCHEMA_VERSION}: {named}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (f"results in {root} could not be read ({exc.__class__.__name__}: {first}); check that every "
+    return (f"results in {loc.given} could not be read ({exc.__class__.__name__}: {first}); check that every "
             f"sweep_id=*/*.parquet file is a complete results file of schema v{SCHEMA_VERSION}")

@@ -1,14 +1,15 @@
-"""PNG figures: the transition per latent size (like the appendix's Figures 5-6), active units per layer, and
-training curves.
+"""Figures: the transition per family (like the appendix's Figures 5-6, one curve per latent size or per
+dataset), active units per layer, training curves, and rho_c against the training budget.
 
 Why matplotlib's object API (``Figure`` + Agg canvas) and never pyplot: no display is needed or touched, nothing
 global is switched (importing analysis inside a notebook keeps the notebook's backend), and figures are freed
-as soon as they are saved.
+as soon as they are saved. Each ``*_figure`` function returns the Figure (the tests read the plotted data back
+from its axes); ``save`` writes it as PNG.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.transition import TransitionFit
+from analysis.budget import BudgetSeries, budget_short_text
+from analysis.intervals import UNDETERMINED_SHORT
+from analysis.transition import STATUS_OK, TransitionFit
 
 DPI = 110
 
@@ -28,7 +31,7 @@ def _new(ncols: int, width: float = 5.2, height: float = 4.0) -> tuple[Figure, l
     return fig, list(axes)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, format="png", dpi=DPI)
     return path
 
@@ -44,69 +47,75 @@ def _jitter(n: int, span: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-span, span, size=n)
 
 
-def _fit_label(dims: str, fit: TransitionFit | None, level: float, row: Mapping | None = None) -> str:
-    if fit is None or fit.status != "ok" or fit.rho_c is None:
-        status = "no fit" if fit is None else fit.status.replace("_", " ")
-        beyond = (row or {}).get("beyond")
-        if beyond == "above":
-            status += f" (ρc > {row['rho_max']:g})"
-        elif beyond == "below":
-            status += f" (ρc < {row['rho_min']:g})"
-        return f"{dims}: {status}"
-    ci = "" if fit.ci_low is None else f" [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
-    return f"{dims}: ρc = {fit.rho_c:.3f}{ci}"
+def verbatim(s: str) -> str:
+    """A user's string (a dataset name like ``npy:$HOME/x``) as matplotlib shows it verbatim: ``$`` escaped (no
+    mathtext), and no leading underscore (the legend would drop the entry)."""
+    s = s.replace("$", r"\$")
+    return f" {s}" if s.startswith("_") else s
 
 
-def plot_transition(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str, TransitionFit], path: Path,
-                    *, title: str, level: float = 0.95) -> Path:
+def fit_label(name: str, fit: TransitionFit | None) -> str:
+    """Legend entry of one curve: its name and rho_c with the interval, or why there is none."""
+    if fit is None:
+        return f"{verbatim(name)}: no fit"
+    if fit.status != STATUS_OK:
+        where = {"above": f" (ρc > {fit.rho_max:g})", "below": f" (ρc < {fit.rho_min:g})"}.get(fit.beyond or "", "")
+        return f"{verbatim(name)}: {fit.status.value.replace('_', ' ')}{where}"
+    if fit.ci_low is None:
+        why = UNDETERMINED_SHORT[fit.interval_undetermined]
+        return f"{verbatim(name)}: ρc = {fit.rho_c:.3f}, interval not determined ({why})"
+    return f"{verbatim(name)}: ρc = {fit.rho_c:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}]"
+
+
+def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str, TransitionFit], *,
+                      curve: str, title: str, level: float = 0.95) -> Figure:
     """Top-layer KL vs rho (left) and the fraction of active top units with the fitted logistic (right).
 
-    ``configs``: rows of the rho_c table (or of the configurations) of one family.
+    ``configs``: the configurations to draw, in legend order; ``curve``: the column naming each curve
+    (``latent_dims`` within a latent-size family, ``dataset`` within a dataset family).
 
-    One colour per latent size; dots are single runs (seeds, slightly jittered), lines the median over seeds;
-    the vertical line and band are the fitted rho_c and its bootstrap interval.
+    One colour per configuration; dots are single runs (seeds, slightly jittered), the left lines the median KL
+    over seeds; on the right the fitted logistic; the vertical line and band are the fitted rho_c and its
+    interval (no band when the interval is not determined).
     """
     fig, (ax_kl, ax_m) = _new(2)
-    order = configs.sort("top_dim", "total_latent")
     rho_all = runs["rho"].unique().sort().to_numpy()
     step = float(np.min(np.diff(rho_all))) if len(rho_all) > 1 else 0.01
     grid = np.linspace(rho_all.min(), rho_all.max(), 400) if len(rho_all) else np.array([])
-    for color, cfg in zip(_colors(order.height), order.iter_rows(named=True)):
+    for color, cfg in zip(_colors(configs.height), configs.iter_rows(named=True)):
         sub = runs.filter(pl.col("config_id") == cfg["config_id"])
         fit = fits.get(cfg["config_id"])
+        name = str(cfg[curve])
         rho = sub["rho"].to_numpy()
         jit = rho + _jitter(len(rho), 0.12 * step, 1)
         med = sub.group_by("rho").agg(pl.col("top_kl").median(), pl.col("active_fraction").mean()).sort("rho")
         ax_kl.scatter(jit, sub["top_kl"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
-        ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8,
-                   label=_fit_label(cfg["latent_dims"], fit, level, cfg))
+        ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8, label=fit_label(name, fit))
         ax_m.scatter(jit, sub["active_fraction"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
-        if fit is not None and fit.status == "ok" and fit.rho_c is not None and fit.width:
+        if fit is not None and fit.status == STATUS_OK:
             z = np.clip((grid - fit.rho_c) / fit.width, -500, 500)
-            ax_m.plot(grid, 1.0 / (1.0 + np.exp(z)), color=color, lw=1.8, label=cfg["latent_dims"])
+            ax_m.plot(grid, 1.0 / (1.0 + np.exp(z)), color=color, lw=1.8, label=verbatim(name))
             for ax in (ax_kl, ax_m):
                 ax.axvline(fit.rho_c, color=color, ls="--", lw=1.0)
-                if fit.ci_low is not None and fit.ci_high is not None:
-                    # An interval unbounded on one side is drawn to the edge of the swept range.
-                    lo = max(fit.ci_low, float(rho_all.min()) - step)
-                    hi = min(fit.ci_high, float(rho_all.max()) + step)
-                    ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
+                if fit.ci_low is not None:
+                    ax.axvspan(fit.ci_low, fit.ci_high, color=color, alpha=0.15, lw=0)
         else:
-            ax_m.plot(med["rho"], med["active_fraction"], color=color, lw=1.0, ls=":", label=f"{cfg['latent_dims']} (no fit)")
+            ax_m.plot(med["rho"], med["active_fraction"], color=color, lw=1.0, ls=":",
+                      label=f"{verbatim(name)} (no fit)")
     ax_kl.set_xlabel("ρ")
     ax_kl.set_ylabel("top-layer KL (nats)")
     ax_kl.set_title("Top-layer KL at the end of training")
-    ax_kl.legend(fontsize=8, title=f"latent sizes, ρc [{level:.0%} interval]", title_fontsize=8)
+    ax_kl.legend(fontsize=8, title=f"{curve.replace('_', ' ')}, ρc [{level:.0%} interval]", title_fontsize=8)
     ax_m.set_xlabel("ρ")
     ax_m.set_ylabel("fraction of active top-layer units")
     ax_m.set_ylim(-0.05, 1.05)
     ax_m.set_title("Order parameter and logistic fit")
     ax_m.legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    fig.suptitle(verbatim(title), fontsize=11)
+    return fig
 
 
-def plot_layers(runs: pl.DataFrame, configs: pl.DataFrame, path: Path, *, title: str) -> Path:
+def layers_figure(runs: pl.DataFrame, configs: pl.DataFrame, *, title: str) -> Figure:
     """Per-layer order parameters vs rho, one column per latent size: active units (top row) and KL (bottom row).
 
     Lines are means over seeds, bands the range over seeds; z1 is the layer next to x, the last one the top.
@@ -144,12 +153,12 @@ def plot_layers(runs: pl.DataFrame, configs: pl.DataFrame, path: Path, *, title:
             if row == 0:
                 ax.set_title(cfg["latent_dims"], fontsize=10)
             ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: per-layer active units and KL at the end of training (mean; band = range over seeds)",
-                 fontsize=11)
-    return _save(fig, path)
+    fig.suptitle(f"{verbatim(title)}: per-layer active units and KL at the end of training (mean; band = range over "
+                 f"seeds)", fontsize=11)
+    return fig
 
 
-def plot_curves(curves: pl.DataFrame, path: Path, *, title: str) -> Path:
+def curves_figure(curves: pl.DataFrame, *, title: str) -> Figure:
     """Training curves of one configuration: bound and top-layer KL over optimizer steps, one line per rho.
 
     ``curves``: rows (rho, step) with seed-averaged iw_bound/elbo and top_kl. Colour encodes rho (colour bar).
@@ -178,12 +187,40 @@ def plot_curves(curves: pl.DataFrame, path: Path, *, title: str) -> Path:
     if top.len() and top.min() > 0 and top.max() / top.min() > 100:
         ax_kl.set_yscale("log")
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=[ax_b, ax_kl], label="ρ", shrink=0.9)
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    fig.suptitle(verbatim(title), fontsize=11)
+    return fig
+
+
+def budget_figure(series: Sequence[tuple[str, BudgetSeries]], *, title: str, level: float = 0.95) -> Figure:
+    """rho_c (with its interval as an error bar) against the training step, one line per configuration.
+
+    ``series``: (name, BudgetSeries) in legend order. A budget without an interval is an open marker without a
+    bar; one without a fitted rho_c is left out. The legend says whether rho_c has converged.
+    """
+    fig, (ax,) = _new(1, width=6.4, height=4.2)
+    for color, (name, s) in zip(_colors(len(series)), series):
+        ok = [(st, f) for st, f in zip(s.steps, s.fits) if f.status == STATUS_OK]
+        steps = np.array([st for st, _ in ok], dtype=np.float64)
+        rho_c = np.array([f.rho_c for _, f in ok])
+        ax.plot(steps, rho_c, color=color, lw=1.4, label=f"{verbatim(name)}: {budget_short_text(s)}")
+        bounded = [(st, f) for st, f in ok if f.ci_low is not None]
+        if bounded:
+            x = np.array([st for st, _ in bounded], dtype=np.float64)
+            y = np.array([f.rho_c for _, f in bounded])
+            err = np.array([[f.rho_c - f.ci_low for _, f in bounded], [f.ci_high - f.rho_c for _, f in bounded]])
+            ax.errorbar(x, y, yerr=err, fmt="o", color=color, ms=4, capsize=3, lw=1.0)
+        unbounded = [(st, f.rho_c) for st, f in ok if f.ci_low is None]
+        if unbounded:
+            ax.plot(*zip(*unbounded), "o", mfc="none", color=color, ms=5)
+    ax.set_xlabel("training step (evaluation every run reached)")
+    ax.set_ylabel(f"ρc ({level:.0%} interval)")
+    ax.set_title("ρc against the training budget")
+    ax.legend(fontsize=8)
+    fig.suptitle(verbatim(title), fontsize=11)
+    return fig
 
 
 def safe_name(text: str) -> str:
-    """A file-name-safe version of an id."""
+    """A file-name-safe version of an id or a user's string (e.g. a dataset named ``idx:kmnist``)."""
     out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-    return out[:80] or "figure"
-
+    return out.lstrip(".")[:80] or "figure"

@@ -32,12 +32,6 @@ class Table:
     rows: list[list[str]]
     data: pl.DataFrame  # numeric values, one row per table row
 
-    def to_markdown(self) -> str:
-        esc = [[c.replace("|", "\\|") for c in row] for row in self.rows]
-        head = "| " + " | ".join(self.columns) + " |"
-        sep = "|" + "|".join("---" for _ in self.columns) + "|"
-        return "\n".join([head, sep, *("| " + " | ".join(r) + " |" for r in esc)])
-
     def to_text(self) -> str:
         widths = [max(len(c), *(len(r[i]) for r in self.rows)) if self.rows else len(c)
                   for i, c in enumerate(self.columns)]

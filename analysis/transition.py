@@ -9,34 +9,74 @@ loses its units gradually between rho 0.92 and 1.0). A binomial logistic model o
 gives one number (rho_c, where half the top units are active) with an interval, whether the transition is a
 step or a crossover. Everything else here exists to keep that number honest:
 
-* The interval comes from a bootstrap that resamples whole seeds: runs of one seed share initialisation and data
-  order, so they are not independent; resampling runs would understate the error. With few seeds the bootstrap
-  is too narrow (it sees G seeds, not the population), so the interval is widened by the usual small-sample
-  factor (see ``_small_sample_factor``).
+* The interval comes from a bootstrap that resamples whole seeds (``analysis.intervals.seed_bootstrap``: runs of
+  one seed share initialisation and data order, so they are not independent), widened for few seeds
+  (``analysis.intervals.small_sample_factor``). Each replicate is a weighted refit; ``_boot_fits`` solves all
+  replicates at once by vectorised Fisher scoring, which is what makes 500 replicates cost about as much as a
+  few scipy fits (the adaptive searcher refits after every batch of trials). With fewer than three seeds, or
+  when the resamples cannot bound rho_c, the interval is not determined and the fit says why
+  (``TransitionFit.interval_undetermined``) instead of printing a number the data do not support.
 * A perfect step makes the maximum-likelihood w go to 0 (separation). w is bounded below by a fraction of the
   grid spacing, and when the fitted w is smaller than the gap between the sampled rho values around rho_c, the
-  data cannot say where in that gap rho_c lies: the interval is widened to the whole gap and the message says so.
+  data cannot say where in that gap rho_c lies: the interval is widened to the whole gap.
 * A model-free bracket (from the raw active/collapsed pattern) and a change-point of the mean order parameter
   are reported next to the fit, as cross-checks that need no model.
 * When the swept range contains no transition, or the fit puts rho_c outside it, the status says so plainly
   instead of returning an extrapolated number.
 
-The public API (``TransitionFit``, ``fit_transition``) is fixed by the team contract; the adaptive searcher
-(``sweeps/refine.py``) and the analysis tables both call it.
+Every finding is data on ``TransitionFit`` (status, ``no_transition``, ``caveats``, ``interval_undetermined``);
+``describe`` turns them into the plain-English ``message``. The public API (``TransitionFit``, ``fit_transition``)
+is what the adaptive searcher (``sweeps/refine.py``) and the analysis tables call.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
-STATUS_OK = "ok"
-STATUS_NO_TRANSITION = "no_transition"
-STATUS_TOO_FEW = "too_few_points"
+from analysis.intervals import (MIN_SEEDS, UNDETERMINED_TEXT, Interval, Undetermined, percentile_interval,
+                                seed_bootstrap, small_sample_factor, widen)
+
+
+class FitStatus(str, enum.Enum):
+    """Outcome of a fit. A ``str`` enum, so ``fit.status == "ok"`` keeps working for callers and tables."""
+
+    OK = "ok"
+    NO_TRANSITION = "no_transition"
+    TOO_FEW = "too_few_points"
+
+
+STATUS_OK = FitStatus.OK
+STATUS_NO_TRANSITION = FitStatus.NO_TRANSITION
+STATUS_TOO_FEW = FitStatus.TOO_FEW
+
+
+class NoTransition(enum.Enum):
+    """Why the swept range holds no transition, and so on which side rho_c lies."""
+
+    ALL_ACTIVE = "all_active"  # every top unit active in every run: rho_c above the range
+    ALL_COLLAPSED = "all_collapsed"  # collapsed in every run: rho_c below the range
+    FITTED_ABOVE = "fitted_above"  # units drop but the fitted half-point lies above the range
+    FITTED_BELOW = "fitted_below"
+
+    @property
+    def side(self) -> str:
+        return "above" if self in (NoTransition.ALL_ACTIVE, NoTransition.FITTED_ABOVE) else "below"
+
+
+class Caveat(enum.Enum):
+    """Something a reader of an "ok" fit must know; text in ``CAVEAT_TEXT``."""
+
+    SEPARATION = "separation"  # a step sharper than the rho spacing: w held at its lower bound
+    BROADER_THAN_RANGE = "broader_than_range"  # w at its upper bound
+    INTERVAL_IS_GAP = "interval_is_gap"  # the interval was widened to the sampled gap around rho_c
+    INTERVAL_OUTSIDE_RANGE = "interval_outside_range"
+
 
 MIN_RHO_POINTS = 3
 # Lower bound of w as a fraction of the smallest gap between sampled rho values. Below this the likelihood of a
@@ -52,10 +92,10 @@ RHO_C_MARGIN_SPANS = 1.0
 class TransitionFit:
     """The critical rho of one configuration, with its interval, cross-checks and a plain-English verdict."""
 
-    status: str  # "ok" | "no_transition" | "too_few_points"
-    message: str  # plain-English explanation, always set
+    status: FitStatus  # "ok" | "no_transition" | "too_few_points"
+    message: str  # plain-English explanation of everything below (``describe``)
     rho_c: float | None  # point estimate (maximum likelihood)
-    ci_low: float | None  # bootstrap interval (level given to fit_transition)
+    ci_low: float | None  # seed-bootstrap interval (level given to fit_transition); None when not determined
     ci_high: float | None
     width: float | None  # logistic scale w
     bracket_low: float | None  # last rho (from below) where every seed is active
@@ -64,6 +104,27 @@ class TransitionFit:
     n_runs: int
     n_rho: int
     n_seeds: int
+    interval_undetermined: Undetermined | None = None  # why there is no interval (status "ok" only)
+    caveats: tuple[Caveat, ...] = ()
+    no_transition: NoTransition | None = None  # why, for status "no_transition"
+    rho_min: float | None = None  # the swept range
+    rho_max: float | None = None
+    level: float = 0.95
+    n_boot: int = 0
+    resampler: Resampler | None = field(default=None, repr=False, compare=False)  # status "ok" only
+
+    @property
+    def beyond(self) -> str | None:
+        """"above" / "below" the swept range for status "no_transition", else None."""
+        return None if self.no_transition is None else self.no_transition.side
+
+    @property
+    def w_at_floor(self) -> bool:
+        return Caveat.SEPARATION in self.caveats
+
+    @property
+    def w_at_ceiling(self) -> bool:
+        return Caveat.BROADER_THAN_RANGE in self.caveats
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -206,14 +267,16 @@ def _mle(x: np.ndarray, k: np.ndarray, n: np.ndarray, bounds: tuple[tuple[float,
 
 
 def _boot_fits(x: np.ndarray, k: np.ndarray, n: np.ndarray, weights: np.ndarray, start: tuple[float, float],
-               bounds: tuple[tuple[float, float], tuple[float, float]], iters: int = 100) -> np.ndarray:
-    """x_c of every bootstrap replicate at once (weights: replicates x runs, the seed multiplicities; k: the
-    counts, one row for all replicates or one row per replicate for a parametric bootstrap).
+               bounds: tuple[tuple[float, float], tuple[float, float]], iters: int = 100
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(x_c, log w) of every bootstrap replicate at once (weights: replicates x runs, the seed multiplicities;
+    k: the counts, one row for all replicates or one row per replicate).
 
     Projected Fisher scoring with step halving, vectorised over replicates: a few hundred replicates cost about
     as much as one scipy fit each would cost per replicate, which is what makes coverage checks and the adaptive
     searcher's per-batch refits cheap. Replicates with no transition at all (every weighted run fully active, or
-    every one collapsed) have no finite optimum; they are returned as +inf / -inf (rho_c beyond the range).
+    every one collapsed) have no finite optimum; their x_c is returned as +inf / -inf (rho_c beyond the range)
+    and their log w as NaN.
     """
     (xlo, xhi), (slo, shi) = bounds
     n_rep = weights.shape[0]
@@ -273,41 +336,64 @@ def _boot_fits(x: np.ndarray, k: np.ndarray, n: np.ndarray, weights: np.ndarray,
             active &= ~done_now
         active &= accepted  # no ascent possible from here: at a (box-)optimum
         xc, s = new_xc, new_s
-    xc = xc.astype(np.float64)
+    xc, s = xc.astype(np.float64), s.astype(np.float64)
     xc[full] = np.inf
     xc[none] = -np.inf
-    return xc
+    s[full | none] = np.nan
+    return xc, s
 
 
-def _small_sample_factor(n_seeds: int, level: float) -> float:
-    """Widening of a seed-bootstrap interval for G seeds: sqrt(G / (G - 1)) * t_{G-1} / z.
+@dataclass(frozen=True, eq=False)
+class Resampler:
+    """The weighted refits of one configuration's runs, vectorised over seed resamples (``_boot_fits``).
 
-    The bootstrap variance of a statistic averaged over G resampled clusters is (G - 1) / G of the unbiased
-    estimate, and with G clusters the standardised error follows (roughly) Student's t with G - 1 degrees of
-    freedom, not the normal. For 8 seeds the factor is 1.3; for 3 seeds 2.7; it tends to 1 as G grows.
+    Why an object: the rho_c interval needs rho_c per resample and the across-latent-size comparison needs w per
+    resample; both come from the same refits, so both use this (with ``analysis.intervals.seed_bootstrap``).
     """
-    if n_seeds < 2:
-        return 1.0
-    q = 0.5 + level / 2.0
-    return math.sqrt(n_seeds / (n_seeds - 1)) * float(stats.t.ppf(q, n_seeds - 1) / stats.norm.ppf(q))
+
+    x: np.ndarray  # standardised rho of each run
+    k: np.ndarray
+    n: np.ndarray
+    seed_idx: np.ndarray  # seed of each run as 0..n_seeds-1
+    n_seeds: int
+    start: tuple[float, float]  # the fit on all runs, (x_c, log w)
+    bounds: tuple[tuple[float, float], tuple[float, float]]
+    rho_lo: float  # rho = rho_lo + rho_span * x
+    rho_span: float
+
+    def refit(self, mult: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rho_c, log w) per replicate of seed multiplicities ``mult`` (replicates x seeds).
+
+        Values the resample cannot bound are infinite: rho_c on the search box or with no transition at all
+        (+-inf, by side), log w at a bound of the fit (-inf at the floor, +inf at the ceiling); log w is NaN where
+        the replicate has no transition or its rho_c is infinite.
+        """
+        (xlo, xhi), (slo, shi) = self.bounds
+        xc, s = _boot_fits(self.x, self.k, self.n, mult[:, self.seed_idx].astype(np.float64), self.start, self.bounds)
+        xc = np.where(xc <= xlo + 1e-9, -np.inf, np.where(xc >= xhi - 1e-9, np.inf, xc))
+        s = np.where(s <= slo + 1e-6, -np.inf, np.where(s >= shi - 1e-6, np.inf, s))
+        s = np.where(np.isfinite(xc), s, np.nan)
+        return self.rho_lo + self.rho_span * xc, s + math.log(self.rho_span)
 
 
-def _interval(boot: np.ndarray, rho_c: float, level: float, factor: float) -> tuple[float, float]:
-    """Percentile interval of the bootstrap estimates, its distances from rho_c stretched by ``factor``.
+def _interval(resampler: Resampler, rho_c: float, *, level: float, n_boot: int, rng: np.random.Generator
+              ) -> Interval:
+    """The seed-bootstrap interval of rho_c, widened for few seeds, or why there is none."""
+    if n_boot == 0:
+        return Interval.not_determined(Undetermined.NOT_COMPUTED)
+    if resampler.n_seeds < MIN_SEEDS:
+        return Interval.not_determined(Undetermined.TOO_FEW_SEEDS)
+    boot = seed_bootstrap(lambda mult: resampler.refit(mult)[0], [resampler.n_seeds], n_resamples=n_boot, rng=rng)
+    q_lo, q_hi = percentile_interval(boot, level)
+    if not (math.isfinite(q_lo) and math.isfinite(q_hi)):
+        return Interval.not_determined(Undetermined.UNBOUNDED_RESAMPLES)
+    return Interval(*widen(rho_c, q_lo, q_hi, small_sample_factor(resampler.n_seeds, level)))
 
-    Order statistics (no interpolation), so replicates at +-inf give an honest unbounded end instead of NaN.
-    """
-    b = np.sort(boot)
-    alpha = 1.0 - level
-    q_lo = float(b[int(math.floor((alpha / 2.0) * (b.size - 1)))])
-    q_hi = float(b[int(math.ceil((1.0 - alpha / 2.0) * (b.size - 1)))])
-    low = rho_c - factor * (rho_c - q_lo) if q_lo <= rho_c else q_lo
-    high = rho_c + factor * (q_hi - rho_c) if q_hi >= rho_c else q_hi
-    return low, high
 
-
-def _fmt(v: float | None) -> str:
-    return "none" if v is None else f"{v:.4f}"
+def _gap_around(levels: np.ndarray, rho_c: float) -> tuple[float, float] | None:
+    """The two sampled rho values enclosing rho_c (None at the edge of the sweep)."""
+    left, right = levels[levels <= rho_c], levels[levels > rho_c]
+    return (float(left[-1]), float(right[0])) if left.size and right.size else None
 
 
 # ------------------------------------------------------------------------------------------------ public API
@@ -321,8 +407,7 @@ def fit_transition(rho: Any, seed: Any, active_units: Any, top_dim: Any, *, leve
 
     Returns a ``TransitionFit`` whose ``status`` is "ok", "no_transition" (every run active, every run collapsed,
     or the fitted rho_c outside the swept range: the sweep must be widened) or "too_few_points" (fewer than 3
-    distinct rho). ``message`` always explains the verdict and any caveat (separation, seeds too few for a seed
-    bootstrap, an interval reaching outside the range).
+    distinct rho). ``message`` explains the verdict and any caveat.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
@@ -330,103 +415,112 @@ def fit_transition(rho: Any, seed: Any, active_units: Any, top_dim: Any, *, leve
         raise ValueError(f"n_boot must be a whole number >= 0; got {n_boot}")
     r, seed_idx, k, n = _validate(rho, seed, active_units, top_dim)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    n_runs = int(r.size)
+    fit = _fit(r, seed_idx, k, n, level=level, n_boot=int(n_boot), rng=gen)
+    return replace(fit, message=describe(fit))
+
+
+def _fit(r: np.ndarray, seed_idx: np.ndarray, k: np.ndarray, n: np.ndarray, *, level: float, n_boot: int,
+         rng: np.random.Generator) -> TransitionFit:
+    """The computation of fit_transition on validated arrays (``message`` left empty)."""
     levels = np.unique(r)
-    n_rho = int(levels.size)
-    n_seeds = int(np.unique(seed_idx).size) if n_runs else 0
-    counts = dict(n_runs=n_runs, n_rho=n_rho, n_seeds=n_seeds)
-    none_fit = dict(rho_c=None, ci_low=None, ci_high=None, width=None)
-
-    if n_rho < MIN_RHO_POINTS:
-        return TransitionFit(STATUS_TOO_FEW, f"only {n_rho} distinct rho value(s) in {n_runs} run(s); a transition "
-                             f"needs at least {MIN_RHO_POINTS} rho values: sweep more rho", **none_fit,
-                             bracket_low=None, bracket_high=None, changepoint=None, **counts)
-
-    m = k / n
+    n_seeds = int(np.unique(seed_idx).size) if r.size else 0
+    base = dict(message="", n_runs=int(r.size), n_rho=int(levels.size), n_seeds=n_seeds, level=level, n_boot=n_boot,
+                rho_min=float(levels[0]) if levels.size else None, rho_max=float(levels[-1]) if levels.size else None)
+    no_fit = dict(rho_c=None, ci_low=None, ci_high=None, width=None)
+    if levels.size < MIN_RHO_POINTS:
+        return TransitionFit(STATUS_TOO_FEW, **no_fit, bracket_low=None, bracket_high=None, changepoint=None, **base)
     b_low, b_high = _bracket(r, k)
-    cp = _changepoint(r, m)
-    lo, hi = float(levels[0]), float(levels[-1])
-    span = hi - lo
+    cp = _changepoint(r, k / n)
     cross = dict(bracket_low=b_low, bracket_high=b_high, changepoint=cp)
-    if np.all(k == n):
-        return TransitionFit(STATUS_NO_TRANSITION, f"every top unit is active in every run for rho in [{lo:.4f}, "
-                             f"{hi:.4f}]: the transition, if any, lies above this range; sweep higher rho",
-                             **none_fit, **cross, **counts)
-    if np.all(k == 0):
-        return TransitionFit(STATUS_NO_TRANSITION, f"the top layer is collapsed in every run for rho in [{lo:.4f}, "
-                             f"{hi:.4f}]: the transition, if any, lies below this range; sweep lower rho",
-                             **none_fit, **cross, **counts)
+    if np.all(k == n) or np.all(k == 0):
+        why = NoTransition.ALL_ACTIVE if np.all(k == n) else NoTransition.ALL_COLLAPSED
+        return TransitionFit(STATUS_NO_TRANSITION, **no_fit, **cross, **base, no_transition=why)
 
     # Standardised coordinates: x in [0, 1] over the sweep, so bounds and tolerances do not depend on units.
+    lo, hi = float(levels[0]), float(levels[-1])
+    span = hi - lo
     x = (r - lo) / span
-    gaps = np.diff(levels) / span
-    w_min = W_MIN_FRACTION_OF_GAP * float(gaps.min())
-    w_max = W_MAX_FRACTION_OF_SPAN
-    bounds = ((-RHO_C_MARGIN_SPANS, 1.0 + RHO_C_MARGIN_SPANS), (math.log(w_min), math.log(w_max)))
-    start = ((cp if cp is not None else 0.5 * (lo + hi)) - lo) / span
-    xc_hat, s_hat = _mle(x, k, n, bounds, start)
-    rho_c = lo + span * xc_hat
-    w_hat = span * math.exp(s_hat)
-    notes: list[str] = []
-
+    w_min = W_MIN_FRACTION_OF_GAP * float((np.diff(levels) / span).min())
+    bounds = ((-RHO_C_MARGIN_SPANS, 1.0 + RHO_C_MARGIN_SPANS), (math.log(w_min), math.log(W_MAX_FRACTION_OF_SPAN)))
+    xc_hat, s_hat = _mle(x, k, n, bounds, ((cp if cp is not None else 0.5 * (lo + hi)) - lo) / span)
+    rho_c, w_hat = lo + span * xc_hat, span * math.exp(s_hat)
     if rho_c < lo or rho_c > hi:
-        side = "below" if rho_c < lo else "above"
-        return TransitionFit(STATUS_NO_TRANSITION, f"the fitted rho_c ({rho_c:.4f}, w {w_hat:.4f}) lies {side} the "
-                             f"swept range [{lo:.4f}, {hi:.4f}]: the range does not contain the transition; sweep "
-                             f"{'lower' if side == 'below' else 'higher'} rho", **none_fit, **cross, **counts)
+        why = NoTransition.FITTED_BELOW if rho_c < lo else NoTransition.FITTED_ABOVE
+        return TransitionFit(STATUS_NO_TRANSITION, **no_fit, **cross, **base, no_transition=why)
 
-    at_w_min = s_hat <= math.log(w_min) + 1e-6
-    at_w_max = s_hat >= math.log(w_max) - 1e-6
-    if at_w_min:
-        notes.append(f"the runs separate perfectly (a step sharper than the rho spacing): w is held at its lower "
-                     f"bound {w_hat:.2g} ({W_MIN_FRACTION_OF_GAP:g} x the smallest rho gap)")
-    if at_w_max:
-        notes.append(f"the crossover is at least as broad as the swept range (w at its upper bound {w_hat:.3g}); "
-                     f"sweep a wider range for a meaningful rho_c")
-
-    ci_low = ci_high = None
-    if n_boot > 0:
-        if n_seeds >= 2:
-            # Resample whole seeds: weight of a run = multiplicity of its seed in the replicate.
-            mult = gen.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=int(n_boot))
-            weights = mult[:, seed_idx].astype(np.float64)
-            how = f"seed bootstrap ({n_boot} resamples of {n_seeds} seeds)"
-        else:
-            # One seed: nothing to resample at the seed level; resample the binomial counts from the fit instead.
-            p_hat = _loglik_terms(np.asarray(xc_hat), np.asarray(s_hat), x, k, n)[2]
-            k_star = gen.binomial(n, p_hat, size=(int(n_boot), n_runs))
-            weights = None
-            how = "parametric bootstrap (one seed only: seed-to-seed variation is NOT in this interval)"
-        if weights is not None:
-            xc_boot = _boot_fits(x, k, n, weights, (xc_hat, s_hat), bounds)
-        else:
-            xc_boot = _boot_fits(x, k_star, n, np.ones((int(n_boot), n_runs)), (xc_hat, s_hat), bounds)
-        factor = _small_sample_factor(n_seeds, level)
-        ci_low, ci_high = _interval(lo + span * xc_boot, rho_c, level, factor)
-        if factor > 1.0:
-            how += f", widened x{factor:.2f} for {n_seeds} seeds"
+    caveats: list[Caveat] = []
+    if s_hat <= bounds[1][0] + 1e-6:
+        caveats.append(Caveat.SEPARATION)
+    if s_hat >= bounds[1][1] - 1e-6:
+        caveats.append(Caveat.BROADER_THAN_RANGE)
+    resampler = Resampler(x, k, n, seed_idx, n_seeds, (xc_hat, s_hat), bounds, lo, span)
+    if Caveat.BROADER_THAN_RANGE in caveats and n_boot:
+        ci = Interval.not_determined(Undetermined.WIDTH_AT_LIMIT)
+    else:
+        ci = _interval(resampler, rho_c, level=level, n_boot=n_boot, rng=rng)
+    gap = _gap_around(levels, rho_c)
+    if ci.determined and gap is not None:
         # Resolution floor: a transition whose 12-88 % rise (4 w) fits inside the gap between the sampled rho
         # around rho_c has no sampled point on its slope, so the data locate it only to within that gap.
-        left = levels[levels <= rho_c]
-        right = levels[levels > rho_c]
-        if left.size and right.size:
-            g_lo, g_hi = float(left[-1]), float(right[0])
-            if 4.0 * w_hat < (g_hi - g_lo) or at_w_min:
-                if ci_low > g_lo or ci_high < g_hi:
-                    notes.append(f"the transition is sharper than the rho spacing there; the interval covers the "
-                                 f"whole gap [{g_lo:.4f}, {g_hi:.4f}] (sample rho inside it to narrow it)")
-                ci_low, ci_high = min(ci_low, g_lo), max(ci_high, g_hi)
-        if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
-            notes.append("some seed resamples show no transition in the range, so the interval is unbounded on one "
-                         "side; add seeds or widen the range")
-        elif ci_low < lo or ci_high > hi:
-            notes.append("the interval reaches outside the swept range")
-        notes.insert(0, f"{int(round(100 * level))}% interval by {how}")
-    else:
-        notes.insert(0, "no interval (n_boot = 0)")
+        if 4.0 * w_hat < gap[1] - gap[0] or Caveat.SEPARATION in caveats:
+            if ci.low > gap[0] or ci.high < gap[1]:
+                caveats.append(Caveat.INTERVAL_IS_GAP)
+            ci = Interval(min(ci.low, gap[0]), max(ci.high, gap[1]))
+    if ci.determined and (ci.low < lo or ci.high > hi):
+        caveats.append(Caveat.INTERVAL_OUTSIDE_RANGE)
+    return TransitionFit(STATUS_OK, rho_c=float(rho_c), ci_low=ci.low, ci_high=ci.high, width=float(w_hat), **cross,
+                         **base, interval_undetermined=ci.undetermined, caveats=tuple(caveats), resampler=resampler)
 
-    msg = (f"rho_c = {rho_c:.4f} (w {w_hat:.4f}), interval [{_fmt(ci_low)}, {_fmt(ci_high)}] from {n_runs} runs "
-           f"at {n_rho} rho values x {n_seeds} seed(s); bracket [{_fmt(b_low)}, {_fmt(b_high)}], change-point "
-           f"{_fmt(cp)}. " + "; ".join(notes) + ".")
-    return TransitionFit(STATUS_OK, msg, rho_c=float(rho_c), ci_low=ci_low, ci_high=ci_high, width=float(w_hat),
-                         **cross, **counts)
+
+# --------------------------------------------------------------------------------------------------- wording
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.4f}"
+
+
+def _range(fit: TransitionFit) -> str:
+    return f"[{fit.rho_min:.4f}, {fit.rho_max:.4f}]"
+
+
+NO_TRANSITION_TEXT: dict[NoTransition, str] = {
+    NoTransition.ALL_ACTIVE: "every top unit is active in every run for rho in {range}: the transition, if any, "
+                             "lies above this range; sweep higher rho",
+    NoTransition.ALL_COLLAPSED: "the top layer is collapsed in every run for rho in {range}: the transition, if "
+                                "any, lies below this range; sweep lower rho",
+    NoTransition.FITTED_ABOVE: "the fitted rho_c lies above the swept range {range}: the range does not contain "
+                               "the transition; sweep higher rho",
+    NoTransition.FITTED_BELOW: "the fitted rho_c lies below the swept range {range}: the range does not contain "
+                               "the transition; sweep lower rho",
+}
+
+
+def _caveat_text(c: Caveat, fit: TransitionFit) -> str:
+    if c is Caveat.SEPARATION:
+        return (f"the runs separate perfectly (a step sharper than the rho spacing): w is held at its lower bound "
+                f"{fit.width:.2g} ({W_MIN_FRACTION_OF_GAP:g} x the smallest rho gap)")
+    if c is Caveat.BROADER_THAN_RANGE:
+        return (f"the crossover is at least as broad as the swept range (w at its upper bound {fit.width:.3g}); "
+                f"sweep a wider range for a meaningful rho_c")
+    if c is Caveat.INTERVAL_IS_GAP:
+        return ("the transition is sharper than the rho spacing there; the interval covers the whole gap between "
+                "the sampled rho values around rho_c (sample rho inside it to narrow it)")
+    return "the interval reaches outside the swept range"
+
+
+def describe(fit: TransitionFit) -> str:
+    """The plain-English message of a fit: its numbers, how the interval was made, and every caveat."""
+    if fit.status == STATUS_TOO_FEW:
+        return (f"only {fit.n_rho} distinct rho value(s) in {fit.n_runs} run(s); a transition needs at least "
+                f"{MIN_RHO_POINTS} rho values: sweep more rho")
+    if fit.status == STATUS_NO_TRANSITION:
+        return NO_TRANSITION_TEXT[fit.no_transition].format(range=_range(fit))
+    pct = f"{int(round(100 * fit.level))}%"
+    if fit.interval_undetermined is None:
+        factor = small_sample_factor(fit.n_seeds, fit.level)
+        how = (f"{pct} interval [{_fmt(fit.ci_low)}, {_fmt(fit.ci_high)}] by seed bootstrap ({fit.n_boot} resamples "
+               f"of {fit.n_seeds} seeds), widened x{factor:.2f} for {fit.n_seeds} seeds")
+    else:
+        how = f"{pct} interval not determined: {UNDETERMINED_TEXT[fit.interval_undetermined]}"
+    notes = [how, *(_caveat_text(c, fit) for c in fit.caveats)]
+    return (f"rho_c = {fit.rho_c:.4f} (w {fit.width:.4f}) from {fit.n_runs} runs at {fit.n_rho} rho values x "
+            f"{fit.n_seeds} seed(s); bracket [{_fmt(fit.bracket_low)}, {_fmt(fit.bracket_high)}], change-point "
+            f"{_fmt(fit.changepoint)}. " + "; ".join(notes) + ".")

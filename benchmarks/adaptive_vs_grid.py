@@ -6,7 +6,7 @@ uniform 0.005 grid over the range, with every seed at every rho, using at most a
 
 Three sources of runs:
 
-* synthetic (default): a noisy logistic transition with seed-level offsets (``sweeps/synthetic.py``), several
+* synthetic (default): a noisy logistic transition with seed-level offsets (``analysis/synthetic.py``), several
   replicates per scenario, a known truth, so interval coverage is reported too. Fast: it drives the pure policy
   (``sweeps/refine.py``) with simulated asynchronous workers (``--workers`` at once, finishing in random order),
   the same decisions the Ray Tune searcher makes, without Ray.
@@ -59,12 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.transition import fit_transition  # noqa: E402
 from sweeps.refine import RefinePolicy, simulate, top_dim_of  # noqa: E402
-from sweeps.synthetic import noisy_active_units  # noqa: E402
+from analysis.synthetic import noisy_active_units  # noqa: E402
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 
 SCENARIOS: dict[str, dict[str, float]] = {
-    # a smooth crossover, as measured on digits (DESIGN.md section 6: w ~ 0.01, seeds differ by a few 0.001)
+    # a smooth crossover, as measured on digits with the demo model (w ~ 0.01, seeds differ by a few 0.001)
     "smooth": {"width": 0.01, "seed_sd": 0.004},
     # a sharp transition, the paper's "phase transition": the grid spacing, not the noise, limits the grid
     "sharp": {"width": 0.002, "seed_sd": 0.002},

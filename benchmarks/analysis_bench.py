@@ -6,8 +6,9 @@ Why synthetic: a million result rows is far more than this machine can train; th
 on-disk layout of a real sweep (one Parquet file per trial, hive-partitioned by sweep) with a known rho_c, so the
 benchmark also checks the answer. The folder is generated once and reused (generation is not timed).
 
-What is timed: each stage of ``analysis.analyze`` (scan + validation, the lazy queries, the fits, the tables),
-then the whole of ``analyze`` end to end, once without and once with figures and the report written.
+What is timed: each stage of ``analysis.analyze`` (scan + validation, the lazy queries, the fits, the comparisons
+across latent sizes, the fits at each training budget, the tables), then the whole of ``analyze`` end to end, once
+without and once with figures and the report written.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import polars as pl
 
+    from analysis.budget import evaluations_query, fit_budgets
+    from analysis.compare import compare_latent_sizes
     from analysis.critical import check_runs, configurations, final_runs_query, fit_configurations, trial_counts_query
     from analysis.io import collect, load_results
     from analysis.report import analyze, curves_query
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {trials} trials x {n_evals} evaluations into {root} ...", flush=True)
         t = time.perf_counter()
         truth = make_synthetic_results(root, sweep_id="bench", latent_sizes=sizes, rhos=rhos, n_seeds=seeds,
-                                       n_evals=n_evals, rng=1)
-        marker.write_text(json.dumps({"rho_c": truth.rho_c, "rows": truth.n_rows}))
+                                       n_evals=n_evals, salt=1)
+        rho_c = {dims: v for (_, dims), v in truth.rho_c.items()}
+        marker.write_text(json.dumps({"rho_c": rho_c, "rows": truth.n_rows}))
         print(f"  generated {truth.n_rows:,} rows in {time.perf_counter() - t:.1f} s")
     meta = json.loads(marker.read_text())
     n_rows = int(meta["rows"])
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def queries() -> None:
         res = state["res"]
-        state["frames"] = collect(res, final_runs_query(res), trial_counts_query(res), curves_query(res))
+        state["frames"] = collect(res, final_runs_query(res), trial_counts_query(res), evaluations_query(res),
+                                  curves_query(res))
 
     def fits() -> None:
         runs, counts = state["frames"][0], state["frames"][1].row(0, named=True)
@@ -84,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configurations(runs)
         state["crit"] = fit_configurations(runs, cfg)
         state["cfg"] = cfg
+
+    def comparisons() -> None:
+        compare_latent_sizes(state["crit"], n_resamples=200)
+
+    def budgets() -> None:
+        fit_budgets(state["crit"], state["frames"][2], n_boot=500)
 
     def tables() -> None:
         crit, cfg = state["crit"], state["cfg"]
@@ -93,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("stages:")
     t_load = best(load, "scan + validation (lazy, one pass)")
-    t_q = best(queries, "final rows + trial counts + curves (collect_all)")
-    best(fits, "fits (3 configs, n_boot=500, w-boot=200)")
+    t_q = best(queries, "final rows, counts, evaluations, curves (collect_all)")
+    best(fits, "fits (3 configs, n_boot=500)")
+    best(comparisons, "latent-size comparisons (w-boot=200)")
+    best(budgets, "fits at up to 8 budgets (n_boot=500)")
     t_tab = best(tables, "tables 6 and 8")
     print(f"  {'sum of the row-dependent stages (no fits)':<46s} {t_load + t_q + t_tab:7.3f} s   "
           f"{n_rows / (t_load + t_q + t_tab):14,.0f} rows/s")

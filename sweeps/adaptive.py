@@ -55,14 +55,14 @@ class AdaptiveRhoSearcher(Searcher):
     groups without ``latent_dims`` (else its last entry). ``max_concurrent``: most trials this searcher keeps
     running at once (``None``: as many as Tune will start; ``TuneConfig(max_concurrent_trials=...)`` sets it too).
     The remaining keywords are ``RefinePolicy``'s (rho_range, seeds, coarse_points, target_width,
-    max_trials_per_group, max_trials, min_spacing, batch_size, rho_limits, level, n_boot, random_state).
+    max_trials_per_group, max_trials, min_spacing, min_pending, rho_limits, level, n_boot, random_state).
     """
 
     def __init__(self, groups: Sequence[Mapping[str, Any]] | None = None, *,
                  rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3),
                  coarse_points: int = 4, target_width: float = 0.01,
                  max_trials_per_group: int | None = None, max_trials: int | None = None,
-                 max_concurrent: int | None = None, batch_size: int | None = None, min_spacing: float = 0.001,
+                 max_concurrent: int | None = None, min_pending: int | None = None, min_spacing: float = 0.001,
                  rho_limits: tuple[float, float] = (0.0, 1.0), active_key: str = "top_active_units",
                  top_dim: int | None = None, level: float = 0.95, n_boot: int = 200, random_state: int = 0) -> None:
         super().__init__(metric=None, mode=None)
@@ -78,7 +78,7 @@ class AdaptiveRhoSearcher(Searcher):
         self.policy = RefinePolicy(groups, top_dims=top_dims, rho_range=rho_range, seeds=seeds,
                                    coarse_points=coarse_points, target_width=target_width,
                                    max_trials_per_group=max_trials_per_group, max_trials=max_trials,
-                                   min_spacing=min_spacing, batch_size=batch_size, rho_limits=rho_limits,
+                                   min_spacing=min_spacing, min_pending=min_pending, rho_limits=rho_limits,
                                    level=level, n_boot=n_boot, random_state=random_state)
         if max_concurrent is not None and int(max_concurrent) < 1:
             raise RefineError(f"max_concurrent must be >= 1 (or None for no limit); got {max_concurrent}")

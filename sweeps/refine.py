@@ -11,18 +11,20 @@ Rules (per group = one latent configuration, each with its own state):
 
 1. Coarse: ``coarse_points`` rho values evenly over ``rho_range`` x every seed, all proposed at once.
 2. Refine in rounds: a round is one new rho value run with every seed. A round is planned from the fit on the
-   runs finished so far whenever fewer than ``batch_size`` of the group's trials are pending (so the next round
+   runs finished so far whenever fewer than ``min_pending`` of the group's trials are pending (so the next round
    is queued while the last one runs and workers stay busy):
    * fit ok, interval narrower than ``target_width``, and two sampled rho values on each side of rho_c within
      ``max(target_width, 2 min_spacing)`` -> stop proposing (the group finishes when nothing is pending and
      this still holds); the second condition keeps a narrow interval interpolated between coarse points from
      ending the search (see ``_resolved``);
-   * fit ok -> the free rho (on the ``min_spacing`` lattice) nearest the centre of [ci_low, ci_high], clipped to
-     ``rho_limits``; an interval reaching beyond the sampled range moves the centre there, which widens the sweep;
+   * fit ok with an interval -> the free rho (on the ``min_spacing`` lattice) nearest the centre of
+     [ci_low, ci_high], clipped to ``rho_limits``; an interval reaching beyond the sampled range moves the centre
+     there, which widens the sweep;
    * no transition in the sampled range -> widen by one range-width towards the side the data point to (still
      active at the top -> higher rho), up to ``rho_limits``; at the limit the group stops and says so;
-   * otherwise (no usable fit yet, e.g. errored coarse runs) -> bisect the sampled gap where the mean order
-     parameter crosses 1/2.
+   * otherwise (no usable fit yet, e.g. errored coarse runs, or a fit whose interval is not determined, e.g.
+     fewer than 3 seeds) -> bisect the sampled gap where the mean order parameter crosses 1/2. Such a group
+     cannot converge; it ends when its budget is spent or the lattice around the transition is used up.
    Every seed at the same rho keeps the design balanced, like a grid's, which the pooled fit and the seed
    bootstrap need (see ``_round``). No (rho, seed) pair is ever proposed twice (errored pairs included: Tune's
    own retries handle transient failures); when the lattice around the centre is used up, the nearest free
@@ -50,7 +52,9 @@ from ouvae.config import parse_latent_dims
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-STATE_VERSION = 1
+# 2: the setting "batch_size" is called "min_pending" (what it is: a threshold on pending trials). Version-1
+# states differ only in that name and are read (``_upgrade``).
+STATE_VERSION = 2
 
 
 class RefineError(ValueError):
@@ -121,7 +125,7 @@ class RefinePolicy:
     max_trials_per_group: budget per group, errored trials included (default: twice the coarse grid).
     max_trials: budget over all groups (default: no limit beyond the per-group budgets).
     min_spacing: proposed rho values are multiples of this (the finest useful resolution).
-    batch_size: a new refinement round is planned when fewer than this many of the group's trials are pending
+    min_pending: a new refinement round is planned when fewer than this many of the group's trials are pending
         (default: max(2, number of seeds), i.e. the next round is queued while the current one runs).
     rho_limits: the sweep may widen up to these (rho must stay in (0, 1]).
     level, n_boot: interval level and seed-bootstrap size of the fits that drive the proposals.
@@ -131,7 +135,7 @@ class RefinePolicy:
     def __init__(self, groups: Sequence[Mapping[str, Any]], *, top_dims: Sequence[int] | None = None,
                  rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3),
                  coarse_points: int = 4, target_width: float = 0.01, max_trials_per_group: int | None = None,
-                 max_trials: int | None = None, min_spacing: float = 0.001, batch_size: int | None = None,
+                 max_trials: int | None = None, min_spacing: float = 0.001, min_pending: int | None = None,
                  rho_limits: tuple[float, float] = (0.0, 1.0), level: float = 0.95, n_boot: int = 200,
                  random_state: int = 0) -> None:
         groups = list(groups)
@@ -171,9 +175,9 @@ class RefinePolicy:
         if len(set(keys)) != len(keys):
             raise RefineError("two groups have the same overrides: give each latent configuration once")
         self.seeds = seeds
-        self.s = float(min_spacing)
-        self.lim = (lim_lo, lim_hi)
-        self.range = (lo, hi)
+        self.min_spacing = float(min_spacing)
+        self.rho_limits = (lim_lo, lim_hi)
+        self.rho_range = (lo, hi)
         self.coarse_points = int(coarse_points)
         self.target_width = float(target_width)
         coarse_trials = self.coarse_points * len(seeds)
@@ -181,7 +185,7 @@ class RefinePolicy:
         if self.max_trials_per_group < 1:
             raise RefineError(f"max_trials_per_group must be >= 1; got {max_trials_per_group}")
         self.max_trials = int(max_trials) if max_trials else None
-        self.batch_size = int(batch_size) if batch_size else max(2, len(seeds))
+        self.min_pending = int(min_pending) if min_pending else max(2, len(seeds))
         self.level = float(level)
         self.n_boot = int(n_boot)
         self.random_state = int(random_state)
@@ -191,21 +195,21 @@ class RefinePolicy:
     # ----------------------------------------------------------------------------------------- rho lattice
     def lattice_index(self, rho: float) -> int:
         """The rho value as a whole number of min_spacing steps (how points are keyed: no float equality)."""
-        return int(round(rho / self.s))
+        return int(round(rho / self.min_spacing))
 
     def _rho(self, i: int) -> float:
-        return round(i * self.s, 12)
+        return round(i * self.min_spacing, 12)
 
     def _clamp_idx(self, i: int) -> int:
-        i_lo = max(int(math.ceil(self.lim[0] / self.s - 1e-9)), 1)  # rho > 0
-        i_hi = int(math.floor(self.lim[1] / self.s + 1e-9))
+        i_lo = max(int(math.ceil(self.rho_limits[0] / self.min_spacing - 1e-9)), 1)  # rho > 0
+        i_hi = int(math.floor(self.rho_limits[1] / self.min_spacing + 1e-9))
         return min(max(i, i_lo), i_hi)
 
     def coarse_grid(self) -> list[float]:
         """The coarse rho values (snapped inward to the lattice so they stay inside rho_range)."""
-        lo, hi = self.range
-        i_lo = int(math.ceil(lo / self.s - 1e-9))
-        i_hi = int(math.floor(hi / self.s + 1e-9))
+        lo, hi = self.rho_range
+        i_lo = int(math.ceil(lo / self.min_spacing - 1e-9))
+        i_hi = int(math.floor(hi / self.min_spacing + 1e-9))
         idx = sorted({int(round(v)) for v in np.linspace(i_lo, i_hi, self.coarse_points)})
         return [self._rho(i) for i in idx]
 
@@ -300,7 +304,7 @@ class RefinePolicy:
         g.queue = [q for q in g.queue if q not in g.points]
         if g.queue:
             return list(g.queue)
-        if pending >= self.batch_size:
+        if pending >= self.min_pending:
             return []
         # 2. refine from the fit on finished runs
         fit = self.fit(gi)
@@ -316,8 +320,8 @@ class RefinePolicy:
             picks = self._round(g, wider)
         if not picks:
             if not pending:
-                g.done_reason = (f"every (rho, seed) pair at spacing {self.s:g} around the transition has been "
-                                 f"run; the interval cannot narrow further at this resolution")
+                g.done_reason = (f"every (rho, seed) pair at spacing {self.min_spacing:g} around the transition "
+                                 f"has been run; the interval cannot narrow further at this resolution")
             return []
         left = self.max_trials_per_group - g.count()
         if self.max_trials is not None:
@@ -339,17 +343,17 @@ class RefinePolicy:
             if fit.ci_high - fit.ci_low <= self.target_width and self._resolved(done, fit.rho_c):
                 return None, (f"converged: rho_c {fit.rho_c:.4f}, interval [{fit.ci_low:.4f}, {fit.ci_high:.4f}] "
                               f"(width {fit.ci_high - fit.ci_low:.4f} <= target {self.target_width:g})")
-            lo_i = self._clamp_idx(int(math.floor(fit.ci_low / self.s)))
-            hi_i = self._clamp_idx(int(math.ceil(fit.ci_high / self.s)))
-            span_i = self.lattice_index(self.range[1] - self.range[0])
+            lo_i = self._clamp_idx(int(math.floor(fit.ci_low / self.min_spacing)))
+            hi_i = self._clamp_idx(int(math.ceil(fit.ci_high / self.min_spacing)))
+            span_i = self.lattice_index(self.rho_range[1] - self.rho_range[0])
             if hi_i - lo_i <= 2 * span_i:  # an interval wider than twice the range says little: bisect instead
                 return (lo_i, hi_i), None
         levels = sorted({r for r, _ in done})
         if not levels:  # every finished run errored: try the whole range again (at new lattice points)
-            return (self.lattice_index(self.range[0]), self.lattice_index(self.range[1])), None
+            return (self.lattice_index(self.rho_range[0]), self.lattice_index(self.rho_range[1])), None
         mean_m = {r: float(np.mean([m for rr, m in done if rr == r])) for r in levels}
         if fit.status == STATUS_NO_TRANSITION or mean_m[levels[-1]] >= 0.5 or mean_m[levels[0]] < 0.5:
-            span = self.lattice_index(self.range[1] - self.range[0])
+            span = self.lattice_index(self.rho_range[1] - self.rho_range[0])
             top, bottom = self.lattice_index(levels[-1]), self.lattice_index(levels[0])
             if mean_m[levels[-1]] >= 0.5:  # still mostly active at the top: the transition is higher
                 hi_lim = self._clamp_idx(10**9)
@@ -377,7 +381,7 @@ class RefinePolicy:
         narrower than the target, while a 0.005 grid put it at 0.908 [0.898, 0.914]; the order parameter is
         smooth but not logistic there. Requiring local support made the search end at 0.906-0.909 with
         intervals that contain the grid's estimate, at 0.20-0.22 of the grid's trials."""
-        reach = max(self.target_width, 2 * self.s) + 1e-9
+        reach = max(self.target_width, 2 * self.min_spacing) + 1e-9
         levels = {r for r, _ in done if abs(r - rho_c) <= reach}
         return sum(r <= rho_c for r in levels) >= 2 and sum(r >= rho_c for r in levels) >= 2
 
@@ -434,6 +438,7 @@ class RefinePolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output; refuses a state made for other groups or settings."""
+        state = _upgrade(state)
         if state.get("state_version") != STATE_VERSION:
             raise RefineError(f"adaptive-search state version {state.get('state_version')} is not "
                               f"{STATE_VERSION}: it was written by another version of sweeps/refine.py")
@@ -453,11 +458,19 @@ class RefinePolicy:
 
     def _settings(self) -> dict[str, Any]:
         return {"groups": [g.key for g in self.groups], "top_dims": [g.top_dim for g in self.groups],
-                "seeds": list(self.seeds), "min_spacing": self.s, "rho_range": list(self.range),
-                "rho_limits": list(self.lim), "coarse_points": self.coarse_points,
+                "seeds": list(self.seeds), "min_spacing": self.min_spacing, "rho_range": list(self.rho_range),
+                "rho_limits": list(self.rho_limits), "coarse_points": self.coarse_points,
                 "target_width": self.target_width, "max_trials_per_group": self.max_trials_per_group,
-                "max_trials": self.max_trials, "batch_size": self.batch_size, "level": self.level,
+                "max_trials": self.max_trials, "min_pending": self.min_pending, "level": self.level,
                 "n_boot": self.n_boot, "random_state": self.random_state}
+
+
+def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A version-1 state in the current form (its settings' "batch_size" is today's "min_pending")."""
+    if state.get("state_version") != 1:
+        return state
+    settings = {("min_pending" if k == "batch_size" else k): v for k, v in state.get("settings", {}).items()}
+    return {**state, "state_version": STATE_VERSION, "settings": settings}
 
 
 def _offsets(limit: int):

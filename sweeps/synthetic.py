@@ -1,14 +1,11 @@
-"""A synthetic critical-rho "training run": the order parameter drawn from a known noisy transition.
+"""A synthetic critical-rho "training run" for Ray Tune: the order parameter drawn from a known noisy transition.
 
 Why: the adaptive searcher must be shown to find rho_c where we put it, through real Ray Tune machinery, in
 seconds. Real training takes 3-9 s per run on digits; this takes microseconds and has a truth. It lives in the
-package (not in a test module) because Ray workers must be able to import the trainable.
-
-The model is the one of ``analysis/synthetic.py`` and of the critical-rho definition: seed s has its own
-critical point rho_c + delta_s (delta_s ~ N(0, seed_sd), fixed per seed, so seeds differ systematically), and
-each of the top_dim top units is active with probability 1 / (1 + exp((rho - rho_c - delta_s) / width)).
-Draws are a deterministic function of (rho, seed, salt): rerunning a point gives the same count, like a
-deterministic trainer would.
+package (not in a test module) because Ray workers must be able to import the trainable. The draws come from the
+project's one noisy-logistic generator, ``analysis.synthetic.noisy_active_units`` (its docstring has the model):
+a deterministic function of (rho, seed, salt), so rerunning a point gives the same count, like a deterministic
+trainer would.
 """
 
 from __future__ import annotations
@@ -16,28 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
+from analysis.synthetic import noisy_active_units
 from sweeps.refine import top_dim_of
 
 DEFAULTS: dict[str, Any] = {"true_rho_c": 0.93, "true_width": 0.01, "seed_sd": 0.004, "salt": 0}
-
-
-def seed_offset(seed: int, seed_sd: float, salt: int = 0) -> float:
-    """delta_s: the seed's own shift of the critical point (same for every rho)."""
-    if seed_sd <= 0:
-        return 0.0
-    return float(np.random.default_rng([int(salt), 7919, int(seed)]).normal(0.0, seed_sd))
-
-
-def noisy_active_units(rho: float, seed: int, top_dim: int, *, rho_c: float = 0.93, width: float = 0.01,
-                       seed_sd: float = 0.004, salt: int = 0) -> int:
-    """Active top-layer units of one synthetic run at (rho, seed)."""
-    shift = seed_offset(seed, seed_sd, salt)
-    z = np.clip((float(rho) - rho_c - shift) / width, -500.0, 500.0)
-    p = 1.0 / (1.0 + np.exp(z))
-    rng = np.random.default_rng([int(salt), int(seed), int(round(float(rho) * 1_000_000))])
-    return int(rng.binomial(int(top_dim), p))
 
 
 def top_dim_from(config: Mapping[str, Any]) -> int:

@@ -10,16 +10,24 @@ import contextlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from analysis import plots
 from analysis.__main__ import main
+from analysis.budget import BudgetVerdict, budget_short_text, budget_text
+from analysis.compare import (RhoCVerdict, SharpnessVerdict, interval_text, latent_family_text,
+                              sharpness_verdict_text)
+from analysis.intervals import Undetermined
+from analysis.render import render_text
 from analysis.report import analyze
 from analysis.schema import SCHEMA_VERSION, conform
 from analysis.synthetic import make_synthetic_results
@@ -54,7 +62,7 @@ def write_trial(root: Path, sweep: str, trial: str, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "results"
-    truth = make_synthetic_results(root, n_evals=3, rng=3)  # rho_c 0.95 / 0.92 / 0.89 for 10 / 20 / 40 units
+    truth = make_synthetic_results(root, n_evals=3, salt=3)  # rho_c 0.95 / 0.92 / 0.89 for 10 / 20 / 40 units
     out = root.parent / "report"
     rc, stdout, stderr = run_cli(root, "--out", out, *FAST)
     return truth, out, rc, stdout, stderr
@@ -64,80 +72,252 @@ def test_cli_recovers_known_rho_c_per_latent_size(synth):
     truth, out, rc, stdout, stderr = synth
     assert rc == 0, stderr
     table = pl.read_csv(out / "tables" / "rho_c.csv")
-    assert sorted(table["latent_dims"].to_list()) == sorted(truth.rho_c)
+    assert sorted(table["latent_dims"].to_list()) == sorted(dims for _, dims in truth.rho_c)
     for r in table.iter_rows(named=True):
         assert r["status"] == "ok", r["message"]
-        assert abs(r["rho_c"] - truth.rho_c[r["latent_dims"]]) < 0.015, r
+        assert abs(r["rho_c"] - truth.rho_c[(r["dataset"], r["latent_dims"])]) < 0.015, r
         assert r["ci_low"] <= r["rho_c"] <= r["ci_high"]
-        assert r["n_seeds"] == 4 and r["n_rho"] == 11
+        assert r["n_seeds"] == 4 and r["n_rho"] == 11 and r["budget"] == "converged"
         assert f"{r['rho_c']:.3f}" in stdout  # the printed table carries the estimate
 
 
 def test_wider_latents_have_lower_rho_c_when_true(synth):
     _, out, rc, stdout, _ = synth
     cmp = pl.read_csv(out / "tables" / "latent_size_comparison.csv")
-    assert cmp["rho_c_verdict"].to_list() == ["lower for the wider latent"] * 2
+    assert cmp["rho_c_verdict"].to_list() == ["lower"] * 2
     assert (cmp["delta_ci_high"] < 0).all()
-    assert "rho_c is lower for wider latents at every step" in stdout
+    assert "rho_c is lower for wider latents at every step" in stdout and "lower for the wider latent" in stdout
 
 
-def test_wider_latents_higher_rho_c_is_reported_as_such(tmp_path):
-    root = tmp_path / "res"
-    make_synthetic_results(root, rho_c={10: 0.89, 20: 0.92, 40: 0.95}, n_evals=1, rng=5)
-    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=0)
-    assert rep.critical.comparisons["rho_c_verdict"].to_list() == ["higher for the wider latent"] * 2
-    assert "unlike the paper" in next(iter(rep.critical.trends.values()))
-    # compare_boot=0: no interval on the width ratio, and the verdict says so instead of guessing
-    assert all(v.startswith("no verdict") for v in rep.critical.comparisons["sharpness_verdict"].to_list())
-
-
-def test_size_without_transition_in_range_still_bounds_the_comparison(tmp_path):
-    root = tmp_path / "res"
-    # the narrow model never collapses in [0.8, 1]: its rho_c lies above the range, so the wider one is lower
-    make_synthetic_results(root, latent_sizes=(10, 40), rho_c={10: 1.5, 40: 0.9}, n_evals=1, rng=6)
-    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=0)
-    assert rep.critical.table["status"].to_list() == ["no_transition", "ok"]
-    assert rep.critical.table["beyond"].to_list() == ["above", None]
-    verdict = rep.critical.comparisons["rho_c_verdict"][0]
-    assert verdict.startswith("lower for the wider latent") and "> 1" in verdict
-
-
-def test_equal_rho_c_gives_no_verdict_of_change(tmp_path):
-    root = tmp_path / "res"
-    make_synthetic_results(root, rho_c=0.92, n_evals=1, rng=2)
-    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=60)
-    assert rep.critical.comparisons["rho_c_verdict"].to_list() == ["no clear difference"] * 2
-    assert "no clear change of rho_c with width" in next(iter(rep.critical.trends.values()))
-
-
-def test_sharper_transition_for_wider_latent_is_detected(tmp_path):
-    root = tmp_path / "res"
-    rhos = [round(0.80 + 0.01 * i, 3) for i in range(21)]
-    make_synthetic_results(root, latent_sizes=(10, 40), rho_c=0.9, width={10: 0.04, 40: 0.012}, rhos=rhos,
-                           n_seeds=4, n_evals=1, rng=4)
-    rep = analyze(root, write=False, plots_on=False, n_boot=200, compare_boot=100)
-    row = rep.critical.comparisons.row(0, named=True)
-    assert row["sharpness_verdict"] == "sharper for the wider latent", row
-    assert row["ratio_ci_high"] < 1 and abs(row["width_ratio"] - 0.3) < 0.15
-    assert "the transition sharpens (smaller w) with width" in next(iter(rep.critical.trends.values()))
+def _analyze(root: Path, **kw):
+    return analyze(root, write=False, plots_on=False, n_boot=200, **{"compare_boot": 0, **kw})
 
 
 def test_report_figures_and_tables_written(synth):
     _, out, rc, _, _ = synth
     assert rc == 0
     pngs = sorted((out / "figures").glob("*.png"))
-    names = {p.name.split("_f")[0].split("_c")[0] for p in pngs}
-    assert {"transition", "layers", "curves"} <= names
+    kinds = sorted({p.name.rsplit("_", 1)[0] for p in pngs})
+    assert kinds == ["budget", "curves", "layers", "transition"]  # one dataset: no datasets_*.png
     assert len([p for p in pngs if p.name.startswith("curves_")]) == 3  # one per configuration
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC
         assert p.stat().st_size > 20_000, p
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs)  # self-contained: every figure embedded
-    assert "Table 6" in html and "Table 8" in html and "Critical ρ per configuration" in html
-    for name in ("rho_c", "latent_size_comparison", "table6", "table8", "order_parameters"):
+    for heading in ("Critical ρ per configuration", "Across latent sizes", "ρc against the training budget",
+                    "Table 6", "Table 8"):
+        assert heading in html
+    for name in ("rho_c", "latent_size_comparison", "rho_c_by_budget", "table6", "table8", "order_parameters"):
         assert (out / "tables" / f"{name}.csv").stat().st_size > 0
+    assert not (out / "tables" / "dataset_comparison.csv").exists()
     assert not list(out.parent.glob(".report.staging-*"))  # the staging folder is gone after publishing
+
+
+def test_wider_latents_higher_rho_c_is_reported_as_such(tmp_path):
+    make_synthetic_results(tmp_path / "res", rho_c={10: 0.89, 20: 0.92, 40: 0.95}, n_evals=1, salt=5)
+    rep = _analyze(tmp_path / "res")
+    (family,) = rep.latent
+    assert [p.rho_c.verdict for p in family.pairs] == [RhoCVerdict.HIGHER] * 2
+    assert "unlike the paper" in latent_family_text(family, rep.critical)
+    # compare_boot=0: no interval on the width ratio, and the verdict says so instead of guessing
+    assert all(p.width.verdict is SharpnessVerdict.NOT_DETERMINED and
+               p.width.interval.undetermined is Undetermined.NOT_COMPUTED for p in family.pairs)
+
+
+def test_size_without_transition_in_range_still_bounds_the_comparison(tmp_path):
+    # the narrow model never collapses in [0.8, 1]: its rho_c lies above the range, so the wider one is lower
+    make_synthetic_results(tmp_path / "res", latent_sizes=(10, 40), rho_c={10: 1.5, 40: 0.9}, n_evals=1, salt=6)
+    rep = _analyze(tmp_path / "res")
+    assert rep.critical.table["status"].to_list() == ["no_transition", "ok"]
+    assert rep.critical.table["beyond"].to_list() == ["above", None]
+    (pair,) = rep.latent[0].pairs
+    assert pair.rho_c.verdict is RhoCVerdict.LOWER and pair.rho_c.from_bounds and pair.rho_c.delta is None
+    assert "10-10-10-10: > 1" in latent_family_text(rep.latent[0], rep.critical)
+
+
+def test_equal_rho_c_across_latent_sizes_is_similar_within_the_margin(tmp_path):
+    make_synthetic_results(tmp_path / "res", rho_c=0.92, n_evals=1, salt=2)
+    rep = _analyze(tmp_path / "res", compare_boot=60)
+    pairs = rep.latent[0].pairs
+    assert [p.rho_c.verdict for p in pairs] == [RhoCVerdict.SIMILAR] * 2
+    assert all(-0.02 <= p.rho_c.interval.low and p.rho_c.interval.high <= 0.02 for p in pairs)
+    assert "rho_c is similar within ±0.02 at every step" in latent_family_text(rep.latent[0], rep.critical)
+
+
+def test_sharper_transition_for_wider_latent_is_detected(tmp_path):
+    rhos = [round(0.80 + 0.01 * i, 3) for i in range(21)]
+    make_synthetic_results(tmp_path / "res", latent_sizes=(10, 40), rho_c=0.9, width={10: 0.04, 40: 0.012},
+                           rhos=rhos, n_seeds=4, n_evals=1, salt=4)
+    rep = _analyze(tmp_path / "res", compare_boot=100)
+    (pair,) = rep.latent[0].pairs
+    assert pair.width.verdict is SharpnessVerdict.SHARPER, pair
+    assert pair.width.interval.high < 1 and abs(pair.width.ratio - 0.3) < 0.15
+    assert "the transition sharpens (smaller w) with width" in latent_family_text(rep.latent[0], rep.critical)
+
+
+def test_width_ratio_the_resamples_cannot_bound_is_not_determined_never_0_or_1e12(tmp_path):
+    """The narrow size is a step sharper than the rho spacing for one of three seeds: every resample drawing that
+    seed three times (1 in 27, more than the 2.5% tail) has w at the floor of the fit, so the ratio's interval is
+    not bounded; the report says "not determined" and why, with no number standing in for 0 or infinity."""
+    from analysis.compare import width_ratio
+    from analysis.synthetic import noisy_runs
+    from analysis.transition import fit_transition
+
+    grid = np.round(np.linspace(0.8, 1.0, 21), 4)
+    R, S, K = noisy_runs(grid, 3, rho_c=0.9, width=0.02, seed_sd=0.0, salt=1)
+    K = np.where(S == 0, np.where(R <= 0.9, 10, 0), K)  # seed 0: a perfect step
+    narrow = fit_transition(R, S, K, 10, rng=0)
+    R, S, K = noisy_runs(grid, 3, rho_c=0.9, width=0.02, seed_sd=0.0, salt=2)
+    wide = fit_transition(R, S, K, 10, rng=0)
+    assert narrow.status == wide.status == "ok" and not narrow.w_at_floor
+    w = width_ratio(narrow, wide, n_resamples=200, level=0.95, rng=np.random.default_rng(0))
+    assert w.verdict is SharpnessVerdict.NOT_DETERMINED and w.interval.undetermined is Undetermined.WIDTH_AT_LIMIT
+    assert w.interval.low is None and w.interval.high is None and 0.1 < w.ratio < 10
+    assert sharpness_verdict_text(w) == "not determined (w at its limit)"
+    assert interval_text(w.interval, 2) == "not determined (w at its limit)"
+
+
+def test_step_sharper_than_the_spacing_prints_no_ratio(tmp_path):
+    make_synthetic_results(tmp_path / "res", latent_sizes=(10, 40), rho_c=0.9, width={10: 0.0005, 40: 0.02},
+                           seed_sd=0.0, n_evals=1, salt=9)
+    rc, stdout, _ = run_cli(tmp_path / "res", "--no-plots", *FAST)
+    assert rc == 0
+    cmp = pl.read_csv(tmp_path / "res" / "report" / "tables" / "latent_size_comparison.csv")
+    assert cmp["sharpness_verdict"].to_list() == ["not_determined"]
+    assert cmp["width_ratio"].to_list() == [None] and cmp["sharpness_undetermined"].to_list() == ["width_at_limit"]
+    assert "not determined (w at its limit)" in stdout
+    assert not re.search(r"\[0\.00, |\d{6,}\.\d", stdout)  # no 0.00 ends, no huge numbers
+
+
+# ------------------------------------------------------------------------------------------- across datasets
+@pytest.mark.parametrize("shift, seed_sd, n_seeds, verdict", [
+    (0.0, 0.002, 6, RhoCVerdict.SIMILAR),
+    (0.05, 0.002, 4, RhoCVerdict.HIGHER),
+    (-0.05, 0.002, 4, RhoCVerdict.LOWER),
+    (0.0, 0.02, 3, RhoCVerdict.NOT_DECIDED),
+], ids=["equal", "higher", "lower", "too-noisy"])
+def test_across_datasets_verdict(tmp_path, shift, seed_sd, n_seeds, verdict):
+    """Two datasets (one a user's data set named like idx:kmnist) whose rho_c differ by ``shift``."""
+    make_synthetic_results(tmp_path / "res", latent_sizes=(10,), datasets={"digits": 0.0, "idx:kmnist": shift},
+                           rho_c=0.92, seed_sd=seed_sd, n_seeds=n_seeds, n_evals=1, salt=7)
+    rep = _analyze(tmp_path / "res")
+    (pair,) = rep.datasets
+    d = pair.rho_c
+    assert d.verdict is verdict, (d, rep.critical.table.select("dataset", "rho_c", "ci_low", "ci_high"))
+    assert d.delta == pytest.approx(rep.critical.fits[pair.b].rho_c - rep.critical.fits[pair.a].rho_c)
+    if verdict is RhoCVerdict.SIMILAR:
+        assert -0.02 <= d.interval.low and d.interval.high <= 0.02
+    elif verdict is RhoCVerdict.NOT_DECIDED:  # contains 0, reaches beyond the margin
+        assert d.interval.low < 0 < d.interval.high and (d.interval.low < -0.02 or d.interval.high > 0.02)
+    else:
+        assert abs(d.delta - shift) < 0.015 and (d.interval.low > 0 if shift > 0 else d.interval.high < 0)
+    text = render_text(rep)
+    expected = {RhoCVerdict.SIMILAR: "similar within ±0.02", RhoCVerdict.HIGHER: "higher for dataset idx:kmnist",
+                RhoCVerdict.LOWER: "lower for dataset idx:kmnist",
+                RhoCVerdict.NOT_DECIDED: "not decided (the interval straddles ±0.02)"}[verdict]
+    assert "Across datasets:" in text and expected in text and "digits" in text
+
+
+def test_across_datasets_margin_is_an_option_and_a_missing_fit_gives_no_verdict(tmp_path):
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:mine": 0.012}, rho_c=0.92,
+                           seed_sd=0.002, n_seeds=6, n_evals=1, salt=8)
+    assert _analyze(root, delta=0.03).datasets[0].rho_c.verdict is RhoCVerdict.SIMILAR
+    assert _analyze(root, delta=0.005).datasets[0].rho_c.verdict is not RhoCVerdict.SIMILAR
+    # a third dataset swept at two rho values only: no fit, so no verdict for its pairs
+    make_synthetic_results(root, sweep_id="thin", latent_sizes=(10,), datasets=["fashion_mnist"], rhos=(0.9, 1.0),
+                           n_seeds=6, n_evals=1)
+    rep = _analyze(root)
+    missing = [p for p in rep.datasets if "fashion_mnist" in (rep.critical.table.filter(
+        pl.col("config_id").is_in([p.a, p.b]))["dataset"].to_list())]
+    assert len(rep.datasets) == 3 and len(missing) == 2
+    assert all(p.rho_c.verdict is RhoCVerdict.NO_VERDICT and p.rho_c.interval.undetermined is Undetermined.NO_FIT
+               for p in missing)
+    assert "no verdict (no fit)" in render_text(rep)
+
+
+# ----------------------------------------------------------------------------------------- training budget
+@pytest.mark.parametrize("drift, verdict", [(0.0, BudgetVerdict.CONVERGED), (0.08, BudgetVerdict.FALLING),
+                                            (-0.08, BudgetVerdict.RISING)], ids=["stable", "falling", "rising"])
+def test_rho_c_against_the_budget(tmp_path, drift, verdict):
+    """rho_c at fraction f of training = 0.92 + drift * (1 - f), 4 evaluations: a drift of 0.08 moves it by 0.02
+    in the last budget step, twice the tolerance (half the default margin 0.02)."""
+    truth = make_synthetic_results(tmp_path / "res", latent_sizes=(10,), rho_c=0.92, rho_c_drift=drift, n_seeds=6,
+                                   n_evals=4, steps_per_eval=500, seed_sd=0.002, salt=11)
+    rep = _analyze(tmp_path / "res")
+    (series,) = rep.budgets.values()
+    assert series.steps == list(truth.steps) == [500, 1000, 1500, 2000]
+    assert series.verdict is verdict, budget_text(series)
+    expected = [0.92 + drift * (1 - f) for f in (0.25, 0.5, 0.75, 1.0)]
+    assert [f.rho_c for f in series.fits] == pytest.approx(expected, abs=0.008)
+    assert series.fits[-1] is rep.critical.fits[series.config_id]  # the last budget is the main fit itself
+    text = render_text(rep)
+    row = next(line for line in text.splitlines() if line.startswith("c01 "))
+    if verdict is BudgetVerdict.CONVERGED:
+        assert "converged" in row and "still moving" not in text
+    else:  # said next to the number, and explained below the table
+        assert f"still {verdict.value} ({series.shift:+.3f} since step 1500)" in row
+        assert "ρc still moving with the training budget:" in text and "train longer" in text
+
+
+def test_budget_with_unequal_run_lengths_uses_the_steps_every_run_reached(tmp_path):
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_seeds=3, n_evals=3, salt=1)
+    cut = sorted(root.glob("sweep_id=*/*.parquet"))[0]  # one run ends after its second evaluation
+    _rewrite(cut, lambda t: t.slice(0, 2).set_column(t.schema.get_field_index("is_final"), "is_final",
+                                                     pa.array([False, True])))
+    rep = _analyze(root, max_budgets=2)
+    (series,) = rep.budgets.values()
+    assert series.steps == [1000, 2000]
+
+
+# ------------------------------------------------------------------------------------------- what figures show
+def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbatim(tmp_path):
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:$HOME/my data": 0.03,
+                                                               "_private": 0.0}, n_seeds=3, n_evals=1, salt=2)
+    rep = _analyze(root)
+    crit = rep.critical
+    fam = crit.configs.sort("dataset")
+    fig = plots.transition_figure(crit.runs, fam, crit.fits, curve="dataset", title="t")
+    ax_kl, ax_m = fig.axes[:2]
+    medians = [line for line in ax_kl.get_lines() if line.get_linestyle() == "-"]
+    assert len(medians) == 3
+    for line, cfg in zip(medians, fam.iter_rows(named=True)):
+        runs = crit.runs.filter(pl.col("config_id") == cfg["config_id"])
+        expect = runs.group_by("rho").agg(pl.col("top_kl").median()).sort("rho")
+        assert list(line.get_xdata()) == expect["rho"].to_list()
+        assert list(line.get_ydata()) == pytest.approx(expect["top_kl"].to_list())
+    labels = [t.get_text() for t in ax_kl.get_legend().get_texts()]
+    assert labels[0].startswith(r" _private: ρc = ") and labels[1].startswith("digits: ρc = ")
+    assert labels[2].startswith(r"npy:\$HOME/my data: ρc = ")  # shown verbatim, not as mathtext
+    rho_c_lines = sorted(line.get_xdata()[0] for line in ax_m.get_lines() if line.get_linestyle() == "--")
+    assert rho_c_lines == pytest.approx(sorted(f.rho_c for f in crit.fits.values()))
+    fig.canvas.draw()  # renders (a mathtext error in a label would raise here)
+    # the report writes it under an id, never under the user's name
+    rc, _, stderr = run_cli(root, "--out", tmp_path / "rep", *FAST)
+    assert rc == 0, stderr
+    names = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("datasets_*.png"))
+    assert names == ["datasets_d01.png"]
+    assert plots.safe_name("idx:kmnist") == "idx_kmnist" and plots.safe_name("../x") == "_x"
+
+
+def test_budget_figure_plots_rho_c_and_interval_per_step(tmp_path):
+    make_synthetic_results(tmp_path / "res", latent_sizes=(10,), rho_c=0.9, rho_c_drift=0.08, n_seeds=4, n_evals=3,
+                           salt=3)
+    rep = _analyze(tmp_path / "res")
+    (cid, series), = rep.budgets.items()
+    fig = plots.budget_figure([("10-10-10-10", series)], title="t")
+    ax = fig.axes[0]
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == series.steps
+    assert list(line.get_ydata()) == pytest.approx([f.rho_c for f in series.fits])
+    assert ax.get_legend().get_texts()[0].get_text() == f"10-10-10-10: {budget_short_text(series)}"
+    bars = ax.containers[0]  # the error bars: from ci_low to ci_high at each step
+    segs = bars.lines[2][0].get_segments()
+    ends = [end for seg in segs for end in (seg[0][1], seg[1][1])]
+    assert ends == pytest.approx([end for f in series.fits for end in (f.ci_low, f.ci_high)])
 
 
 def test_no_transition_in_range_is_said_plainly(tmp_path):
@@ -236,7 +416,7 @@ def test_tables_9_10_from_benchmark_json(hand):
 @pytest.fixture
 def small(tmp_path):
     root = tmp_path / "res"
-    make_synthetic_results(root, latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2, rng=1)
+    make_synthetic_results(root, latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2, salt=1)
     return root
 
 
@@ -310,11 +490,53 @@ def make_zero_bytes(small):
     return small
 
 
+def make_ray_experiment(small):
+    folder = small.parent / "ray" / "synthetic"
+    folder.mkdir(parents=True)
+    (folder / "ouvae_sweep.json").write_text("{}")
+    return folder
+
+
+def make_report_folder(small):
+    run_cli(small, "--no-plots", *FAST)
+    return small / "report"
+
+
+def make_loose_files(small):
+    loose = small.parent / "loose"
+    loose.mkdir()
+    for f in small.glob("sweep_id=*/*.parquet"):
+        f.rename(loose / f.name)
+    return loose
+
+
+def make_superseded(small):
+    folder = small.parent / "parquet.superseded"
+    (small / "sweep_id=synthetic").rename(folder)
+    return folder
+
+
+def make_superseded_sweep(small):
+    folder = small.parent / "parquet.superseded"
+    folder.mkdir()
+    (small / "sweep_id=synthetic").rename(folder / "sweep_id=synthetic")
+    return folder / "sweep_id=synthetic"
+
+
 BAD = {
+    "a file, not a folder": (_first_file, [], "is a file, not a results folder"),
+    "Ray's experiment folder": (make_ray_experiment, [], "is Ray Tune's experiment folder, not the results table"),
+    "the ray/ folder": (lambda small: make_ray_experiment(small).parent, [], "is Ray Tune's experiment folder"),
+    "a report folder": (make_report_folder, [], "is a report folder, not the results table"),
+    "Parquet files outside sweep_id=": (make_loose_files, [], "holds .parquet files but no sweep_id=<id>/ folders"),
+    "superseded files": (make_superseded, [], "holds superseded result files"),
+    "a superseded sweep folder": (make_superseded_sweep, [], "holds superseded result files"),
+    "sweep folder and another --sweep": (lambda small: small / "sweep_id=synthetic", ["--sweep", "other"],
+                                         "not found in the sweep folder"),
     "unreadable file": (make_unreadable, [], "garbage.parquet"),
     "zero-byte file": (make_zero_bytes, [], "zero.parquet"),
     "missing folder": (make_missing, [], "does not exist"),
-    "empty folder": (make_empty, [], "no result files"),
+    "empty folder": (make_empty, [], "no result files in"),
     "sweep folder without files": (make_empty_sweep, [], "no result files"),
     "older schema version": (make_old_schema, [], "schema v0"),
     "column missing": (make_missing_column, [], "column 'top_kl' is missing"),
@@ -345,6 +567,111 @@ def test_bad_input_exit_2_clear_message_no_report(case, small, tmp_path):
     assert expected in lines[0], lines[0]
     assert "Traceback" not in stderr and stdout == ""
     assert no_report_left(out) and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- the three folders, local and S3
+def storage_folder(root: Path) -> Path:
+    """A sweep's --storage folder as critical_rho.py leaves it: parquet/, ray/<name>/, reports/<name>/."""
+    make_synthetic_results(root / "parquet", latent_sizes=(10,), rhos=(0.85, 0.9, 0.95, 1.0), n_seeds=3, n_evals=2,
+                           salt=1)
+    (root / "ray" / "synthetic").mkdir(parents=True)
+    (root / "ray" / "synthetic" / "ouvae_sweep.json").write_text("{}")
+    (root / "reports" / "synthetic").mkdir(parents=True)
+    return root
+
+
+FOLDER_KINDS = {  # folder given (relative to the storage folder) -> default report folder
+    "storage folder": ("", "reports/synthetic"),
+    "Parquet root": ("parquet", "parquet/report"),
+    "sweep folder": ("parquet/sweep_id=synthetic", "parquet/report"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOLDER_KINDS))
+def test_cli_reads_each_kind_of_results_folder(kind, tmp_path):
+    root = storage_folder(tmp_path / "results")
+    given, report = FOLDER_KINDS[kind]
+    rc, stdout, stderr = run_cli(root / given if given else root, "--no-plots", *FAST)
+    assert rc == 0, stderr
+    assert stdout.rstrip().endswith(f"report: {root / report / 'report.html'}")
+    table = pl.read_csv(root / report / "tables" / "rho_c.csv")
+    assert table["n_runs"].to_list() == [12] and table["status"].to_list() == ["ok"]
+    reference = analyze(root / "parquet", write=False, plots_on=False, n_boot=200, compare_boot=60)
+    assert table["rho_c"].to_list() == pytest.approx(reference.rho_c["rho_c"].to_list())
+
+
+@pytest.fixture
+def s3_results(s3_server, monkeypatch, tmp_path):
+    """A storage folder uploaded to a new bucket at <bucket>/store; the working directory is tmp_path."""
+    import pyarrow.fs as pafs
+
+    s3_server.use(monkeypatch)
+    bucket = s3_server.make_bucket()
+    local = storage_folder(tmp_path / "local")
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{bucket}")
+    pafs.copy_files(str(local), f"{bucket}/store", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    monkeypatch.chdir(tmp_path)
+    return bucket, local
+
+
+def test_cli_reads_each_kind_of_folder_from_s3(s3_results, tmp_path):
+    bucket, local = s3_results
+    reference = analyze(local / "parquet", write=False, plots_on=False, n_boot=200, compare_boot=60)
+    for given in ("store", "store/parquet", "store/parquet/sweep_id=synthetic"):
+        rc, stdout, stderr = run_cli(f"s3://{bucket}/{given}", "--no-plots", *FAST)
+        assert rc == 0, (given, stderr)
+        report = tmp_path / "reports" / "synthetic"  # remote input: the report goes to ./reports/<sweep>
+        assert stdout.rstrip().endswith(f"report: {Path('reports/synthetic/report.html')}")
+        table = pl.read_csv(report / "tables" / "rho_c.csv")
+        assert table["rho_c"].to_list() == pytest.approx(reference.rho_c["rho_c"].to_list()), given
+        assert f"s3://{bucket}/{given}" in (report / "report.html").read_text()
+    rc, _, stderr = run_cli(f"s3://{bucket}/store", "--out", tmp_path / "elsewhere", "--no-plots", *FAST)
+    assert rc == 0 and (tmp_path / "elsewhere" / "report.html").is_file()
+
+
+def test_bad_s3_locations_are_one_line_errors(s3_results, s3_server, monkeypatch, tmp_path):
+    import moto.settings
+
+    bucket, _ = s3_results
+    cases = [(f"s3://no-such-bucket-{bucket}/store", "S3 bucket 'no-such-bucket-"),
+             (f"s3://{bucket}/nothing-here", f"nothing under s3://{bucket}/nothing-here"),
+             (f"s3://{bucket}/store/ray/synthetic", "is Ray Tune's experiment folder"),
+             ("gs://bucket/store", "gs:// is not supported"),
+             ("s3:///store", "names no bucket")]
+    for url, expected in cases:
+        rc, stdout, stderr = run_cli(url, "--no-plots", *FAST)
+        assert rc == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1, (url, stderr)
+        assert expected in stderr, (url, stderr)
+    assert "does not exist" in run_cli(cases[0][0], *FAST)[2]
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks credentials
+    rc, _, stderr = run_cli(f"s3://{bucket}/store", "--no-plots", *FAST)
+    assert rc == 2 and f"access to S3 bucket {bucket!r} denied" in stderr and "AWS_ACCESS_KEY_ID" in stderr, stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_unreachable_s3_endpoint_message_names_the_endpoint(monkeypatch):
+    """The AWS SDK retries an unreachable endpoint for ~8 s before PyArrow raises; the wording of its error is
+    checked on the error PyArrow raises then."""
+    from analysis.storage import _s3_error
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    exc = OSError("When getting information for key 'store' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+                  "HeadObject operation: curlCode: 7, Couldn't connect to server")
+    assert _s3_error("s3://b/store", "b", exc) == ("cannot reach S3 (http://127.0.0.1:9) for s3://b/store: check the "
+                                                   "network, or set AWS_ENDPOINT_URL to your S3 server's address")
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--level", "95", "--level 95.0 is not a confidence level"),
+    ("--n-boot", "10", "--n-boot 10 is too few bootstrap resamples"),
+    ("--compare-boot", "-1", "--compare-boot -1 is negative"),
+    ("--delta", "2", "--delta 2.0 is not a margin on rho"),
+    ("--max-budgets", "1", "--max-budgets 1: give at least 2"),
+])
+def test_bad_options_are_named(option, value, expected, small, tmp_path):
+    rc, stdout, stderr = run_cli(small, option, value, "--out", tmp_path / "r")
+    assert rc == 2 and stdout == "" and stderr.startswith(f"error: {expected}") and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_unwritable_output_is_a_clear_error(small, tmp_path):
@@ -427,7 +754,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 import analysis, analysis.io, analysis.critical, analysis.tables, analysis.plots, analysis.report
-import analysis.synthetic, analysis.transition, analysis.__main__
+import analysis.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
+import analysis.compare, analysis.budget, analysis.render, analysis.errors
 from analysis.synthetic import make_synthetic_results
 make_synthetic_results(sys.argv[1], latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2)
 rc = analysis.__main__.main([sys.argv[1], '--n-boot', '100'])

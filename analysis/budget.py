@@ -1,0 +1,148 @@
+"""rho_c against the training budget: has it converged, or is it still moving?
+
+Why: rho_c is measured at the end of a finite training run, and a transition that is still moving when training
+stops is a property of the budget, not of the model. Every evaluation is already a row of the results table
+(``step``), so rho_c can be fitted at each evaluation step that every run of a configuration reached, with the
+same fit and interval as the final one (``analysis/transition.py``).
+
+The verdict compares the last two budgets (of at most ``max_budgets`` evenly spaced common steps, so that with
+hundreds of evaluations the last two are still a sizeable part of training apart):
+
+* CONVERGED: the two intervals overlap AND rho_c moved by at most the tolerance, ``margin / 2`` (0.01 at the
+  default --delta 0.02). Overlap alone is not enough (two wide intervals always overlap); a small shift alone is
+  not enough (it may be noise). Why half the margin: the report calls two rho_c "similar" when their difference
+  lies within +-margin; a configuration whose rho_c still moves by more than half of that per budget step could
+  turn such a statement around within two more steps, so its number is not yet final at the resolution the
+  comparisons work at.
+* RISING / FALLING: either test fails; the direction is the sign of the last shift.
+* NOT_DECIDED: a fit or interval is missing at one of the two budgets (too few seeds, no transition yet, ...).
+* ONE_BUDGET: only one step is common to all runs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from analysis.compare import DEFAULT_MARGIN
+from analysis.critical import CriticalResult, fit_run_table, one_blas_thread
+from analysis.io import Results
+from analysis.transition import STATUS_OK, TransitionFit
+
+TOLERANCE_OF_MARGIN = 0.5  # the convergence tolerance as a fraction of the similarity margin (docstring)
+DEFAULT_MAX_BUDGETS = 8
+
+
+class BudgetVerdict(enum.Enum):
+    CONVERGED = "converged"
+    RISING = "rising"
+    FALLING = "falling"
+    NOT_DECIDED = "not_decided"
+    ONE_BUDGET = "one_budget"
+
+
+@dataclass(frozen=True)
+class BudgetSeries:
+    """One configuration's rho_c at each budget (step), and the verdict on the last two."""
+
+    config_id: str
+    steps: list[int]
+    fits: list[TransitionFit]
+    verdict: BudgetVerdict
+    shift: float | None  # rho_c(last) - rho_c(previous), when both exist
+    tolerance: float
+
+    @property
+    def still_moving(self) -> bool:
+        return self.verdict in (BudgetVerdict.RISING, BudgetVerdict.FALLING)
+
+
+def evaluations_query(results: Results) -> pl.LazyFrame:
+    """Lazy query: the top-layer active units of every evaluation row (the few columns the budget fits need)."""
+    return results.lf.select("sweep_id", "trial_id", "step", "top_active_units")
+
+
+def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: float
+                   ) -> tuple[BudgetVerdict, float | None]:
+    """(verdict, shift) for the last two budgets (see the module docstring)."""
+    if previous.status != STATUS_OK or last.status != STATUS_OK:
+        return BudgetVerdict.NOT_DECIDED, None
+    shift = last.rho_c - previous.rho_c
+    if previous.ci_low is None or last.ci_low is None:
+        return BudgetVerdict.NOT_DECIDED, shift
+    overlap = previous.ci_low <= last.ci_high and last.ci_low <= previous.ci_high
+    if overlap and abs(shift) <= tolerance:
+        return BudgetVerdict.CONVERGED, shift
+    return (BudgetVerdict.RISING if shift > 0 else BudgetVerdict.FALLING), shift
+
+
+def common_steps(evals: pl.DataFrame, n_runs: int, max_budgets: int) -> list[int]:
+    """Steps every one of ``n_runs`` runs reached, thinned to at most ``max_budgets`` evenly spaced ones (the last
+    always kept)."""
+    counts = evals.group_by("step").agg(pl.col("trial_id").n_unique().alias("n"))
+    steps = counts.filter(pl.col("n") == n_runs)["step"].sort().to_list()
+    if len(steps) <= max_budgets:
+        return steps
+    keep = np.unique(np.round(np.linspace(0, len(steps) - 1, max_budgets)).astype(int))
+    return [steps[i] for i in keep]
+
+
+def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, seed: int = 0,
+                margin: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS) -> dict[str, BudgetSeries]:
+    """rho_c of every configuration at each common evaluation step, and the convergence verdict.
+
+    ``evals``: ``evaluations_query`` collected. The final budget reuses the configuration's main fit when every run
+    ended at that step (then the series ends in exactly the number of the rho_c table).
+    """
+    tolerance = TOLERANCE_OF_MARGIN * margin
+    keyed = evals.join(critical.runs.select("sweep_id", "trial_id", "config_id", "rho", "seed", "top_dim"),
+                       on=["sweep_id", "trial_id"], how="inner")
+    out: dict[str, BudgetSeries] = {}
+    with one_blas_thread():
+        for i, cfg in enumerate(critical.configs.iter_rows(named=True)):
+            cid = cfg["config_id"]
+            runs = critical.config_runs(cid)
+            rows = keyed.filter(pl.col("config_id") == cid)
+            steps = common_steps(rows, runs.height, max_budgets)
+            fits = []
+            for j, step in enumerate(steps):
+                if step == runs["step"].min() == runs["step"].max():
+                    fits.append(critical.fits[cid])
+                    continue
+                at = rows.filter(pl.col("step") == step).sort("rho", "seed")
+                fits.append(fit_run_table(at, level=critical.level, n_boot=n_boot,
+                                          rng=np.random.default_rng([seed, 2, i, j]),
+                                          what=f"configuration {cid} ({cfg['label']}) at step {step}"))
+            verdict, shift = (budget_verdict(fits[-2], fits[-1], tolerance) if len(fits) >= 2
+                              else (BudgetVerdict.ONE_BUDGET, None))
+            out[cid] = BudgetSeries(cid, steps, fits, verdict, shift, tolerance)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- wording
+def budget_short_text(s: BudgetSeries) -> str:
+    """A few words for the rho_c table, next to the number."""
+    if s.still_moving:
+        return f"still {s.verdict.value} ({s.shift:+.3f} since step {s.steps[-2]})"
+    return {BudgetVerdict.CONVERGED: "converged", BudgetVerdict.NOT_DECIDED: "not decided",
+            BudgetVerdict.ONE_BUDGET: "one budget only"}[s.verdict]
+
+
+def budget_text(s: BudgetSeries) -> str:
+    """The verdict in a sentence, naming the two budgets it compares."""
+    if s.verdict is BudgetVerdict.ONE_BUDGET:
+        if not s.steps:
+            return "no evaluation step is common to all runs"
+        return f"one evaluation step ({s.steps[0]}) is common to all runs: convergence with the budget cannot be judged"
+    a, b = s.steps[-2], s.steps[-1]
+    if s.verdict is BudgetVerdict.NOT_DECIDED:
+        return (f"not decided: rho_c or its interval is missing at step {a} or {b} "
+                f"({s.fits[-2].status.value} / {s.fits[-1].status.value})")
+    if s.verdict is BudgetVerdict.CONVERGED:
+        return (f"converged: rho_c moved {s.shift:+.4f} from step {a} to {b} (within ±{s.tolerance:g}, intervals "
+                f"overlap)")
+    why = "the intervals do not overlap" if abs(s.shift) <= s.tolerance else f"more than ±{s.tolerance:g}"
+    return f"still {s.verdict.value}: rho_c moved {s.shift:+.4f} from step {a} to {b} ({why}); train longer"
