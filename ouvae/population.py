@@ -35,7 +35,7 @@ import torch
 from . import checkpoint
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from .config import Config, ConfigError
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .metrics import evaluate, gradient_variance
 from .model import HierarchicalVAE
@@ -158,7 +158,7 @@ class Population:
         self.callback = callback
         self.device = pick_device(cfg.device)
         # The data seed is fixed: every member and every run is scored on the same images.
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.data = data if data is not None else load_config_dataset(cfg)
         train = self.data.train if cfg.n_train is None else self.data.train[: cfg.n_train]
         evals = getattr(self.data, cfg.eval_split)
         evals = evals if cfg.eval_max_examples is None else evals[: cfg.eval_max_examples]
