@@ -224,7 +224,7 @@ PRESETS["paper-conv"] = _derive(_BASE, "paper-conv", dataset="static_mnist", arc
 # Appendix Table 10: 4-layer conv model on CIFAR-10, batch 64 for memory.
 PRESETS["paper-conv-cifar"] = _derive(PRESETS["paper-conv"], "paper-conv-cifar", dataset="cifar10",
                                       latent_dims=(64, 64, 64, 64), batch_size=64)
-# Fast offline demo on scikit-learn's digits: 4 x 10 latents, the DESIGN.md section 6 set-up, smoothed at 0.8
+# Fast offline demo on scikit-learn's digits: 4 x 10 latents, 60 epochs, smoothed at 0.8
 # (where the top layer stays active; rho = 1 collapses it).
 PRESETS["demo"] = _derive(_BASE, "demo", dataset="digits", latent_dims=(10, 10, 10, 10), epochs=60, rho=0.8,
                           eval_every=10, eval_iw_k=50, num_threads=1)
