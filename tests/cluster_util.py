@@ -224,11 +224,9 @@ class LoopbackCluster:
     def _client_server_args() -> list[str]:
         """With ray[client] installed, `ray start --head` binds the client server on 10001 unless told
         otherwise; a free port avoids clashing with another head on the machine."""
-        try:
-            from ray._private.utils import get_ray_client_dependency_error
-        except ImportError:  # pragma: no cover - other Ray versions
-            return []
-        return [] if get_ray_client_dependency_error() else [f"--ray-client-server-port={free_port()}"]
+        from sweeps.ray_compat import ray_client_missing
+
+        return [] if ray_client_missing() else [f"--ray-client-server-port={free_port()}"]
 
     def add_workers(self, n: int = 1) -> list[Node]:
         """`n` more worker nodes, started in parallel, each at the next loopback address (a restarted node gets a
