@@ -64,8 +64,8 @@ def allow_retries(trial: Any, max_failures: int) -> None:
 
 def interrupt_experiment() -> bool:
     """End the running ``Tuner.fit()`` as Ctrl-C does: Tune stops its loop after this step, saves the experiment
-    state, and the sweep can be continued with ``Tuner.restore``. Returns False (and does nothing) when there is
-    no Tune run to interrupt in this thread.
+    state, and the sweep can be continued with ``Tuner.restore``. Call it from a Tune callback. Returns False (and
+    does nothing) when Tune installed no handler (``Tuner.fit()`` outside the main thread).
 
     Relies on: ``ray.tune.tune._setup_signal_catching`` installing one handler for SIGINT and SIGUSR1 when
     ``Tuner.fit()`` runs in the main thread; the handler only sets the loop's stop event. It is called directly
