@@ -88,8 +88,8 @@ class FailurePolicy(Callback):
         setup = result.get(SETUP_FAILURE_KEY) and not_retried_reason(result)
         self.ended.append(setup.split(":", 1)[0] if setup else None)
         if self.stop_reason is None and self._first_round_failed_alike():
-            self.stop_reason = (f"each of the first {self.first_round} trials failed with "
-                                f"{not_retried_reason(result)}")
+            self.stop_reason = f"each of the first {self.first_round} trials failed with {not_retried_reason(result)}"
+            print(f"stopping the sweep: {self.stop_reason}; the other trials would fail alike", flush=True)
             ray_compat.interrupt_experiment()
 
     def _first_round_failed_alike(self) -> bool:

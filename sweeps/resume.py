@@ -96,7 +96,7 @@ def load_spec(paths: SweepPaths, script: str, cmd: CommandLine, name: str) -> ar
         given["results_dir"] = absolute(given["results_dir"])
     clash = {k: (v, saved.get(k)) for k, v in given.items() if saved.get(k, cmd.defaults.get(k)) != v}
     if clash:
-        detail = ", ".join(f"--{k.replace('_', '-')} {new!r} (sweep has {old!r})" for k, (new, old) in clash.items())
+        detail = ", ".join(f"{k} {new!r} (the sweep has {old!r})" for k, (new, old) in sorted(clash.items()))
         raise SweepError(f"--resume cannot change the sweep's options: {detail}; drop them or start a new --name")
     runtime = {k: getattr(args, k) for k in RUNTIME_OPTIONS}
     return argparse.Namespace(**{**cmd.defaults, **saved, **runtime, "name": name})

@@ -63,6 +63,11 @@ def train_without_data(config: dict[str, Any]) -> None:
         return sweeps.trainable.train_ouvae(config)
 
 
+# Tune records the trainable's name and restores a sweep only with a trainable of that name: a sweep started
+# without data can then be resumed with the real trainable, as after the user fixed the data.
+train_without_data.__name__ = train_without_data.__qualname__ = sweeps.trainable.train_ouvae.__name__
+
+
 @contextmanager
 def _after_first_report(fault: Callable[[], None]) -> Iterator[None]:
     """Run `fault` right after the trainable's first report in this run (that report has its checkpoint)."""

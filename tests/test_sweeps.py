@@ -191,6 +191,9 @@ def test_failure_text_names_the_exception():
     (["--name", "a/b"], "--name"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray head"),
     (["--resume", "--name", "never-ran"], "no resumable sweep"),
+    (["--retry-failed", "--name", "x"], "add --resume"),
+    (["--rho-spacing", "0.01"], "--rho-step"),
+    (["--name", ".hidden"], "not starting with '.'"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
@@ -204,6 +207,7 @@ def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, nee
     (["--adaptive", "--rhos", "0.9", "1.0"], "adaptive mode chooses rho"),
     (["--adaptive", "--budget", "0"], "--budget"),
     (["--adaptive", "--coarse-points", "1"], "coarse"),
+    (["--adaptive", "--rho-step", "0.01"], "--rho-spacing"),
 ])
 def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     assert critical_rho.main([*argv, "--storage", str(tmp_path)]) == 2
@@ -215,6 +219,53 @@ def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
     results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
     assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
     assert "already has rows" in capsys.readouterr().err
+
+
+def test_resume_refuses_options_that_differ_from_the_sweeps(ray_session, tmp_path, capsys, quiet_env):
+    where = ["--storage", str(tmp_path), "--name", "r"]
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.9", "--n-seeds", "1", "--epochs", "1", *TINY, *where,
+            "--no-report", "--quiet"]
+    assert critical_rho.main(argv) == 0
+    capsys.readouterr()
+    for extra, needle in [(["--n-seeds", "2"], "n_seeds 2 (the sweep has 1)"),  # 2 is the default: named all the same
+                          (["--adaptive"], "mode 'adaptive' (the sweep has 'grid')"),
+                          (["--set", "eval_iw_k=6"], "overrides ['eval_iw_k=6']")]:
+        assert critical_rho.main(["--resume", *where, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --resume cannot change the sweep's options: ") and needle in err, err
+    # The sweep's own values and per-invocation options are accepted; the finished sweep has nothing left to run.
+    assert critical_rho.main(["--resume", *where, "--n-seeds", "1", "--grid", "--quiet", "--no-report"]) == 0
+    assert "1 trials finished, 0 failed" in capsys.readouterr().out
+
+
+def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_finishes_it(ray_session, tmp_path,
+                                                                                        capsys, quiet_env):
+    """Workers without the data files (tests/faults.py): each trial fails once, without retries; once the first
+    round (2 trials at a time here) has failed alike the sweep stops and says why. After the data are back,
+    --resume runs the trials that never ran and --resume --retry-failed the failed ones."""
+    from ray import tune
+
+    where = ["--storage", str(tmp_path), "--name", "nodata"]
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.6", "0.7", "0.8", "0.9", "--n-seeds", "2", "--epochs", "1",
+            *TINY, "--max-concurrent", "2", *where, "--no-report"]
+    assert critical_rho.main(argv, trainable=faults.train_without_data) == 1
+    out = capsys.readouterr().out
+    assert "retry  " not in out
+    assert f"stopping the sweep: each of the first 2 trials failed with DataError: {faults.MISSING_DATA}" in out
+    assert f"every failed trial failed with DataError: {faults.MISSING_DATA}" in out
+    assert "python sweeps/critical_rho.py --resume --retry-failed --name nodata" in out
+    trials = tune.ExperimentAnalysis(str(tmp_path / "ray" / "nodata")).trials
+    failed = [t for t in trials if t.status == "ERROR"]
+    assert 2 <= len(failed) <= 4 and all(t.run_metadata.num_failures == 1 for t in failed)  # not retried
+    assert not (tmp_path / "parquet" / "sweep_id=nodata").exists()  # no evaluation, no row
+
+    assert critical_rho.main(["--resume", *where, "--quiet"]) == 0  # the data are back: the rest runs
+    out = capsys.readouterr().out
+    assert f"{8 - len(failed)} trials finished, {len(failed)} failed" in out and "(not retried)" in out
+    assert critical_rho.main(["--resume", "--retry-failed", *where, "--quiet"]) == 0
+    assert "8 trials finished, 0 failed" in capsys.readouterr().out
+    final = read_table(tmp_path / "parquet", "nodata").filter(pl.col("is_final"))
+    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.7, 0.8, 0.9) for s in (0, 1)]
 
 
 # ----- Ray: end to end -------------------------------------------------------------------------------------------------
