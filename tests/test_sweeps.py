@@ -215,6 +215,27 @@ def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env,
     assert err.startswith("error: ") and needle in err
 
 
+def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
+    """The measured complaint: `critical_rho.py --dataset mnist` offline, without the files, used to start Ray and
+    every trial. Now the driver resolves the data first: one line naming the file and the fix, exit code 2, Ray
+    never started, nothing written. Offline is made certain here: an empty $OUVAE_DATA cache and HTTP(S) proxies
+    on a closed port, so a download attempt is refused at once."""
+    dead_proxy = "http://127.0.0.1:9"
+    env = {**os.environ, "OUVAE_DATA": str(tmp_path / "cache"), "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy,
+           "http_proxy": dead_proxy, "https_proxy": dead_proxy}
+    for key in ("no_proxy", "NO_PROXY"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--dataset", "mnist",
+                           "--storage", str(tmp_path / "store")], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: dataset mnist: ") and "Traceback" not in proc.stderr
+    assert "train-images-idx3-ubyte.gz" in errors[0] and f"put it in {tmp_path / 'cache' / 'mnist'}" in errors[0]
+    assert proc.stdout == ""  # not even the sweep's plan: nothing started
+    assert not (tmp_path / "store").exists()
+
+
 def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
     results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
     assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
