@@ -36,6 +36,7 @@ from ouvae.config import Config
 from sweeps import cli, connect, experiment, options, preflight, resume
 from sweeps.cli import CommandLine, SweepError
 from sweeps.layout import SweepPaths
+from sweeps.preflight import is_ray_client
 from sweeps.space import AnnealSpace, DefineByRun, check_rho
 from sweeps.storage import is_remote
 from sweeps.trainable import train_ouvae
@@ -119,7 +120,7 @@ def plan_search(args: argparse.Namespace, name: str, paths: SweepPaths) -> Searc
     if study_storage is None:
         raise SweepError("with remote --storage give --study-storage (a journal file on a shared disk or a "
                          "database URL): the Optuna study cannot live in an object store")
-    check_study_storage(study_storage)
+    check_study_storage(study_storage, args.address)
     evaluations = math.ceil(base.epochs / base.eval_every) if base.steps is None else 10_000
     return SearchPlan(fixed, base, space, study_name, study_storage, max(evaluations, 1))
 
@@ -157,10 +158,15 @@ def corner_configs(space: AnnealSpace) -> list[dict[str, Any]]:
 
 
 # ----- the study ----------------------------------------------------------------------------------------------
-def check_study_storage(uri: str) -> None:
-    if is_remote(uri) and not uri.split("://", 1)[0].startswith(("sqlite", "postgresql", "mysql")):
+def check_study_storage(uri: str, address: str | None) -> None:
+    scheme = uri.split("://", 1)[0] if is_remote(uri) else ""
+    if scheme and not scheme.startswith(("sqlite", "postgresql", "mysql")):
         raise SweepError(f"--study-storage {uri}: give a journal file path (local or NFS) or a database URL "
                          f"(sqlite:///..., postgresql://...); object stores cannot hold an Optuna study")
+    if is_ray_client(address) and scheme in ("", "sqlite"):
+        raise SweepError(f"--study-storage {uri}: through Ray Client ({address}) the search runs on the head node, "
+                         f"which would open its own copy of that file; give a database server's URL "
+                         f"(postgresql://..., mysql://...)")
 
 
 def open_study_storage(uri: str):

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from sweeps.cli import SweepError
 from sweeps.layout import SweepPaths
+from sweeps.preflight import is_ray_client
+from sweeps.ray_compat import DRIVER_ENV, init_client
 from sweeps.resume import resume_command
 
 
@@ -38,9 +40,15 @@ def connect(args: argparse.Namespace) -> str:
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if args.address:
         try:
-            ray.init(address=args.address, **quiet)
+            if is_ray_client(args.address):
+                # The sweep's driver (Tune's loop and our callbacks) runs on the head: it needs the driver's Tune
+                # settings there too.
+                init_client(args.address, runtime_env={"env_vars": dict(DRIVER_ENV)}, **quiet)
+            else:
+                ray.init(address=args.address, **quiet)
         except Exception as e:  # noqa: BLE001 - any connection failure becomes one clear message
-            raise SweepError(f"--address {args.address}: could not join the Ray cluster: {e}") from None
+            last = next((line.strip() for line in reversed(str(e).splitlines()) if line.strip()), type(e).__name__)
+            raise SweepError(f"--address {args.address}: could not join the Ray cluster: {last[:300]}") from None
         return f"joined Ray cluster at {args.address}"
     ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False, **quiet)
     return "started a local Ray"

@@ -30,11 +30,13 @@ from ouvae.data import DataError
 from ouvae.trainer import TrainingStalled
 from sweeps import ray_compat
 from sweeps.checkpoints import CheckpointError
+from sweeps.storage import StorageUnreachable
 
 # Errors that a retry would meet again (the trainer is deterministic from its checkpoint).
-NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, TrainingStalled, CheckpointError)
-# Of those, the ones about what every trial shares (configuration, data), not about the trial's own values.
-SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError)
+NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable, TrainingStalled,
+                                                CheckpointError)
+# Of those, the ones about what every trial shares (configuration, data, storage), not about the trial's own values.
+SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable)
 FAILURE_KEY = "not_retried_failure"  # the one-line reason, in the last result of a trial failing for good
 SETUP_FAILURE_KEY = "setup_failure"  # True when that reason is a set-up error
 

@@ -26,10 +26,27 @@ from sweeps.storage import check_writable, is_remote
 ADDRESS_TIMEOUT_S = 5.0
 
 
+def is_ray_client(address: str | None) -> bool:
+    """A ray:// address: Ray Client, which runs the sweep's driver on the head node."""
+    return bool(address) and address.startswith("ray://")
+
+
 def check_start(args: argparse.Namespace, paths: SweepPaths, cfg: Config) -> None:
     """Every check a sweep passes before Ray starts, cheapest mistakes first: the data, the storage (a resumed
-    sweep's was checked when it was opened), a separate --results-dir, the cluster address."""
-    check_data(cfg)
+    sweep's was checked when it was opened), a separate --results-dir, the cluster address.
+
+    Through Ray Client (``ray://``) this machine is not part of the cluster: the sweep's driver runs on the head and
+    writes the table and Tune's state from there, so the storage must be an object store every machine reaches
+    alike, and the data are the cluster's business (the first round of trials checks them; sweeps/failures.py)."""
+    if is_ray_client(args.address):
+        for option, uri in (("--storage", paths.storage), ("--results-dir", paths.results_root)):
+            if not is_remote(uri):
+                raise SweepError(f"--address {args.address}: Ray Client runs the sweep's driver on the head node, "
+                                 f"which would write to its own {uri}; give {option} an object store "
+                                 f"(s3://bucket/prefix), or run this script on a node of the cluster with "
+                                 f"--address host:6379")
+    else:
+        check_data(cfg)
     if not args.resume:
         check_storage(paths.storage)
     if args.results_dir:

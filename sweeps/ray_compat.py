@@ -32,15 +32,21 @@ def trial_storage() -> tuple[Any, str]:
     node sees the storage the driver set up.
 
     Relies on: ``tune.get_context().get_storage()`` (DeveloperAPI) returning Ray Train's internal StorageContext
-    with ``storage_filesystem``, ``trial_fs_path`` and the private ``_check_validation_file()``. Tune runs that
-    check when it uploads a checkpoint; the trainable's own checkpoints (sweeps/checkpoints.py) bypass that
-    upload, so it is run here: on a multi-node cluster with a --storage path that only the head has, the trial
-    then fails with Ray's explanation (use NFS or S3) instead of writing checkpoints no other node can read.
+    with ``storage_filesystem``, ``trial_fs_path`` and the private ``_check_validation_file()`` (a RuntimeError
+    when the marker file the driver wrote is not there). Tune runs that check when it uploads a checkpoint; the
+    trainable's own checkpoints (sweeps/checkpoints.py) bypass that upload, so it is run here: on a multi-node
+    cluster with a --storage path that only the head has, the trial fails with StorageUnreachable and Ray's
+    explanation (use NFS or S3) instead of writing checkpoints no other node can read.
     """
     from ray import tune
 
+    from sweeps.storage import StorageUnreachable
+
     storage = tune.get_context().get_storage()
-    storage._check_validation_file()
+    try:
+        storage._check_validation_file()
+    except RuntimeError as e:
+        raise StorageUnreachable(" ".join(str(e).split())) from None
     return storage.storage_filesystem, storage.trial_fs_path
 
 
@@ -107,6 +113,29 @@ def autoscaler_config_checks() -> tuple[Callable[[dict], dict], Callable[[dict],
 
 
 # ----- Ray Client ---------------------------------------------------------------------------------------------------
+CLIENT_CONNECT_ATTEMPTS = 3
+
+
+def init_client(address: str, **init_kwargs: Any) -> None:
+    """``ray.init(address="ray://...")``, tried up to CLIENT_CONNECT_ATTEMPTS times when the head's client server
+    fails to start the server for this connection ("Initialization failure from server").
+
+    Relies on: ray-project/ray#63202 (open in 2.60, seen here about once in three connections): the head's client
+    proxier forks a server per connection while gRPC threads run, and that server intermittently dies at start;
+    the next connection gets a new one. Other errors are raised at once.
+    """
+    import ray
+
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **init_kwargs)
+            return
+        except ConnectionError as e:
+            if "Initialization failure from server" not in str(e) or attempt == CLIENT_CONNECT_ATTEMPTS:
+                raise
+            ray.shutdown()  # forget the failed connection before the next one
+
+
 def ray_client_missing() -> str | None:
     """Why Ray Client (``ray://`` addresses, ``ray start --ray-client-server-port``) cannot run here, or None when
     it can. Relies on ``ray._private.utils.get_ray_client_dependency_error``."""

@@ -18,6 +18,11 @@ from typing import Any
 import pyarrow.fs as pafs
 
 
+class StorageUnreachable(RuntimeError):
+    """A node of the cluster does not see the sweep's storage (a local path on a multi-node cluster): every trial
+    on that node would fail alike, so it is not retried (sweeps/failures.py)."""
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 

@@ -99,11 +99,19 @@ def test_optuna_search_keeps_its_study_trials_and_completed_ids_where_relied_on(
     assert "t1" in ray_compat.completed_trial_ids(searcher)
 
 
-def test_autoscaler_config_checks_and_ray_client_probe_are_importable():
+def test_autoscaler_config_checks_are_importable():
     prepare_config, validate_config = ray_compat.autoscaler_config_checks()
     assert callable(prepare_config) and callable(validate_config)
-    missing = ray_compat.ray_client_missing()
-    assert missing is None or isinstance(missing, str)
+
+
+def test_ray_client_is_installed_and_reports_a_failed_server_start_as_init_client_expects():
+    import inspect
+
+    import ray.util.client.worker
+
+    assert ray_compat.ray_client_missing() is None  # ray[client] is a dependency (pyproject.toml)
+    source = inspect.getsource(ray.util.client.worker)
+    assert 'raise ConnectionAbortedError(\n                    f"Initialization failure from server' in source
 
 
 # ----- Optuna ----------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ duplicating a row; the table reads straight from S3 with Polars; a bucket that d
 credentials is a one-line error before Ray starts.
 
 The sweeps run as the user runs them, as subprocesses with the S3 environment (credentials and AWS_ENDPOINT_URL):
-each starts its own local Ray, whose workers inherit that environment (the tests' session Ray would not have it).
-Budgets are tiny (tests/test_sweeps.py TINY).
+each starts its own local Ray, whose workers inherit that environment (the tests' session Ray would not have it),
+or joins a loopback head through Ray Client (``ray://``), whose nodes were started with it. Budgets are tiny
+(tests/test_sweeps.py TINY).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cluster_util import kill_all, session_pids
+from cluster_util import LoopbackCluster, kill_all, session_pids
 from sweeps import critical_rho
 from sweeps.ray_compat import DRIVER_ENV
 from test_sweeps import TINY
@@ -188,3 +189,33 @@ def test_driver_killed_mid_sweep_on_s3_then_resumed_loses_and_duplicates_nothing
     superseded = {Path(k).stem for k in keys(s3_server, bucket, "ouvae/parquet.superseded/")}
     for tid, steps in before.items():  # nothing written before the crash was lost
         assert tid in superseded or steps <= after[tid]
+
+
+# ----- Ray Client ------------------------------------------------------------------------------------------------
+def test_sweep_through_ray_client_runs_on_the_cluster_and_writes_to_s3(s3_server, s3_env, sweeps_run, tmp_path):
+    """`--address ray://head:port`: this machine only submits; Tune's loop and our callbacks run on the head (a
+    loopback head with 2 CPUs and the S3 environment, tests/cluster_util.py), the results land in the bucket."""
+    bucket = s3_server.make_bucket()
+    storage = f"s3://{bucket}/ouvae"
+    with LoopbackCluster(head_cpus=2) as cluster:
+        cluster.start_head()
+        proc = sweeps_run(cluster.env("driver"), storage, "client", "--epochs", "2", "--address",
+                          cluster.client_address, "--no-report", cwd=tmp_path)
+        out = finish(proc)
+    assert f"Ray: joined Ray cluster at {cluster.client_address} (2 CPUs" in out
+    assert "(TunerInternal pid=" in out  # the progress lines come from Tune's loop on the head
+    assert "Configuration for experiment" not in out  # the driver's Tune settings reached the head
+    assert "4 trials finished, 0 failed" in out
+    check_exactly_once(read_table(s3_server, f"{storage}/parquet/sweep_id=client"), evaluations=2)
+
+
+def test_ray_client_with_local_storage_is_one_line_before_ray_starts(tmp_path, capsys, monkeypatch):
+    for key, value in DRIVER_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert critical_rho.main([*GRID, "--address", "ray://127.0.0.1:1", "--storage", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [
+        f"error: --address ray://127.0.0.1:1: Ray Client runs the sweep's driver on the head node, which would write "
+        f"to its own {tmp_path}; give --storage an object store (s3://bucket/prefix), or run this script on a node "
+        f"of the cluster with --address host:6379"]
+    assert captured.out == "" and not list(tmp_path.iterdir())
