@@ -160,7 +160,7 @@ def check_with_ray(config: dict[str, Any]) -> list[Finding]:
 
     try:
         prepare_config, validate_config = autoscaler_config_checks()
-    except ImportError as e:  # private to Ray: tests/test_ray_compat.py fails loudly when an upgrade moves it
+    except ImportError as e:  # private to Ray: tests/test_compat.py fails loudly when an upgrade moves it
         return [Finding("error", "ray", f"cannot import Ray's config checks ({e}); is ray installed, at the "
                                         "version the configs pin?")]
     logger = logging.getLogger("ray.autoscaler")
@@ -337,15 +337,12 @@ def check_images(config: dict[str, Any]) -> list[Finding]:
         else:
             m = re.match(r"rayproject/ray:(\d+\.\d+\.\d+)", image)
             if m:
-                try:
-                    import ray
+                import ray
 
-                    if m.group(1) != ray.__version__:
-                        out.append(Finding("warning", "ray-version",
-                                           f"{where} has Ray {m.group(1)} but this machine has Ray "
-                                           f"{ray.__version__}; `ray up` needs the same version on both sides."))
-                except ImportError:
-                    pass
+                if m.group(1) != ray.__version__:
+                    out.append(Finding("warning", "ray-version",
+                                       f"{where} has Ray {m.group(1)} but this machine has Ray "
+                                       f"{ray.__version__}; `ray up` needs the same version on both sides."))
     return out
 
 
