@@ -46,8 +46,8 @@ def default_name(prefix: str) -> str:
 
 def check_name(name: str) -> str:
     """A sweep name is a folder name, a Parquet partition value and part of object keys: plain characters only."""
-    bad = set(name) & _BAD_NAME_CHARACTERS
+    bad = "".join(sorted(set(name) & _BAD_NAME_CHARACTERS))
     if not name or bad or name.startswith("."):
-        raise SweepError(f"--name {name!r}: use letters, digits, '-', '_' and '.' (no {''.join(sorted(bad))!r}, "
-                         f"not starting with '.')")
+        problem = f"{bad!r} cannot be part of it" if bad else "it cannot be empty or start with '.'"
+        raise SweepError(f"--name {name!r}: {problem}; use letters, digits, '-', '_' and '.' (not first)")
     return name

@@ -76,7 +76,7 @@ def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
         try:
             key, value = parse_assignment(text)
         except ConfigError as e:
-            raise SweepError(f"--set {e}") from None
+            raise SweepError(f"--set {text}: {e}") from None
         out[key] = value
     for key in ("dataset", "epochs", "steps", "n_train"):
         value = getattr(args, key, None)

@@ -45,6 +45,7 @@ def test_only_full_budget_trials_reach_optuna_as_complete():
     (["--rho-range", "0.5", "1.5"], "outside (0, 1]"),
     (["--cycle-ratio", "0.5", "0.2"], "empty or reversed"),
     (["--study-storage", "s3://bucket/study"], "object stores"),
+    (["--address", "ray://127.0.0.1:1", "--study-storage", "sqlite:///s.db"], "give a database server's URL"),
 ])
 def test_bad_search_options_fail_before_ray(tmp_path, capsys, quiet_env, argv, needle):
     assert anneal_search.main([*argv, "--storage", str(tmp_path)]) == 2

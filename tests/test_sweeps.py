@@ -188,12 +188,12 @@ def test_failure_text_names_the_exception():
     (["--set", "epochs=ten"], "cannot read"),
     (["--latent-dims", "4xfoo"], "latent dims"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
-    (["--name", "a/b"], "--name"),
+    (["--name", "a/b"], "--name 'a/b': '/' cannot be part of it"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray head"),
     (["--resume", "--name", "never-ran"], "no resumable sweep"),
     (["--retry-failed", "--name", "x"], "add --resume"),
     (["--rho-spacing", "0.01"], "--rho-step"),
-    (["--name", ".hidden"], "not starting with '.'"),
+    (["--name", ".hidden"], "cannot be empty or start with '.'"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
