@@ -47,14 +47,15 @@ class SweepDefaults:
     coarse_points: int  # adaptive: rho values of the first pass per configuration
 
 
-# The no-argument demo: digits, 2 cores, about 5 minutes with Ray's start-up (README.md, "Sweeps").
-DEMO = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.76, rho_max=1.0,
-                     rho_step=0.04, rho_spacing=0.005, n_seeds=2, mode="adaptive", target_width=0.02,
-                     coarse_points=5)
-DEFAULTS = DEMO
+# The no-argument demo: digits, 2 cores, about 5 minutes with Ray's start-up (README.md, "Sweeps"). Its trainer
+# budget is the sweep-demo preset's (ouvae/config.py).
+DEFAULTS = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.76, rho_max=1.0,
+                         rho_step=0.04, rho_spacing=0.005, n_seeds=2, mode="adaptive", target_width=0.02,
+                         coarse_points=5)
 
 
-def build_parser(d: SweepDefaults = DEFAULTS) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
     p = argparse.ArgumentParser(prog="python sweeps/critical_rho.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_mutually_exclusive_group()
@@ -106,7 +107,7 @@ class Plan:
     n_trials: int  # the grid's trials, or adaptive mode's budget
 
 
-def plan_sweep(args: argparse.Namespace, d: SweepDefaults = DEFAULTS) -> Plan:
+def plan_sweep(args: argparse.Namespace) -> Plan:
     """Everything the sweep will run, validated: a bad value fails here, before Ray starts."""
     adaptive = args.mode == "adaptive"
     if adaptive and args.rhos:
@@ -121,9 +122,9 @@ def plan_sweep(args: argparse.Namespace, d: SweepDefaults = DEFAULTS) -> Plan:
     if args.budget is not None and args.budget < 1:
         raise SweepError(f"--budget {args.budget} must be >= 1 trial")
     fixed = options.fixed_overrides(args)
-    grid = make_grid(args, fixed, d)
+    grid = make_grid(args, fixed)
     param_space = {**grid.trial_space(), "num_threads": options.threads_per_trial(args, grid.fixed)}
-    searcher = make_searcher(args, grid, d) if adaptive else None
+    searcher = make_searcher(args, grid) if adaptive else None
     if searcher is None:
         from ray import tune
 
@@ -133,13 +134,13 @@ def plan_sweep(args: argparse.Namespace, d: SweepDefaults = DEFAULTS) -> Plan:
     return Plan(grid, Config.from_preset(args.preset, **fixed), param_space, searcher, n_trials)
 
 
-def make_grid(args: argparse.Namespace, fixed: dict[str, Any], d: SweepDefaults = DEFAULTS) -> CriticalGrid:
-    sizes = args.latent_sizes if args.latent_sizes or args.latent_dims else d.latent_sizes
-    latents = latent_configs(sizes, args.layers, args.latent_dims, default_layers=d.layers)
+def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
+    sizes = args.latent_sizes if args.latent_sizes or args.latent_dims else DEFAULTS.latent_sizes
+    latents = latent_configs(sizes, args.layers, args.latent_dims, default_layers=DEFAULTS.layers)
     if args.rhos:
         rhos = parse_rho_list(args.rhos)
     else:
-        step = args.rho_step if args.rho_step is not None else d.rho_step
+        step = args.rho_step if args.rho_step is not None else DEFAULTS.rho_step
         span = args.rho_max - args.rho_min
         if args.mode == "adaptive" and 0 < span < step:  # the grid only sizes the budget: any range gives one
             step = span
@@ -150,13 +151,13 @@ def make_grid(args: argparse.Namespace, fixed: dict[str, Any], d: SweepDefaults 
     return grid
 
 
-def make_searcher(args: argparse.Namespace, grid: CriticalGrid, d: SweepDefaults = DEFAULTS):
+def make_searcher(args: argparse.Namespace, grid: CriticalGrid):
     """The adaptive searcher; it validates its own settings (RefineError) and needs no Ray runtime."""
     from sweeps.adaptive import make_critical_searcher
 
     return make_critical_searcher(
         groups=[{"latent_dims": list(dims)} for dims in grid.latents], rho_range=rho_range(args.rho_min, args.rho_max),
-        rho_step=args.rho_spacing if args.rho_spacing is not None else d.rho_spacing, seeds=grid.seeds,
+        rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
         target_width=args.target_width, budget=args.budget or grid.n_trials, max_concurrent=args.max_concurrent,
         coarse_points=args.coarse_points)
 

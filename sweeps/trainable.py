@@ -35,6 +35,7 @@ from ray import tune
 from analysis.schema import SCHEMA_VERSION
 from ouvae import __version__
 from ouvae.config import Config
+from ouvae.data import load_dataset
 from ouvae.trainer import Trainer
 from sweeps.checkpoints import TrialCheckpoints
 from sweeps.failures import failure_result
@@ -53,8 +54,6 @@ def config_from_trial(config: Mapping[str, Any]) -> Config:
 
 
 def _dataset(cfg: Config):
-    from ouvae.data import load_dataset  # imported lazily: the driver never needs it
-
     key = (cfg.dataset, cfg.data_dir)  # the data seed is fixed: every trial is scored on the same images
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
