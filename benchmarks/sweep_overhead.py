@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_once(n_trials: int, reuse: bool, storage: str) -> float:
@@ -50,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--out", help="also write the numbers as JSON here")
     args = p.parse_args(argv)
-    import os
+    from sweeps.ray_compat import DRIVER_ENV
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
     import ray
 
     t0 = time.perf_counter()

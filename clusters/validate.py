@@ -7,8 +7,8 @@ results written where no other node can read them. Everything here runs without 
 1. Ray's own JSON schema (``ray/autoscaler/ray-schema.json`` in the installed wheel) on the file as
    written, so unknown keys, missing fields and non-integer resources are caught before Ray's defaults
    are merged in and could hide them.
-2. Ray's own config preparation and checks (``prepare_config`` + ``validate_config`` from
-   ``ray.autoscaler._private.util``), the same code ``ray up`` runs before it contacts the cloud.
+2. Ray's own config preparation and checks (``prepare_config`` + ``validate_config``, private to Ray: reached
+   through sweeps/ray_compat.py), the same code ``ray up`` runs before it contacts the cloud.
    The AWS-specific step after that (``bootstrap_aws``) needs boto3 and live AWS calls, so it is not run.
 3. The project's rules: the head runs no trials, every worker type states integer resources, the
    container image is pinned, torch is pinned, results go to shared storage, an idle timeout is set, head
@@ -156,9 +156,11 @@ def check_with_ray(config: dict[str, Any]) -> list[Finding]:
     against the schema plus cross-field rules (head_node_type among available_node_types, the sum of
     min_workers within max_workers). Ray logs progress at INFO; that is silenced here.
     """
+    from sweeps.ray_compat import autoscaler_config_checks
+
     try:
-        from ray.autoscaler._private.util import prepare_config, validate_config
-    except ImportError as e:  # private module: say so plainly if a Ray upgrade moves it
+        prepare_config, validate_config = autoscaler_config_checks()
+    except ImportError as e:  # private to Ray: tests/test_compat.py fails loudly when an upgrade moves it
         return [Finding("error", "ray", f"cannot import Ray's config checks ({e}); is ray installed, at the "
                                         "version the configs pin?")]
     logger = logging.getLogger("ray.autoscaler")
@@ -335,15 +337,12 @@ def check_images(config: dict[str, Any]) -> list[Finding]:
         else:
             m = re.match(r"rayproject/ray:(\d+\.\d+\.\d+)", image)
             if m:
-                try:
-                    import ray
+                import ray
 
-                    if m.group(1) != ray.__version__:
-                        out.append(Finding("warning", "ray-version",
-                                           f"{where} has Ray {m.group(1)} but this machine has Ray "
-                                           f"{ray.__version__}; `ray up` needs the same version on both sides."))
-                except ImportError:
-                    pass
+                if m.group(1) != ray.__version__:
+                    out.append(Finding("warning", "ray-version",
+                                       f"{where} has Ray {m.group(1)} but this machine has Ray "
+                                       f"{ray.__version__}; `ray up` needs the same version on both sides."))
     return out
 
 

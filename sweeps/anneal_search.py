@@ -28,23 +28,25 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-try:
-    import sweeps.cli  # noqa: F401
-    _ADDED_PATH = None
-except ImportError:  # pragma: no cover - exercised only without the editable install
-    sys.path.insert(0, _ROOT)
-    _ADDED_PATH = _ROOT
-
-from sweeps import cli  # noqa: E402
-from sweeps.space import AnnealSpace, DefineByRun, base_config, check_rho  # noqa: E402
+from ouvae.config import Config
+from sweeps import cli, connect, experiment, options, preflight, resume
+from sweeps.cli import CommandLine, SweepError
+from sweeps.layout import SweepPaths
+from sweeps.preflight import is_ray_client
+from sweeps.space import AnnealSpace, DefineByRun, check_rho
+from sweeps.storage import is_remote
+from sweeps.trainable import train_ouvae
 
 SCRIPT = "anneal_search"
 METRIC = "iw_bound"
 SECOND_METRIC = "top_active_units"
+# Config fields the search samples: --set may not fix them.
+SCHEDULE_FIELDS = frozenset({"beta_schedule", "beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio",
+                             "sigmoid_steepness"})
 
 
 def _pair(kind=float):
@@ -82,42 +84,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default <storage>/optuna/<name>.log)")
     s.add_argument("--study-name", default=None,
                    help="Optuna study name (default: the sweep --name); an existing study is continued")
-    cli.add_trainer_arguments(p, default_preset="demo")
-    cli.add_run_arguments(p)
+    options.add_trainer_arguments(p, default_preset="demo")
+    options.add_run_arguments(p)
     p.set_defaults(max_concurrent=2)
     return p
 
 
-# ----- the study ----------------------------------------------------------------------------------------------
-def make_storage(uri: str):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    if "://" in uri and not uri.startswith("file://"):
-        if cli.is_remote(uri) and not uri.split("://", 1)[0].startswith(("sqlite", "postgresql", "mysql")):
-            raise cli.SweepError(f"--study-storage {uri}: give a journal file path (local or NFS) or a database URL "
-                                 f"(sqlite:///..., postgresql://...); object stores cannot hold an Optuna study")
-        return optuna.storages.RDBStorage(uri)
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+# ----- planning (no Ray runtime; every check happens here) --------------------------------------------------------
+@dataclass(frozen=True)
+class SearchPlan:
+    fixed: dict[str, Any]  # trainer overrides common to every trial
+    base: Config  # the preset with them
+    space: AnnealSpace
+    study_name: str
+    study_storage: str  # a journal file path or a database URL
+    max_evaluations: int  # ASHA's clock: evaluations in a full-budget trial
 
 
-def study_counts(storage, study_name: str) -> dict[str, int]:
-    import optuna
+def plan_search(args: argparse.Namespace, name: str, paths: SweepPaths) -> SearchPlan:
+    if args.n_trials < 1:
+        raise SweepError(f"--n-trials {args.n_trials} must be >= 1")
+    fixed = options.fixed_overrides(args)
+    searched = set(SCHEDULE_FIELDS)
+    searched |= (set() if args.no_free_bits else {"free_bits"}) | ({"rho"} if args.rho_range else set())
+    clash = sorted(searched & set(fixed))
+    if clash:
+        raise SweepError(f"{clash} are searched by this script; set their ranges with the search options instead")
+    base = Config.from_preset(args.preset, **fixed)
+    space = make_space(args, base.epochs if base.steps is None else max(1.0, base.epochs))
+    for corner in corner_configs(space):  # every schedule's extreme values must make a valid Config
+        Config.from_preset(args.preset, **fixed, **corner)
+    study_name = args.study_name or name
+    study_storage = args.study_storage or (None if is_remote(paths.storage)
+                                           else str(Path(paths.storage, "optuna", f"{study_name}.log")))
+    if study_storage is None:
+        raise SweepError("with remote --storage give --study-storage (a journal file on a shared disk or a "
+                         "database URL): the Optuna study cannot live in an object store")
+    check_study_storage(study_storage, args.address)
+    evaluations = math.ceil(base.epochs / base.eval_every) if base.steps is None else 10_000
+    return SearchPlan(fixed, base, space, study_name, study_storage, max(evaluations, 1))
 
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return {}
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
 
-
-# ----- running ------------------------------------------------------------------------------------------------------
 def make_space(args: argparse.Namespace, epochs_budget: float) -> AnnealSpace:
     rho = None
     if args.rho_range is not None:
@@ -130,98 +137,8 @@ def make_space(args: argparse.Namespace, epochs_budget: float) -> AnnealSpace:
     return space.with_budget(epochs_budget)
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    t_start = time.monotonic()
-    cli.check_resources_args(args)
-    args, name, paths = cli.open_sweep(args, parser, SCRIPT, "anneal")
-    if args.n_trials < 1:
-        raise cli.SweepError(f"--n-trials {args.n_trials} must be >= 1")
-    fixed = cli.fixed_overrides(args)
-    swept = {"beta_schedule", "beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio",
-             "sigmoid_steepness"} | (set() if args.no_free_bits else {"free_bits"}) | \
-        ({"rho"} if args.rho_range else set())
-    clash = sorted(swept & set(fixed))
-    if clash:
-        raise cli.SweepError(f"{clash} are searched by this script; set their ranges with the search options instead")
-    base = base_config(args.preset, fixed)
-    cli.check_dataset(base.dataset)
-    space = make_space(args, base.epochs if base.steps is None else max(1.0, base.epochs))
-    for probe in _corner_configs(space):  # every schedule's extreme values must make a valid Config
-        base_config(args.preset, {**fixed, **probe})
-    study_name = args.study_name or name
-    storage_uri = args.study_storage or (None if cli.is_remote(paths.storage)
-                                         else str(Path(paths.storage, "optuna", f"{study_name}.log")))
-    if storage_uri is None:
-        raise cli.SweepError("with remote --storage give --study-storage (a journal file on a shared disk or a "
-                             "database URL): the Optuna study cannot live in an object store")
-    storage = make_storage(storage_uri)
-    if not args.resume:
-        cli.prepare_new(paths, name)
-        args.study_name, args.study_storage = study_name, storage_uri
-    done = study_counts(storage, study_name)
-    n_finished = sum(v for k, v in done.items() if k in ("COMPLETE", "PRUNED", "FAIL"))
-    n_new = args.n_trials
-
-    evals = math.ceil(base.epochs / base.eval_every) if base.steps is None else 10_000
-    print(f"anneal search {name!r}{' (resumed)' if args.resume else ''}: {args.n_trials} trials over "
-          f"{', '.join(space.schedules)}; objective {METRIC} (max)"
-          + (f" + {SECOND_METRIC} (max)" if args.multi_objective else ""))
-    print(f"  trainer: preset {args.preset} on {base.dataset}, {base.epochs} epochs, rho={base.rho}"
-          f"{' (searched)' if space.rho else ''}, eval L_{base.eval_iw_k} every {base.eval_every} epochs; ASHA "
-          + (f"on (grace {args.grace_period} evaluations, factor {args.reduction_factor:g})" if args.asha else "off"))
-    print(f"  Optuna study {study_name!r} in {storage_uri}"
-          + (f" (continuing: {n_finished} trials already finished)" if n_finished and not args.resume else ""))
-
-    import warnings
-
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    # multivariate/group TPE is what handles a conditional space well; Optuna still labels it experimental.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    cli.connect_and_announce(args, SCRIPT, name, paths, t_start, extra_pythonpath=_ADDED_PATH)
-
-    from sweeps.progress import ProgressLine
-    from sweeps.results import ParquetSink
-
-    constants = {"preset": args.preset, **fixed, "num_threads": cli.threads_per_trial(args, fixed)}
-    trainable = cli.trainable(args)
-    if args.resume:
-        tuner = tune.Tuner.restore(paths.experiment, trainable=trainable, resume_errored=args.retry_failed,
-                                   param_space=constants)
-    else:
-        cli.save_spec(paths, SCRIPT, args)
-        metric: Any = [METRIC, SECOND_METRIC] if args.multi_objective else METRIC
-        mode: Any = ["max", "max"] if args.multi_objective else "max"
-        from sweeps.optuna_search import FullBudgetOptunaSearch
-
-        searcher = FullBudgetOptunaSearch(
-            space=DefineByRun(space), metric=metric, mode=mode, study_name=study_name, storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=args.sampler_seed, multivariate=True, group=True))
-        scheduler = None
-        if args.asha:
-            scheduler = ASHAScheduler(time_attr="evaluation", metric=METRIC, mode="max", max_t=max(evals, 1),
-                                      grace_period=max(1, args.grace_period), reduction_factor=args.reduction_factor)
-        # Each trial is its own Optuna sample: one that finished after Tune's last snapshot stays in the study
-        # and in the table (Tune samples a new trial in its place on --resume).
-        callbacks = [ParquetSink(paths.results_root, name, keep_finished_unknown=True)]
-        if not args.quiet:
-            callbacks.append(ProgressLine(show=("beta_schedule", "beta_max", "anneal_epochs", "free_bits", "rho"),
-                                          total=n_new))
-        tuner = tune.Tuner(
-            trainable, param_space=constants,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=n_new,
-                                        max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors),
-            run_config=tune.RunConfig(
-                name=name, storage_path=paths.ray_storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    results = tuner.fit()
-    return summarize(results, storage, study_name, storage_uri, paths, name, args, t_start)
-
-
-def _corner_configs(space: AnnealSpace) -> list[dict[str, Any]]:
+def corner_configs(space: AnnealSpace) -> list[dict[str, Any]]:
+    """Per schedule, the overrides of its lowest and of its highest sampled values."""
     out = []
     for sched in space.schedules:
         for pick in (0, 1):
@@ -240,27 +157,140 @@ def _corner_configs(space: AnnealSpace) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(results, storage, study_name: str, storage_uri: str, paths: cli.SweepPaths, name: str,
-              args: argparse.Namespace, t_start: float) -> int:
+# ----- the study ----------------------------------------------------------------------------------------------
+def check_study_storage(uri: str, address: str | None) -> None:
+    scheme = uri.split("://", 1)[0] if is_remote(uri) else ""
+    if scheme and not scheme.startswith(("sqlite", "postgresql", "mysql")):
+        raise SweepError(f"--study-storage {uri}: give a journal file path (local or NFS) or a database URL "
+                         f"(sqlite:///..., postgresql://...); object stores cannot hold an Optuna study")
+    if is_ray_client(address) and scheme in ("", "sqlite"):
+        raise SweepError(f"--study-storage {uri}: through Ray Client ({address}) the search runs on the head node, "
+                         f"which would open its own copy of that file; give a database server's URL "
+                         f"(postgresql://..., mysql://...)")
+
+
+def open_study_storage(uri: str):
+    """The Optuna storage at `uri` (a journal file is created with its folder)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if is_remote(uri):
+        return optuna.storages.RDBStorage(uri)
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_counts(storage, study_name: str) -> dict[str, int]:
+    """Trials of the stored study by state name (empty if there is no such study yet)."""
     import optuna
 
-    from sweeps.results import failure_text
-
-    failed = [r for r in results if r.error is not None]
-    print(f"\n{len(results) - len(failed)} trials finished, {len(failed)} failed, in "
-          f"{time.monotonic() - t_start:.0f} s")
-    for r in failed:
-        c = r.config or {}
-        print(f"  FAILED beta_schedule={c.get('beta_schedule')}: {failure_text(r.error)}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    counts: dict[str, int] = {}
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return {}
+    out: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    print(f"Optuna study {study_name!r}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-          + " (pruned = stopped early by ASHA)")
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def make_searcher(args: argparse.Namespace, plan: SearchPlan, storage):
+    from sweeps.optuna_compat import conditional_tpe
+    from sweeps.optuna_search import FullBudgetOptunaSearch
+
+    metric: Any = [METRIC, SECOND_METRIC] if args.multi_objective else METRIC
+    mode: Any = ["max", "max"] if args.multi_objective else "max"
+    return FullBudgetOptunaSearch(space=DefineByRun(plan.space), metric=metric, mode=mode,
+                                  study_name=plan.study_name, storage=storage,
+                                  sampler=conditional_tpe(args.sampler_seed))
+
+
+def tune_config(args: argparse.Namespace, plan: SearchPlan, storage):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if args.asha:
+        scheduler = ASHAScheduler(time_attr="evaluation", metric=METRIC, mode="max", max_t=plan.max_evaluations,
+                                  grace_period=max(1, args.grace_period), reduction_factor=args.reduction_factor)
+    return tune.TuneConfig(search_alg=make_searcher(args, plan, storage), scheduler=scheduler,
+                           num_samples=args.n_trials, max_concurrent_trials=args.max_concurrent,
+                           reuse_actors=args.reuse_actors)
+
+
+# ----- running ------------------------------------------------------------------------------------------------------
+def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
+    t_start = time.monotonic()
+    options.check_resource_options(cmd.args)
+    args, name, paths = resume.open_sweep(cmd, SCRIPT, "anneal")
+    plan = plan_search(args, name, paths)
+    preflight.check_start(args, paths, plan.base)
+    if not args.resume:
+        resume.prepare_new(paths, name)
+        args.study_name, args.study_storage = plan.study_name, plan.study_storage
+    storage = open_study_storage(plan.study_storage)
+    print(describe_search(args, name, plan, study_counts(storage, plan.study_name)))
+
+    resources = connect.start(args, SCRIPT, name, paths, t_start)
+
+    from sweeps.progress import ProgressLine
+    from sweeps.results import ParquetSink
+
+    # Each trial is its own Optuna sample: one that finished after Tune's last snapshot stays in the study and in
+    # the table (Tune samples a new trial in its place on --resume).
+    callbacks: list[Any] = [ParquetSink(paths.results_root, name, keep_finished_unknown=True)]
+    if not args.quiet:
+        callbacks.append(ProgressLine(show=("beta_schedule", "beta_max", "anneal_epochs", "free_bits", "rho"),
+                                      total=args.n_trials))
+    if not args.resume:
+        resume.save_spec(paths, SCRIPT, args)
+    constants = {"preset": args.preset, **plan.fixed, "num_threads": options.threads_per_trial(args, plan.fixed)}
+    results = experiment.fit(trainable, args, name, paths, constants, callbacks=callbacks,
+                             tune_config=None if args.resume else tune_config(args, plan, storage),
+                             first_round=connect.concurrent_trials(args, resources, args.n_trials))
+    outcome = experiment.Outcome.of(results)
+    print(summary_text(outcome, storage, plan, paths, name, args, time.monotonic() - t_start))
+    return 0 if len(outcome.failed) < len(results) else 1
+
+
+# ----- wording ----------------------------------------------------------------------------------------------------
+def describe_search(args: argparse.Namespace, name: str, plan: SearchPlan, done: dict[str, int]) -> str:
+    base, space = plan.base, plan.space
+    n_finished = sum(v for k, v in done.items() if k in ("COMPLETE", "PRUNED", "FAIL"))
+    asha = (f"on (grace {args.grace_period} evaluations, factor {args.reduction_factor:g})" if args.asha else "off")
+    return "\n".join([
+        f"anneal search {name!r}{' (resumed)' if args.resume else ''}: {args.n_trials} trials over "
+        f"{', '.join(space.schedules)}; objective {METRIC} (max)"
+        + (f" + {SECOND_METRIC} (max)" if args.multi_objective else ""),
+        f"  trainer: preset {args.preset} on {base.dataset}, {base.epochs} epochs, rho={base.rho}"
+        f"{' (searched)' if space.rho else ''}, eval L_{base.eval_iw_k} every {base.eval_every} epochs; ASHA {asha}",
+        f"  Optuna study {plan.study_name!r} in {plan.study_storage}"
+        + (f" (continuing: {n_finished} trials already finished)" if n_finished and not args.resume else "")])
+
+
+def trial_label(config: dict[str, Any]) -> str:
+    return f"beta_schedule={config.get('beta_schedule')}"
+
+
+def summary_text(outcome: experiment.Outcome, storage, plan: SearchPlan, paths: SweepPaths, name: str,
+                 args: argparse.Namespace, seconds: float) -> str:
+    import optuna
+
+    n_ok = len(outcome.complete) + len(outcome.cut_short)
+    lines = [f"\n{n_ok} trials finished, {len(outcome.failed)} failed, in {seconds:.0f} s",
+             *outcome.failure_lines(trial_label)]
+    setup = outcome.shared_setup_failure()
+    if setup:
+        lines.append(f"every failed trial failed with {setup}; the other trials would too. Fix the cause, then "
+                     f"continue: {resume.resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(study_counts(storage, plan.study_name).items()))
+    lines.append(f"Optuna study {plan.study_name!r}: {counts} (pruned = stopped early by ASHA)")
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        print("no trial ran its full budget yet: no best schedule to report")
+        lines.append("no trial ran its full budget yet: no best schedule to report")
     else:
         if args.multi_objective:
             best = sorted(study.best_trials, key=lambda t: -t.values[0])
@@ -268,22 +298,31 @@ def summarize(results, storage, study_name: str, storage_uri: str, paths: cli.Sw
         else:
             best = sorted(complete, key=lambda t: -t.value)[:5]
             title = f"best schedules by {METRIC} (of {len(complete)} full-budget trials)"
-        rows = []
-        for t in best:
-            params = {k: v for k, v in t.params.items() if k != "beta_schedule"}
-            rows.append([t.number, t.params.get("beta_schedule", "?"),
-                         f"{t.values[0]:.3f}", t.user_attrs.get("top_active_units", "?"),
-                         ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in sorted(params.items()))])
-        print(f"\n{title}:")
-        print(cli.format_table(["#", "schedule", "L_k", "top AU", "parameters"], rows))
-    print(f"\nresults table: {paths.results_root}/sweep_id={name}/")
-    print(f"study: {storage_uri}   (optuna-dashboard {storage_uri})")
-    return 0 if len(failed) < len(results) else 1
+        lines += [f"\n{title}:", format_table(["#", "schedule", "L_k", "top AU", "parameters"],
+                                               [best_row(t) for t in best])]
+    lines += [f"\nresults table: {paths.results_root}/sweep_id={name}/",
+              f"study: {plan.study_storage}   (optuna-dashboard {plan.study_storage})"]
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(run, build_parser(), argv)
+def best_row(trial) -> list[Any]:
+    params = {k: v for k, v in trial.params.items() if k != "beta_schedule"}
+    return [trial.number, trial.params.get("beta_schedule", "?"), f"{trial.values[0]:.3f}",
+            trial.user_attrs.get("top_active_units", "?"),
+            ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))]
+
+
+def format_table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, *, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
+    """The script. `trainable` is the Tune trainable each trial runs (tests pass one that injects faults)."""
+    return cli.main(lambda cmd: run(cmd, trainable), build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,28 @@
 
 Why not Tune's checkpoints (``tune.report(..., checkpoint=...)`` with ``CheckpointConfig(num_to_keep)``): Tune
 deletes a trial's oldest checkpoint the moment a newer one registers, but records the newer one only in its *next*
-experiment snapshot. A driver killed in between (tens of milliseconds, found by tests/test_multinode.py) leaves a
-snapshot that names a deleted checkpoint, and ``--resume`` then fails the trial with "Could not recover from
-checkpoint as it does not exist on storage anymore" (ray-project/ray#27790). Without ``num_to_keep`` a fine grid
-keeps every checkpoint of every trial (10,000 trials x evaluations x model size).
+experiment snapshot. A driver killed in between (found by tests/test_multinode.py) leaves a snapshot that names a
+deleted checkpoint, and ``--resume`` then fails the trial with "Could not recover from checkpoint as it does not
+exist on storage anymore" (ray-project/ray#27790). Without ``num_to_keep`` a fine grid keeps every checkpoint of
+every trial (10,000 trials x evaluations x model size).
+
+Re-checked in Ray 2.60.0 (the installed version's source, 2026-11-30): ``_CheckpointManager.register_checkpoint``
+(ray/train/_internal/checkpoint_manager.py) still deletes the checkpoints beyond ``num_to_keep`` synchronously,
+as each new one is registered; the experiment snapshot (ray/tune/execution/experiment_state.py) is still
+throttled to every ``max(10 s, 19 x the time a snapshot takes)``; and a restored trial whose recorded checkpoint is
+gone still fails (ray/tune/trainable/trainable.py, "does not exist on storage anymore"). With evaluations every
+few seconds, two registrations between snapshots are the norm, so the bug still applies.
 
 Here the trial does not need Tune to remember anything: at start it lists its own folder and continues from the
 newest complete checkpoint, whichever snapshot Tune restored and whether Tune restarted it after a failure
 (``FailureConfig``) or after ``--resume``. A checkpoint is written next to its final name and then moved there
-(a rename on local disks and NFS, a single server-side copy on object stores), so a listed ``step_*.pt`` is
+(a rename on local disks and NFS, a server-side copy on object stores), so a listed ``step_*.pt`` is
 always complete; the newest ``keep`` are kept while the trial runs, only the final one once it is done (the
 final checkpoint still matters: a trial the driver never recorded as done re-sends its rows from it).
+
+Failures: an I/O error (listing or reading the folder) propagates as OSError -- transient, Tune retries the
+trial; a checkpoint that was read but cannot be loaded is damaged and the one before is tried; when none can be
+loaded, CheckpointError (deterministic: a retry would read the same files; sweeps/failures.py does not retry it).
 
 Layout: ``<trial folder>/ouvae_checkpoints/step_<step, 12 digits>.pt`` (``Trainer.save_checkpoint``'s file).
 Any pyarrow filesystem works: Tune's own storage filesystem is used, so S3/GCS/NFS need no extra set-up.
@@ -53,26 +64,17 @@ class TrialCheckpoints:
     @classmethod
     def of_current_trial(cls) -> "TrialCheckpoints":
         """The running Tune trial's store, on Tune's storage filesystem (local, NFS, s3:// ...)."""
-        from ray import tune
+        from sweeps.ray_compat import trial_storage
 
-        storage = tune.get_context().get_storage()
-        # Ray's own check that this node sees the storage the driver set up (a local --storage path on a
-        # multi-node cluster without NFS fails here, with Ray's explanation). Tune runs it when it uploads a
-        # checkpoint; these checkpoints bypass that upload, so run it here (it is private: skipped if renamed).
-        check = getattr(storage, "_check_validation_file", None)
-        if check is not None:
-            check()
-        return cls(storage.storage_filesystem, f"{storage.trial_fs_path}/{FOLDER}")
+        fs, trial_folder = trial_storage()
+        return cls(fs, f"{trial_folder}/{FOLDER}")
 
     def path(self, step: int) -> str:
         return f"{self.folder}/step_{step:012d}.pt"
 
     def steps(self) -> list[int]:
-        """Steps with a complete checkpoint, oldest first."""
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.folder, allow_not_found=True))
-        except OSError as e:
-            raise CheckpointError(f"cannot list the trial's checkpoints in {self.folder}: {e}") from e
+        """Steps with a complete checkpoint, oldest first (OSError if the folder cannot be listed)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.folder, allow_not_found=True))
         found = (_NAME.match(i.base_name) for i in infos if i.type == pafs.FileType.File)
         return sorted(int(m.group(1)) for m in found if m)
 
@@ -99,14 +101,14 @@ class TrialCheckpoints:
         steps = self.steps()
         errors = []
         for step in reversed(steps):
-            try:
-                with tempfile.TemporaryDirectory(prefix="ouvae-ckpt-") as d:
-                    with self.fs.open_input_file(self.path(step)) as f:
-                        Path(d, CHECKPOINT_FILE).write_bytes(f.read())
+            with tempfile.TemporaryDirectory(prefix="ouvae-ckpt-") as d:
+                with self.fs.open_input_file(self.path(step)) as f:  # an I/O error propagates: transient
+                    Path(d, CHECKPOINT_FILE).write_bytes(f.read())
+                try:
                     return Trainer.from_checkpoint(d, **trainer_kwargs)
-            except Exception as e:  # noqa: BLE001 - a damaged file: say so and try the one before
-                logger.warning("checkpoint %s cannot be read (%s); trying an older one", self.path(step), e)
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 - whatever torch raises on a damaged file: try the one before
+                    logger.warning("checkpoint %s cannot be read (%s); trying an older one", self.path(step), e)
+                    errors.append(f"step {step}: {type(e).__name__}: {e}")
         if errors:
             raise CheckpointError(f"none of the trial's checkpoints in {self.folder} can be read ({'; '.join(errors)})"
                                   f"; delete that folder to restart the trial from scratch")

@@ -3,7 +3,7 @@
 
     python sweeps/critical_rho.py                       # demo: digits, local Ray, a few minutes on 2 cores
     python sweeps/critical_rho.py --preset paper-mlp-4x40 --dataset mnist --latent-sizes 5 10 20 40 \\
-        --rho-min 0.80 --rho-max 1.0 --rho-step 0.005 --n-seeds 5 --gpus-per-trial 0.25 \\
+        --grid --rho-min 0.80 --rho-max 1.0 --rho-step 0.005 --n-seeds 5 --gpus-per-trial 0.25 \\
         --address auto --storage s3://bucket/ouvae --name mnist-4layer
     python sweeps/critical_rho.py --resume              # continue the newest sweep after a crash / Ctrl-C
 
@@ -16,228 +16,250 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable
 
-# Runnable as `python sweeps/critical_rho.py` from any folder, installed or not.
-_ROOT = str(Path(__file__).resolve().parents[1])
-try:
-    import sweeps.cli  # noqa: F401
-    _ADDED_PATH = None
-except ImportError:  # pragma: no cover - exercised only without the editable install
-    sys.path.insert(0, _ROOT)
-    _ADDED_PATH = _ROOT
-
-from ouvae.config import format_latent_dims  # noqa: E402
-from sweeps import cli  # noqa: E402
-from sweeps.refine import RefineError  # noqa: E402
-from sweeps.space import CriticalGrid, SpaceError, base_config, latent_configs, parse_rho_list, rho_grid, rho_range, \
-    seed_list  # noqa: E402
+from ouvae.config import Config, format_latent_dims
+from sweeps import cli, connect, experiment, options, preflight, resume
+from sweeps.cli import CommandLine, SweepError
+from sweeps.layout import SweepPaths
+from sweeps.refine import RefineError
+from sweeps.space import CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, rho_range, seed_list
+from sweeps.trainable import train_ouvae
 
 SCRIPT = "critical_rho"
-# The no-argument demo (digits, 2 cores, ~5 minutes including Ray start-up): README.md ("Sweeps") has timings.
-DEMO_LATENT_SIZES = [5, 10, 20]
-DEMO_RHO = (0.76, 1.0, 0.04)
-ADAPTIVE_MIN_SPACING = 0.005  # adaptive mode's default finest rho spacing (--rho-step)
-DEMO_SEEDS = 2
-# Trainer budget of the demo preset in this script (unless --epochs/--steps/--n-train/--set say otherwise):
-# DESIGN.md section 6's 797 training images, 30 epochs, L_25 at epochs 15 and 30 (an L_50 evaluation of the
-# smoothed model costs as much as ~5 training epochs; measured: 7.8 s instead of 13.6 s per run at rho = 0.9).
-DEMO_TRAINER = {"epochs": 30, "n_train": 797, "eval_every": 15, "eval_iw_k": 25}
+
+
+@dataclass(frozen=True)
+class SweepDefaults:
+    """What ``python sweeps/critical_rho.py`` sweeps when an option is not given: every default of the script."""
+
+    trainer_preset: str
+    latent_sizes: tuple[int, ...]  # units per stochastic layer, one latent configuration each
+    layers: int  # stochastic layers of each configuration
+    rho_min: float
+    rho_max: float
+    rho_step: float  # grid mode's step; also sizes adaptive mode's default budget (the equivalent grid's trials)
+    rho_spacing: float  # adaptive mode's finest spacing between rho values
+    n_seeds: int
+    mode: str  # "adaptive" or "grid"
+    target_width: float  # adaptive: stop refining a configuration once its rho_c interval is this narrow
+    coarse_points: int  # adaptive: rho values of the first pass per configuration
+
+
+# The no-argument demo: digits, 2 cores, about 5 minutes with Ray's start-up (README.md, "Sweeps"). Its trainer
+# budget is the sweep-demo preset's (ouvae/config.py).
+DEFAULTS = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.76, rho_max=1.0,
+                         rho_step=0.04, rho_spacing=0.005, n_seeds=2, mode="adaptive", target_width=0.02,
+                         coarse_points=5)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
     p = argparse.ArgumentParser(prog="python sweeps/critical_rho.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_mutually_exclusive_group()
     m.add_argument("--adaptive", dest="mode", action="store_const", const="adaptive",
-                   help="place rho values where the transition is (sweeps/adaptive.py searcher)")
+                   help="place rho values where the transition is (sweeps/adaptive.py searcher)"
+                        + (" (default)" if d.mode == "adaptive" else ""))
     m.add_argument("--grid", dest="mode", action="store_const", const="grid",
-                   help="plain grid: every rho of --rho-min..--rho-max by --rho-step (or --rhos)")
-    p.set_defaults(mode=None)
+                   help="plain grid: every rho of --rho-min..--rho-max by --rho-step (or --rhos)"
+                        + (" (default)" if d.mode == "grid" else ""))
+    p.set_defaults(mode=d.mode)
     g = p.add_argument_group("what to sweep")
-    g.add_argument("--rho-min", type=float, default=DEMO_RHO[0], help=f"lowest rho (default {DEMO_RHO[0]})")
-    g.add_argument("--rho-max", type=float, default=DEMO_RHO[1], help=f"highest rho (default {DEMO_RHO[1]})")
+    g.add_argument("--rho-min", type=float, default=d.rho_min, help=f"lowest rho (default {d.rho_min})")
+    g.add_argument("--rho-max", type=float, default=d.rho_max, help=f"highest rho (default {d.rho_max})")
     g.add_argument("--rho-step", type=float, default=None,
-                   help=f"grid step, e.g. 0.005 for a fine grid (default {DEMO_RHO[2]}); in adaptive mode the "
-                        f"finest spacing the searcher may use (default {ADAPTIVE_MIN_SPACING})")
-    g.add_argument("--rhos", type=float, nargs="+", help="explicit rho values instead of a range (grid mode)")
+                   help=f"grid mode: the step between rho values, e.g. 0.005 for a fine grid (default {d.rho_step})")
+    g.add_argument("--rhos", type=float, nargs="+", help="grid mode: explicit rho values instead of a range")
     g.add_argument("--latent-sizes", type=int, nargs="+",
-                   help=f"units per stochastic layer, one configuration each (default {DEMO_LATENT_SIZES} "
+                   help=f"units per stochastic layer, one configuration each (default {list(d.latent_sizes)} "
                         f"unless --latent-dims is given)")
     g.add_argument("--layers", type=int, nargs="+",
-                   help="numbers of stochastic layers, combined with every --latent-sizes value (default 4)")
+                   help=f"numbers of stochastic layers, combined with every --latent-sizes value (default {d.layers})")
     g.add_argument("--latent-dims", nargs="+", metavar="DIMS",
                    help="explicit latent configurations bottom to top, e.g. 40-20-10 2x64")
     g.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (default 0..n-seeds-1)")
-    g.add_argument("--n-seeds", type=int, default=DEMO_SEEDS, help=f"number of seeds (default {DEMO_SEEDS})")
+    g.add_argument("--n-seeds", type=int, default=d.n_seeds, help=f"number of seeds (default {d.n_seeds})")
     a = p.add_argument_group("adaptive mode")
-    a.add_argument("--target-width", type=float, default=0.02,
-                   help="stop refining a configuration once its rho_c interval is this narrow (default 0.02)")
+    a.add_argument("--rho-spacing", type=float, default=None,
+                   help=f"the finest spacing between rho values the searcher may use (default {d.rho_spacing})")
+    a.add_argument("--target-width", type=float, default=d.target_width,
+                   help=f"stop refining a configuration once its rho_c interval is this narrow "
+                        f"(default {d.target_width})")
     a.add_argument("--budget", type=int, default=None,
-                   help="most trials in all, split evenly between latent configurations (default: the size of "
-                        "the equivalent --rho-min/--rho-max grid at the grid step)")
-    a.add_argument("--coarse-points", type=int, default=5,
-                   help="rho values of the first, coarse pass per latent configuration (default 5)")
-    cli.add_trainer_arguments(p, default_preset="demo")
-    cli.add_run_arguments(p)
+                   help=f"most trials in all, split evenly between latent configurations (default: the trials of "
+                        f"the --rho-min..--rho-max grid at step {d.rho_step})")
+    a.add_argument("--coarse-points", type=int, default=d.coarse_points,
+                   help=f"rho values of the first, coarse pass per latent configuration (default {d.coarse_points})")
+    options.add_trainer_arguments(p, default_preset=d.trainer_preset)
+    options.add_run_arguments(p)
     return p
 
 
-# ----- planning (pure; fails before Ray starts) -------------------------------------------------------------------
-def make_grid(args: argparse.Namespace, fixed: dict) -> CriticalGrid:
-    sizes = args.latent_sizes
-    if sizes is None and not args.latent_dims:
-        sizes = DEMO_LATENT_SIZES
-    latents = latent_configs(sizes, args.layers, args.latent_dims)
-    step = args.rho_step if args.rho_step is not None and args.mode != "adaptive" else DEMO_RHO[2]
-    if args.mode == "adaptive":  # the grid only sizes the default budget here: any range must give one
-        span = args.rho_max - args.rho_min
-        step = min(step, span) if span > 0 else step
-    if args.mode == "adaptive" and args.rhos:
+# ----- planning (no Ray runtime; every check happens here) --------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    grid: CriticalGrid  # grid mode: the trials; adaptive mode: the configurations and seeds, and the budget's size
+    base: Config  # the preset with the fixed overrides
+    param_space: dict[str, Any]
+    searcher: Any  # adaptive mode's AdaptiveRhoSearcher; None in grid mode
+    n_trials: int  # the grid's trials, or adaptive mode's budget
+
+
+def plan_sweep(args: argparse.Namespace) -> Plan:
+    """Everything the sweep will run, validated: a bad value fails here, before Ray starts."""
+    adaptive = args.mode == "adaptive"
+    if adaptive and args.rhos:
         raise SpaceError("--rhos lists grid points; adaptive mode chooses rho itself: use --grid, or give "
                          "--rho-min/--rho-max")
-    rhos = parse_rho_list(args.rhos) if args.rhos else rho_grid(args.rho_min, args.rho_max, step)
-    seeds = seed_list(args.n_seeds, args.seeds)
-    grid = CriticalGrid(preset=args.preset, fixed=fixed, latents=latents, rhos=rhos, seeds=seeds)
+    if adaptive and args.rho_step is not None:
+        raise SpaceError("--rho-step is grid mode's step; in adaptive mode the finest spacing the searcher may use "
+                         "is --rho-spacing")
+    if not adaptive and args.rho_spacing is not None:
+        raise SpaceError("--rho-spacing belongs to adaptive mode; in grid mode the step between rho values is "
+                         "--rho-step")
+    if args.budget is not None and args.budget < 1:
+        raise SweepError(f"--budget {args.budget} must be >= 1 trial")
+    fixed = options.fixed_overrides(args)
+    grid = make_grid(args, fixed)
+    param_space = {**grid.trial_space(), "num_threads": options.threads_per_trial(args, grid.fixed)}
+    searcher = make_searcher(args, grid) if adaptive else None
+    if searcher is None:
+        from ray import tune
+
+        param_space.update(latent_dims=tune.grid_search([list(dims) for dims in grid.latents]),
+                           rho=tune.grid_search(grid.rhos), seed=tune.grid_search(grid.seeds))
+    n_trials = (args.budget or grid.n_trials) if adaptive else grid.n_trials
+    return Plan(grid, Config.from_preset(args.preset, **fixed), param_space, searcher, n_trials)
+
+
+def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
+    sizes = args.latent_sizes if args.latent_sizes or args.latent_dims else DEFAULTS.latent_sizes
+    latents = latent_configs(sizes, args.layers, args.latent_dims, default_layers=DEFAULTS.layers)
+    if args.rhos:
+        rhos = parse_rho_list(args.rhos)
+    else:
+        step = args.rho_step if args.rho_step is not None else DEFAULTS.rho_step
+        span = args.rho_max - args.rho_min
+        if args.mode == "adaptive" and 0 < span < step:  # the grid only sizes the budget: any range gives one
+            step = span
+        rhos = rho_grid(args.rho_min, args.rho_max, step)
+    grid = CriticalGrid(preset=args.preset, fixed=fixed, latents=latents, rhos=rhos,
+                        seeds=seed_list(args.n_seeds, args.seeds))
     grid.validate()
     return grid
 
 
-def build_param_space(args: argparse.Namespace, grid: CriticalGrid, mode: str) -> tuple[dict, object | None]:
-    """(param_space, search_alg). Grid mode: tune.grid_search over latent dims x rho x seed. Adaptive mode: the
-    constants only; the searcher proposes latent_dims/rho/seed."""
-    from ray import tune
+def make_searcher(args: argparse.Namespace, grid: CriticalGrid):
+    """The adaptive searcher; it validates its own settings (RefineError) and needs no Ray runtime."""
+    from sweeps.adaptive import make_critical_searcher
 
-    constants = {**grid.trial_space(), "num_threads": cli.threads_per_trial(args, grid.fixed)}
-    if mode == "grid":
-        space = {**constants,
-                 "latent_dims": tune.grid_search([list(d) for d in grid.latents]),
-                 "rho": tune.grid_search(grid.rhos),
-                 "seed": tune.grid_search(grid.seeds)}
-        return space, None
-    from sweeps.adaptive import make_critical_searcher  # imports Ray: only once the plan is valid
-
-    lo, hi = rho_range(args.rho_min, args.rho_max)
-    spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
-    searcher = make_critical_searcher(
-        groups=[{"latent_dims": list(d)} for d in grid.latents], rho_range=(lo, hi), rho_step=spacing,
-        seeds=grid.seeds, target_width=args.target_width, budget=args.budget or grid.n_trials,
-        max_concurrent=args.max_concurrent, coarse_points=args.coarse_points)
-    return constants, searcher
+    return make_critical_searcher(
+        groups=[{"latent_dims": list(dims)} for dims in grid.latents], rho_range=rho_range(args.rho_min, args.rho_max),
+        rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
+        target_width=args.target_width, budget=args.budget or grid.n_trials, max_concurrent=args.max_concurrent,
+        coarse_points=args.coarse_points)
 
 
 # ----- running ------------------------------------------------------------------------------------------------------
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
     t_start = time.monotonic()
-    cli.check_resources_args(args)
-    args, name, paths = cli.open_sweep(args, parser, SCRIPT, "critical-rho")
-    mode = args.mode = args.mode or "adaptive"
-    if args.budget is not None and args.budget < 1:
-        raise cli.SweepError(f"--budget {args.budget} must be >= 1 trial")
-    fixed = cli.fixed_overrides(args)
-    if args.preset == "demo" and "steps" not in fixed:
-        fixed = {**{k: v for k, v in DEMO_TRAINER.items() if k not in fixed}, **fixed}
-    grid = make_grid(args, fixed)
-    base = base_config(args.preset, fixed)
-    cli.check_dataset(base.dataset)
-    # The searcher validates its own settings: build it (no Ray needed) before anything starts.
-    param_space, searcher = build_param_space(args, grid, mode)
+    options.check_resource_options(cmd.args)
+    args, name, paths = resume.open_sweep(cmd, SCRIPT, "critical-rho")
+    plan = plan_sweep(args)
+    preflight.check_start(args, paths, plan.base)
     if not args.resume:
-        cli.prepare_new(paths, name)
+        resume.prepare_new(paths, name)
+    print(describe_plan(args, name, plan))
 
-    budget = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
-    what = grid.describe() if mode == "grid" else describe_adaptive(args, grid)
-    print(f"critical-rho sweep {name!r} ({mode}{', resumed' if args.resume else ''}): {what}")
-    print(f"  trainer: preset {args.preset} on {base.dataset}, {budget}, K={base.smooth_samples}, "
-          f"eval L_{base.eval_iw_k} every {base.eval_every} epochs; {args.cpus_per_trial:g} CPU / "
-          f"{args.gpus_per_trial:g} GPU per trial")
-
-    from ray import tune
-
-    cli.connect_and_announce(args, SCRIPT, name, paths, t_start, extra_pythonpath=_ADDED_PATH)
+    resources = connect.start(args, SCRIPT, name, paths, t_start)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
 
-    trainable = cli.trainable(args)
-    if args.resume:
-        tuner = tune.Tuner.restore(paths.experiment, trainable=trainable, resume_errored=args.retry_failed,
-                                   param_space=param_space)
+    callbacks: list[Any] = [ParquetSink(paths.results_root, name)]
+    if not args.quiet:
+        callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"), total=plan.n_trials))
+    if not args.resume:
+        resume.save_spec(paths, SCRIPT, args)
+    results = experiment.fit(trainable, args, name, paths, plan.param_space, callbacks=callbacks,
+                             tune_config=tune_config(args, plan),
+                             first_round=connect.concurrent_trials(args, resources, plan.n_trials))
+    return summarize(experiment.Outcome.of(results), paths, name, args, t_start)
+
+
+def tune_config(args: argparse.Namespace, plan: Plan):
+    from ray import tune
+
+    if plan.searcher is None:
+        return tune.TuneConfig(reuse_actors=args.reuse_actors, max_concurrent_trials=args.max_concurrent)
+    # The adaptive searcher ends the sweep itself (num_samples=-1) and enforces --max-concurrent.
+    return tune.TuneConfig(search_alg=plan.searcher, reuse_actors=args.reuse_actors, num_samples=-1)
+
+
+# ----- wording ----------------------------------------------------------------------------------------------------
+def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
+    base, grid = plan.base, plan.grid
+    if plan.searcher is None:
+        what = grid.describe()
     else:
-        cli.save_spec(paths, SCRIPT, args)
-        callbacks = [ParquetSink(paths.results_root, name)]
-        if not args.quiet:
-            callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"),
-                                          total=grid.n_trials if mode == "grid" else (args.budget or grid.n_trials)))
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            # Adaptive: the searcher ends the sweep itself (num_samples=-1) and enforces --max-concurrent.
-            tune_config=tune.TuneConfig(search_alg=searcher, reuse_actors=args.reuse_actors,
-                                        num_samples=1 if mode == "grid" else -1,
-                                        max_concurrent_trials=args.max_concurrent if mode == "grid" else None),
-            run_config=tune.RunConfig(
-                name=name, storage_path=paths.ray_storage, callbacks=callbacks, verbose=0,
-                # Retries continue from the trial's own checkpoints (sweeps/checkpoints.py), not Tune's.
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)),
-        )
-    results = tuner.fit()
-    return summarize(results, paths, name, args, t_start)
+        latents = ", ".join(format_latent_dims(dims) for dims in grid.latents)
+        spacing = args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing
+        what = (f"{len(grid.latents)} latent configs ({latents}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
+                f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the "
+                f"rho_c interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
+                f"{plan.n_trials} trials")
+    budget = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
+    return (f"critical-rho sweep {name!r} ({args.mode}{', resumed' if args.resume else ''}): {what}\n"
+            f"  trainer: preset {args.preset} on {base.dataset}, {budget}, K={base.smooth_samples}, eval "
+            f"L_{base.eval_iw_k} every {base.eval_every} epochs; {args.cpus_per_trial:g} CPU / "
+            f"{args.gpus_per_trial:g} GPU per trial")
 
 
-def describe_adaptive(args: argparse.Namespace, grid: CriticalGrid) -> str:
-    lat = ", ".join(format_latent_dims(d) for d in grid.latents)
-    spacing = args.rho_step if args.rho_step is not None else ADAPTIVE_MIN_SPACING
-    return (f"{len(grid.latents)} latent configs ({lat}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
-            f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the rho_c "
-            f"interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
-            f"{args.budget or grid.n_trials} trials")
+def trial_label(config: dict[str, Any]) -> str:
+    dims = format_latent_dims(config.get("latent_dims", []))
+    return f"latent_dims={dims} rho={config.get('rho')} seed={config.get('seed')}"
 
 
-def summarize(results, paths: cli.SweepPaths, name: str, args: argparse.Namespace, t_start: float) -> int:
-    from sweeps.results import failure_text
-
-    failed = [r for r in results if r.error is not None]
-    # A trial without error and without its final evaluation was cut short (Ctrl-C stops Tune gracefully).
-    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("is_final")]
-    ok = [r for r in results if r.error is None and (r.metrics or {}).get("is_final")]
-    print(f"\n{len(ok)} trials finished, {len(failed)} failed, in {time.monotonic() - t_start:.0f} s "
-          f"(including Ray start-up)")
-    if unfinished:
-        print(f"{len(unfinished)} trials did not finish (interrupted): continue with "
-              f"python sweeps/critical_rho.py --resume --name {name}"
-              + (f" --storage {args.storage}" if args.storage != "results" else ""))
-    for r in failed:
-        c = r.config or {}
-        dims = format_latent_dims(c.get("latent_dims", []))
-        print(f"  FAILED latent_dims={dims} rho={c.get('rho')} seed={c.get('seed')}: {failure_text(r.error)}")
+def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: argparse.Namespace,
+              t_start: float) -> int:
+    print(f"\n{len(outcome.complete)} trials finished, {len(outcome.failed)} failed, in "
+          f"{time.monotonic() - t_start:.0f} s (including Ray start-up)")
+    for line in outcome.failure_lines(trial_label):
+        print(line)
+    setup = outcome.shared_setup_failure()
+    if setup:
+        print(f"every failed trial failed with {setup}; the other trials would too. Fix the cause, then continue: "
+              f"{resume.resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
+    elif outcome.cut_short:
+        print(f"{len(outcome.cut_short)} trials did not finish (interrupted): continue with "
+              f"{resume.resume_command(SCRIPT, name, args.storage)}")
     print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment})")
-    if args.no_report:
-        return 0 if ok or not failed else 1
+    code = 0 if outcome.complete or not (outcome.failed or outcome.cut_short) else 1
+    if args.no_report or not outcome.complete:
+        return code
     if paths.report_dir is None:
-        print("report: skipped for remote storage; copy the table locally and run "
-              f"python -m analysis <folder> --sweep {name}")
-        return 0 if ok else 1
-    try:
-        from analysis.io import AnalysisError
-        from analysis.report import analyze
-    except ImportError as e:
-        print(f"report: the analysis package is not available ({e}); run python -m analysis "
-              f"{paths.results_root} --sweep {name} once it is")
-        return 0 if ok else 1
+        print(f"report: not written on remote storage; read the table with python -m analysis "
+              f"{paths.results_root} --sweep {name}")
+        return code
+    from analysis.io import AnalysisError
+    from analysis.report import analyze
+
     try:
         rep = analyze(paths.results_root, paths.report_dir, sweeps=[name], drop_nan=True)
     except AnalysisError as e:
         print(f"report: not written: {e}")
-        return 0 if ok else 1
+        return code
     print()
     print(rep.text())
     print(f"\nreport: {rep.path}")
-    return 0 if ok else 1
+    return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(run, build_parser(), argv, extra_errors=(RefineError,))
+def main(argv: list[str] | None = None, *, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
+    """The script. `trainable` is the Tune trainable each trial runs (tests pass one that injects faults)."""
+    return cli.main(lambda cmd: run(cmd, trainable), build_parser(), argv, extra_errors=(RefineError,))
 
 
 if __name__ == "__main__":

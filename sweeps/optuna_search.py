@@ -16,12 +16,12 @@ optuna-dashboard. Defined at module level so Ray can pickle it into its experime
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+from sweeps import optuna_compat, ray_compat
 
 TS = optuna.trial.TrialState
 USER_ATTRS = ("epoch", "step", "is_final", "top_active_units", "top_kl", "elbo", "iw_k")
@@ -42,51 +42,56 @@ def outcome(result: dict | None, error: bool, metric: Any) -> tuple[TS, Any]:
 
 
 class FullBudgetOptunaSearch(OptunaSearch):
-    """See the module docstring."""
+    """See the module docstring. Ray's OptunaSearch keeps its study and trials in private attributes: they are
+    reached through sweeps/ray_compat.py."""
+
+    def _open_trial(self, trial_id: str) -> Any | None:
+        """The optuna.Trial of a Tune trial that Optuna has not been told the end of, else None."""
+        if trial_id in ray_compat.completed_trial_ids(self):
+            return None
+        return ray_compat.optuna_trials(self).get(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = self._open_trial(trial_id)
+        if ot_trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
+        ray_compat.completed_trial_ids(self).add(trial_id)
         state, value = outcome(result, error, self.metric)
         try:
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             for key in USER_ATTRS:
                 if result and result.get(key) is not None:
                     ot_trial.set_user_attr(key, result[key])
-            self._ot_study.tell(ot_trial, value if state == TS.COMPLETE else None, state=state)
-        except Exception as exc:  # noqa: BLE001 - e.g. already told before a driver crash
-            print(f"[optuna] could not record trial {trial_id}: {exc}", file=sys.stderr)
-        self._completed_trials.add(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # told to Optuna before a driver crash, after Tune's last snapshot: already recorded
+        ray_compat.optuna_study(self).tell(ot_trial, value if state == TS.COMPLETE else None, state=state,
+                                          skip_if_finished=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
         again at 1 when a trial continues from its checkpoint). A step already reported -- the evaluation a
-        restarted trial re-sends -- keeps its value: it is the same measurement."""
-        if isinstance(self.metric, list):
+        restarted trial re-sends -- keeps its value: it is the same measurement. Results without the metric (a
+        failing trial's last word, sweeps/failures.py) are not evaluations."""
+        if isinstance(self.metric, list) or self.metric not in result:
             return  # Optuna takes no intermediate values for several objectives
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = self._open_trial(trial_id)
+        if ot_trial is None:
             return
-        ot_trial = self._ot_trials[trial_id]
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*is already reported", category=UserWarning)
-                ot_trial.report(float(result[self.metric]), step=int(result["step"]))
+            optuna_compat.report_once(ot_trial, float(result[self.metric]), int(result["step"]))
         except optuna.exceptions.UpdateFinishedTrialError:
             # Told to Optuna before a driver crash, after Tune's last snapshot: Tune runs it again.
-            self._completed_trials.add(trial_id)
+            ray_compat.completed_trial_ids(self).add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        study, trials = ray_compat.optuna_study(self), ray_compat.optuna_trials(self)
         # Trials the study already finished (told after Tune's last snapshot) must not be reported to again.
-        finished = {t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
-        self._completed_trials.update(tid for tid, t in self._ot_trials.items() if t.number in finished)
+        finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        ray_compat.completed_trial_ids(self).update(tid for tid, t in trials.items() if t.number in finished)
         # Trials asked after Tune's last snapshot are asked again under new numbers on resume: close the stale
         # ones as FAIL so the study shows no phantom RUNNING trials.
-        known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        known = {t.number for t in trials.values()}
+        for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
             if t.number not in known:
-                try:
-                    self._ot_study.tell(t.number, state=TS.FAIL)
-                except Exception:  # noqa: BLE001
-                    pass
+                study.tell(t.number, state=TS.FAIL, skip_if_finished=True)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from ray.tune import Callback
 
 from ouvae.config import format_latent_dims
-from sweeps.results import failure_reason
+from sweeps.failures import failure_reason, not_retried_reason
 
 
 def _fmt_value(key: str, value: Any) -> str:
@@ -90,7 +90,8 @@ class ProgressLine(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.failed += 1
-        self._out(f"FAILED {self._label(trial)}: {failure_reason(trial)}   [{self._count(trials, trial)}]")
+        final = " (not retried: a retry would fail alike)" if not_retried_reason(trial.last_result) else ""
+        self._out(f"FAILED {self._label(trial)}: {failure_reason(trial)}{final}   [{self._count(trials, trial)}]")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         self._out(f"retry  {self._label(trial)} from its last checkpoint "

@@ -10,12 +10,10 @@ whole "what is searched" question has one home.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
-from ouvae.config import BETA_SCHEDULES, Config, ConfigError, PRESETS
-from ouvae.config import format_latent_dims
-from ouvae.config import parse_latent_dims as config_latent_dims
+from ouvae.config import BETA_SCHEDULES, Config, format_latent_dims, parse_latent_dims
 
 RHO_DECIMALS = 10  # grid values are rounded so 0.8 + 7 * 0.02 prints (and hashes) as 0.94, not 0.9400000000000001
 
@@ -68,18 +66,10 @@ def parse_rho_list(values: Iterable[float | str]) -> list[float]:
 
 
 # ----- latent configurations and seeds ------------------------------------------------------------------------
-def parse_latent_dims(text: str) -> tuple[int, ...]:
-    """ouvae.config.parse_latent_dims with this module's error type (the message names the fix)."""
-    try:
-        return config_latent_dims(text)
-    except ConfigError as e:
-        raise SpaceError(str(e)) from None
-
-
-def latent_configs(sizes: Sequence[int] | None, layers: Sequence[int] | None,
-                   explicit: Sequence[str] | None) -> list[tuple[int, ...]]:
-    """Latent configurations to sweep: every (layers x size) combination plus explicit dims, no duplicates,
-    in the order given."""
+def latent_configs(sizes: Sequence[int] | None, layers: Sequence[int] | None, explicit: Sequence[str] | None, *,
+                   default_layers: int) -> list[tuple[int, ...]]:
+    """Latent configurations to sweep: every (layers x size) combination (`default_layers` when no layers are
+    given) plus explicit dims (ouvae.config.parse_latent_dims), no duplicates, in the order given."""
     out: list[tuple[int, ...]] = []
     for s in sizes or ():
         if s < 1:
@@ -88,7 +78,7 @@ def latent_configs(sizes: Sequence[int] | None, layers: Sequence[int] | None,
         if n < 1:
             raise SpaceError(f"--layers value {n} must be >= 1 stochastic layer")
     if sizes:
-        for n in layers or (4,):
+        for n in layers or (default_layers,):
             for s in sizes:
                 out.append((int(s),) * int(n))
     elif layers:
@@ -116,16 +106,6 @@ def seed_list(n_seeds: int | None, seeds: Sequence[int] | None) -> list[int]:
 
 
 # ----- the critical-rho grid ------------------------------------------------------------------------------------
-def base_config(preset: str, overrides: Mapping[str, Any]) -> Config:
-    """The preset with the user's fixed overrides; a bad preset or value is a SpaceError naming the fix."""
-    if preset not in PRESETS:
-        raise SpaceError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
-    try:
-        return Config.from_preset(preset, **overrides)
-    except ConfigError as e:
-        raise SpaceError(str(e)) from None
-
-
 @dataclass(frozen=True)
 class CriticalGrid:
     """rho x latent configuration x seed on one base configuration. `fixed` holds trainer overrides common
@@ -136,7 +116,6 @@ class CriticalGrid:
     latents: list[tuple[int, ...]]
     rhos: list[float]
     seeds: list[int]
-    errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.latents:
@@ -161,7 +140,8 @@ class CriticalGrid:
                     yield self.config_for(dims, rho, seed)
 
     def config_for(self, dims: Sequence[int], rho: float, seed: int) -> Config:
-        return base_config(self.preset, {**self.fixed, "latent_dims": tuple(dims), "rho": rho, "seed": seed})
+        """The trainer config of one trial (ConfigError names a value the trainer rejects)."""
+        return Config.from_preset(self.preset, **self.fixed, latent_dims=tuple(dims), rho=rho, seed=seed)
 
     def validate(self) -> None:
         """Build every corner of the grid once, so an invalid combination fails now, not in trial 500."""

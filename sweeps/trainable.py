@@ -19,15 +19,14 @@ Contract with the rest of `sweeps`:
   recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
   sweeps/checkpoints.py for why.
 
-With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn; the dataset
-cache below then saves reloading the data for every trial.
+A configuration or data error, a diverged run or unreadable checkpoints are not retried: the trial reports the
+reason and re-raises (sweeps/failures.py). With ``reuse_actors=True`` (the sweeps' default) one worker process runs
+many trials in turn; the dataset cache below then saves reloading the data for every trial.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -36,28 +35,18 @@ from ray import tune
 from analysis.schema import SCHEMA_VERSION
 from ouvae.records import run_columns
 from ouvae.config import Config
+from ouvae.data import load_dataset
 from ouvae.trainer import Trainer
 from sweeps.checkpoints import TrialCheckpoints
-
-# Test-only hooks (never set by the sweep scripts): a folder; the first time a trial id reaches its first
-# checkpointed report, a marker file is created there and the trial raises (TEST_FAIL_ONCE_KEY) or its worker
-# process is SIGKILLed (TEST_KILL_ONCE_KEY: what the kernel's out-of-memory killer does), so tests can check retries.
-TEST_FAIL_ONCE_KEY = "_test_fail_once_dir"
-TEST_KILL_ONCE_KEY = "_test_kill_once_dir"
-# Keys of the trial config that are not Config fields.
-NON_CONFIG_KEYS = (TEST_FAIL_ONCE_KEY, TEST_KILL_ONCE_KEY)
+from sweeps.failures import failure_result
 
 _DATA_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
 
-class InjectedTestFailure(RuntimeError):
-    """Raised only when a test set TEST_FAIL_ONCE_KEY in the trial config."""
-
-
 def config_from_trial(config: Mapping[str, Any]) -> Config:
     """The trainer config of one trial: preset + the other keys as overrides (unknown keys raise)."""
-    spec = {k: v for k, v in config.items() if k not in NON_CONFIG_KEYS}
+    spec = dict(config)
     preset = spec.pop("preset", "base")
     if "latent_dims" in spec:
         spec["latent_dims"] = tuple(spec["latent_dims"])
@@ -65,8 +54,6 @@ def config_from_trial(config: Mapping[str, Any]) -> Config:
 
 
 def _dataset(cfg: Config):
-    from ouvae.data import load_dataset  # imported lazily: the driver never needs it
-
     key = (cfg.dataset, cfg.data_dir)  # the data seed is fixed: every trial is scored on the same images
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
@@ -90,9 +77,19 @@ def evaluation_index(trainer: Trainer, metrics: Mapping[str, Any]) -> int:
 
 
 def train_ouvae(config: dict[str, Any]) -> None:
-    """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint."""
+    """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint.
+    An error that a retry would meet again is reported (sweeps/failures.py) before it is raised."""
+    try:
+        _train(config)
+    except Exception as e:
+        last_word = failure_result(e)
+        if last_word is not None:
+            tune.report(last_word)  # returns once the driver has seen it: before Tune handles the failure
+        raise
+
+
+def _train(config: dict[str, Any]) -> None:
     cfg = config_from_trial(config)
-    fail_hook = config.get(TEST_FAIL_ONCE_KEY), config.get(TEST_KILL_ONCE_KEY)
     data = _dataset(cfg)
     store = TrialCheckpoints.of_current_trial()
     restored_from = 0
@@ -104,8 +101,6 @@ def train_ouvae(config: dict[str, Any]) -> None:
     def checkpoint_and_report(trainer: Trainer, metrics: dict[str, Any]) -> None:
         store.save(trainer)  # before the report: a reported step always has its checkpoint
         send(trainer, metrics)
-        if any(fail_hook):
-            _maybe_fail_once(*fail_hook)
 
     # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
     trainer = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
@@ -121,17 +116,3 @@ def train_ouvae(config: dict[str, Any]) -> None:
         if trainer.history[-1].get("is_final"):
             return
     trainer.fit()
-
-
-def _maybe_fail_once(raise_dir: str | None, kill_dir: str | None) -> None:
-    trial_id = tune.get_context().get_trial_id()
-    folder = raise_dir or kill_dir
-    os.makedirs(folder, exist_ok=True)
-    try:
-        fd = os.open(os.path.join(folder, f"{trial_id}.failed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    if kill_dir:
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise InjectedTestFailure(f"test hook: trial {trial_id} fails once after its first checkpoint")

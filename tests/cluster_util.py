@@ -153,6 +153,7 @@ class LoopbackCluster:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ouvae-mn-", dir="/tmp")))
     nodes: list[Node] = field(default_factory=list)
     port: int = 0
+    client_port: int = 0  # Ray Client's server on the head (0: ray[client] is not installed)
     _next_ip: int = 2
 
     def __post_init__(self) -> None:
@@ -220,15 +221,22 @@ class LoopbackCluster:
         self._finish(head, proc, time.monotonic() + START_TIMEOUT_S)
         return head
 
-    @staticmethod
-    def _client_server_args() -> list[str]:
-        """With ray[client] installed, `ray start --head` binds the client server on 10001 unless told
+    def _client_server_args(self) -> list[str]:
+        """With ray[client] installed, `ray start --head` binds Ray Client's server on 10001 unless told
         otherwise; a free port avoids clashing with another head on the machine."""
-        try:
-            from ray._private.utils import get_ray_client_dependency_error
-        except ImportError:  # pragma: no cover - other Ray versions
+        from sweeps.ray_compat import ray_client_missing
+
+        if ray_client_missing():
             return []
-        return [] if get_ray_client_dependency_error() else [f"--ray-client-server-port={free_port()}"]
+        self.client_port = free_port()
+        return [f"--ray-client-server-port={self.client_port}"]
+
+    @property
+    def client_address(self) -> str:
+        """The ray:// address of the head's Ray Client server."""
+        if not self.client_port:
+            raise ClusterError("Ray Client is not installed here (pip install 'ray[client]')")
+        return f"ray://127.0.0.1:{self.client_port}"
 
     def add_workers(self, n: int = 1) -> list[Node]:
         """`n` more worker nodes, started in parallel, each at the next loopback address (a restarted node gets a

@@ -11,6 +11,7 @@ import pytest
 
 from sweeps import anneal_search
 from sweeps.optuna_search import outcome
+from sweeps.ray_compat import DRIVER_ENV
 
 TS = optuna.trial.TrialState
 TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5",
@@ -20,7 +21,9 @@ TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "
 
 @pytest.fixture
 def quiet_env(monkeypatch):
-    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    """The script sets the driver's Tune environment for its own process; keep it out of the rest of the session."""
+    for key, value in DRIVER_ENV.items():
+        monkeypatch.setenv(key, value)
 
 
 def test_only_full_budget_trials_reach_optuna_as_complete():
@@ -42,6 +45,7 @@ def test_only_full_budget_trials_reach_optuna_as_complete():
     (["--rho-range", "0.5", "1.5"], "outside (0, 1]"),
     (["--cycle-ratio", "0.5", "0.2"], "empty or reversed"),
     (["--study-storage", "s3://bucket/study"], "object stores"),
+    (["--address", "ray://127.0.0.1:1", "--study-storage", "sqlite:///s.db"], "give a database server's URL"),
 ])
 def test_bad_search_options_fail_before_ray(tmp_path, capsys, quiet_env, argv, needle):
     assert anneal_search.main([*argv, "--storage", str(tmp_path)]) == 2
@@ -91,6 +95,28 @@ def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_pat
     assert anneal_search.main(["--resume", "--name", "a1", "--storage", str(tmp_path)]) == 0
     assert len(_study(tmp_path).trials) == 6
     assert pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height == rows_before
+
+
+def test_multi_objective_search_tells_optuna_both_objectives_and_prints_the_pareto_front(ray_session, tmp_path,
+                                                                                         capsys, quiet_env):
+    """--multi-objective: a full-budget trial is COMPLETE with (iw_bound, top_active_units) as in its final row,
+    Optuna keeps two maximised objectives, and the summary prints the Pareto front of the complete trials."""
+    argv = ["--n-trials", "3", "--multi-objective", "--no-asha", "--name", "mo", *TINY, "--storage", str(tmp_path),
+            "--max-concurrent", "2"]
+    assert anneal_search.main(argv) == 0
+    out = capsys.readouterr().out
+    study = _study(tmp_path, "mo")
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
+    complete = [t for t in study.trials if t.state == TS.COMPLETE]
+    assert len(complete) == 3  # no ASHA: every trial ran its budget
+    final = pl.read_parquet(tmp_path / "parquet" / "sweep_id=mo" / "*.parquet").filter(pl.col("is_final"))
+    for t in complete:
+        row = final.filter(pl.col("trial_id") == t.user_attrs["ray_trial_id"])
+        assert t.values == [pytest.approx(row["iw_bound"][0]), float(row["top_active_units"][0])]
+    front = study.best_trials
+    assert f"Pareto front (iw_bound, top_active_units), {len(front)} trials" in out
+    for t in front:
+        assert f"\n{t.number}  " in out  # each front trial is a row of the printed table, numbered as in the study
 
 
 def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):

@@ -21,7 +21,8 @@ import pytest
 import ray
 import ray.autoscaler
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+
+from sweeps.ray_compat import autoscaler_config_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ROOT / "clusters"
@@ -51,6 +52,7 @@ def _errors(config: dict[str, Any], text: str | None = None, **kw) -> set[str]:
 
 def _ray_check(config: dict[str, Any]) -> None:
     """Ray's own offline checks, called directly (independent of validate.py)."""
+    prepare_config, validate_config = autoscaler_config_checks()
     validate_config(prepare_config(copy.deepcopy(config)))
 
 

@@ -19,10 +19,14 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+import faults
 from analysis.schema import SCHEMA
-from sweeps import cli, critical_rho, results
-from sweeps.space import (AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_latent_dims, parse_rho_list,
-                          rho_grid, suggest_schedule)
+from ouvae.config import ConfigError, parse_latent_dims
+from sweeps import critical_rho, failures, results
+from sweeps.layout import SPEC_FILE
+from sweeps.ray_compat import DRIVER_ENV
+from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
+    suggest_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny trainer budget shared by the Ray tests: 200 training images, batch 100 -> 2 steps per epoch.
@@ -32,8 +36,10 @@ TINY = ["--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5", "--
 
 @pytest.fixture
 def quiet_env(monkeypatch):
-    """The scripts set RAY_AIR_NEW_OUTPUT for their own process; keep it out of the rest of the session."""
-    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    """The scripts set the driver's Tune environment for their own process; keep it out of the rest of the
+    session."""
+    for key, value in DRIVER_ENV.items():
+        monkeypatch.setenv(key, value)
 
 
 def read_table(root: Path, sweep: str) -> pl.DataFrame:
@@ -61,10 +67,12 @@ def test_bad_rho_ranges_are_named(lo, hi, step, needle):
 
 def test_latent_configurations_and_grid_validation():
     assert parse_latent_dims("4x10") == (10, 10, 10, 10) == parse_latent_dims("10-10-10-10")
-    assert latent_configs([5, 10], [2, 4], ["10-10", "3x7"]) == [(5, 5), (10, 10), (5,) * 4, (10,) * 4, (7, 7, 7)]
+    assert latent_configs([5, 10], [2, 4], ["10-10", "3x7"], default_layers=4) == \
+        [(5, 5), (10, 10), (5,) * 4, (10,) * 4, (7, 7, 7)]
+    assert latent_configs([5], None, None, default_layers=3) == [(5, 5, 5)]
     with pytest.raises(SpaceError, match="--latent-sizes"):
-        latent_configs(None, [4], None)
-    with pytest.raises(SpaceError):
+        latent_configs(None, [4], None, default_layers=4)
+    with pytest.raises(ConfigError):
         parse_latent_dims("4xten")
     with pytest.raises(SpaceError, match="swept by this script"):
         CriticalGrid(preset="demo", fixed={"rho": 0.9}, latents=[(4,)], rhos=[0.9], seeds=[0])
@@ -73,7 +81,7 @@ def test_latent_configurations_and_grid_validation():
     g = CriticalGrid(preset="demo", fixed={"epochs": 3}, latents=[(4, 4), (8, 8)], rhos=[0.9, 1.0], seeds=[0, 1, 2])
     assert g.n_trials == 12 and len(list(g.configs())) == 12
     bad = CriticalGrid(preset="demo", fixed={"lr": -1.0}, latents=[(4,)], rhos=[0.9], seeds=[0])
-    with pytest.raises(SpaceError, match="lr must be > 0"):
+    with pytest.raises(ConfigError, match="lr must be > 0"):
         bad.validate()
 
 
@@ -163,10 +171,10 @@ def test_sink_for_sampled_trials_keeps_finished_unknown_trials(tmp_path):
 def test_failure_text_names_the_exception():
     from ouvae.trainer import TrainingStalled
 
-    assert results.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
+    assert failures.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
         "TrainingStalled: 50 consecutive steps had a non-finite loss"
     trace = "Traceback (most recent call last):\n  File x\nouvae.trainer.TrainingStalled: diverged"
-    assert results.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
+    assert failures.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
 
 
 # ----- bad input: clear message, exit 2, nothing started ---------------------------------------------------------
@@ -175,14 +183,17 @@ def test_failure_text_names_the_exception():
     (["--rho-min", "0.9", "--rho-max", "1.0", "--rho-step", "0.5"], "larger than the range"),
     (["--rhos", "0.9", "0"], "outside (0, 1]"),
     (["--preset", "nope"], "unknown preset"),
-    (["--dataset", "mnistt"], "unknown dataset"),
+    (["--dataset", "mnistt"], "Did you mean 'mnist'"),
     (["--set", "lrr=0.1"], "did you mean 'lr'"),
     (["--set", "epochs=ten"], "cannot read"),
     (["--latent-dims", "4xfoo"], "latent dims"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
-    (["--name", "a/b"], "--name"),
+    (["--name", "a/b"], "--name 'a/b': '/' cannot be part of it"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray head"),
     (["--resume", "--name", "never-ran"], "no resumable sweep"),
+    (["--retry-failed", "--name", "x"], "add --resume"),
+    (["--rho-spacing", "0.01"], "--rho-step"),
+    (["--name", ".hidden"], "cannot be empty or start with '.'"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
@@ -196,6 +207,7 @@ def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, nee
     (["--adaptive", "--rhos", "0.9", "1.0"], "adaptive mode chooses rho"),
     (["--adaptive", "--budget", "0"], "--budget"),
     (["--adaptive", "--coarse-points", "1"], "coarse"),
+    (["--adaptive", "--rho-step", "0.01"], "--rho-spacing"),
 ])
 def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     assert critical_rho.main([*argv, "--storage", str(tmp_path)]) == 2
@@ -203,10 +215,78 @@ def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env,
     assert err.startswith("error: ") and needle in err
 
 
+def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
+    """The measured complaint: `critical_rho.py --dataset mnist` offline, without the files, used to start Ray and
+    every trial. Now the driver resolves the data first: one line naming the file and the fix, exit code 2, Ray
+    never started, nothing written. Offline is made certain here: an empty $OUVAE_DATA cache and HTTP(S) proxies
+    on a closed port, so a download attempt is refused at once."""
+    dead_proxy = "http://127.0.0.1:9"
+    env = {**os.environ, "OUVAE_DATA": str(tmp_path / "cache"), "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy,
+           "http_proxy": dead_proxy, "https_proxy": dead_proxy}
+    for key in ("no_proxy", "NO_PROXY"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--dataset", "mnist",
+                           "--storage", str(tmp_path / "store")], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: dataset mnist: ") and "Traceback" not in proc.stderr
+    assert "train-images-idx3-ubyte.gz" in errors[0] and f"put it in {tmp_path / 'cache' / 'mnist'}" in errors[0]
+    assert proc.stdout == ""  # not even the sweep's plan: nothing started
+    assert not (tmp_path / "store").exists()
+
+
 def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
     results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
     assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
     assert "already has rows" in capsys.readouterr().err
+
+
+def test_resume_refuses_options_that_differ_from_the_sweeps(ray_session, tmp_path, capsys, quiet_env):
+    where = ["--storage", str(tmp_path), "--name", "r"]
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.9", "--n-seeds", "1", "--epochs", "1", *TINY, *where,
+            "--no-report", "--quiet"]
+    assert critical_rho.main(argv) == 0
+    capsys.readouterr()
+    for extra, needle in [(["--n-seeds", "2"], "n_seeds 2 (the sweep has 1)"),  # 2 is the default: named all the same
+                          (["--adaptive"], "mode 'adaptive' (the sweep has 'grid')"),
+                          (["--set", "eval_iw_k=6"], "overrides ['eval_iw_k=6']")]:
+        assert critical_rho.main(["--resume", *where, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --resume cannot change the sweep's options: ") and needle in err, err
+    # The sweep's own values and per-invocation options are accepted; the finished sweep has nothing left to run.
+    assert critical_rho.main(["--resume", *where, "--n-seeds", "1", "--grid", "--quiet", "--no-report"]) == 0
+    assert "1 trials finished, 0 failed" in capsys.readouterr().out
+
+
+def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_finishes_it(ray_session, tmp_path,
+                                                                                        capsys, quiet_env):
+    """Workers without the data files (tests/faults.py): each trial fails once, without retries; once the first
+    round (2 trials at a time here) has failed alike the sweep stops and says why. After the data are back,
+    --resume runs the trials that never ran and --resume --retry-failed the failed ones."""
+    from ray import tune
+
+    where = ["--storage", str(tmp_path), "--name", "nodata"]
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.6", "0.7", "0.8", "0.9", "--n-seeds", "2", "--epochs", "1",
+            *TINY, "--max-concurrent", "2", *where, "--no-report"]
+    assert critical_rho.main(argv, trainable=faults.train_without_data) == 1
+    out = capsys.readouterr().out
+    assert "retry  " not in out
+    assert f"stopping the sweep: each of the first 2 trials failed with DataError: {faults.MISSING_DATA}" in out
+    assert f"every failed trial failed with DataError: {faults.MISSING_DATA}" in out
+    assert "python sweeps/critical_rho.py --resume --retry-failed --name nodata" in out
+    trials = tune.ExperimentAnalysis(str(tmp_path / "ray" / "nodata")).trials
+    failed = [t for t in trials if t.status == "ERROR"]
+    assert 2 <= len(failed) <= 4 and all(t.run_metadata.num_failures == 1 for t in failed)  # not retried
+    assert not (tmp_path / "parquet" / "sweep_id=nodata").exists()  # no evaluation, no row
+
+    assert critical_rho.main(["--resume", *where, "--quiet"]) == 0  # the data are back: the rest runs
+    out = capsys.readouterr().out
+    assert f"{8 - len(failed)} trials finished, {len(failed)} failed" in out and "(not retried)" in out
+    assert critical_rho.main(["--resume", "--retry-failed", *where, "--quiet"]) == 0
+    assert "8 trials finished, 0 failed" in capsys.readouterr().out
+    final = read_table(tmp_path / "parquet", "nodata").filter(pl.col("is_final"))
+    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.7, 0.8, 0.9) for s in (0, 1)]
 
 
 # ----- Ray: end to end -------------------------------------------------------------------------------------------------
@@ -233,7 +313,7 @@ def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path
     assert df["layer_kl"].list.len().unique().to_list() == [2]
     assert (tmp_path / "reports" / "e2e" / "report.html").is_file() and "report:" in out
     # Ray's experiment folder holds the sweep's options for --resume.
-    assert (tmp_path / "ray" / "e2e" / cli.SPEC_FILE).is_file()
+    assert (tmp_path / "ray" / "e2e" / SPEC_FILE).is_file()
 
 
 def test_adaptive_sweep_runs_the_searcher_end_to_end(ray_session, tmp_path, capsys, quiet_env):
@@ -278,15 +358,14 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
     assert df.filter(pl.col("is_final")).height == 4 and df.height == 8
 
 
-@pytest.mark.parametrize("failure", ["exception", "killed worker process"])
-def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path, failure):
-    """A trial raises -- or its worker process is SIGKILLed, as the out-of-memory killer does -- right after
-    its first checkpoint; Tune retries it, and it continues from that checkpoint."""
+@pytest.mark.parametrize("failure", ["crash", "killed worker process"])
+def test_crashed_trial_is_retried_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path, failure):
+    """A trial crashes -- or its worker process is SIGKILLed, as the out-of-memory killer does -- right after
+    its first checkpoint (tests/faults.py); Tune retries it, and it continues from that checkpoint."""
     from ray import tune
 
-    from sweeps.trainable import TEST_FAIL_ONCE_KEY, TEST_KILL_ONCE_KEY, train_ouvae
-
-    hook = TEST_FAIL_ONCE_KEY if failure == "exception" else TEST_KILL_ONCE_KEY
+    marker = str(tmp_path / "markers")
+    plan = faults.crash_once(marker) if failure == "crash" else faults.kill_once(marker)
 
     class Sequence(tune.Callback):
         def __init__(self):
@@ -294,31 +373,31 @@ def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_ses
             self.retried: list[str] = []
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.steps.setdefault(str(trial.config.get(hook)), []).append(
+            self.steps.setdefault(str(trial.config.get(faults.FAULT)), []).append(
                 (result["step"], result["restored_from_step"]))
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            self.retried.append(str(trial.config.get(hook)))
+            self.retried.append(str(trial.config.get(faults.FAULT)))
 
-    marker = str(tmp_path / "markers")
     seq = Sequence()
     space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 4, "n_train": 200, "eval_every": 1, "eval_iw_k": 5,
              "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9, "seed": 7,
-             hook: tune.grid_search([marker, None])}
+             faults.FAULT: tune.grid_search([plan, None])}
     tuner = tune.Tuner(
-        tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,
+        tune.with_resources(faults.train_with_faults, {"cpu": 1}), param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(name="retry", storage_path=str(tmp_path / "ray"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=[seq, results.ParquetSink(str(tmp_path / "pq"), "retry", verbose=False)]))
+                                  callbacks=[seq, results.ParquetSink(str(tmp_path / "pq"), "retry", verbose=False),
+                                             failures.FailurePolicy(max_failures=1, first_round=2)]))
     grid = tuner.fit()
     assert not grid.errors
-    assert seq.retried == [marker]  # the hooked trial failed once and was retried
+    assert seq.retried == [str(plan)]  # the faulty trial failed once and was retried
     assert len(os.listdir(marker)) == 1
     # The clean twin ran once; the retried trial continued from its checkpoint at step 2: it re-sent that
     # evaluation, then took the same steps as its twin.
     assert seq.steps["None"] == [(2, 0), (4, 0), (6, 0), (8, 0)]
-    assert seq.steps[marker] == [(2, 0), (2, 2), (4, 2), (6, 2), (8, 2)]
+    assert seq.steps[str(plan)] == [(2, 0), (2, 2), (4, 2), (6, 2), (8, 2)]
     ckpts = sorted(p.name for p in (tmp_path / "ray" / "retry").glob("*/ouvae_checkpoints/*"))
     assert ckpts == ["step_000000000008.pt"] * 2  # a finished trial keeps only its final checkpoint
     df = read_table(tmp_path / "pq", "retry")
@@ -330,7 +409,9 @@ def test_failed_trial_resumes_from_its_checkpoint_without_duplicate_rows(ray_ses
     assert a["elbo"].to_list() == b["elbo"].to_list()
 
 
-def test_diverging_trial_is_retried_then_reported_failed_while_the_sweep_goes_on(ray_session, tmp_path, capsys):
+def test_diverging_trial_fails_once_without_retries_while_the_sweep_goes_on(ray_session, tmp_path, capsys):
+    """A diverged run would diverge again from its checkpoint (the trainer is deterministic): it is not
+    retried, whatever --max-failures says, and its reason is printed once."""
     from ray import tune
 
     from sweeps.progress import ProgressLine
@@ -343,15 +424,20 @@ def test_diverging_trial_is_retried_then_reported_failed_while_the_sweep_goes_on
         tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(name="nan", storage_path=str(tmp_path / "ray"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  failure_config=tune.FailureConfig(max_failures=2),
                                   callbacks=[results.ParquetSink(str(tmp_path / "pq"), "nan", verbose=False),
-                                             ProgressLine(show=("lr",), total=2)]))
+                                             ProgressLine(show=("lr",), total=2),
+                                             failures.FailurePolicy(max_failures=2, first_round=2)]))
     grid = tuner.fit()
     out = capsys.readouterr().out
     assert len(grid.errors) == 1
     bad = next(r for r in grid if r.error is not None)
-    assert bad.config["lr"] == 1e12 and results.failure_text(bad.error).startswith("TrainingStalled: ")
-    assert "retry  lr=1e+12" in out and "FAILED lr=1e+12: TrainingStalled: 2 consecutive steps" in out
+    assert bad.config["lr"] == 1e12 and failures.failure_text(bad.error).startswith("TrainingStalled: ")
+    assert "retry  lr=" not in out  # ProgressLine announces every retry
+    assert "FAILED lr=1e+12: TrainingStalled: 2 consecutive steps" in out and "(not retried" in out
+    trials = {t.config["lr"]: t for t in tune.ExperimentAnalysis(str(tmp_path / "ray" / "nan")).trials}
+    assert trials[1e12].run_metadata.num_failures == 1
+    assert trials[1e12].max_failures == 2  # its retries are back in Tune's record, for --resume --retry-failed
     df = read_table(tmp_path / "pq", "nan")  # the healthy trial finished and was written
     assert df.filter(pl.col("is_final"))["lr"].to_list() == [1e-3]
 

@@ -1,0 +1,97 @@
+"""Fault injection for the sweep tests: trainables that wrap the real one (sweeps.trainable.train_ouvae) and make it
+fail the way real trials fail. The product knows nothing of this module; tests hand these trainables to Tune or to
+the scripts' ``main(argv, trainable=...)``.
+
+* ``train_with_faults`` reads a plan from the trial config key ``FAULT`` (removed before the real trainable sees
+  the config): ``crash_once(folder)`` raises a RuntimeError, ``kill_once(folder)`` SIGKILLs the worker process (what
+  the kernel's out-of-memory killer does) -- each the first time a trial id has reported its first checkpointed
+  evaluation (a marker file per trial id in `folder` remembers it across retries and processes);
+* ``train_without_data`` fails every trial as a worker without the data files does (ouvae.data.DataError).
+
+Ray workers import trainables by module name, and this module is imported by the tests as ``faults`` (pytest puts
+tests/ on the driver's sys.path only; Ray gives workers the driver's working folder instead). So it is registered
+with cloudpickle to travel *by value*: workers need not import it, wherever pytest was started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from unittest import mock
+
+import ray.cloudpickle
+from ray import tune
+
+import sweeps.trainable
+from ouvae.data import DataError
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FAULT = "fault"
+MISSING_DATA = "mnist: the file(s) train-images-idx3-ubyte.gz were not found on this worker (injected by the tests)"
+
+
+class InjectedCrash(RuntimeError):
+    """A failure a retry may not meet again (as a crash would be)."""
+
+
+def crash_once(folder: str) -> dict[str, str]:
+    return {"kind": "crash", "folder": folder}
+
+
+def kill_once(folder: str) -> dict[str, str]:
+    return {"kind": "kill", "folder": folder}
+
+
+def train_with_faults(config: dict[str, Any]) -> None:
+    config = dict(config)
+    plan = config.pop(FAULT, None)
+    if plan is None:
+        return sweeps.trainable.train_ouvae(config)
+    with _after_first_report(lambda: _once(plan)):
+        return sweeps.trainable.train_ouvae(config)
+
+
+def train_without_data(config: dict[str, Any]) -> None:
+    def missing(cfg):
+        raise DataError(MISSING_DATA)
+
+    with mock.patch.object(sweeps.trainable, "_dataset", missing):
+        return sweeps.trainable.train_ouvae(config)
+
+
+# Tune records the trainable's name and restores a sweep only with a trainable of that name: a sweep started
+# without data can then be resumed with the real trainable, as after the user fixed the data.
+train_without_data.__name__ = train_without_data.__qualname__ = sweeps.trainable.train_ouvae.__name__
+
+
+@contextmanager
+def _after_first_report(fault: Callable[[], None]) -> Iterator[None]:
+    """Run `fault` right after the trainable's first report in this run (that report has its checkpoint)."""
+    report = tune.report
+    reported = []
+
+    def report_then_fault(*args: Any, **kwargs: Any) -> None:
+        report(*args, **kwargs)
+        if not reported:
+            reported.append(True)
+            fault()
+
+    with mock.patch.object(sweeps.trainable.tune, "report", report_then_fault):
+        yield
+
+
+def _once(plan: dict[str, str]) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    os.makedirs(plan["folder"], exist_ok=True)
+    try:
+        fd = os.open(os.path.join(plan["folder"], f"{trial_id}.failed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # this trial failed once already: the retry runs clean
+    os.close(fd)
+    if plan["kind"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedCrash(f"injected crash of trial {trial_id} after its first checkpoint")
