@@ -58,12 +58,19 @@ def expand_members(x: Tensor, members: int) -> Tensor:
     return x.unsqueeze(0).expand(members, *x.shape)
 
 
+# Rows (members x examples x samples) per evaluation pass. On a CPU small passes stay in cache: measured on the
+# digits demo model (1 thread), 2,000 rows evaluate 2-2.5x faster than 20,000. A GPU wants large passes.
+EVAL_ROWS = {"cpu": 2_000, "cuda": 50_000}
+
+
 @torch.no_grad()
 def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[float],
-             generator: torch.Generator, batch_size: int = 100, max_rows: int = 20_000) -> list[Evaluation]:
+             generator: torch.Generator, batch_size: int = 100, max_rows: int | None = None) -> list[Evaluation]:
     """All metrics of every member on `data` (N, C, H, W; already binarized), with `iw_k` posterior samples per
-    example, smoothing member m at rho[m]. `max_rows` bounds members x examples x samples per forward pass."""
+    example, smoothing member m at rho[m]. `max_rows` bounds members x examples x samples per forward pass
+    (default: EVAL_ROWS for the device)."""
     device = model.flat.device
+    max_rows = max_rows if max_rows is not None else EVAL_ROWS.get(device.type, EVAL_ROWS["cuda"])
     m, n, n_layers = model.members, data.shape[0], len(model.cfg.latent_dims)
     rho_t = torch.tensor(list(rho), dtype=model.flat.dtype, device=device)
     log_w_mean = torch.zeros(m, dtype=torch.float64, device=device)

@@ -193,6 +193,11 @@ class Population:
     def epoch(self) -> float:
         return self.step / self.batches_per_epoch
 
+    @property
+    def done(self) -> bool:
+        """Every member has finished its budget (final evaluation recorded) or failed."""
+        return all(m.failure_reported or (m.history and m.history[-1]["is_final"]) for m in self.members)
+
     # ----- training ---------------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
         """Train to the budget; returns every member's last metrics (a failed member's is its failure row).

@@ -41,6 +41,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from sweeps.refine import RefineError, RefinePolicy, group_key, jsonable, top_dim_of
+from sweeps.trainable import POPULATION_KEY, run_specs
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class AdaptiveRhoSearcher(Searcher):
     ``active_key``: the result key holding the top layer's active units. ``top_dim``: the top layer size for
     groups without ``latent_dims`` (else its last entry). ``max_concurrent``: most trials this searcher keeps
     running at once (``None``: as many as Tune will start; ``TuneConfig(max_concurrent_trials=...)`` sets it too).
+    ``population``: most runs per trial. Above 1, a trial trains up to that many proposals of one latent
+    configuration as one population (sweeps/trainable.py) -- the coarse pass in chunks, each refinement round (one
+    rho, every seed) at once; at 1 every trial is one run.
     The remaining keywords are ``RefinePolicy``'s (rho_range, seeds, coarse_points, target_width,
     max_trials_per_group, max_trials, min_spacing, min_pending, rho_limits, level, n_boot, random_state).
     """
@@ -64,7 +68,8 @@ class AdaptiveRhoSearcher(Searcher):
                  max_trials_per_group: int | None = None, max_trials: int | None = None,
                  max_concurrent: int | None = None, min_pending: int | None = None, min_spacing: float = 0.001,
                  rho_limits: tuple[float, float] = (0.0, 1.0), active_key: str = "top_active_units",
-                 top_dim: int | None = None, level: float = 0.95, n_boot: int = 200, random_state: int = 0) -> None:
+                 top_dim: int | None = None, level: float = 0.95, n_boot: int = 200, random_state: int = 0,
+                 population: int = 1) -> None:
         super().__init__(metric=None, mode=None)
         groups = [dict(g) for g in (groups if groups is not None else [{}])]
         for g in groups:
@@ -83,8 +88,11 @@ class AdaptiveRhoSearcher(Searcher):
         if max_concurrent is not None and int(max_concurrent) < 1:
             raise RefineError(f"max_concurrent must be >= 1 (or None for no limit); got {max_concurrent}")
         self.max_concurrent = int(max_concurrent) if max_concurrent is not None else None
+        if int(population) < 1:
+            raise RefineError(f"population must be >= 1 run per trial; got {population}")
+        self.population = int(population)
         self.active_key = active_key
-        self._live: dict[str, tuple[int, float, int]] = {}
+        self._live: dict[str, list[tuple[int, float, int]]] = {}  # trial id -> its (group, rho, seed) points
 
     # --------------------------------------------------------------------------------------- Tune protocol
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -113,69 +121,90 @@ class AdaptiveRhoSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.max_concurrent is not None and len(self._live) >= self.max_concurrent:
             return None
-        prop = self.policy.next_proposal()
-        if prop is None:
+        props = self.policy.next_proposals(self.population)
+        if not props:
             if not self._live and self.policy.is_finished():
                 return Searcher.FINISHED
             return None
-        self._live[trial_id] = (prop.group, prop.rho, prop.seed)
-        cfg = copy.deepcopy(self.policy.groups[prop.group].overrides)
-        cfg.update(rho=prop.rho, seed=prop.seed)
-        return cfg
+        self._live[trial_id] = [(p.group, p.rho, p.seed) for p in props]
+        overrides = copy.deepcopy(self.policy.groups[props[0].group].overrides)
+        if self.population == 1:
+            return {**overrides, "rho": props[0].rho, "seed": props[0].seed}
+        return {POPULATION_KEY: {**overrides, "members": [{"rho": p.rho, "seed": p.seed} for p in props]}}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        entry = self._live.pop(trial_id, None)
-        if entry is None:
-            entry = self._match(result)
-            if entry is None:
+        points = self._live.pop(trial_id, None)
+        if points is None:
+            points = self._match(result)
+            if not points:
                 logger.warning("adaptive search: result of unknown trial %s ignored (no matching rho/seed/group)",
                                trial_id)
                 return
-            # the same point under an old id (a trial Tune restarted with a new id) is no longer awaited
-            key = (entry[0], self.policy.lattice_index(entry[1]), entry[2])
-            for t, (g, r, s) in list(self._live.items()):
-                if (g, self.policy.lattice_index(r), s) == key:
+            # the same points under an old id (a trial Tune restarted with a new id) are no longer awaited
+            keys = {self._key(p) for p in points}
+            for t, pts in list(self._live.items()):
+                if {self._key(p) for p in pts} & keys:
                     del self._live[t]
-        gi, rho, seed = entry
-        value = None if error else self._active_units(trial_id, result)
-        try:
-            self.policy.record(gi, rho, seed, value)
-        except RefineError as e:  # e.g. more active units than the group's top layer has: never crash the sweep
-            logger.error("adaptive search: trial %s: %s; counted as failed", trial_id, e)
-            self.policy.record(gi, rho, seed, None)
+        values = [None] * len(points) if error else self._active_units(trial_id, result, len(points))
+        for (gi, rho, seed), value in zip(points, values):
+            try:
+                self.policy.record(gi, rho, seed, value)
+            except RefineError as e:  # e.g. more active units than the group's top layer has: never crash the sweep
+                logger.error("adaptive search: trial %s: %s; counted as failed", trial_id, e)
+                self.policy.record(gi, rho, seed, None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:  # intermediate results are not used
         return None
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _active_units(self, trial_id: str, result: Mapping[str, Any] | None) -> int | None:
-        """The final active-unit count in a result, or None (and a log line) when it is not usable."""
+    def _key(self, point: tuple[int, float, int]) -> tuple[int, int, int]:
+        return point[0], self.policy.lattice_index(point[1]), point[2]
+
+    def _active_units(self, trial_id: str, result: Mapping[str, Any] | None, n: int) -> list[int | None]:
+        """The final active-unit count of each of the trial's `n` runs (None, with a log line, where a run is not
+        usable: no result, stopped early, failed, or no count reported)."""
         if not result:
             logger.warning("adaptive search: trial %s ended without a result; counted, not used", trial_id)
+            return [None] * n
+        rows = {int(r["member"]): r for r in result["members"]} if "members" in result else {0: result}
+        return [self._final_count(trial_id, rows.get(i)) for i in range(n)]
+
+    def _final_count(self, trial_id: str, row: Mapping[str, Any] | None) -> int | None:
+        if row is None or row.get("failure"):
+            logger.warning("adaptive search: a run of trial %s failed; counted, not used", trial_id)
             return None
-        if result.get("is_final") is False:
+        if row.get("is_final") is False:
             logger.warning("adaptive search: trial %s stopped before its final evaluation; counted, not used",
                            trial_id)
             return None
-        v = result.get(self.active_key)
+        v = row.get(self.active_key)
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             logger.warning("adaptive search: trial %s reported no %r; counted, not used", trial_id, self.active_key)
             return None
         return int(v)
 
-    def _match(self, result: Mapping[str, Any] | None) -> tuple[int, float, int] | None:
-        """(group, rho, seed) from a result's config (flattened ``config/...`` keys or a nested ``config``)."""
+    def _match(self, result: Mapping[str, Any] | None) -> list[tuple[int, float, int]]:
+        """The (group, rho, seed) points of a result's trial, from its config (flattened ``config/...`` keys or a
+        nested ``config``)."""
         if not result:
-            return None
+            return []
         cfg = result.get("config")
         if not isinstance(cfg, Mapping):
-            cfg = {k[len("config/"):]: v for k, v in result.items() if k.startswith("config/")}
-        if "rho" not in cfg or "seed" not in cfg:
-            return None
+            cfg = {}
+            for key, value in result.items():
+                if key.startswith("config/"):  # Tune flattens nested dicts: config/population/members ...
+                    *path, leaf = key[len("config/"):].split("/")
+                    node = cfg
+                    for part in path:
+                        node = node.setdefault(part, {})
+                    node[leaf] = value
+        runs = run_specs(cfg)
+        if any("rho" not in r or "seed" not in r for r in runs):
+            return []
         for gi, g in enumerate(self.policy.groups):
-            if all(jsonable(cfg.get(k)) == jsonable(v) for k, v in g.overrides.items()):
-                return gi, float(cfg["rho"]), int(cfg["seed"])
-        return None
+            if all(jsonable(runs[0].get(k)) == jsonable(v) for k, v in g.overrides.items()):
+                return [(gi, float(r["rho"]), int(r["seed"])) for r in runs]
+        return []
 
     def summary(self) -> list[dict[str, Any]]:
         """Per latent configuration: trials, stop reason, rho_c and its interval (see RefinePolicy.summary)."""
@@ -184,14 +213,17 @@ class AdaptiveRhoSearcher(Searcher):
     # ------------------------------------------------------------------------------------ save / restore
     def get_state(self) -> dict[str, Any]:
         return {"format": _FORMAT, "policy": self.policy.state_dict(),
-                "live": {t: list(v) for t, v in self._live.items()}, "max_concurrent": self.max_concurrent,
-                "active_key": self.active_key}
+                "live": {t: [list(p) for p in pts] for t, pts in self._live.items()},
+                "max_concurrent": self.max_concurrent, "active_key": self.active_key, "population": self.population}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != _FORMAT:
             raise RefineError("not an adaptive-rho searcher state (wrong or missing 'format' field)")
         self.policy.load_state_dict(state["policy"])
-        self._live = {t: (int(v[0]), float(v[1]), int(v[2])) for t, v in state.get("live", {}).items()}
+        live = state.get("live", {})
+        # states saved before populations hold one [group, rho, seed] per trial
+        live = {t: (pts if pts and isinstance(pts[0], list) else [pts]) for t, pts in live.items()}
+        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in live.items()}
 
     def save(self, checkpoint_path: str) -> None:
         """JSON state, written to a temp file and renamed so a crash never leaves half a file."""

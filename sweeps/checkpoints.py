@@ -25,7 +25,8 @@ Failures: an I/O error (listing or reading the folder) propagates as OSError -- 
 trial; a checkpoint that was read but cannot be loaded is damaged and the one before is tried; when none can be
 loaded, CheckpointError (deterministic: a retry would read the same files; sweeps/failures.py does not retry it).
 
-Layout: ``<trial folder>/ouvae_checkpoints/step_<step, 12 digits>.pt`` (``Trainer.save_checkpoint``'s file).
+Layout: ``<trial folder>/ouvae_checkpoints/step_<step, 12 digits>.pt`` (``Population.save_checkpoint``'s file: a
+trial trains a run alone, which is a population of one, or a population of runs).
 Any pyarrow filesystem works: Tune's own storage filesystem is used, so S3/GCS/NFS need no extra set-up.
 """
 
@@ -40,7 +41,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ouvae.trainer import CHECKPOINT_FILE, Trainer
+from ouvae.checkpoint import CHECKPOINT_FILE, CheckpointFormatError
+from ouvae.config import ConfigError
+from ouvae.population import Population
 
 logger = logging.getLogger(__name__)
 
@@ -78,25 +81,26 @@ class TrialCheckpoints:
         found = (_NAME.match(i.base_name) for i in infos if i.type == pafs.FileType.File)
         return sorted(int(m.group(1)) for m in found if m)
 
-    def save(self, trainer: Trainer) -> str:
-        """Write the trainer's state as the checkpoint of its current step, then drop all but the newest `keep`
-        (all but this one after the final evaluation)."""
-        final = self.path(trainer.step)
+    def save(self, population: Population) -> str:
+        """Write the population's state as the checkpoint of its current step, then drop all but the newest
+        `keep` (all but this one once every member is done: final, or failed)."""
+        final = self.path(population.step)
         staging = f"{self.folder}/.staging-{uuid.uuid4().hex}.pt"
         self.fs.create_dir(self.folder, recursive=True)
         with tempfile.TemporaryDirectory(prefix="ouvae-ckpt-") as d:
-            local = trainer.save_checkpoint(d)
+            local = population.save_checkpoint(d)
             with self.fs.open_output_stream(staging) as out:
                 out.write(local.read_bytes())
         self.fs.move(staging, final)
-        done = bool(trainer.last_metrics and trainer.last_metrics.get("is_final"))
+        done = population.done
         for step in self.steps()[:-(1 if done else self.keep)]:
             self.fs.delete_file(self.path(step))
         return final
 
-    def load_newest(self, **trainer_kwargs: Any) -> Trainer | None:
-        """A Trainer restored from the newest readable checkpoint (older ones are tried if it cannot be read);
-        None if the trial has none. Leftover staging files of a run that died mid-save are removed."""
+    def load_newest(self, **kwargs: Any) -> Population | None:
+        """The population restored from the newest readable checkpoint (older ones are tried if it cannot be
+        read; `kwargs` go to Population.from_checkpoint); None if the trial has none. Leftover staging files of a
+        run that died mid-save are removed."""
         self._remove_staging()
         steps = self.steps()
         errors = []
@@ -105,8 +109,8 @@ class TrialCheckpoints:
                 with self.fs.open_input_file(self.path(step)) as f:  # an I/O error propagates: transient
                     Path(d, CHECKPOINT_FILE).write_bytes(f.read())
                 try:
-                    return Trainer.from_checkpoint(d, **trainer_kwargs)
-                except Exception as e:  # noqa: BLE001 - whatever torch raises on a damaged file: try the one before
+                    return Population.from_checkpoint(d, **kwargs)
+                except (CheckpointFormatError, ConfigError) as e:  # a damaged or foreign file: try the one before
                     logger.warning("checkpoint %s cannot be read (%s); trying an older one", self.path(step), e)
                     errors.append(f"step {step}: {type(e).__name__}: {e}")
         if errors:

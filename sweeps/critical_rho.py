@@ -14,18 +14,20 @@ end the analysis fits rho_c per latent configuration (with a seed-bootstrap inte
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ouvae.config import Config, format_latent_dims
+from ouvae.population import group_into_populations
 from sweeps import cli, connect, experiment, options, preflight, resume
 from sweeps.cli import CommandLine, SweepError
 from sweeps.layout import SweepPaths
 from sweeps.refine import RefineError
 from sweeps.space import CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, rho_range, seed_list
-from sweeps.trainable import train_ouvae
+from sweeps.trainable import POPULATION_KEY, run_specs, train_ouvae
 
 SCRIPT = "critical_rho"
 
@@ -45,13 +47,18 @@ class SweepDefaults:
     mode: str  # "adaptive" or "grid"
     target_width: float  # adaptive: stop refining a configuration once its rho_c interval is this narrow
     coarse_points: int  # adaptive: rho values of the first pass per configuration
+    population_cpu: int  # runs per trial, trained as one batched model, when trials run on CPUs
+    population_gpu: int  # ... and when they hold a GPU (--gpus-per-trial > 0)
 
 
-# The no-argument demo: digits, 2 cores, about 5 minutes with Ray's start-up (README.md, "Sweeps"). Its trainer
-# budget is the sweep-demo preset's (ouvae/config.py).
+# The no-argument demo (README.md, "Sweeps"): under 300 s on an idle 2-core machine, it must show the phenomenon,
+# not noise. Chosen from measured digits runs (BENCHMARKS.md, "The demo"): a grid of 7 rho values over the three
+# transitions (4x5 near 0.94, 4x10 near 0.91, 4x20 near 0.79 at this budget) with 5 seeds, so every 95% interval
+# on rho_c is narrower than 0.06 (two seeds widen an interval x9, five x1.6), trained as populations of 4 runs
+# (the fastest size per run on a CPU, ~1.2x a run alone); the trainer budget is the sweep-demo preset's.
 DEFAULTS = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.76, rho_max=1.0,
-                         rho_step=0.04, rho_spacing=0.005, n_seeds=2, mode="adaptive", target_width=0.02,
-                         coarse_points=5)
+                         rho_step=0.04, rho_spacing=0.005, n_seeds=5, mode="grid", target_width=0.02,
+                         coarse_points=5, population_cpu=4, population_gpu=64)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the --rho-min..--rho-max grid at step {d.rho_step})")
     a.add_argument("--coarse-points", type=int, default=d.coarse_points,
                    help=f"rho values of the first, coarse pass per latent configuration (default {d.coarse_points})")
+    r = p.add_argument_group("populations")
+    r.add_argument("--population", type=int, default=None, metavar="N",
+                   help=f"train up to N runs of one latent configuration in one trial, as one batched model "
+                        f"(ouvae/population.py): grid points are grouped, and each adaptive round is one population "
+                        f"(default {d.population_cpu} on CPUs, {d.population_gpu} with --gpus-per-trial; 1 = one run "
+                        f"per trial)")
     options.add_trainer_arguments(p, default_preset=d.trainer_preset)
     options.add_run_arguments(p)
     return p
@@ -104,7 +117,15 @@ class Plan:
     base: Config  # the preset with the fixed overrides
     param_space: dict[str, Any]
     searcher: Any  # adaptive mode's AdaptiveRhoSearcher; None in grid mode
-    n_trials: int  # the grid's trials, or adaptive mode's budget
+    n_runs: int  # the grid's runs, or adaptive mode's budget of runs
+    population: int  # most runs per trial
+
+    @property
+    def n_trials(self) -> int:
+        """Tune trials: the runs, grouped into populations of at most `population`."""
+        if self.searcher is None and self.population > 1:
+            return len(self.param_space[POPULATION_KEY]["grid_search"])
+        return math.ceil(self.n_runs / self.population)
 
 
 def plan_sweep(args: argparse.Namespace) -> Plan:
@@ -123,15 +144,36 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         raise SweepError(f"--budget {args.budget} must be >= 1 trial")
     fixed = options.fixed_overrides(args)
     grid = make_grid(args, fixed)
+    size = population_size(args)
     param_space = {**grid.trial_space(), "num_threads": options.threads_per_trial(args, grid.fixed)}
-    searcher = make_searcher(args, grid) if adaptive else None
+    searcher = make_searcher(args, grid, size) if adaptive else None
     if searcher is None:
         from ray import tune
 
-        param_space.update(latent_dims=tune.grid_search([list(dims) for dims in grid.latents]),
-                           rho=tune.grid_search(grid.rhos), seed=tune.grid_search(grid.seeds))
-    n_trials = (args.budget or grid.n_trials) if adaptive else grid.n_trials
-    return Plan(grid, Config.from_preset(args.preset, **fixed), param_space, searcher, n_trials)
+        if size == 1:
+            param_space.update(latent_dims=tune.grid_search([list(dims) for dims in grid.latents]),
+                               rho=tune.grid_search(grid.rhos), seed=tune.grid_search(grid.seeds))
+        else:
+            param_space[POPULATION_KEY] = tune.grid_search(grid_populations(grid, size))
+    n_runs = (args.budget or grid.n_runs) if adaptive else grid.n_runs
+    return Plan(grid, Config.from_preset(args.preset, **fixed), param_space, searcher, n_runs, size)
+
+
+def population_size(args: argparse.Namespace) -> int:
+    """Runs per trial: --population, else the default for the device the trials run on."""
+    if args.population is not None:
+        if args.population < 1:
+            raise SweepError(f"--population {args.population} must be >= 1 (1 trains one run per trial)")
+        return args.population
+    return DEFAULTS.population_gpu if args.gpus_per_trial > 0 else DEFAULTS.population_cpu
+
+
+def grid_populations(grid: CriticalGrid, size: int) -> list[dict[str, Any]]:
+    """The grid's runs as population trials: runs that share a latent configuration (and whether they are
+    smoothed at all), in balanced groups of at most `size` (ouvae.population.group_into_populations)."""
+    groups = group_into_populations(list(grid.configs()), size)
+    return [{"latent_dims": list(g[0].latent_dims), "members": [{"rho": c.rho, "seed": c.seed} for c in g]}
+            for g in groups]
 
 
 def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
@@ -151,15 +193,15 @@ def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
     return grid
 
 
-def make_searcher(args: argparse.Namespace, grid: CriticalGrid):
+def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int):
     """The adaptive searcher; it validates its own settings (RefineError) and needs no Ray runtime."""
     from sweeps.adaptive import make_critical_searcher
 
     return make_critical_searcher(
         groups=[{"latent_dims": list(dims)} for dims in grid.latents], rho_range=rho_range(args.rho_min, args.rho_max),
         rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
-        target_width=args.target_width, budget=args.budget or grid.n_trials, max_concurrent=args.max_concurrent,
-        coarse_points=args.coarse_points)
+        target_width=args.target_width, budget=args.budget or grid.n_runs, max_concurrent=args.max_concurrent,
+        coarse_points=args.coarse_points, population=population)
 
 
 # ----- running ------------------------------------------------------------------------------------------------------
@@ -180,7 +222,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
 
     callbacks: list[Any] = [ParquetSink(paths.results_root, name)]
     if not args.quiet:
-        callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"), total=plan.n_trials))
+        callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"), total=plan.n_runs))
     if not args.resume:
         resume.save_spec(paths, SCRIPT, args)
     results = experiment.fit(trainable, args, name, paths, plan.param_space, callbacks=callbacks,
@@ -209,23 +251,30 @@ def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
         what = (f"{len(grid.latents)} latent configs ({latents}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
                 f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the "
                 f"rho_c interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
-                f"{plan.n_trials} trials")
+                f"{plan.n_runs} runs")
     budget = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
-    return (f"critical-rho sweep {name!r} ({args.mode}{', resumed' if args.resume else ''}): {what}\n"
+    per_trial = (f"populations of up to {plan.population} runs per trial ({plan.n_trials} trials)"
+                 if plan.population > 1 else "one run per trial")
+    return (f"critical-rho sweep {name!r} ({args.mode}{', resumed' if args.resume else ''}): {what}; {per_trial}\n"
             f"  trainer: preset {args.preset} on {base.dataset}, {budget}, K={base.smooth_samples}, eval "
             f"L_{base.eval_iw_k} every {base.eval_every} epochs; {args.cpus_per_trial:g} CPU / "
             f"{args.gpus_per_trial:g} GPU per trial")
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    dims = format_latent_dims(config.get("latent_dims", []))
-    return f"latent_dims={dims} rho={config.get('rho')} seed={config.get('seed')}"
+    runs = run_specs(config)
+    dims = format_latent_dims(runs[0].get("latent_dims", []))
+    if len(runs) == 1:
+        return f"latent_dims={dims} rho={runs[0].get('rho')} seed={runs[0].get('seed')}"
+    rhos = sorted({r.get("rho") for r in runs})
+    return (f"population of {len(runs)} (latent_dims={dims} rho={', '.join(f'{v:g}' for v in rhos)} "
+            f"seeds {', '.join(str(r.get('seed')) for r in runs)})")
 
 
 def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: argparse.Namespace,
               t_start: float) -> int:
-    print(f"\n{len(outcome.complete)} trials finished, {len(outcome.failed)} failed, in "
-          f"{time.monotonic() - t_start:.0f} s (including Ray start-up)")
+    done, failed = outcome.run_counts()
+    print(f"\n{done} runs finished, {failed} failed, in {time.monotonic() - t_start:.0f} s (including Ray start-up)")
     for line in outcome.failure_lines(trial_label):
         print(line)
     setup = outcome.shared_setup_failure()

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from sweeps.connect import with_resources
 from sweeps.failures import SETUP_FAILURE_KEY, FailurePolicy, failure_text, not_retried_reason
 from sweeps.layout import SweepPaths
+from sweeps.trainable import failed_members, run_specs
 
 
 def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, name: str, paths: SweepPaths,
@@ -24,6 +25,7 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
     """Run the sweep's trials; returns Tune's ResultGrid. `tune_config` and `callbacks` are used for a new
     experiment only; `first_round` is how many trials start at once (FailurePolicy's stop rule)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     trainable = with_resources(trainable, args)
     if args.resume:
@@ -34,7 +36,7 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,
             run_config=tune.RunConfig(name=name, storage_path=paths.ray_storage, verbose=0,
-                                      callbacks=[*callbacks, policy],
+                                      callbacks=[*callbacks, policy, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     return tuner.fit()
 
@@ -63,11 +65,23 @@ class Outcome:
             return None
         return reasons.pop()
 
+    def run_counts(self) -> tuple[int, int]:
+        """(runs that ran their whole budget, runs that failed): a trial trains one run or a population of them,
+        and a population's member can fail while the others train on."""
+        done = sum(len(run_specs(r.config or {})) - len(failed_members(r.metrics)) for r in self.complete)
+        failed = sum(len(run_specs(r.config or {})) for r in self.failed)
+        failed += sum(len(failed_members(r.metrics)) for r in (*self.complete, *self.cut_short))
+        return done, failed
+
     def failure_lines(self, label: Callable[[dict[str, Any]], str]) -> list[str]:
-        """One line per failed trial: its label, the reason, and whether it was retried."""
+        """One line per failed trial (all its runs failed) and per failed member of a population: its label, the
+        reason, and whether it was retried."""
         lines = []
         for r in self.failed:
             reason = not_retried_reason(r.metrics)
             text = f"{reason} (not retried)" if reason else failure_text(r.error)
             lines.append(f"  FAILED {label(r.config or {})}: {text}")
+        for r in (*self.complete, *self.cut_short):
+            runs = run_specs(r.config or {})
+            lines += [f"  FAILED {label(runs[m])}: {why}" for m, why in failed_members(r.metrics)]
         return lines

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
 
 from ouvae.config import format_latent_dims
 from sweeps.failures import failure_reason, not_retried_reason
+from sweeps.trainable import failed_members, run_specs
 
 
 def _fmt_value(key: str, value: Any) -> str:
@@ -25,8 +26,24 @@ def _fmt_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def _result_line(r: Mapping[str, Any]) -> str:
+    """What one run's final evaluation says: the top layer's active units and KL, and the bound."""
+    if "top_active_units" not in r:
+        return ""
+    top = r["latent_dims"].split("-")[-1] if r.get("latent_dims") else "?"
+    text = (f"top AU {r['top_active_units']}/{top}  top KL {r.get('top_kl', float('nan')):.3f}  "
+            f"L_{r.get('iw_k', '?')} {r.get('iw_bound', float('nan')):.2f}")
+    if not r.get("is_final", True):
+        text += f"  (stopped early at epoch {r.get('epoch')})"
+    return text
+
+
 class ProgressLine(Callback):
-    """One line per finished / failed / retried trial, and a heartbeat every `heartbeat_s` seconds."""
+    """One line per finished / failed / retried run, and a heartbeat every `heartbeat_s` seconds.
+
+    A trial trains one run or a population of runs (sweeps/trainable.py); counts and lines are per run, so a
+    population trial prints a line for each member when it ends, and a member that fails while the others train on
+    is announced when its failure is reported. `total` is the number of runs the sweep will train."""
 
     def __init__(self, show: Sequence[str], total: int | None = None, heartbeat_s: float = 30.0,
                  stream: Any = None):
@@ -36,6 +53,7 @@ class ProgressLine(Callback):
         self._last_print = 0.0
         self.done = self.failed = 0
         self._seeded = False
+        self._announced: set[tuple[str, int]] = set()  # (trial id, member) of failed members already printed
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -49,14 +67,19 @@ class ProgressLine(Callback):
         print(f"[{int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {text}", file=stream, flush=True)
         self._last_print = time.monotonic()
 
-    def _label(self, trial) -> str:
-        cfg = trial.config
-        return " ".join(f"{k}={_fmt_value(k, cfg.get(k))}" for k in self.show if k in cfg)
+    def _label(self, spec: Mapping[str, Any]) -> str:
+        return " ".join(f"{k}={_fmt_value(k, spec.get(k))}" for k in self.show if k in spec)
+
+    def _trial_label(self, trial) -> str:
+        runs = run_specs(trial.config)
+        if len(runs) == 1:
+            return self._label(runs[0])
+        return f"population of {len(runs)} ({self._label(runs[0])} ...)"
 
     def _count(self, trials, finished=None) -> str:
-        total = self.total or len(trials)
+        total = self.total or sum(len(run_specs(t.config)) for t in trials)
         running = sum(1 for t in trials if t.status == "RUNNING" and t is not finished)
-        return f"{self.done + self.failed}/{total} done, {running} running, {self.failed} failed"
+        return f"{self.done + self.failed}/{total} runs done, {running} trials running, {self.failed} failed"
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         self._t0 = time.monotonic()
@@ -65,8 +88,10 @@ class ProgressLine(Callback):
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._seeded:  # a resumed sweep starts with trials that finished before the crash
             self._seeded = True
-            self.done = sum(1 for t in trials if t.status == "TERMINATED")
-            self.failed = sum(1 for t in trials if t.status == "ERROR")
+            runs = lambda t: len(run_specs(t.config))  # noqa: E731
+            self.done = sum(runs(t) - len(failed_members(t.last_result)) for t in trials if t.status == "TERMINATED")
+            self.failed = sum(runs(t) for t in trials if t.status == "ERROR")
+            self.failed += sum(len(failed_members(t.last_result)) for t in trials if t.status != "ERROR")
             if self.done or self.failed:
                 self._out(f"resumed: {self._count(trials)}")
 
@@ -76,23 +101,35 @@ class ProgressLine(Callback):
         if time.monotonic() - self._last_print >= self.heartbeat_s:
             self._out(self._count(trials))
 
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        runs = run_specs(trial.config)
+        for member, why in failed_members(result):
+            if (trial.trial_id, member) not in self._announced:
+                self._announced.add((trial.trial_id, member))
+                self.failed += 1
+                self._out(f"FAILED {self._label(runs[member])}: {why} (the rest of its population trains on)   "
+                          f"[{self._count(trials)}]")
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.done += 1
         r = trial.last_result or {}
-        top = r.get("latent_dims", "").split("-")[-1] if r.get("latent_dims") else "?"
-        metrics = ""
-        if "top_active_units" in r:
-            metrics = (f"top AU {r['top_active_units']}/{top}  top KL {r.get('top_kl', float('nan')):.3f}  "
-                       f"L_{r.get('iw_k', '?')} {r.get('iw_bound', float('nan')):.2f}")
-            if not r.get("is_final", True):
-                metrics += f"  (stopped early at epoch {r.get('epoch')})"
-        self._out(f"done   {self._label(trial)}: {metrics}   [{self._count(trials, trial)}]")
+        runs = run_specs(trial.config)
+        members = r.get("members")
+        if members is None:
+            self.done += 1
+            self._out(f"done   {self._label(runs[0])}: {_result_line(r)}   [{self._count(trials, trial)}]")
+            return
+        for row in members:
+            if not row.get("failure"):
+                self.done += 1
+                self._out(f"done   {self._label(runs[row['member']])}: {_result_line(row)}   "
+                          f"[{self._count(trials, trial)}]")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.failed += 1
+        announced = sum(1 for tid, _ in self._announced if tid == trial.trial_id)
+        self.failed += len(run_specs(trial.config)) - announced
         final = " (not retried: a retry would fail alike)" if not_retried_reason(trial.last_result) else ""
-        self._out(f"FAILED {self._label(trial)}: {failure_reason(trial)}{final}   [{self._count(trials, trial)}]")
+        self._out(f"FAILED {self._trial_label(trial)}: {failure_reason(trial)}{final}   [{self._count(trials, trial)}]")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        self._out(f"retry  {self._label(trial)} from its last checkpoint "
+        self._out(f"retry  {self._trial_label(trial)} from its last checkpoint "
                   f"(failure {trial.num_failures}): {failure_reason(trial)}")

@@ -23,7 +23,12 @@ CHECKED_VERSION = "2.60.0"
 #   only its failure (sweeps/failures.py) -- no metric. Tune would otherwise reject that result because a scheduler
 #   or searcher names a metric (ASHA, Optuna: iw_bound). Documented in ray.tune.constants.TUNE_ENV_VARS; ASHA and
 #   our searchers skip results without their metric.
-DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
+# * TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: Tune adds CSV and TensorBoardX loggers beside its JSON one unless this is
+#   set (ray.tune.utils.callback._create_default_callbacks). A population trial's result holds its members' rows as
+#   a list, which those two cannot log (TensorBoardX warns at every report); the results table is ours anyway.
+#   sweeps/experiment.py adds the JSON logger back (each trial's result.json, which the cluster tests read).
+DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 # ----- the running trial's storage (worker side) ---------------------------------------------------------------

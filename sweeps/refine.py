@@ -276,11 +276,26 @@ class RefinePolicy:
         for gi in order:
             plan = self._plan(gi)
             if plan:
-                i, s = plan[0]
-                self.groups[gi].points[(i, s)] = {"state": PENDING, "active": None}
                 self._rr = (gi + 1) % n
-                return Proposal(gi, self._rho(i), s)
+                return self._take(gi, plan[0])
         return None
+
+    def next_proposals(self, limit: int) -> list[Proposal]:
+        """Up to `limit` trials of ONE group (one latent configuration), registered as pending: what a population
+        trial trains together -- e.g. a refinement round, one rho with every seed. Empty when every group is
+        waiting or finished."""
+        first = self.next_proposal()
+        if first is None:
+            return []
+        out = [first]
+        while len(out) < limit and (plan := self._plan(first.group)):
+            out.append(self._take(first.group, plan[0]))
+        return out
+
+    def _take(self, gi: int, point: tuple[int, int]) -> Proposal:
+        i, s = point
+        self.groups[gi].points[(i, s)] = {"state": PENDING, "active": None}
+        return Proposal(gi, self._rho(i), s)
 
     def _plan(self, gi: int) -> list[tuple[int, int]]:
         """Candidate (rho index, seed) pairs for group ``gi``, best first; empty means wait (or done)."""

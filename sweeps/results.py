@@ -23,8 +23,8 @@ from ray.tune import Callback
 
 from sweeps.failures import not_retried_reason
 from sweeps.storage import absolute, is_remote
-from sweeps.table import (list_trial_files, read_trial_rows, row_from_result, staging_dir, supersede, superseded_dir,
-                          write_trial_file)
+from sweeps.table import (list_trial_files, read_trial_rows, rows_from_result, staging_dir, supersede,
+                          superseded_dir, write_trial_file)
 
 
 # ----- the Tune callback ----------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ class ParquetSink(Callback):
         # snapshot is then a valid result that Tune will not re-run (it samples a new trial instead), so its file
         # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
         self.keep_finished_unknown = keep_finished_unknown
-        self._rows: dict[str, dict[int, dict[str, Any]]] = {}
+        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
         self._reconciled = False
         self.superseded: list[str] = []
 
@@ -105,10 +105,15 @@ class ParquetSink(Callback):
         return moved
 
     def add_result(self, trial_id: str, result: Mapping[str, Any]) -> str:
-        row = row_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id)
+        """Upsert the rows of one result (one run, or every member of a population) into the trial's file."""
         rows = self._rows.get(trial_id)
         if rows is None:  # first result of this trial in this driver session: start from what is on disk
-            rows = {int(r["step"]): r for r in read_trial_rows(self.root, self.sweep_id, trial_id)}
+            rows = {_key(r): r for r in read_trial_rows(self.root, self.sweep_id, trial_id)}
             self._rows[trial_id] = rows
-        rows[int(row["step"])] = row
+        for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
+            rows[_key(row)] = row
         return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+
+
+def _key(row: Mapping[str, Any]) -> tuple[str, int]:
+    return str(row["trial_id"]), int(row["step"])

@@ -130,7 +130,7 @@ class CriticalGrid:
                              f"--latent-sizes/--latent-dims and --preset, not as fixed overrides")
 
     @property
-    def n_trials(self) -> int:
+    def n_runs(self) -> int:
         return len(self.latents) * len(self.rhos) * len(self.seeds)
 
     def configs(self) -> Iterable[Config]:
@@ -158,7 +158,7 @@ class CriticalGrid:
         grid = (f"{len(rhos)} rho values {rhos[0]:g}..{rhos[-1]:g}" if len(rhos) > 4
                 else "rho " + ", ".join(f"{r:g}" for r in rhos))
         lat = ", ".join(format_latent_dims(d) for d in self.latents)
-        return (f"{self.n_trials} trials = {len(self.latents)} latent configs ({lat}) x {grid} x "
+        return (f"{self.n_runs} runs = {len(self.latents)} latent configs ({lat}) x {grid} x "
                 f"{len(self.seeds)} seeds ({', '.join(map(str, self.seeds))})")
 
 

@@ -24,16 +24,8 @@ def top_dim_from(config: Mapping[str, Any]) -> int:
     return top_dim_of(config) or 10
 
 
-def noisy_transition_trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: reports one final evaluation with ``top_active_units`` from the model.
-
-    Config: ``rho``, ``seed``, ``latent_dims`` (top size = last entry), and optionally ``true_rho_c``,
-    ``true_width``, ``seed_sd``, ``salt`` (see DEFAULTS). ``fail_seed`` (runs of that seed raise) and
-    ``fail_points`` (a list of [rho, seed] pairs that raise) exercise error handling. ``true_rho_c_by_top``
-    ({top size: rho_c}) gives each latent configuration its own truth.
-    """
-    from ray import tune  # imported here: the pure functions above must not need Ray
-
+def synthetic_run(config: Mapping[str, Any]) -> int:
+    """Top-layer active units of one synthetic run (its config flat: rho, seed, latent_dims, the truth's keys)."""
     if config.get("fail_seed") is not None and int(config["seed"]) == int(config["fail_seed"]):
         raise RuntimeError(f"synthetic failure for seed {config['seed']} (fail_seed)")
     for rho, seed in config.get("fail_points") or ():
@@ -44,8 +36,35 @@ def noisy_transition_trainable(config: dict[str, Any]) -> None:
     by_top = config.get("true_rho_c_by_top")
     if by_top:
         rho_c = float({int(k): v for k, v in dict(by_top).items()}[top])
-    k = noisy_active_units(config["rho"], config["seed"], top, rho_c=rho_c,
-                           width=float(config.get("true_width", DEFAULTS["true_width"])),
-                           seed_sd=float(config.get("seed_sd", DEFAULTS["seed_sd"])),
-                           salt=int(config.get("salt", DEFAULTS["salt"])))
-    tune.report({"top_active_units": k, "top_dim": top, "is_final": True})
+    return noisy_active_units(config["rho"], config["seed"], top, rho_c=rho_c,
+                              width=float(config.get("true_width", DEFAULTS["true_width"])),
+                              seed_sd=float(config.get("seed_sd", DEFAULTS["seed_sd"])),
+                              salt=int(config.get("salt", DEFAULTS["salt"])))
+
+
+def noisy_transition_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: reports one final evaluation with ``top_active_units`` from the model.
+
+    Config: ``rho``, ``seed``, ``latent_dims`` (top size = last entry), and optionally ``true_rho_c``,
+    ``true_width``, ``seed_sd``, ``salt`` (see DEFAULTS). ``fail_seed`` (runs of that seed raise) and
+    ``fail_points`` (a list of [rho, seed] pairs that raise) exercise error handling. ``true_rho_c_by_top``
+    ({top size: rho_c}) gives each latent configuration its own truth. A population trial (sweeps/trainable.py's
+    ``population`` entry) reports every member at once, as the real trainable does; a member whose point is set
+    to fail is reported as failed while the others finish.
+    """
+    from ray import tune  # imported here: the pure functions above must not need Ray
+
+    from sweeps.trainable import POPULATION_KEY, run_specs
+
+    if POPULATION_KEY not in config:
+        top = top_dim_from(config)
+        tune.report({"top_active_units": synthetic_run(config), "top_dim": top, "is_final": True})
+        return
+    rows, failed = [], []
+    for member, spec in enumerate(run_specs(config)):
+        try:
+            rows.append({"member": member, "top_active_units": synthetic_run(spec), "is_final": True,
+                         "failure": None})
+        except RuntimeError as e:
+            failed.append([member, str(e)])
+    tune.report({"members": rows, "failed_members": failed, "is_final": True})

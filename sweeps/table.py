@@ -1,9 +1,13 @@
-"""The results table's files: ``<root>/sweep_id=<id>/<trial_id>.parquet``, one per trial, in the schema of
+"""The results table's files: ``<root>/sweep_id=<id>/<trial_id>.parquet``, one per Tune trial, in the schema of
 analysis/schema.py (no Ray needed: the sink, the resume checks and the tests use these functions).
 
-Why a file per trial, rewritten whole: the file *is* the trial's step -> row map, so
+A Tune trial trains one run, or a population of runs (ouvae/population.py) that report together: its file holds
+the rows of all its runs. A member's run id is ``<tune trial id>-m<member>`` (``member_trial_id``), stable across
+retries and ``--resume`` because Tune keeps its trial ids; ``population_id`` names the Tune trial.
 
-* a result for a step that already has a row **replaces** that row (upsert keyed by ``step``). A trial
+Why a file per Tune trial, rewritten whole: the file *is* the trial's (run, step) -> row map, so
+
+* a result for a (run, step) that already has a row **replaces** that row (upsert). A trial
   retried from its last checkpoint, or restored by ``--resume`` from an older experiment snapshot, re-reports
   the steps after that checkpoint; the trainer is deterministic from a checkpoint, so the new row is the same
   measurement and there is still exactly one row per (trial, step);
@@ -48,13 +52,26 @@ def staging_dir(root: str) -> str:
     return str(p.parent / f".{p.name}.staging")
 
 
-def row_from_result(result: Mapping[str, Any], *, sweep_id: str, trial_id: str) -> dict[str, Any]:
-    """The schema columns of one reported result. Tune's own keys (training_iteration, time_this_iter_s ...)
-    are dropped; identity columns come from the sink, not from what the worker sent."""
+def member_trial_id(trial_id: str, member: int) -> str:
+    """The run id of member `member` of the population trained by Tune trial `trial_id`."""
+    return f"{trial_id}-m{int(member):03d}"
+
+
+def rows_from_result(result: Mapping[str, Any], *, sweep_id: str, trial_id: str) -> list[dict[str, Any]]:
+    """The schema rows of one reported result: one for a run alone, one per member for a population trial (whose
+    result holds them under ``members``). Tune's own keys (training_iteration, time_this_iter_s ...) are
+    dropped; identity columns come from the sink, not from what the worker sent."""
+    members = result.get("members")
+    if members is None:
+        return [_row(result, sweep_id, trial_id, None)]
+    return [_row(m, sweep_id, member_trial_id(trial_id, m["member"]), trial_id) for m in members]
+
+
+def _row(result: Mapping[str, Any], sweep_id: str, run_id: str, population_id: str | None) -> dict[str, Any]:
     row = {k: result[k] for k in SCHEMA_NAMES if k in result}
     if row.get("step") is None:
-        raise ValueError(f"result of trial {trial_id} has no 'step': it was not reported by sweeps.trainable")
-    row.update(sweep_id=sweep_id, trial_id=trial_id, schema_version=SCHEMA_VERSION)
+        raise ValueError(f"result of trial {run_id} has no 'step': it was not reported by sweeps.trainable")
+    row.update(sweep_id=sweep_id, trial_id=run_id, population_id=population_id, schema_version=SCHEMA_VERSION)
     for key in ("layer_kl", "layer_active_units"):
         if row.get(key) is not None:
             row[key] = list(row[key])
@@ -62,7 +79,7 @@ def row_from_result(result: Mapping[str, Any], *, sweep_id: str, trial_id: str) 
 
 
 def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    rows = sorted(rows, key=lambda r: int(r["step"]))
+    rows = sorted(rows, key=lambda r: (str(r["trial_id"]), int(r["step"])))
     cols = {name: [r.get(name) for r in rows] for name in SCHEMA.names}
     return conform(pa.table({k: pa.array(v, type=SCHEMA.field(k).type) for k, v in cols.items()}))
 

@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: one ouvae training run per trial, reporting at every evaluation.
+"""The Ray Tune function trainable: one trial trains one run, or a population of runs as one batched model.
 
 Why it lives in the package: Ray workers import the trainable by module path, so it must be importable on
 every node (a function defined in a script or a test module is not).
@@ -6,22 +6,26 @@ every node (a function defined in a script or a test module is not).
 Contract with the rest of `sweeps`:
 
 * the trial config is a flat dict of ``ouvae.config.Config`` fields plus ``preset`` (the preset the fields
-  override); unknown keys fail the trial with ConfigError before any training;
-* every evaluation is checkpointed (``sweeps/checkpoints.py``: ``Trainer.save_checkpoint`` -- config, model,
-  optimizer, step, every RNG state -- in the trial's folder on the sweep's storage) and then reported with
-  ``ray.tune.report(metrics)``: the trainer's metrics plus ``cfg.result_fields(binarization)`` plus
-  ``ouvae_version``/``schema_version`` -- one results-table row minus the identity columns that the
-  driver-side ``ParquetSink`` adds -- plus two Tune-only fields, ``evaluation`` (1, 2, ... : ASHA's clock) and
-  ``restored_from_step`` (0 for a run from scratch);
+  override); unknown keys fail the trial with ConfigError before any training. A population trial also has
+  ``population``: the overrides its members share (e.g. ``latent_dims``) and ``members``, one dict of overrides
+  per member (``rho``, ``seed``, ...); ouvae/population.py trains them as one model;
+* every evaluation is checkpointed (``sweeps/checkpoints.py``: the population's checkpoint -- configs,
+  parameters, optimizer, step, RNG state, every member's history -- in the trial's folder on the sweep's storage)
+  and then reported with ``ray.tune.report``: for a run alone one results-table row minus the identity columns
+  that the driver-side ``ParquetSink`` adds; for a population ``{"members": [row, ...]}`` with one row per member
+  still training (and, once, the last row of a member that failed, with its ``failure``). Both carry two
+  Tune-only fields, ``evaluation`` (1, 2, ... : ASHA's clock) and ``restored_from_step`` (0 for a run from scratch);
 * a run of the trial -- the first, a retry after a failure (``FailureConfig``) or a restart by ``--resume`` --
   continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
-  re-reports every evaluation up to that checkpoint (``Trainer.history``; the driver may have died before
+  re-reports every evaluation up to that checkpoint (the members' histories; the driver may have died before
   recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
   sweeps/checkpoints.py for why.
 
-A configuration or data error, a diverged run or unreadable checkpoints are not retried: the trial reports the
-reason and re-raises (sweeps/failures.py). With ``reuse_actors=True`` (the sweeps' default) one worker process runs
-many trials in turn; the dataset cache below then saves reloading the data for every trial.
+The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
+peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
+every member diverged, or unreadable checkpoints are not retried: the trial reports the reason and re-raises
+(sweeps/failures.py). With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn;
+the dataset cache below then saves reloading the data for every trial.
 """
 
 from __future__ import annotations
@@ -30,50 +34,77 @@ import math
 from collections import OrderedDict
 from typing import Any, Mapping
 
+import torch
 from ray import tune
 
 from analysis.schema import SCHEMA_VERSION
-from ouvae.records import run_columns
 from ouvae.config import Config
-from ouvae.data import load_dataset
-from ouvae.trainer import Trainer
+from ouvae.data import DatasetSplits, load_config_dataset
+from ouvae.memory import reset_peak_memory
+from ouvae.population import Population, pick_device
+from ouvae.records import run_columns
 from sweeps.checkpoints import TrialCheckpoints
 from sweeps.failures import failure_result
 
-_DATA_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+POPULATION_KEY = "population"
+_DATA_CACHE: "OrderedDict[tuple, DatasetSplits]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
 
-def config_from_trial(config: Mapping[str, Any]) -> Config:
-    """The trainer config of one trial: preset + the other keys as overrides (unknown keys raise)."""
+def run_specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The flat settings of every run a trial trains: the trial config itself, or for a population trial its
+    shared settings plus each member's own (the driver labels runs with these; the trainable builds configs)."""
     spec = dict(config)
-    preset = spec.pop("preset", "base")
-    if "latent_dims" in spec:
-        spec["latent_dims"] = tuple(spec["latent_dims"])
-    return Config.from_preset(preset, **spec)
+    population = dict(spec.pop(POPULATION_KEY, None) or {})
+    members = population.pop("members", None) or [{}]
+    return [{**spec, **population, **member} for member in members]
 
 
-def _dataset(cfg: Config):
-    key = (cfg.dataset, cfg.data_dir)  # the data seed is fixed: every trial is scored on the same images
+def configs_from_trial(config: Mapping[str, Any]) -> list[Config]:
+    """The trainer configs of one trial -- one, or one per member of a population trial -- each the preset plus
+    the trial's overrides (unknown keys raise ConfigError)."""
+    configs = []
+    for spec in run_specs(config):
+        preset = spec.pop("preset", "base")
+        configs.append(Config.from_preset(preset, **spec))
+    return configs
+
+
+def failed_members(result: Mapping[str, Any] | None) -> list[tuple[int, str]]:
+    """(member, reason) of the members of a population trial that failed while the others trained on."""
+    return [(int(m), str(why)) for m, why in (result or {}).get("failed_members", [])]
+
+
+def _dataset(cfg: Config) -> DatasetSplits:
+    # the data seed is fixed: every trial is scored on the same images
+    key = (cfg.dataset, cfg.data_dir, cfg.validation_size, cfg.binarization)
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
         return _DATA_CACHE[key]
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = load_config_dataset(cfg)
     _DATA_CACHE[key] = data
     while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
         _DATA_CACHE.popitem(last=False)
     return data
 
 
-def report_payload(trainer: Trainer, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row minus sweep_id/trial_id (the driver knows those)."""
-    return {**metrics, **run_columns(trainer.cfg, trainer.data), "schema_version": SCHEMA_VERSION}
+def member_row(population: Population, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One results row minus sweep_id/trial_id/population_id (the driver knows those)."""
+    cfg = population.members[metrics["member"]].cfg
+    return {**metrics, **run_columns(cfg, population.data), "schema_version": SCHEMA_VERSION}
 
 
-def evaluation_index(trainer: Trainer, metrics: Mapping[str, Any]) -> int:
-    """1 for the first evaluation, 2 for the second ...: a clock that survives restarts (Tune's
-    training_iteration starts again at 1 in every run of the trainable)."""
-    return max(1, math.ceil(metrics["epoch"] / trainer.cfg.eval_every))
+def report(population: Population, rows: list[dict[str, Any]], *, as_population: bool, restored_from: int) -> None:
+    """Send one evaluation (the rows of one step) to Tune: a row alone, or the rows of a population's members."""
+    clock = {"evaluation": max(1, math.ceil(rows[0]["epoch"] / population.cfg.eval_every)),
+             "restored_from_step": restored_from}
+    if not as_population:
+        tune.report({**member_row(population, rows[0]), **clock})
+        return
+    failed = [[i, m.failure] for i, m in enumerate(population.members) if m.failure]
+    tune.report({"members": [member_row(population, r) for r in rows], **clock, "step": rows[0]["step"],
+                 "epoch": rows[0]["epoch"], "is_final": all(r["is_final"] or r["failure"] for r in rows),
+                 "failed_members": failed})
 
 
 def train_ouvae(config: dict[str, Any]) -> None:
@@ -89,30 +120,35 @@ def train_ouvae(config: dict[str, Any]) -> None:
 
 
 def _train(config: dict[str, Any]) -> None:
-    cfg = config_from_trial(config)
+    configs = configs_from_trial(config)
+    as_population = POPULATION_KEY in config
+    cfg = configs[0]
     data = _dataset(cfg)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    reset_peak_memory(pick_device(cfg.device))
     store = TrialCheckpoints.of_current_trial()
     restored_from = 0
 
-    def send(trainer: Trainer, metrics: Mapping[str, Any]) -> None:
-        tune.report({**report_payload(trainer, metrics), "evaluation": evaluation_index(trainer, metrics),
-                     "restored_from_step": restored_from})
-
-    def checkpoint_and_report(trainer: Trainer, metrics: dict[str, Any]) -> None:
-        store.save(trainer)  # before the report: a reported step always has its checkpoint
-        send(trainer, metrics)
+    def checkpoint_and_report(population: Population, rows: list[dict[str, Any]]) -> None:
+        store.save(population)  # before the report: a reported step always has its checkpoint
+        report(population, rows, as_population=as_population, restored_from=restored_from)
 
     # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
-    trainer = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
-                                num_threads=cfg.num_threads, data_dir=cfg.data_dir)
-    if trainer is None:
-        trainer = Trainer(cfg, callback=checkpoint_and_report, data=data)
-    elif trainer.history:
-        restored_from = trainer.step
+    population = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
+                                   num_threads=cfg.num_threads, data_dir=cfg.data_dir)
+    if population is None:
+        population = Population(configs, callback=checkpoint_and_report, data=data)
+    elif population.step:
+        restored_from = population.step
         # Re-send every evaluation so far: after a driver crash (or a worker outliving it) some reports may never
         # have been recorded. The sink upserts identical rows; the Optuna searcher skips steps it already has.
-        for metrics in trainer.history:
-            send(trainer, metrics)
-        if trainer.history[-1].get("is_final"):
+        by_step: dict[int, list[dict[str, Any]]] = {}
+        for member in population.members:
+            for row in member.history:
+                by_step.setdefault(row["step"], []).append(row)
+        for step in sorted(by_step):
+            report(population, by_step[step], as_population=as_population, restored_from=restored_from)
+        if population.done:
             return
-    trainer.fit()
+    population.fit()

@@ -12,6 +12,7 @@ import pytest
 
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
 from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy, simulate
+from sweeps.trainable import run_specs
 from analysis.synthetic import noisy_active_units
 
 
@@ -307,6 +308,45 @@ def test_searcher_drives_a_real_tuner_per_latent_configuration(ray_session, tmp_
     assert len(seen) == len(set(seen))
     saved = glob.glob(str(tmp_path / "adaptive" / "searcher-state-*.pkl"))
     assert saved and json.load(open(saved[0]))["format"] == "ouvae-adaptive-rho"
+
+
+def test_next_proposals_hand_out_one_groups_rounds_as_populations():
+    pol = RefinePolicy([{"latent_dims": [5]}, {"latent_dims": [9]}], rho_range=(0.8, 1.0), seeds=[0, 1, 2],
+                       coarse_points=3, min_spacing=0.01)
+    first, second = pol.next_proposals(4), pol.next_proposals(4)
+    assert len(first) == len(second) == 4
+    assert len({p.group for p in first}) == 1 and {p.group for p in second} == {1 - first[0].group}
+    assert len({(p.rho, p.seed) for p in first}) == 4  # distinct runs, all pending
+    assert pol.pending(first[0].group) == 4
+
+
+def test_searcher_trains_each_round_as_one_population_through_a_real_tuner(ray_session, tmp_path):
+    """--population with the adaptive searcher: a trial proposes several runs of one latent configuration; the
+    searcher records every member's result, a failing member is counted and left out, and rho_c is found as with
+    one run per trial, in far fewer trials."""
+    from ray import tune
+
+    from sweeps.synthetic import noisy_transition_trainable
+
+    searcher = AdaptiveRhoSearcher([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[0, 1, 2],
+                                   target_width=0.015, max_trials_per_group=36, max_concurrent=2, population=6)
+    tuner = tune.Tuner(noisy_transition_trainable,
+                       param_space={"true_rho_c_by_top": TRUTH, "true_width": 0.004, "seed_sd": 0.002,
+                                    "fail_points": [[0.8, 2]]},
+                       tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True),
+                       run_config=tune.RunConfig(name="adaptive-pop", storage_path=str(tmp_path), verbose=0))
+    results = tuner.fit()
+    assert not results.errors
+    summary = searcher.summary()
+    runs = [r for res in results for r in run_specs(res.config)]
+    assert len(runs) == sum(s["trials"] for s in summary) > 2 * len(results)  # several runs per trial
+    assert all(len({tuple(r["latent_dims"]) for r in run_specs(res.config)}) == 1 for res in results)
+    assert [s["errored"] for s in summary] == [1, 1]  # the failing point of each group: counted, not used
+    for s in summary:
+        assert s["finished"] and s["reason"].startswith("converged"), s
+        assert abs(s["rho_c"] - TRUTH[s["top_dim"]]) < 0.005 and s["ci_high"] - s["ci_low"] <= 0.015
+    seen = [(tuple(r["latent_dims"]), r["rho"], r["seed"]) for r in runs]
+    assert len(seen) == len(set(seen))
 
 
 def interrupt_after(n: int, marker):

@@ -11,7 +11,7 @@ import torch
 
 from ouvae.config import Config
 from ouvae.data import load_dataset
-from ouvae.trainer import Trainer
+from ouvae.population import Population
 from sweeps.checkpoints import CheckpointError, TrialCheckpoints
 
 torch.set_num_threads(1)
@@ -22,11 +22,19 @@ def digits():
     return load_dataset("digits")
 
 
-def trainer_at(digits, steps: int) -> Trainer:
+def trainer_at(digits, steps: int) -> Population:
+    """A trial's trainer after `steps` steps: a population (here of two runs; a run alone is a population of one)."""
     cfg = Config.from_preset("demo", latent_dims=(3, 3), hidden_units=16, steps=steps, eval_every=1, eval_iw_k=2,
                              n_train=200, eval_max_examples=50, rho=0.9)
-    t = Trainer(cfg, data=digits)
+    t = Population([cfg, cfg.replace(seed=1, rho=0.8)], data=digits)
     t.fit()
+    return t
+
+
+def mid_run(t: Population) -> Population:
+    """As if the checkpoint were taken before the last evaluation of the budget."""
+    for m in t.members:
+        m.history[-1]["is_final"] = False
     return t
 
 
@@ -39,13 +47,12 @@ def test_keeps_the_newest_and_restores_the_newest_with_its_history(digits, tmp_p
     assert store.steps() == [] and store.load_newest(data=digits) is None  # a trial's first run
     trainers = [trainer_at(digits, s) for s in (2, 4, 6)]
     for t in trainers:
-        t.history[-1]["is_final"] = False  # checkpoints taken mid-run
-        store.save(t)
+        store.save(mid_run(t))
     assert store.steps() == [4, 6]
     back = store.load_newest(data=digits)
-    assert back.step == 6 and back.history == trainers[-1].history and len(back.history) == 3
-    for a, b in zip(back.model.parameters(), trainers[-1].model.parameters()):
-        assert torch.equal(a, b)
+    assert back.step == 6 and len(back.members[1].history) == 3
+    assert [m.history for m in back.members] == [m.history for m in trainers[-1].members]
+    assert torch.equal(back.model.flat, trainers[-1].model.flat)
     store.save(trainer_at(digits, 8))  # the final evaluation: only its checkpoint stays
     assert store.steps() == [8]
 
@@ -64,9 +71,7 @@ def test_half_written_files_are_never_picked_and_are_cleaned_up(digits, tmp_path
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(digits, tmp_path, caplog):
     store = store_in(tmp_path)
     for steps in (2, 4):
-        t = trainer_at(digits, steps)
-        t.history[-1]["is_final"] = False
-        store.save(t)
+        store.save(mid_run(trainer_at(digits, steps)))
     (tmp_path / "trial" / "ouvae_checkpoints" / "step_000000000004.pt").write_bytes(b"\0" * 100)
     assert store.load_newest(data=digits).step == 2
     assert "cannot be read" in caplog.text
@@ -88,9 +93,8 @@ def test_works_on_a_non_local_pyarrow_filesystem(digits):
     fs = pafs._MockFileSystem()
     store = TrialCheckpoints(fs, "bucket/sweep/trial_1/ouvae_checkpoints")
     assert store.load_newest(data=digits) is None  # nothing there yet, not even the folder
-    first, final = trainer_at(digits, 2), trainer_at(digits, 4)
-    first.history[-1]["is_final"] = False
+    first, final = mid_run(trainer_at(digits, 2)), trainer_at(digits, 4)
     store.save(first)
     store.save(final)
     assert store.steps() == [4]  # the finished trial keeps only its final checkpoint
-    assert store.load_newest(data=digits).history == final.history
+    assert store.load_newest(data=digits).members[0].history == final.members[0].history

@@ -25,6 +25,12 @@ def test_driver_environment_variables_are_ray_settings_with_the_meaning_relied_o
     assert set(ray_compat.DRIVER_ENV) <= AIR_ENV_VARS | TUNE_ENV_VARS
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", ray_compat.DRIVER_ENV["RAY_AIR_NEW_OUTPUT"])
     assert get_air_verbosity(0) is None  # the legacy engine: verbose=0 prints no tables
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", ray_compat.DRIVER_ENV["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"])
+    kinds = {type(c) for c in _create_default_callbacks([JsonLoggerCallback()], metric=None)}
+    assert JsonLoggerCallback in kinds and not kinds & {CSVLoggerCallback, TBXLoggerCallback}
 
 
 def test_skip_retries_makes_the_next_failure_final_and_allow_retries_undoes_it():

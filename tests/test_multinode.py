@@ -18,7 +18,8 @@ the sweep resumed with --resume:
   (checkpointed, not yet reported); for the node kill also Tune's trial state: ``num_failures`` > 0 for exactly
   the trials that were on that node;
 * rows came from both worker nodes and none from the head: Tune stamps each result with the ``node_ip`` of the
-  node that produced it; joined to the table on (trial_id, step). The table's own ``hostname`` column cannot
+  node that produced it; joined to the table on (Tune trial, step) -- a table row's Tune trial is its
+  ``population_id`` (the trials train populations of two runs). The table's own ``hostname`` column cannot
   tell the loopback nodes apart: they are one machine.
 
 The driver is killed at the worst moment the test can observe -- a trial has checkpointed an evaluation that the
@@ -55,7 +56,8 @@ RHOS = (0.7, 0.85, 1.0)
 SEEDS = (0, 1)
 LATENT = "3-3"
 N_EVALS = 10  # --epochs 10 with an evaluation (= report + checkpoint) every epoch
-GRID = ["--grid", "--latent-dims", LATENT, "--rhos", *map(str, RHOS), "--seeds", *map(str, SEEDS)]
+# Populations of 2 (the two seeds of each rho): 3 Tune trials of 2 runs each, so each worker runs populations.
+GRID = ["--grid", "--latent-dims", LATENT, "--rhos", *map(str, RHOS), "--seeds", *map(str, SEEDS), "--population", "2"]
 # The demo preset's model (200-unit maps, K = 5) on 797 digits: ~0.3 s per epoch on one core, ~3 s per trial.
 BUDGET = ["--epochs", str(N_EVALS), "--n-train", "797", "--set", "eval_every=1", "--set", "eval_iw_k=5",
           "--set", "eval_max_examples=100"]
@@ -130,6 +132,13 @@ def read_table(storage: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(storage / "parquet" / f"sweep_id={name}" / "*.parquet")
 
 
+TUNE_TRIAL = pl.col("population_id").fill_null(pl.col("trial_id")).alias("tune_trial")  # a row's Tune trial
+
+
+def tune_trial_ids(df: pl.DataFrame) -> set[str]:
+    return set(df.select(TUNE_TRIAL)["tune_trial"])
+
+
 def tune_trials(storage: Path, name: str) -> dict[str, dict]:
     """trial_id -> {"num_failures", "results"} from Tune's experiment folder on --storage (its state and each
     trial's result.json), read with Tune's own ExperimentAnalysis: no Ray runtime needed."""
@@ -201,7 +210,7 @@ def unrecorded_checkpoints(experiment: Path, df: pl.DataFrame | None) -> list[st
     """Checkpoints (sweeps/checkpoints.py layout) of evaluations that the table has no row for yet: a trial
     has saved but its report has not reached the table. A driver dying now is the case the re-sent history of
     sweeps/trainable.py exists for."""
-    have = set() if df is None else set(zip(df["trial_id"], df["step"]))
+    have = set() if df is None else set(zip(df.select(TUNE_TRIAL)["tune_trial"], df["step"]))
     out = []
     for f in experiment.glob("*/ouvae_checkpoints/step_*.pt"):
         step = int(f.stem.split("_")[1])
@@ -212,15 +221,15 @@ def unrecorded_checkpoints(experiment: Path, df: pl.DataFrame | None) -> list[st
 
 
 def node_of_rows(df: pl.DataFrame, trials: dict[str, dict]) -> pl.DataFrame:
-    """The table's rows joined to the node_ip Tune recorded for the same (trial_id, step)."""
+    """The table's rows joined to the node_ip Tune recorded for the same (Tune trial, step)."""
     seen = pl.DataFrame(
-        [{"trial_id": tid, "step": r["step"], "node_ip": r["node_ip"]} for tid, t in trials.items()
+        [{"tune_trial": tid, "step": r["step"], "node_ip": r["node_ip"]} for tid, t in trials.items()
          for r in t["results"]],
-        schema={"trial_id": pl.String, "step": pl.Int64, "node_ip": pl.String})
+        schema={"tune_trial": pl.String, "step": pl.Int64, "node_ip": pl.String})
     # A step reported twice (re-sent by a run that continued from a checkpoint) was computed where it was first
     # reported.
-    seen = seen.unique(subset=["trial_id", "step"], keep="first", maintain_order=True)
-    return df.select("trial_id", "step", "is_final").join(seen, on=["trial_id", "step"], how="left")
+    seen = seen.unique(subset=["tune_trial", "step"], keep="first", maintain_order=True)
+    return df.select(TUNE_TRIAL, "step", "is_final").join(seen, on=["tune_trial", "step"], how="left")
 
 
 # ----- tests -----------------------------------------------------------------------------------------------------
@@ -245,13 +254,13 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
                 break
         time.sleep(0.05)
     out = finish(proc, log)
-    assert "6 trials finished, 0 failed" in out, out[-4000:]
+    assert "6 runs finished, 0 failed" in out, out[-4000:]
 
     df = read_table(storage, name)
     check_table_exactly_once(df)
 
     trials = tune_trials(storage, name)
-    assert set(trials) == set(df["trial_id"].unique()), "Tune's trials and the table's trials differ"
+    assert set(trials) == tune_trial_ids(df), "Tune's trials and the table's trials differ"
     failed = {tid for tid, t in trials.items() if t["num_failures"] > 0}
     assert killed_trial in failed, (killed_trial, failed)
     restored = continued_runs(trials)
@@ -311,7 +320,7 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
 
     log2 = tmp_path / "resume.log"
     out = finish(start_sweep(cluster, [*argv, "--resume"], log2), log2)
-    assert "6 trials finished, 0 failed" in out, (
+    assert "6 runs finished, 0 failed" in out, (
         f"the resumed sweep did not finish every trial. The driver was killed {how}.\n{out[-3000:]}")
 
     df = read_table(storage, name)
@@ -320,17 +329,21 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     superseded_dir = storage / "parquet.superseded" / f"sweep_id={name}"
     superseded = {p.stem for p in superseded_dir.glob("*.parquet")} if superseded_dir.is_dir() else set()
     after = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
-    for tid, steps in before.items():
-        if tid not in superseded:
-            assert steps <= after[tid], (tid, steps, after.get(tid))
+    for run, steps in before.items():
+        if run.rsplit("-m", 1)[0] not in superseded:
+            assert steps <= after[run], (run, steps, after.get(run))
 
     trials = tune_trials(storage, name)
-    assert set(trials) == set(df["trial_id"].unique())
+    assert set(trials) == tune_trial_ids(df)
     restored = continued_runs(trials)
     # At least the half-way trial was resumed from its checkpoint by --resume, where the table had stopped.
     assert restored, {tid: brief(t["results"]) for tid, t in trials.items()}
+    before_by_trial: dict[str, set[int]] = {}
+    for run, steps in before.items():
+        before_by_trial.setdefault(run.rsplit("-m", 1)[0], set()).update(steps)
     for tid, starts in restored.items():  # a trial whose first checkpoint had no row yet had none before
-        check_continued_where_it_stopped(starts[-1], before.get(tid, set()), int(df["step"].min()), f"{tid} ({how})")
+        check_continued_where_it_stopped(starts[-1], before_by_trial.get(tid, set()), int(df["step"].min()),
+                                         f"{tid} ({how})")
 
     rows = node_of_rows(df, trials)
     ips = set(rows["node_ip"].drop_nulls())
@@ -369,7 +382,8 @@ def test_unrecorded_checkpoint_probe_compares_checkpoints_with_the_table(tmp_pat
     folder = tmp_path / "train_ouvae_ab123_00001_1_rho=0.7" / "ouvae_checkpoints"
     folder.mkdir(parents=True)
     (folder / "step_000000000016.pt").touch()
-    table = pl.DataFrame({"trial_id": ["ab123_00001", "ab123_00001"], "step": [8, 16]})
+    table = pl.DataFrame({"trial_id": ["ab123_00001-m000", "ab123_00001-m001"], "step": [16, 16],
+                          "population_id": ["ab123_00001"] * 2})
     assert unrecorded_checkpoints(tmp_path, table) == []
     (folder / "step_000000000024.pt").touch()
     assert unrecorded_checkpoints(tmp_path, table) == ["ab123_00001/step_000000000024.pt"]

@@ -79,7 +79,7 @@ def test_latent_configurations_and_grid_validation():
     with pytest.raises(SpaceError, match="rho grid is empty"):
         CriticalGrid(preset="demo", fixed={}, latents=[(4,)], rhos=[], seeds=[0])
     g = CriticalGrid(preset="demo", fixed={"epochs": 3}, latents=[(4, 4), (8, 8)], rhos=[0.9, 1.0], seeds=[0, 1, 2])
-    assert g.n_trials == 12 and len(list(g.configs())) == 12
+    assert g.n_runs == 12 and len(list(g.configs())) == 12
     bad = CriticalGrid(preset="demo", fixed={"lr": -1.0}, latents=[(4,)], rhos=[0.9], seeds=[0])
     with pytest.raises(ConfigError, match="lr must be > 0"):
         bad.validate()
@@ -256,7 +256,7 @@ def test_resume_refuses_options_that_differ_from_the_sweeps(ray_session, tmp_pat
         assert err.startswith("error: --resume cannot change the sweep's options: ") and needle in err, err
     # The sweep's own values and per-invocation options are accepted; the finished sweep has nothing left to run.
     assert critical_rho.main(["--resume", *where, "--n-seeds", "1", "--grid", "--quiet", "--no-report"]) == 0
-    assert "1 trials finished, 0 failed" in capsys.readouterr().out
+    assert "1 runs finished, 0 failed" in capsys.readouterr().out
 
 
 def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_finishes_it(ray_session, tmp_path,
@@ -268,7 +268,7 @@ def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_fin
 
     where = ["--storage", str(tmp_path), "--name", "nodata"]
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.6", "0.7", "0.8", "0.9", "--n-seeds", "2", "--epochs", "1",
-            *TINY, "--max-concurrent", "2", *where, "--no-report"]
+            *TINY, "--max-concurrent", "2", "--population", "1", *where, "--no-report"]
     assert critical_rho.main(argv, trainable=faults.train_without_data) == 1
     out = capsys.readouterr().out
     assert "retry  " not in out
@@ -282,28 +282,33 @@ def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_fin
 
     assert critical_rho.main(["--resume", *where, "--quiet"]) == 0  # the data are back: the rest runs
     out = capsys.readouterr().out
-    assert f"{8 - len(failed)} trials finished, {len(failed)} failed" in out and "(not retried)" in out
+    assert f"{8 - len(failed)} runs finished, {len(failed)} failed" in out and "(not retried)" in out
     assert critical_rho.main(["--resume", "--retry-failed", *where, "--quiet"]) == 0
-    assert "8 trials finished, 0 failed" in capsys.readouterr().out
+    assert "8 runs finished, 0 failed" in capsys.readouterr().out
     final = read_table(tmp_path / "parquet", "nodata").filter(pl.col("is_final"))
     assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.7, 0.8, 0.9) for s in (0, 1)]
 
 
 # ----- Ray: end to end -------------------------------------------------------------------------------------------------
 def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path, capsys, quiet_env):
+    """The default: grid points that share a latent configuration train as populations (smoothed runs apart from
+    rho = 1 runs), one file per population trial, one row per run and evaluation."""
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.5", "0.9", "1.0", "--n-seeds", "2", "--epochs", "2",
             *TINY, "--storage", str(tmp_path), "--name", "e2e"]
     assert critical_rho.main(argv) == 0
     out = capsys.readouterr().out
-    assert "6 trials finished, 0 failed" in out
+    assert "6 runs finished, 0 failed" in out and "populations of up to 4 runs per trial (2 trials)" in out
     root = tmp_path / "parquet"
     files = sorted((root / "sweep_id=e2e").glob("*.parquet"))
-    assert len(files) == 6
+    assert len(files) == 2  # the four smoothed runs, and the two at rho = 1
     for f in files:
         assert pq.read_schema(f).equals(SCHEMA)  # the same schema in every file, whatever the search space
     df = pl.scan_parquet(str(root), hive_partitioning=True).collect()
-    assert df.height == 6 * 2  # two evaluations (epochs 1 and 2) per trial
+    assert df.height == 6 * 2  # two evaluations (epochs 1 and 2) per run
     assert df.select("trial_id", "step").is_unique().all()
+    assert sorted(df.group_by("population_id").agg(pl.col("trial_id").n_unique())["trial_id"]) == [2, 4]
+    assert (df["trial_id"].str.replace(r"-m\d{3}$", "") == df["population_id"]).all()
+    assert set(df["population_size"]) == {2, 4} and df["failure"].null_count() == df.height
     final = df.filter(pl.col("is_final"))
     assert final.height == 6 and sorted(final["epoch"].unique().to_list()) == [2]
     assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.5, 0.9, 1.0) for s in (0, 1)]
@@ -343,7 +348,7 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
             self.max_running = max(self.max_running, sum(t.status == "RUNNING" for t in trials))
 
     counter = MaxRunning()
-    space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 6, "n_train": 200, "eval_every": 3, "eval_iw_k": 5,
+    space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 40, "n_train": 200, "eval_every": 20, "eval_iw_k": 5,
              "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9,
              "seed": tune.grid_search([0, 1, 2, 3])}
     tuner = tune.Tuner(
@@ -443,20 +448,31 @@ def test_diverging_trial_fails_once_without_retries_while_the_sweep_goes_on(ray_
 
 
 def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_session, tmp_path):
+    """A grid of populations (--population 4), the driver SIGKILLed while the second population trains, then
+    --resume: one final row per grid point, every evaluation of every run once, nothing written before lost."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "store"
     argv = [sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--grid", "--latent-dims", "3-3",
-            "--rhos", "0.6", "0.8", "1.0", "--n-seeds", "2", "--epochs", "5", *TINY, "--max-concurrent", "1",
-            "--storage", str(storage), "--name", "crash", "--address", address, "--no-report", "--quiet"]
+            "--rhos", "0.6", "0.7", "0.8", "1.0", "--n-seeds", "2", "--epochs", "5", *TINY, "--max-concurrent", "1",
+            "--population", "4", "--storage", str(storage), "--name", "crash", "--address", address, "--no-report",
+            "--quiet"]
     part = storage / "parquet" / "sweep_id=crash"
+
+    def runs_now() -> dict[str, set[int]]:
+        files = list(part.glob("*.parquet")) if part.is_dir() else []
+        rows = [r for f in files for r in pq.read_table(f, columns=["trial_id", "step"]).to_pylist()]
+        out: dict[str, set[int]] = {}
+        for r in rows:
+            out.setdefault(r["trial_id"], set()).add(r["step"])
+        return out
+
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 120
     before: dict[str, set[int]] = {}
     while time.monotonic() < deadline:
-        files = list(part.glob("*.parquet")) if part.is_dir() else []
-        rows = {f.stem: set(pq.read_table(f)["step"].to_pylist()) for f in files}
-        if sum(map(len, rows.values())) >= 7:  # past the first trial, in the middle of the second
+        rows = runs_now()
+        if sum(map(len, rows.values())) >= 4 * 5 + 4:  # past the first population, in the middle of the second
             proc.send_signal(signal.SIGKILL)
             before = rows
             break
@@ -465,21 +481,21 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
     proc.wait(timeout=30)
     assert before, "the sweep wrote no rows within 2 minutes"
     finals = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
-    assert finals < 6, "the driver was killed too late to test a mid-sweep crash"
+    assert finals < 8, "the driver was killed too late to test a mid-sweep crash"
 
     resumed = subprocess.run([*argv, "--resume"][:], capture_output=True, text=True, cwd=tmp_path, timeout=240)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     df = pl.read_parquet(part / "*.parquet")
     assert df.select("trial_id", "step").is_unique().all()  # no duplicate rows
     final = df.filter(pl.col("is_final"))
-    # Exactly one finished trial per grid point, each with all five evaluations.
-    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.8, 1.0) for s in (0, 1)]
-    assert df.group_by("trial_id").len()["len"].to_list() == [5] * 6
-    # Nothing written before the crash was lost: every row a surviving trial had is still there.
+    # Exactly one finished run per grid point, each with all five evaluations.
+    assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.7, 0.8, 1.0) for s in (0, 1)]
+    assert df.group_by("trial_id").len()["len"].to_list() == [5] * 8
+    # Nothing written before the crash was lost: every row a surviving population had is still there.
     after = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
-    superseded = {p.stem for p in (Path(str(storage / "parquet") + ".superseded") / "sweep_id=crash").glob("*")} \
-        if Path(str(storage / "parquet") + ".superseded").exists() else set()
-    for tid, steps in before.items():
-        if tid in superseded:
+    moved = Path(str(storage / "parquet") + ".superseded") / "sweep_id=crash"
+    superseded = {p.stem for p in moved.glob("*")} if moved.exists() else set()
+    for run, steps in before.items():
+        if run.rsplit("-m", 1)[0] in superseded:
             continue
-        assert steps <= after[tid]
+        assert steps <= after[run]
