@@ -35,7 +35,7 @@ DATASET_FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "data
 OTHER_SETTINGS = ("preset", "binarization", "hidden_layers", "activation", "iw_samples", "beta_params", "lr",
                   "batch_size")
 RUN_COLUMNS = ("sweep_id", "trial_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
-               "top_active_units", "layer_kl", "layer_active_units", "iw_k", *NUMERIC_METRICS, FILE_COL)
+               "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
               "n_rho", "n_seeds", "message", "beyond", "rho_min", "rho_max")
 
@@ -55,7 +55,8 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
     """Lazy query: one row per trial, its final evaluation (is_final; the latest step if there are several).
 
     With ``include_unfinished`` a trial without a final row contributes its latest evaluation instead, so a
-    running sweep can be looked at; the report says how many runs that concerns.
+    running sweep can be looked at; the report says how many runs that concerns. A run that failed (a population
+    member that diverged: its last row names the ``failure``) is never used.
     """
     wanted = list(dict.fromkeys([*CONFIG_KEYS, "split", *OTHER_SETTINGS, *RUN_COLUMNS]))
     trial = ["sweep_id", "trial_id"]
@@ -66,19 +67,26 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
         # Filter first: the window below then runs over the final rows only, not over every evaluation.
         lf = results.lf.filter(pl.col("is_final")).select(wanted)
     lf = lf.filter(pl.col("step") == pl.col("step").max().over(trial)).unique(subset=trial, keep="last")
+    lf = lf.filter(pl.col("failure").is_null())
     return lf.with_columns(top_dim_column(), rho_eval_label_column()).with_columns(
         (pl.col("top_active_units") / pl.col("top_dim")).alias("active_fraction"))
 
 
 def trial_counts_query(results: Results) -> pl.LazyFrame:
-    """Lazy query: number of trials and of trials without a final evaluation."""
-    per_trial = results.lf.group_by("sweep_id", "trial_id").agg(pl.col("is_final").any())
-    return per_trial.select(pl.len().alias("trials"), (~pl.col("is_final")).sum().alias("unfinished"))
+    """Lazy query: number of runs (trial ids), of runs without a final evaluation that did not fail, and of runs
+    that failed (diverged members of a population), with one failure reason."""
+    per_trial = results.lf.group_by("sweep_id", "trial_id").agg(pl.col("is_final").any(),
+                                                                pl.col("failure").drop_nulls().first())
+    failed = pl.col("failure").is_not_null()
+    return per_trial.select(pl.len().alias("trials"), (~pl.col("is_final") & ~failed).sum().alias("unfinished"),
+                            failed.sum().alias("failed"), pl.col("failure").drop_nulls().first().alias("reason"))
 
 
 def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool, drop_nan: bool,
-               notes: list[str]) -> pl.DataFrame:
+               notes: list[str], failed: int = 0, reason: str | None = None) -> pl.DataFrame:
     """Refuse runs the analysis cannot use, with a message that says what to do; return the usable runs."""
+    if failed:
+        notes.append(f"{failed} run(s) failed during training and are left out (e.g. {reason}).")
     if runs.height == 0:
         raise AnalysisError(f"no trial has finished ({unfinished} trial(s) have no row with is_final = true): wait for "
                             f"the sweep to finish, or pass --include-unfinished to use each trial's latest evaluation")

@@ -171,7 +171,7 @@ def report_tables(rep: Report) -> list[Table]:
 # ----------------------------------------------------------------------------------------------- terminal
 def render_text(rep: Report) -> str:
     crit = rep.critical
-    lines = [f"{rep.n_rows:,} rows, {rep.n_trials:,} trials, {rep.n_files:,} files, sweep(s) {', '.join(rep.sweeps)}",
+    lines = [f"{rep.n_rows:,} rows, {rep.n_trials:,} runs, {rep.n_files:,} files, sweep(s) {', '.join(rep.sweeps)}",
              "", rho_c_table(rep).to_text()]
     problems = [r for r in crit.table.iter_rows(named=True) if r["status"] != "ok" or r["interval_undetermined"] is not None]
     if problems:
@@ -230,7 +230,7 @@ def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ouvae analysis — {sweeps}</title>"
              f"<style>{CSS}</style></head><body>", "<h1>Critical ρ analysis</h1>",
              f"<p>Results <code>{html.escape(rep.location.given)}</code> ({rep.location.kind.value}), sweep(s) "
-             f"<b>{sweeps}</b>: {rep.n_rows:,} rows from {rep.n_trials:,} trials ({rep.n_files:,} files, results "
+             f"<b>{sweeps}</b>: {rep.n_rows:,} rows from {rep.n_trials:,} runs ({rep.n_files:,} files, results "
              f"schema v{SCHEMA_VERSION}). Generated {html.escape(when)}.</p>",
              "<p class='cap'>Order parameter per run: top-layer active units / top-layer size at the end of training "
              "(is_final). Every seed is kept; a configuration is every setting in CONFIG_KEYS plus the split and "

@@ -150,7 +150,7 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
     runs, counts = frames[0], frames[1].row(0, named=True)
     notes: list[str] = []
     runs = check_runs(runs, unfinished=int(counts["unfinished"]), include_unfinished=include_unfinished,
-                      drop_nan=drop_nan, notes=notes)
+                      drop_nan=drop_nan, notes=notes, failed=int(counts["failed"]), reason=counts["reason"])
     configs = configurations(runs)
     notes += mixing_notes(runs, configs)
     critical = fit_configurations(runs, configs, level=level, n_boot=n_boot, seed=seed)

@@ -339,6 +339,24 @@ def test_too_thin_data_is_said_plainly(tmp_path):
     assert "too few points" in stdout and "sweep more rho" in stdout
 
 
+def test_a_population_member_that_failed_is_left_out_and_named(tmp_path):
+    """A diverged member of a population has no final row; its last row carries the failure. It is not fitted,
+    also with --include-unfinished, and the report says how many failed and why."""
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
+    folder = next(root.glob("sweep_id=*"))
+    ok = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()[0]
+    reason = "TrainingStalled: 5 consecutive steps had a non-finite loss or gradient"
+    failed = {**ok, "trial_id": "pop-m003", "population_id": "pop", "member": 3, "is_final": False, "step": 7,
+              "top_active_units": 10, "rho": 0.99, "failure": reason}
+    pq.write_table(conform(pa.Table.from_pylist([failed])), folder / "pop.parquet")
+    for extra in ((), ("--include-unfinished",)):
+        rc, stdout, _ = run_cli(root, "--no-plots", *FAST, *extra)
+        assert rc == 0 and f"1 run(s) failed during training and are left out (e.g. {reason})" in stdout
+        runs = pl.read_csv(root / "report" / "tables" / "order_parameters.csv")
+        assert "pop-m003" not in runs["trial_id"].to_list()
+
+
 # ---------------------------------------------------------------------------------- tables on a hand fixture
 def _hand_rows(dims: str, rho: float, seed: int, iw: float, top_kl: float, kl_total: float, au: list[int],
                lkl: list[float]) -> dict:
