@@ -59,6 +59,33 @@ def step_gflop(population: Population) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def model_memory_bytes(population: Population) -> int:
+    """What training a population holds without an allocator to ask (a CPU): parameters, the gradient and Adam's
+    two moments (4 x the (M, P) parameters), plus the tensors autograd keeps for the backward pass of one chunk of
+    members (the population trains a chunk at a time). On CUDA use the allocator's peak instead."""
+    from ouvae.metrics import expand_members
+    from ouvae.objectives import beta_at, rows_for, training_loss
+
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    model, cfg = population.model, population.cfg
+    part = population._chunks[0]
+    params = model.flat[part].detach().requires_grad_()
+    m = params.shape[0]
+    x = expand_members(population.train_x[: cfg.batch_size], m)
+    noise = model.draw_noise(rows_for(model, cfg.batch_size), population.rho[part], population.generator)
+    beta = torch.tensor([beta_at(cfg, 0.0)] * m, device=params.device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = training_loss(model, x, population._rho_t[part], noise, beta, population._free_bits_t[part], params)
+    del loss
+    return sum(seen.values()) + 4 * model.flat.numel() * model.flat.element_size()
+
+
 def steps_per_second(population: Population, seconds: float, min_steps: int = 3, warmup: int = 2) -> float:
     """Optimizer steps per second of `population`, timed over at least `seconds` and `min_steps` steps."""
     for _ in range(warmup):

@@ -6,16 +6,19 @@
 A member-step is one optimizer step of one run. For each model (the 4x40 MLP on MNIST-shaped data and the digits
 demo model; batch 100, K = 5, rho = 0.9) the script measures, on one device:
 
-* single: one run alone (``Trainer``, a population of one) in this process;
-* packed: P single-run processes sharing the device at once (P = CPU cores on a CPU, each with cores/P threads;
-  4 and 8 on a GPU, as ``--gpus-per-trial 0.25`` / ``0.125`` packing does), their member-steps/s added up;
-* population M: M runs (seeds 0..M-1) as one batched model in this process, for each M of ``--members``;
+* single: one run alone (``Trainer``, a population of one) in this process -- on a CPU with one thread, as a
+  sweep runs one trial per core;
+* packed: P single-run processes sharing the device at once (P = CPU cores on a CPU, one thread each; 4 and 8 on
+  a GPU, as ``--gpus-per-trial 0.25`` / ``0.125`` packing does), their member-steps/s added up;
+* population M: M runs (seeds 0..M-1) as one batched model in this process, for each M of ``--members`` (on a
+  CPU with one thread, in chunks of ouvae.population.CPU_MEMBER_CHUNK members per pass);
 * (``--variants``) the same population through ``torch.func`` (vmap over ``functional_call`` of a one-member
   model), and through ``torch.compile`` of the loss (mode "reduce-overhead" = CUDA graphs on a GPU).
 
-It prints member-steps/s, the speed-ups over single and packed, the memory a population holds (parameters,
-gradients, Adam moments and the activations of one step: CUDA allocator peak on a GPU, the process's resident
-high-water mark on a CPU), and the arithmetic rate of a step (its matrix-product FLOPs per second) as a fraction
+It prints member-steps/s, the speed-ups over single and over packed (on a CPU per core: one core's population
+against one core's share of the packed processes; on a GPU the whole device against the whole device), the
+memory a population holds (on a GPU the allocator's peak; on a CPU parameters, gradient and Adam moments plus the
+activations autograd keeps for one chunk's backward: bench_util.model_memory_bytes), and the arithmetic rate of a step (its matrix-product FLOPs per second) as a fraction
 of this device's large-GEMM rate measured in the same run. ``--out`` writes
 ``{"device": ..., "gemm_gflops": ..., "rows": [{"model", "members", "variant", "member_steps_per_s",
 "speedup_vs_single", "speedup_vs_packed", "gflops", "gemm_fraction", "memory_bytes"}, ...]}``.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench_util import gemm_gflops, step_gflop, steps_per_second, synthetic_splits, sync
+from bench_util import gemm_gflops, model_memory_bytes, step_gflop, steps_per_second, synthetic_splits, sync
 from ouvae.config import Config
 from ouvae.memory import peak_memory_bytes, reset_peak_memory
 from ouvae.objectives import beta_at, rows_for, training_loss
@@ -138,9 +141,15 @@ class FunctionalModel:
 
 
 def compiled_rate(pop: Population, seconds: float) -> float:
-    """The population's own step with the loss compiled (ouvae Config compile_step)."""
+    """The population's own step with the loss compiled (ouvae Config compile_step); checks first that compiled
+    and eager steps give the same losses (the same computation, fused differently)."""
+    eager = Population([m.cfg for m in pop.members], data=pop.data)
     compiled = Population([m.cfg.replace(compile_step=True) for m in pop.members], data=pop.data)
-    steps_per_second(compiled, 0.0, min_steps=3)  # compilation (and recompilation for the last batch) here
+    a, b = compiled.train_step(), eager.train_step()
+    if not all(abs(x - y) <= 1e-4 * abs(y) for x, y in zip(a, b)):
+        raise AssertionError(f"compiled and eager losses differ: {a} vs {b}")
+    # compilation, and the recompilation for an epoch's shorter last batch, happen before the timing
+    steps_per_second(compiled, 0.0, min_steps=compiled.batches_per_epoch + 1)
     return compiled.size * steps_per_second(compiled, seconds)
 
 
@@ -151,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 64, 256])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads of the single run and the populations (default: 1 on a CPU: sweeps run "
-                         "one thread per trial)")
+                    help="torch threads of the single run and the populations (default: 1 on a CPU, as sweeps run "
+                         "one thread per trial and trials side by side; each packed process uses one)")
     ap.add_argument("--packed", nargs="+", type=int, default=None,
                     help="packed process counts (default: the CPU cores on a CPU, 4 and 8 on a GPU)")
     ap.add_argument("--seconds", type=float, default=6.0, help="timing window per measurement (default 6)")
@@ -162,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     cores = os.cpu_count() or 1
-    threads = args.threads or (1 if device.type == "cpu" else torch.get_num_threads())
-    torch.set_num_threads(threads)
-    packed = args.packed or ([cores] if device.type == "cpu" else [4, 8])
+    cpu = device.type == "cpu"
+    threads = args.threads or (1 if cpu else torch.get_num_threads())
+    packed = args.packed or ([cores] if cpu else [4, 8])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cores} cores)"
+    torch.set_num_threads(threads)
     gemm = gemm_gflops(device)
     print(f"device {device}: {name}, torch {torch.__version__}, {threads} thread(s); large-GEMM rate "
           f"{gemm:.0f} GFLOP/s")
@@ -175,29 +185,32 @@ def main(argv: list[str] | None = None) -> int:
         gflop = step_gflop(single)  # per member-step
         single_rate = steps_per_second(single, args.seconds)
         del single
-        packed_rates = {p: packed_rate(model, device.type, p, max(1, threads if device.type != "cpu" else
-                                                                     cores // p), args.seconds) for p in packed}
-        best_packed = max(packed_rates.values())
-        print(f"\n{model}: {gflop:.2f} GFLOP per member-step; single run {single_rate:.1f} member-steps/s; packed "
-              + ", ".join(f"{p} processes {r:.1f}" for p, r in packed_rates.items()))
-        print(f"{'members':>7} {'variant':<11} {'member-steps/s':>14} {'vs single':>9} {'vs packed':>9} "
-              f"{'GFLOP/s':>8} {'of GEMM':>7} {'memory MB':>9}")
+        packed_rates = {p: packed_rate(model, device.type, p, threads, args.seconds) for p in packed}
+        # On a CPU a population holds one core: compare with one core's share of the packed processes.
+        best_packed = max(r / (p if cpu else 1) for p, r in packed_rates.items())
+        print(f"\n{model}: {gflop:.2f} GFLOP per member-step; single run {single_rate:.1f} member-steps/s "
+              f"({single_rate * gflop / gemm:.2f} of the GEMM rate); packed "
+              + ", ".join(f"{p} processes {r:.1f}" for p, r in packed_rates.items())
+              + (" (all cores)" if cpu else ""))
+        print(f"{'members':>7} {'variant':<11} {'member-steps/s':>14} {'vs single':>9} "
+              f"{'vs packed' + (' per core' if cpu else ''):>18} {'GFLOP/s':>8} {'of GEMM':>7} {'memory MB':>9}")
 
         def record(members: int, variant: str, rate: float, memory: int | None) -> None:
-            row = {"model": model, "members": members, "variant": variant, "member_steps_per_s": rate,
-                   "speedup_vs_single": rate / single_rate, "speedup_vs_packed": rate / best_packed,
-                   "gflops": rate * gflop, "gemm_fraction": rate * gflop / gemm, "memory_bytes": memory}
+            row = {"model": model, "members": members, "variant": variant, "threads": threads,
+                   "member_steps_per_s": rate, "speedup_vs_single": rate / single_rate,
+                   "speedup_vs_packed": rate / best_packed, "gflops": rate * gflop,
+                   "gemm_fraction": rate * gflop / gemm, "memory_bytes": memory}
             rows.append(row)
             mem = "" if memory is None else f"{memory / 2**20:>9.0f}"
             print(f"{members:>7} {variant:<11} {rate:>14.1f} {row['speedup_vs_single']:>9.2f} "
-                  f"{row['speedup_vs_packed']:>9.2f} {row['gflops']:>8.1f} {row['gemm_fraction']:>7.2f} {mem}",
+                  f"{row['speedup_vs_packed']:>18.2f} {row['gflops']:>8.1f} {row['gemm_fraction']:>7.2f} {mem}",
                   flush=True)
 
         for m in args.members:
             reset_peak_memory(device)
             pop = population_for(model, m, device.type, threads)
             rate = m * steps_per_second(pop, args.seconds)
-            record(m, "batched", rate, peak_memory_bytes(device))
+            record(m, "batched", rate, peak_memory_bytes(device) if not cpu else model_memory_bytes(pop))
             if m in (4, 16):
                 if "torch.func" in args.variants:
                     record(m, "torch.func", torch_func_rate(pop, args.seconds), None)
@@ -205,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     record(m, "compile", compiled_rate(pop, args.seconds), None)
             del pop
     result = {"device": str(device), "device_name": name, "threads": threads, "gemm_gflops": gemm,
-              "torch": torch.__version__, "rows": rows}
+              "packed": {str(p): r for p, r in packed_rates.items()}, "torch": torch.__version__, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")

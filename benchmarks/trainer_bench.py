@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-from bench_util import steps_per_second, synthetic_splits
+from bench_util import model_memory_bytes, steps_per_second, synthetic_splits
 from ouvae.config import Config
 from ouvae.memory import peak_memory_bytes, reset_peak_memory
-from ouvae.metrics import expand_members
-from ouvae.objectives import beta_at, rows_for, training_loss
 from ouvae.population import Population, pick_device
 
 PAPER = {"time": 4.6 / 4.2, "memory": 3.74 / 2.12}
@@ -42,34 +40,12 @@ METHODS = {
 }
 
 
-def saved_tensor_bytes(run: Population) -> int:
-    """Bytes autograd holds for backward after one forward of the training loss (distinct storages)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    model, cfg = run.model, run.cfg
-    x = expand_members(run.train_x[: cfg.batch_size], 1)
-    noise = model.draw_noise(rows_for(model, cfg.batch_size), run.rho, run.generator)
-    beta = torch.tensor([beta_at(cfg, 0.0)])
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = training_loss(model, x, run._rho_t, noise, beta, run._free_bits_t)
-    del loss
-    return sum(seen.values())
-
-
 def measure(cfg: Config, shape, likelihood, device: torch.device, seconds: float) -> dict:
     """Time per step and memory of one run (a population of one) on random data of the model's shape."""
     reset_peak_memory(device)
     run = Population([cfg.replace(device=device.type)], data=synthetic_splits(shape, likelihood, n_train=640))
     step_s = 1.0 / steps_per_second(run, seconds)
-    if device.type == "cuda":
-        memory = peak_memory_bytes(device)
-    else:  # no allocator statistics: what autograd keeps for backward + weights, gradients and Adam's two moments
-        memory = saved_tensor_bytes(run) + 4 * run.model.flat.numel() * run.model.flat.element_size()
+    memory = peak_memory_bytes(device) if device.type == "cuda" else model_memory_bytes(run)
     return {"step_s": step_s, "memory": memory}
 
 

@@ -3,7 +3,7 @@
 Why: a sweep trains many small models that differ only in scalars (rho, seed, beta schedule, free bits). Each on
 its own is dominated by per-operation overhead (a GPU runs ~400 tiny kernels per step); stacked along a leading
 member dimension they become a few large batched operations (HFTA, Wang et al., MLSys 2021). A single run is a
-population of one, so there is exactly one model code path (docs/architecture.md, "Populations").
+population of one, so there is exactly one model code path (docs/architecture.md, section 3, "Populations").
 
 Storage: every parameter of every member lives in ONE tensor ``flat`` of shape (M, P), one row per member. A
 forward pass splits it once (``torch.split`` along dim 1: its backward is a single concatenation) and each layer
@@ -78,6 +78,13 @@ class ParamLayout:
     def describe(self) -> list[list]:
         """[[name, [shape...]], ...]: stored with checkpoints to check that a file fits this model."""
         return [[s.name, list(s.shape)] for s in self.specs]
+
+
+def member_slices(members: int, chunk: int | None) -> list[slice]:
+    """The members in consecutive chunks of at most `chunk` (None: all at once). A chunk's rows of ``flat`` are a
+    population of their own for one pass, which bounds the working set (docs/architecture.md, section 3)."""
+    size = members if not chunk else max(1, int(chunk))
+    return [slice(a, min(a + size, members)) for a in range(0, members, size)]
 
 
 def fast_tanh(x: Tensor) -> Tensor:

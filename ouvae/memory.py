@@ -10,7 +10,7 @@ command line, the sweep trainable) calls ``reset_peak_memory`` when the run star
   writing 5 to /proc/self/clear_refs (Linux >= 4.0). This is the whole process's resident memory, so it includes
   the interpreter, torch and the data set, not only the model.
 * Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss``; `peak_memory_method` says
-  which one was used, and it is recorded with the results (README, "Peak memory").
+  which one was used, and the README names it ("Peak memory").
 
 These are process-wide operations: the library's Trainer never calls ``reset_peak_memory`` itself.
 """

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .layers import member_slices
 from .model import HierarchicalVAE
 from .objectives import rows_for, training_loss
 
@@ -64,15 +65,25 @@ EVAL_ROWS = {"cpu": 2_000, "cuda": 50_000}
 
 
 @torch.no_grad()
-def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[float],
-             generator: torch.Generator, batch_size: int = 100, max_rows: int | None = None) -> list[Evaluation]:
+def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[float], generator: torch.Generator,
+             batch_size: int = 100, max_rows: int | None = None, chunk: int | None = None) -> list[Evaluation]:
     """All metrics of every member on `data` (N, C, H, W; already binarized), with `iw_k` posterior samples per
-    example, smoothing member m at rho[m]. `max_rows` bounds members x examples x samples per forward pass
-    (default: EVAL_ROWS for the device)."""
-    device = model.flat.device
-    max_rows = max_rows if max_rows is not None else EVAL_ROWS.get(device.type, EVAL_ROWS["cuda"])
-    m, n, n_layers = model.members, data.shape[0], len(model.cfg.latent_dims)
-    rho_t = torch.tensor(list(rho), dtype=model.flat.dtype, device=device)
+    example, smoothing member m at rho[m]. Members are evaluated `chunk` at a time (default all at once), and
+    `max_rows` bounds members x examples x samples per forward pass (default: EVAL_ROWS for the device)."""
+    rows = max_rows if max_rows is not None else EVAL_ROWS.get(model.flat.device.type, EVAL_ROWS["cuda"])
+    out: list[Evaluation] = []
+    for part in member_slices(model.members, chunk):
+        out += _evaluate(model, model.flat[part], data, iw_k=iw_k, rho=list(rho)[part], generator=generator,
+                         batch_size=batch_size, max_rows=rows)
+    return out
+
+
+def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int, rho: Sequence[float],
+              generator: torch.Generator, batch_size: int, max_rows: int) -> list[Evaluation]:
+    """evaluate() for the members whose parameters are the rows `params`."""
+    device = params.device
+    m, n, n_layers = params.shape[0], data.shape[0], len(model.cfg.latent_dims)
+    rho_t = torch.tensor(list(rho), dtype=params.dtype, device=device)
     log_w_mean = torch.zeros(m, dtype=torch.float64, device=device)
     iw = torch.zeros_like(log_w_mean)
     log_px = torch.zeros_like(log_w_mean)
@@ -87,7 +98,7 @@ def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[f
         for s0 in range(0, iw_k, chunk):
             c = min(chunk, iw_k - s0)
             xs = expand_members(x.repeat(c, *([1] * (x.dim() - 1))), m)
-            out = model(xs, rho_t, model.draw_noise(c * b, rho, generator))
+            out = model(xs, rho_t, model.draw_noise(c * b, rho, generator), params)
             log_w_parts.append(out.log_weight.view(m, c, b))
             log_px += out.log_px.double().sum(1)
             kl_sum += out.kl.double().sum(1)
@@ -107,17 +118,22 @@ def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[f
 
 
 def gradient_variance(model: HierarchicalVAE, x: Tensor, *, rho: Sequence[float], beta: Tensor, free_bits: Tensor,
-                      draws: int, generator: torch.Generator) -> list[float]:
+                      draws: int, generator: torch.Generator, chunk: int | None = None) -> list[float]:
     """Per member: mean over weights of the variance, across `draws` noise draws on a fixed batch x (B, C, H, W),
-    of the gradient of the training loss w.r.t. the first encoder layer's weight (Fig. 4 of the appendix)."""
-    m = model.members
-    rho_t = torch.tensor(list(rho), dtype=model.flat.dtype, device=model.flat.device)
-    xs = expand_members(x, m)
+    of the gradient of the training loss w.r.t. the first encoder layer's weight (Fig. 4 of the appendix).
+    Members are taken `chunk` at a time (default all at once)."""
     name = model.first_encoder_weight()
-    grads = []
-    for _ in range(draws):
-        noise = model.draw_noise(rows_for(model, x.shape[0]), rho, generator)
-        loss = training_loss(model, xs, rho_t, noise, beta, free_bits).per_member.sum()
-        (grad,) = torch.autograd.grad(loss, model.flat)
-        grads.append(model.layout.views(grad)[name].reshape(m, -1))
-    return torch.stack(grads).var(0, unbiased=True).mean(-1).cpu().tolist()
+    out: list[float] = []
+    for part in member_slices(model.members, chunk):
+        params = model.flat[part].detach().requires_grad_()
+        m = params.shape[0]
+        rho_part = list(rho)[part]
+        rho_t = torch.tensor(rho_part, dtype=params.dtype, device=params.device)
+        grads = []
+        for _ in range(draws):
+            noise = model.draw_noise(rows_for(model, x.shape[0]), rho_part, generator)
+            loss = training_loss(model, expand_members(x, m), rho_t, noise, beta[part], free_bits[part], params)
+            (grad,) = torch.autograd.grad(loss.per_member.sum(), params)
+            grads.append(model.layout.views(grad)[name].reshape(m, -1))
+        out += torch.stack(grads).var(0, unbiased=True).mean(-1).cpu().tolist()
+    return out

@@ -124,8 +124,9 @@ class HierarchicalVAE(nn.Module):
         return on and self.cfg.smooth in ("both", "encoder"), on and self.cfg.smooth in ("both", "decoder")
 
     def draw_noise(self, rows: int, rho: Sequence[float], generator: torch.Generator) -> Noise:
-        """All standard-normal variables of one pass over `rows` examples per member, in ONE draw."""
-        m, k, dims = self.members, self.cfg.smooth_samples, self.cfg.latent_dims
+        """All standard-normal variables of one pass over `rows` examples for each member smoothed at rho[m]
+        (all members, or a chunk of them), in ONE draw."""
+        m, k, dims = len(rho), self.cfg.smooth_samples, self.cfg.latent_dims
         enc, dec = self.smoothed_maps(rho)
         shapes: list[tuple[int, ...] | None] = [(m, rows, d) for d in dims]
         shapes += [(m, k, rows, dims[l]) if enc else None for l in range(len(dims) - 1)]
@@ -139,9 +140,10 @@ class HierarchicalVAE(nn.Module):
                      decode_x=parts[-1])
 
     # ----- the pass ---------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, rho: Tensor, noise: Noise) -> Pass:
-        """One sample of every latent per example. x: (M, N, C, H, W); rho: (M,) smoothing per member."""
-        p = self.layout.views(self.flat)
+    def forward(self, x: Tensor, rho: Tensor, noise: Noise, params: Tensor | None = None) -> Pass:
+        """One sample of every latent per example. x: (M, N, C, H, W); rho: (M,) smoothing per member; `params`:
+        the members' parameters (default all of ``flat``; a chunk of its rows runs a chunk of the members)."""
+        p = self.layout.views(self.flat if params is None else params)
         m, n = x.shape[:2]
         identity = rho >= 1.0
         recompute = self.cfg.smooth_recompute
@@ -186,10 +188,6 @@ class HierarchicalVAE(nn.Module):
     def first_encoder_weight(self) -> str:
         """Name of the first weight that reads x (gradient-variance diagnostic, Fig. 4 of the appendix)."""
         return self.layout.specs[0].name
-
-    def member_parameters(self, member: int) -> Tensor:
-        """The (P,) parameters of one member (a view)."""
-        return self.flat[member]
 
 
 def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:

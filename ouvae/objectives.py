@@ -61,8 +61,9 @@ def rows_for(model: HierarchicalVAE, batch: int) -> int:
 
 
 def training_loss(model: HierarchicalVAE, x: Tensor, rho: Tensor, noise: Noise, beta: Tensor,
-                  free_bits: Tensor) -> Loss:
-    """The loss of every member on its batch x (M, B, C, H, W).
+                  free_bits: Tensor, params: Tensor | None = None) -> Loss:
+    """The loss of every member on its batch x (M, B, C, H, W) -- of all members, or of a chunk of them whose
+    parameters `params` are (see HierarchicalVAE.forward).
 
     ELBO: -E[log p(x|z)] + beta * sum_l max(KL_l, free_bits), the floor applied to the batch-mean KL of each
     layer (Kingma et al. 2016) and only where free_bits > 0. IWAE(k): -log mean_k w_k with k posterior samples
@@ -72,11 +73,11 @@ def training_loss(model: HierarchicalVAE, x: Tensor, rho: Tensor, noise: Noise, 
     m, b = x.shape[:2]
     if cfg.objective == "iwae":
         k = cfg.iw_samples
-        out = model(x.repeat(1, k, *([1] * (x.dim() - 2))), rho, noise)
+        out = model(x.repeat(1, k, *([1] * (x.dim() - 2))), rho, noise, params)
         log_w = out.log_weight.view(m, k, b)
         bound = torch.logsumexp(log_w, 1) - math.log(k)
         return Loss(-bound.mean(1), out.kl.sum(-1).mean(1).detach())
-    out = model(x, rho, noise)
+    out = model(x, rho, noise, params)
     kl_per_layer = out.kl.mean(1)  # (M, L)
     floor = free_bits.view(m, 1)
     kl_per_layer = torch.where(floor > 0, torch.maximum(kl_per_layer, floor), kl_per_layer)

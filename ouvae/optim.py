@@ -21,28 +21,26 @@ Tensor = torch.Tensor
 
 
 class MemberAdam:
-    """Adam (betas 0.9/0.999, eps 1e-8, no weight decay) on the (M, P) parameter `param`, one member per row."""
+    """Adam (betas 0.9/0.999, eps 1e-8, no weight decay) on the (M, P) parameter `param`, one member per row; the
+    trainer writes each step's gradient into `grad` (it may compute it a chunk of members at a time)."""
 
     def __init__(self, param: torch.nn.Parameter, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         if param.dim() != 2:
             raise ValueError(f"MemberAdam expects an (M, P) parameter, got shape {tuple(param.shape)}")
         self.param, self.lr, self.betas, self.eps = param, float(lr), betas, eps
+        self.grad = torch.zeros_like(param, memory_format=torch.contiguous_format)  # filled by the trainer
         self.exp_avg = torch.zeros_like(param, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.contiguous_format)
         self.steps = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
         self._fused = param.device.type in ("cpu", "cuda") and param.dtype in (torch.float16, torch.float32,
                                                                              torch.float64, torch.bfloat16)
 
-    def zero_grad(self) -> None:
-        if self.param.grad is not None:
-            self.param.grad.zero_()
-
     def check_and_clip(self, loss: Tensor, clip: float | None) -> Tensor:
         """Per-member finiteness of the loss (M,) and of the gradient, and clipping of each member's gradient to
         norm `clip` (as clip_grad_norm_ does for one model). Returns ok (M,) bool; bad members' gradients are
         zeroed so that nothing non-finite reaches the update."""
-        grad = self.param.grad
+        grad = self.grad
         norm = torch.linalg.vector_norm(grad, dim=1)
         ok = torch.isfinite(loss) & torch.isfinite(norm)
         grad.masked_fill_(~ok.unsqueeze(1), 0.0)
@@ -58,7 +56,7 @@ class MemberAdam:
         rows = lambda t: [t[i] for i in members]  # noqa: E731 - row views: the update writes through them
         beta1, beta2 = self.betas
         with torch.no_grad():
-            adam(rows(self.param), rows(self.param.grad), rows(self.exp_avg), rows(self.exp_avg_sq), [],
+            adam(rows(self.param), rows(self.grad), rows(self.exp_avg), rows(self.exp_avg_sq), [],
                  [self.steps[i] for i in members], fused=self._fused, foreach=None if self._fused else False,
                  amsgrad=False, beta1=beta1, beta2=beta2, lr=self.lr, weight_decay=0.0, eps=self.eps,
                  maximize=False)

@@ -3,7 +3,7 @@
 Why: the runs of a critical-rho sweep share every shape-giving setting (latent sizes, hidden units and layers,
 K, batch size, data set) and differ in scalars (rho, seed, beta schedule, free bits). One small run keeps a GPU
 idle between ~400 tiny kernels per step; M runs stacked along a leading member dimension do the same work in the
-same number of (larger) kernels (README, "Populations"; HFTA, Wang et al., MLSys 2021).
+same number of (larger) kernels (docs/architecture.md, section 3; HFTA, Wang et al., MLSys 2021).
 
 What each member keeps to itself (so it is the run it would have been alone, in distribution):
 * its parameters, initialised from its own seed exactly as a run alone (``ouvae/layers.py``);
@@ -37,6 +37,7 @@ from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from .config import Config, ConfigError
 from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
+from .layers import member_slices
 from .metrics import evaluate, gradient_variance
 from .model import HierarchicalVAE
 from .objectives import beta_at, rows_for, training_loss
@@ -49,6 +50,9 @@ MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min
 RUNTIME_FIELDS = ("data_dir", "device", "num_threads", "compile_step")
 
 Callback = Callable[["Population", list[dict[str, Any]]], None]
+# Members per forward/backward pass on a CPU: larger chunks leave the caches, and per-member speed falls (measured
+# with benchmarks/population_bench.py: BENCHMARKS.md, "Populations"). A GPU takes the whole population at once.
+CPU_MEMBER_CHUNK = 8
 
 
 class TrainingStalled(RuntimeError):
@@ -151,7 +155,7 @@ class Population:
     """
 
     def __init__(self, configs: Sequence[Config], callback: Callback | None = None,
-                 data: DatasetSplits | None = None):
+                 data: DatasetSplits | None = None, *, chunk: int | None = None):
         check_population(configs)
         self.members = [Member(c) for c in configs]
         self.cfg = cfg = configs[0]  # the shared settings (member fields: see self.members)
@@ -166,6 +170,9 @@ class Population:
         seeds = [c.seed for c in configs]
         self.model = HierarchicalVAE(cfg, self.data.image_shape, self.data.likelihood, seeds).to(self.device)
         self.optimizer = MemberAdam(self.model.flat, cfg.lr)
+        # members per pass: a fixed function of the device (so the same population gives the same numbers)
+        self.chunk = chunk if chunk is not None else (CPU_MEMBER_CHUNK if self.device.type == "cpu" else None)
+        self._chunks = member_slices(len(configs), self.chunk)
         self.seed = seeds[0] if len(seeds) == 1 else derived_seed("population", seeds)
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         self.batches_per_epoch = math.ceil(self.train_x.shape[0] / cfg.batch_size)
@@ -238,15 +245,22 @@ class Population:
         x = self.train_x[self.batch_indices(self.step)]
         if self.data.binarization == "dynamic":
             x = torch.bernoulli(x, generator=self.generator)
-        noise = self.model.draw_noise(rows_for(self.model, x.shape[1]), self.rho, self.generator)
         beta = torch.tensor([beta_at(m.cfg, self.epoch) for m in self.members], device=self.device)
-        loss = self._loss(self.model, x, self._rho_t, noise, beta, self._free_bits_t)
-        self.optimizer.zero_grad()
-        loss.per_member.sum().backward()  # a sum: each member's gradient is its own
-        ok = self.optimizer.check_and_clip(loss.per_member.detach(), self.cfg.grad_clip).tolist()
+        rows = rows_for(self.model, x.shape[1])
+        parts = []
+        for part in self._chunks:  # a chunk of members at a time: their rows of the parameters, as a leaf
+            params = self.model.flat[part].detach().requires_grad_()
+            noise = self.model.draw_noise(rows, self.rho[part], self.generator)
+            loss = self._loss(self.model, x[part], self._rho_t[part], noise, beta[part], self._free_bits_t[part],
+                              params)
+            loss.per_member.sum().backward()  # a sum: each member's gradient is its own
+            self.optimizer.grad[part].copy_(params.grad)
+            parts.append(loss.per_member.detach())
+        per_member = torch.cat(parts)
+        ok = self.optimizer.check_and_clip(per_member, self.cfg.grad_clip).tolist()
         self.optimizer.step([i for i, (good, m) in enumerate(zip(ok, self.members)) if good and m.active])
         self.step += 1
-        losses = loss.per_member.detach().tolist()
+        losses = per_member.tolist()
         for i, (good, m) in enumerate(zip(ok, self.members)):
             if not m.active:
                 losses[i] = math.nan
@@ -270,13 +284,13 @@ class Population:
         cfg, m = self.cfg, self.size
         gen = torch.Generator(self.device).manual_seed(derived_seed("evaluation", self.seed, self.step))
         evals = evaluate(self.model, self.eval_x, iw_k=cfg.eval_iw_k, rho=self.rho_eval, generator=gen,
-                         batch_size=max(cfg.batch_size, 100))
+                         batch_size=max(cfg.batch_size, 100), chunk=self.chunk)
         grad_var: list[float | None] = [None] * m
         if cfg.grad_var_draws > 1:
             x = self.eval_x[: cfg.batch_size]
             beta = torch.tensor([beta_at(mm.cfg, self.epoch) for mm in self.members], device=self.device)
             grad_var = gradient_variance(self.model, x, rho=self.rho, beta=beta, free_bits=self._free_bits_t,
-                                         draws=cfg.grad_var_draws, generator=gen)
+                                         draws=cfg.grad_var_draws, generator=gen, chunk=self.chunk)
         common = {"epoch": int(self.step // self.batches_per_epoch), "step": self.step,
                   "time_per_epoch_s": self.train_seconds / max(self.epoch, 1e-12),
                   "peak_memory_bytes": peak_memory_bytes(self.device), "hostname": socket.gethostname(),

@@ -1,5 +1,7 @@
 """The Ray Tune function trainable: one trial trains one run, or a population of runs as one batched model.
 
+The contract with the driver is docs/architecture.md, section 3 ("Trainable -> driver").
+
 Why it lives in the package: Ray workers import the trainable by module path, so it must be importable on
 every node (a function defined in a script or a test module is not).
 
