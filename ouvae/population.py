@@ -350,16 +350,17 @@ class Population:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, callback: Callback | None = None,
-                        data: DatasetSplits | None = None, **overrides: Any) -> "Population":
+                        data: DatasetSplits | None = None, *, chunk: int | None = None,
+                        **overrides: Any) -> "Population":
         """Rebuild a population from `directory`/checkpoint.pt; `overrides` apply to every member (e.g. a larger
-        budget, or the runtime settings device, data_dir, num_threads)."""
+        budget, or the runtime settings device, data_dir, num_threads); `chunk` as for the constructor."""
         path = Path(directory) / CHECKPOINT_FILE
         state = checkpoint.read(path)
         try:
             configs = [Config.from_dict(json.loads(text)).replace(**overrides) for text in state["configs"]]
         except ConfigError as e:
             raise CheckpointFormatError(f"{path}: its configuration is not valid here ({e})") from None
-        pop = cls(configs, callback=callback, data=data)
+        pop = cls(configs, callback=callback, data=data, chunk=chunk)
         if json.loads(state["layout"]) != pop.model.layout.describe() or \
                 tuple(state["params"].shape) != tuple(pop.model.flat.shape):
             raise CheckpointFormatError(f"{path}: its parameters do not fit the model its configuration describes "

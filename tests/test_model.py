@@ -85,6 +85,26 @@ def test_a_member_computes_what_the_same_network_alone_computes():
         assert torch.allclose(out.kl[m], ref.kl[0], atol=1e-5)
 
 
+def test_members_computed_in_chunks_get_exactly_the_gradients_of_one_pass():
+    """A population trains a chunk of members per pass (a CPU: 8): with the same noise, the losses and gradients of
+    the chunks are those of all members at once -- the chunks share nothing."""
+    x = binary_batch(16)
+    model, rho = small_model(seeds=(0, 1, 2, 3)), [0.7, 1.0, 0.8, 0.9]
+    noise = model.draw_noise(16, rho, gen())
+    whole = model.flat.detach().clone().requires_grad_()
+    loss = training_loss(model, expand_members(x, 4), torch.tensor(rho), noise, torch.ones(4), torch.zeros(4), whole)
+    loss.per_member.sum().backward()
+    for part in (slice(0, 2), slice(2, 4)):
+        params = model.flat[part].detach().requires_grad_()
+        chunk_noise = Noise(*(([t[part] for t in f] if isinstance(f, list) else f[part])
+                              for f in (noise.eps, noise.encoders, noise.decoders, noise.decode_x)))
+        part_loss = training_loss(model, expand_members(x, 2), torch.tensor(rho[part]), chunk_noise, torch.ones(2),
+                                  torch.zeros(2), params)
+        part_loss.per_member.sum().backward()
+        assert torch.allclose(part_loss.per_member, loss.per_member[part], rtol=1e-6)
+        assert torch.allclose(params.grad, whole.grad[part], atol=1e-6)
+
+
 @pytest.mark.parametrize("smooth", ["encoder", "decoder", "both"])
 def test_per_layer_outputs_have_the_documented_shapes(smooth):
     out = forward(small_model(seeds=(0, 1), smooth=smooth), binary_batch(10), [0.8, 0.9])

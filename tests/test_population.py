@@ -105,13 +105,14 @@ def test_a_diverging_member_fails_alone_while_the_others_finish(digits):
 
 
 def test_population_checkpoint_resumes_bit_for_bit(digits, tmp_path):
+    """Also when the members are computed in chunks (2 + 1 here; a CPU takes 8 at a time)."""
     configs = [quick(rho=r, seed=s, steps=24, eval_every=1) for r, s in ((0.8, 0), (0.9, 5), (1.0, 3))]
-    straight = Population(configs, data=digits)
+    straight = Population(configs, data=digits, chunk=2)
     straight.fit()
-    first = Population([c.replace(steps=10) for c in configs], data=digits)
+    first = Population([c.replace(steps=10) for c in configs], data=digits, chunk=2)
     first.fit()
     first.save_checkpoint(tmp_path)
-    resumed = Population.from_checkpoint(tmp_path, data=digits, steps=24)
+    resumed = Population.from_checkpoint(tmp_path, data=digits, chunk=2, steps=24)
     assert [m.history for m in resumed.members] == [m.history for m in first.members]
     resumed.fit()
     assert torch.equal(straight.model.flat, resumed.model.flat)

@@ -194,6 +194,7 @@ def test_failure_text_names_the_exception():
     (["--retry-failed", "--name", "x"], "add --resume"),
     (["--rho-spacing", "0.01"], "--rho-step"),
     (["--name", ".hidden"], "cannot be empty or start with '.'"),
+    (["--population", "0"], "--population 0 must be >= 1"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
