@@ -204,31 +204,34 @@ def _bench_rows(df: pl.DataFrame, value: str, fmt) -> list[list[str]]:
             for r in df.iter_rows(named=True)]
 
 
-def table9(bench: pl.DataFrame) -> Table | None:
-    """Table 9 form: mean time per epoch per model and method (records averaged), with the ratio to VAE."""
-    g = (bench.filter(pl.col("time_per_epoch_s").is_not_null())
+def _bench_table(bench: pl.DataFrame, column: str, reduce: pl.Expr, key: str, title: str, caption: str,
+                 header: str, fmt) -> Table | None:
+    """One benchmark column per model, method, device and batch size (records reduced by `reduce`), with the ratio
+    to the VAE of the same model."""
+    g = (bench.filter(pl.col(column).is_not_null())
          .group_by("model", "method", "device", "batch_size", maintain_order=True)
-         .agg(pl.col("time_per_epoch_s").mean(), pl.len().alias("n_records")))
+         .agg(reduce, pl.len().alias("n_records")))
     if g.height == 0:
         return None
-    g = _with_ratio(g, "time_per_epoch_s")
-    return Table("table9", "Table 9 — average time per epoch",
-                 "From the trainer benchmark (benchmark.json); records of the same model, method, device and batch "
-                 "size are averaged. Paper (MNIST MLP, GPU): VAE 4.2 s, IWAE 4.4 s, OU-VAE 4.6 s.",
-                 ["Model", "Method", "Device", "Batch", "Time/epoch (s)", "vs VAE"],
-                 _bench_rows(g, "time_per_epoch_s", lambda v: f"{v:.3g}"), g)
+    g = _with_ratio(g, column)
+    return Table(key, title, caption, ["Model", "Method", "Device", "Batch", header, "vs VAE"],
+                 _bench_rows(g, column, fmt), g)
+
+
+def table9(bench: pl.DataFrame) -> Table | None:
+    """Table 9 form: mean time per epoch per model and method (records averaged), with the ratio to VAE."""
+    return _bench_table(bench, "time_per_epoch_s", pl.col("time_per_epoch_s").mean(), "table9",
+                        "Table 9 — average time per epoch",
+                        "From the trainer benchmark (benchmark.json); records of the same model, method, device and "
+                        "batch size are averaged. Paper (MNIST MLP, GPU): VAE 4.2 s, IWAE 4.4 s, OU-VAE 4.6 s.",
+                        "Time/epoch (s)", lambda v: f"{v:.3g}")
 
 
 def table10(bench: pl.DataFrame) -> Table | None:
     """Table 10 form: maximum memory per model and method (largest of the records), with the ratio to VAE."""
-    g = (bench.filter(pl.col("peak_memory_bytes").is_not_null())
-         .group_by("model", "method", "device", "batch_size", maintain_order=True)
-         .agg(pl.col("peak_memory_bytes").max(), pl.len().alias("n_records")))
-    if g.height == 0:
-        return None
-    g = _with_ratio(g, "peak_memory_bytes")
-    return Table("table10", "Table 10 — maximum memory",
-                 "Peak memory from the trainer benchmark (CUDA max allocated on GPU, process max RSS on CPU); the "
-                 "largest of repeated records. Paper (4-layer CIFAR-10, batch 64): VAE 2.12G, IWAE 8.59G, OU-VAE 3.74G.",
-                 ["Model", "Method", "Device", "Batch", "Peak memory (GiB)", "vs VAE"],
-                 _bench_rows(g, "peak_memory_bytes", lambda v: f"{v / 2**30:.3g}"), g)
+    return _bench_table(bench, "peak_memory_bytes", pl.col("peak_memory_bytes").max(), "table10",
+                        "Table 10 — maximum memory",
+                        "Peak memory from the trainer benchmark (CUDA max allocated on a GPU; on a CPU parameters, "
+                        "gradients, Adam moments and the activations kept for backward); the largest of repeated "
+                        "records. Paper (4-layer CIFAR-10, batch 64): VAE 2.12G, IWAE 8.59G, OU-VAE 3.74G.",
+                        "Peak memory (GiB)", lambda v: f"{v / 2**30:.3g}")
