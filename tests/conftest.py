@@ -11,6 +11,14 @@ import pytest
 
 
 @pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits with their fixed splits, loaded once for the session."""
+    from ouvae.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with 2 CPUs and 1 *logical* GPU (lets tests check fractional-GPU packing on a CPU machine;
     torch still sees no CUDA, so trainers on device "auto" run on the CPU)."""

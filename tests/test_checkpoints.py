@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from ouvae.config import Config
-from ouvae.data import load_dataset
 from ouvae.population import Population
 from sweeps.checkpoints import CheckpointError, TrialCheckpoints
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def trainer_at(digits, steps: int) -> Population:

@@ -16,18 +16,12 @@ import torch
 
 from ouvae.checkpoint import CheckpointFormatError
 from ouvae.config import Config, ConfigError
-from ouvae.data import DatasetSplits, load_dataset
 from ouvae.population import (Population, TrainingStalled, check_population, group_into_populations,
                               population_key)
 from ouvae.train import main as train_main
 from ouvae.trainer import Trainer
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DatasetSplits:
-    return load_dataset("digits")
 
 
 def quick(**overrides) -> Config:

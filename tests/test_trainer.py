@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from ouvae.config import Config
-from ouvae.data import DatasetSplits, load_dataset
+from ouvae.data import DatasetSplits
 from ouvae.train import main as train_main
 from ouvae.trainer import Trainer, TrainingStalled
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DatasetSplits:
-    return load_dataset("digits")
 
 
 def quick(**overrides) -> Config:

@@ -20,7 +20,7 @@ import torch
 from .files import Located
 from .formats import read_idx_images
 from .spec import DatasetSpec, LoadRequest
-from .splits import DataError, make_splits, to_unit_float
+from .splits import DataError, DatasetSplits, make_splits, to_unit_float
 
 DEFAULT_VALIDATION_FRACTION = 1 / 6
 
