@@ -3,7 +3,7 @@ dataset), active units per layer, training curves, and rho_c against the trainin
 
 Why matplotlib's object API (``Figure`` + Agg canvas) and never pyplot: no display is needed or touched, nothing
 global is switched (importing analysis inside a notebook keeps the notebook's backend), and figures are freed
-as soon as they are saved. Each ``*_figure`` function returns the Figure (the tests read the plotted data back
+as soon as they are saved. Each ``*_figure`` function returns the Figure (a caller can read the plotted data back
 from its axes); ``save`` writes it as PNG.
 """
 

@@ -4,7 +4,7 @@ Why: the analysis must be checked against a truth we control (does the fitted rh
 "lower rho_c for wider latents" come out when it is true? is a drifting rho_c called "still moving"?) and
 benchmarked at sizes no laptop could train; the adaptive searcher must be shown to find rho_c through real Ray
 Tune machinery in seconds. Real sweeps give neither. Everything that needs synthetic runs draws them here:
-``noisy_active_units`` (one run), ``noisy_runs`` (a grid of runs, for the fit's tests), ``make_synthetic_results``
+``noisy_active_units`` (one run), ``noisy_runs`` (a grid of runs, for checking the fit), ``make_synthetic_results``
 (a whole results folder) and ``sweeps/synthetic.py``'s Ray trainable.
 
 The model ("noisy logistic across seeds"): seed s has its own critical point ``rho_c + delta_s`` with
@@ -84,7 +84,7 @@ def noisy_runs(rhos: Sequence[float], n_seeds: int, top_dim: int = 10, **model: 
 # ------------------------------------------------------------------------------------ a results folder
 @dataclass(frozen=True)
 class SyntheticTruth:
-    """What was written and the truth behind it, so tests can compare estimates with it."""
+    """What was written and the truth behind it, to compare estimates with."""
 
     root: Path
     sweep_id: str

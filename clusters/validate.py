@@ -98,7 +98,7 @@ class Report:
         return not self.errors
 
     def rules(self) -> set[str]:
-        """Names of the rules with an error (what tests assert on)."""
+        """Names of the rules with an error (for callers)."""
         return {f.rule for f in self.errors}
 
 

@@ -12,7 +12,7 @@ f(z) (rho * eps + 0 * eta = eps bit for bit), not an average of K equal values, 
 the plain VAE. When no member is smoothed (every rho = 1, or K = 1) the copies are not formed at all.
 
 The noise eta is an input (drawn by the caller from the run's own generator), so this module has no random
-state of its own: the same inputs give the same outputs, which makes resume and tests exact.
+state of its own: the same inputs give the same outputs, which makes resume exact.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One training run: a population of one, with the single-run API the command line, tests and notebooks use.
+"""One training run: a population of one, with the single-run API the command line and notebooks use.
 
 Why a thin wrapper and not a second trainer: a run alone and a member of a population must be the same model,
 loss, optimizer and loop (``ouvae/population.py``), so this class only adapts names -- one config instead of a

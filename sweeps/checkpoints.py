@@ -2,7 +2,7 @@
 
 Why not Tune's checkpoints (``tune.report(..., checkpoint=...)`` with ``CheckpointConfig(num_to_keep)``): Tune
 deletes a trial's oldest checkpoint the moment a newer one registers, but records the newer one only in its *next*
-experiment snapshot. A driver killed in between (found by tests/test_multinode.py) leaves a snapshot that names a
+experiment snapshot. A driver killed in between (found with a loopback multi-node cluster) leaves a snapshot that names a
 deleted checkpoint, and ``--resume`` then fails the trial with "Could not recover from checkpoint as it does not
 exist on storage anymore" (ray-project/ray#27790). Without ``num_to_keep`` a fine grid keeps every checkpoint of
 every trial (10,000 trials x evaluations x model size).

@@ -35,7 +35,7 @@ def connect(args: argparse.Namespace) -> str:
     """Start or join Ray; returns a short description."""
     import ray
 
-    if ray.is_initialized():  # e.g. a notebook or a test session that already holds Ray
+    if ray.is_initialized():  # e.g. a notebook that already holds Ray
         return "existing Ray session"
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if args.address:

@@ -307,7 +307,7 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
 
 
 def main(argv: list[str] | None = None, *, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
-    """The script. `trainable` is the Tune trainable each trial runs (tests pass one that injects faults)."""
+    """The script. `trainable` is the Tune trainable each trial runs (e.g. one that wraps it)."""
     return cli.main(lambda cmd: run(cmd, trainable), build_parser(), argv, extra_errors=(RefineError,))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from ouvae.config import PRESETS, ConfigError, parse_assignment
@@ -24,7 +25,10 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, default_preset: str) ->
     g = p.add_argument_group("trainer")
     g.add_argument("--preset", default=default_preset,
                    help=f"named trainer preset, one of {sorted(PRESETS)} (default: {default_preset})")
-    g.add_argument("--dataset", help="dataset name (default: the preset's), e.g. digits, mnist, fashion_mnist")
+    g.add_argument("--dataset", help="dataset name (default: the preset's), e.g. digits, mnist, fashion_mnist, or idx / "
+                                     "npy for your own files in --data-dir")
+    g.add_argument("--data-dir", help="folder (or .npz file for --dataset npy) with the data files; made absolute, "
+                                      "since every trial runs in its own folder")
     g.add_argument("--epochs", type=int, help="training budget in epochs (default: the preset's)")
     g.add_argument("--steps", type=int, help="training budget in optimizer steps (overrides --epochs)")
     g.add_argument("--n-train", type=int, help="cap on training images (default: the preset's)")
@@ -78,10 +82,12 @@ def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
         except ConfigError as e:
             raise SweepError(f"--set {text}: {e}") from None
         out[key] = value
-    for key in ("dataset", "epochs", "steps", "n_train"):
+    for key in ("dataset", "data_dir", "epochs", "steps", "n_train"):
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
+    if out.get("data_dir"):  # Ray runs each trial in a folder of its own: a relative path would point nowhere
+        out["data_dir"] = str(Path(out["data_dir"]).expanduser().resolve())
     return out
 
 

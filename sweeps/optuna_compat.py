@@ -1,7 +1,7 @@
 """What the annealing search relies on in Optuna beyond its documented behaviour, in one place. Checked against
 Optuna 5.0.0.
 
-tests/test_optuna_compat.py fails, naming the item, when the installed Optuna no longer behaves as relied on here.
+tests/test_compat.py fails, naming the item, when the installed Optuna no longer behaves as relied on here.
 """
 
 from __future__ import annotations

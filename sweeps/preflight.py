@@ -2,8 +2,9 @@
 
 Measured before these checks: ``critical_rho.py --dataset mnist`` on a machine without the MNIST files and without
 internet started Ray and all 42 trials, each of which tried to download, failed and was retried; after 6.5
-minutes there were 98 tracebacks and no result. Now the driver resolves the data itself (``ouvae.data.load_dataset``
-locates the files, downloads them once into the cache and verifies them), writes a probe file where the sweep
+minutes there were 98 tracebacks and no result. Now the driver resolves the data itself
+(``ouvae.data.load_config_dataset`` locates the files, downloads them once into the cache and verifies them, with
+the sweep's validation size and binarization), writes a probe file where the sweep
 will write, and connects to the cluster address with a short timeout; each failure is a SweepError naming the
 problem and the fix (sweeps/cli.py prints it and exits with code 2), and nothing has been written.
 
@@ -18,7 +19,7 @@ import re
 import socket
 
 from ouvae.config import Config
-from ouvae.data import DataError, load_dataset
+from ouvae.data import DataError, load_config_dataset
 from sweeps.cli import SweepError
 from sweeps.layout import SweepPaths
 from sweeps.storage import check_writable, is_remote
@@ -56,9 +57,10 @@ def check_start(args: argparse.Namespace, paths: SweepPaths, cfg: Config) -> Non
 
 
 def check_data(cfg: Config) -> None:
-    """The dataset every trial of `cfg`'s sweep loads is present and intact (downloaded once if missing)."""
+    """The dataset every trial of `cfg`'s sweep loads is present and intact (downloaded once if missing), with the
+    sweep's validation size and binarization."""
     try:
-        load_dataset(cfg.dataset, cfg.data_dir)
+        load_config_dataset(cfg)
     except DataError as e:
         raise SweepError(f"dataset {cfg.dataset}: {e}") from None
 

@@ -1,7 +1,7 @@
 """Everything the sweeps take from Ray beyond its public API, in one place. Checked against Ray 2.60.0.
 
 Why one module: each item below depends on how Ray behaves inside, not on a documented contract, so a Ray
-upgrade can break it silently. tests/test_ray_compat.py checks every item against the installed Ray and fails
+upgrade can break it silently. tests/test_compat.py checks every item against the installed Ray and fails
 naming the item when one no longer holds; the fix then belongs here only. Each function says what it relies on.
 
 Imports of Ray happen inside the functions: importing this module (e.g. from clusters/validate.py) is free.
@@ -26,7 +26,7 @@ CHECKED_VERSION = "2.60.0"
 # * TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: Tune adds CSV and TensorBoardX loggers beside its JSON one unless this is
 #   set (ray.tune.utils.callback._create_default_callbacks). A population trial's result holds its members' rows as
 #   a list, which those two cannot log (TensorBoardX warns at every report); the results table is ours anyway.
-#   sweeps/experiment.py adds the JSON logger back (each trial's result.json, which the cluster tests read).
+#   sweeps/experiment.py adds the JSON logger back (each trial's result.json).
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
               "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 

@@ -88,7 +88,7 @@ class ParquetSink(Callback):
                                f"same --storage/--results-dir and --name")
         self.superseded = list(state.get("superseded", []))
 
-    # ----- the table logic (callable without Tune, for tests) -------------------------------------------------
+    # ----- the table logic (callable without Tune) -------------------------------------------------
     def reconcile(self, known_trial_ids: set[str]) -> list[str]:
         """Move files of trials Tune does not know (created after the last snapshot) out of the table (finished
         ones stay with ``keep_finished_unknown``)."""

@@ -2,7 +2,7 @@
 
 Why: the adaptive searcher must be shown to find rho_c where we put it, through real Ray Tune machinery, in
 seconds. Real training takes 3-9 s per run on digits; this takes microseconds and has a truth. It lives in the
-package (not in a test module) because Ray workers must be able to import the trainable. The draws come from the
+package (not in a script) because Ray workers must be able to import the trainable. The draws come from the
 project's one noisy-logistic generator, ``analysis.synthetic.noisy_active_units`` (its docstring has the model):
 a deterministic function of (rho, seed, salt), so rerunning a point gives the same count, like a deterministic
 trainer would.

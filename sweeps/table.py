@@ -1,5 +1,5 @@
 """The results table's files: ``<root>/sweep_id=<id>/<trial_id>.parquet``, one per Tune trial, in the schema of
-analysis/schema.py (no Ray needed: the sink, the resume checks and the tests use these functions). The contract:
+analysis/schema.py (no Ray needed: the sink and the resume checks use these functions). The contract:
 docs/architecture.md, section 3 ("Driver -> table").
 
 A Tune trial trains one run, or a population of runs (ouvae/population.py) that report together: its file holds

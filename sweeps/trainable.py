@@ -3,7 +3,7 @@
 The contract with the driver is docs/architecture.md, section 3 ("Trainable -> driver").
 
 Why it lives in the package: Ray workers import the trainable by module path, so it must be importable on
-every node (a function defined in a script or a test module is not).
+every node (a function defined in a script is not).
 
 Contract with the rest of `sweeps`:
 

@@ -98,6 +98,15 @@ def test_a_diverging_member_fails_alone_while_the_others_finish(digits):
         Population(configs[1:2], data=digits).fit()
 
 
+def test_gradient_variance_is_measured_for_every_member_when_asked(digits):
+    """grad_var_draws > 1: every row carries its member's own first-layer gradient variance (Fig. 4)."""
+    configs = [quick(seed=0, rho=1.0, grad_var_draws=4, steps=8), quick(seed=1, rho=0.6, grad_var_draws=4, steps=8)]
+    final = Population(configs, data=digits).fit()
+    values = [r["grad_var"] for r in final]
+    assert all(v is not None and math.isfinite(v) and v > 0 for v in values) and values[0] != values[1]
+    assert Population([quick(steps=8)], data=digits).fit()[0]["grad_var"] is None  # off by default
+
+
 def test_population_checkpoint_resumes_bit_for_bit(digits, tmp_path):
     """Also when the members are computed in chunks (2 + 1 here; a CPU takes 8 at a time)."""
     configs = [quick(rho=r, seed=s, steps=24, eval_every=1) for r, s in ((0.8, 0), (0.9, 5), (1.0, 3))]

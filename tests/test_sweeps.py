@@ -85,6 +85,16 @@ def test_latent_configurations_and_grid_validation():
         bad.validate()
 
 
+def test_data_dir_is_made_absolute_because_each_trial_runs_in_its_own_folder(tmp_path, monkeypatch):
+    from sweeps import options
+
+    monkeypatch.chdir(tmp_path)
+    args = critical_rho.build_parser().parse_args(["--dataset", "idx", "--data-dir", "my-data"])
+    assert options.fixed_overrides(args)["data_dir"] == str(tmp_path / "my-data")
+    args = critical_rho.build_parser().parse_args(["--set", "data_dir=other"])
+    assert options.fixed_overrides(args)["data_dir"] == str(tmp_path / "other")
+
+
 def test_anneal_space_is_conditional_on_the_schedule():
     import optuna
 
@@ -362,6 +372,34 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
     assert counter.max_running == 4
     df = read_table(tmp_path / "pq", "pack")
     assert df.filter(pl.col("is_final")).height == 4 and df.height == 8
+
+
+def test_peak_memory_is_each_trials_own_in_a_reused_worker(ray_session, tmp_path):
+    """A large trial, then a small one in the same worker process (reuse_actors): the small one reports its own
+    peak, not the large one's (ouvae/memory.py resets it per trial)."""
+    from ray import tune
+
+    from sweeps.trainable import train_ouvae
+
+    space = {"preset": "demo", "steps": 3, "eval_every": 1000, "eval_iw_k": 2, "eval_max_examples": 100,
+             "num_threads": 1, "rho": 0.9, "size": tune.grid_search(["large", "small"])}
+    sizes = {"large": {"hidden_units": 1000, "batch_size": 400, "steps": 1}, "small": {"hidden_units": 16, "latent_dims": [3, 3]}}
+
+    def sized(config):  # the grid's label picks the model size
+        return train_ouvae({k: v for k, v in config.items() if k != "size"} | sizes[config["size"]])
+
+    sized.__name__ = sized.__qualname__ = "train_ouvae"
+    tuner = tune.Tuner(
+        tune.with_resources(sized, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="memory", storage_path=str(tmp_path / "ray"), verbose=0,
+                                  callbacks=[results.ParquetSink(str(tmp_path / "pq"), "memory", verbose=False)]))
+    grid = tuner.fit()
+    assert not grid.errors
+    by_size = {r.config["size"]: r.metrics for r in grid}
+    assert by_size["large"]["pid"] == by_size["small"]["pid"]  # one worker process ran both
+    large, small = by_size["large"]["peak_memory_bytes"], by_size["small"]["peak_memory_bytes"]
+    assert small < large - 250 * 2**20, (large, small)  # measured: 865 MB against 464 MB
 
 
 @pytest.mark.parametrize("failure", ["crash", "killed worker process"])

@@ -10,7 +10,7 @@ result row used (`DatasetSplits.split_note`, `.binarization`).
 Split sizes are taken from the files where the convention allows (static MNIST: one file per split); the
 canonical sizes that cannot be (validation held out of a training file) live in `DatasetSpec.n_validation`,
 and the expected image counts in `DatasetSpec.expected_counts` (strict: a registered set with another count is
-another data set). Tests scale them down with ``dataclasses.replace(DATASETS[name], ...)``.
+another data set).
 """
 
 from __future__ import annotations

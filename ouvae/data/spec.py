@@ -38,7 +38,7 @@ class DatasetSpec:
     `validation_size` instead.
     n_test: digits only -- images carved out of the single pool as test.
     expected_counts: image count per source (e.g. {"train": 60000, "test": 10000}) checked after reading;
-    None skips the check (tests use small files).
+    None skips the check.
     image_shape: (C, H, W) of a registered set; None for user data (the files say).
     binarization: the set's fixed convention; for user data the default ("auto": inferred from the arrays).
     user_data: the files are the user's, in data_dir (required): any image count and size, no download.
