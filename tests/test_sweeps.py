@@ -332,6 +332,24 @@ def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path
     assert (tmp_path / "ray" / "e2e" / SPEC_FILE).is_file()
 
 
+def test_a_sweep_on_your_own_numpy_images_records_which_data_it_was(ray_session, tmp_path, capsys, quiet_env):
+    """--dataset npy --data-dir FILE.npz through the sweep: the rows name the data set by its file, and record the
+    binarization and likelihood inferred from the arrays (grey levels: dynamic, Bernoulli)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "faces.npz", train=rng.random((300, 8, 8), dtype=np.float32),
+             test=rng.random((60, 8, 8), dtype=np.float32))
+    argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.8", "1.0", "--n-seeds", "1", "--epochs", "1", *TINY,
+            "--dataset", "npy", "--data-dir", str(tmp_path / "faces.npz"), "--storage", str(tmp_path / "out"),
+            "--name", "own", "--no-report"]
+    assert critical_rho.main(argv) == 0
+    assert "2 runs finished, 0 failed" in capsys.readouterr().out
+    df = read_table(tmp_path / "out" / "parquet", "own")
+    assert set(df["dataset"]) == {"npy:faces"} and set(df["binarization"]) == {"dynamic"}
+    assert set(df["likelihood"]) == {"bernoulli"} and df.filter(pl.col("is_final")).height == 2
+
+
 def test_adaptive_sweep_runs_the_searcher_end_to_end(ray_session, tmp_path, capsys, quiet_env):
     argv = ["--adaptive", "--latent-dims", "3-3", "--rho-min", "0.5", "--rho-max", "1.0", "--coarse-points", "3",
             "--n-seeds", "2", "--budget", "8", "--epochs", "1", *TINY, "--storage", str(tmp_path), "--name", "ad",
