@@ -41,7 +41,7 @@ class SweepDefaults:
     layers: int  # stochastic layers of each configuration
     rho_min: float
     rho_max: float
-    rho_step: float  # grid mode's step; also sizes adaptive mode's default budget (the equivalent grid's trials)
+    rho_step: float  # grid mode's step; also sizes adaptive mode's default budget (the equivalent grid's runs)
     rho_spacing: float  # adaptive mode's finest spacing between rho values
     n_seeds: int
     mode: str  # "adaptive" or "grid"
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"stop refining a configuration once its rho_c interval is this narrow "
                         f"(default {d.target_width})")
     a.add_argument("--budget", type=int, default=None,
-                   help=f"most trials in all, split evenly between latent configurations (default: the trials of "
+                   help=f"most runs in all, split evenly between latent configurations (default: the runs of "
                         f"the --rho-min..--rho-max grid at step {d.rho_step})")
     a.add_argument("--coarse-points", type=int, default=d.coarse_points,
                    help=f"rho values of the first, coarse pass per latent configuration (default {d.coarse_points})")
