@@ -179,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     gemm = gemm_gflops(device)
     print(f"device {device}: {name}, torch {torch.__version__}, {threads} thread(s); large-GEMM rate "
           f"{gemm:.0f} GFLOP/s")
-    rows = []
+    rows, packed_by_model = [], {}
     for model in args.models:
         single = population_for(model, 1, device.type, threads)
         gflop = step_gflop(single)  # per member-step
         single_rate = steps_per_second(single, args.seconds)
         del single
         packed_rates = {p: packed_rate(model, device.type, p, threads, args.seconds) for p in packed}
+        packed_by_model[model] = {str(p): r for p, r in packed_rates.items()}
         # On a CPU a population holds one core: compare with one core's share of the packed processes.
         best_packed = max(r / (p if cpu else 1) for p, r in packed_rates.items())
         print(f"\n{model}: {gflop:.2f} GFLOP per member-step; single run {single_rate:.1f} member-steps/s "
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     record(m, "compile", compiled_rate(pop, args.seconds), None)
             del pop
     result = {"device": str(device), "device_name": name, "threads": threads, "gemm_gflops": gemm,
-              "packed": {str(p): r for p, r in packed_rates.items()}, "torch": torch.__version__, "rows": rows}
+              "packed": packed_by_model, "torch": torch.__version__, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,9 @@ def read(path: Path) -> dict[str, Any]:
         raise CheckpointFormatError(f"{path}: written by ouvae {written_by} in checkpoint format {version}; this "
                                     f"ouvae {__version__} reads format {FORMAT_VERSION} and older: upgrade ouvae")
     if _version_tuple(written_by) > _version_tuple(__version__):
-        # Same format from a newer release: readable; say so, since its configs may carry newer defaults.
-        state["note"] = f"written by the newer ouvae {written_by}"
+        # Same format from a newer release: readable, but say so: its configs may carry newer defaults.
+        warnings.warn(f"{path}: written by the newer ouvae {written_by} (checkpoint format {version}, which this "
+                      f"ouvae {__version__} reads); upgrade ouvae if anything looks off", stacklevel=2)
     missing = [k for k in _KEYS if k not in state]
     if missing:
         raise CheckpointFormatError(f"{path}: incomplete ouvae checkpoint (missing {', '.join(missing)}); the file "

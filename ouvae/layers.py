@@ -47,18 +47,12 @@ class ParamLayout:
 
     def __init__(self) -> None:
         self.specs: list[ParamSpec] = []
-        self._index: dict[str, int] = {}
 
     def add(self, name: str, shape: Sequence[int], fan_in: int) -> str:
-        if name in self._index:
+        if any(s.name == name for s in self.specs):
             raise ValueError(f"parameter {name!r} registered twice")
-        self._index[name] = len(self.specs)
         self.specs.append(ParamSpec(name, tuple(int(s) for s in shape), 1.0 / math.sqrt(fan_in)))
         return name
-
-    @property
-    def size(self) -> int:
-        return sum(s.numel for s in self.specs)
 
     def sizes(self) -> list[int]:
         return [s.numel for s in self.specs]

@@ -11,8 +11,7 @@ command line, the sweep trainable) calls ``reset_peak_memory`` when the run star
   (glibc's ``malloc_trim``; without it the reset would start from the previous run's retained heap: measured, a
   small run after a 1.3 GB one reported 630 MB instead of 390 MB). This is the whole process's resident memory,
   so it includes the interpreter, torch and the data set, not only the model.
-* Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss``; `peak_memory_method` says
-  which one was used, and the README names it ("Peak memory").
+* Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss`` (README, "Peak memory").
 
 These are process-wide operations: the library's Trainer never calls ``reset_peak_memory`` itself.
 """
@@ -41,17 +40,16 @@ def _vm_hwm_bytes() -> int | None:
     return None
 
 
-def reset_peak_memory(device: torch.device) -> str:
-    """Start a new peak for the run about to start on `device`; returns the method (see peak_memory_method)."""
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for the run about to start on `device`."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return "cuda_max_allocated"
+        return
     _return_freed_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
-        return "ru_maxrss"
-    return "vm_hwm" if _vm_hwm_bytes() is not None else "ru_maxrss"
+        pass  # not Linux, or not writable: peak_memory_bytes falls back to the lifetime peak
 
 
 def _return_freed_memory() -> None:
@@ -61,13 +59,6 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)  # glibc; other C libraries lack it, and then nothing is returned
     except (AttributeError, OSError):
         pass
-
-
-def peak_memory_method(device: torch.device) -> str:
-    """cuda_max_allocated, vm_hwm (resettable process high-water mark) or ru_maxrss (process lifetime)."""
-    if device.type == "cuda":
-        return "cuda_max_allocated"
-    return "vm_hwm" if _vm_hwm_bytes() is not None and _CLEAR_REFS.exists() else "ru_maxrss"
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from .config import Config
 from .layers import ConvDecoder, ConvEncoder, MemberMLP, ParamLayout
-from .smoothing import GaussianSample, ou_smooth, sample_gaussian
+from .smoothing import GaussianSample, is_identity, ou_smooth, sample_gaussian
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
@@ -109,8 +109,7 @@ class HierarchicalVAE(nn.Module):
         self.decoders = [MemberMLP(layout, f"decoders.{l}", dims[l + 1], 2 * dims[l], **mlp)
                          for l in range(len(dims) - 1)]
         self.layout = layout
-        self.seeds = [int(s) for s in seeds]
-        self.flat = nn.Parameter(torch.stack([layout.init_member(s) for s in self.seeds]))
+        self.flat = nn.Parameter(torch.stack([layout.init_member(int(s)) for s in seeds]))
 
     @property
     def members(self) -> int:
@@ -120,7 +119,7 @@ class HierarchicalVAE(nn.Module):
     def smoothed_maps(self, rho: Sequence[float]) -> tuple[bool, bool]:
         """(encoder maps smoothed, decoder maps smoothed) for these members' rho: a host-side decision on the
         configuration (no tensor is looked at), so a population with no smoothed member never forms copies."""
-        on = self.cfg.smooth_samples > 1 and any(r < 1.0 for r in rho)
+        on = any(not is_identity(r, self.cfg.smooth_samples) for r in rho)
         return on and self.cfg.smooth in ("both", "encoder"), on and self.cfg.smooth in ("both", "decoder")
 
     def draw_noise(self, rows: int, rho: Sequence[float], generator: torch.Generator) -> Noise:
@@ -151,13 +150,13 @@ class HierarchicalVAE(nn.Module):
         def smooth(f, s: GaussianSample, eta: Tensor | None) -> Tensor:
             return ou_smooth(lambda z: f(p, z), s, rho, eta, identity, recompute)
 
-        params = self.encode_x(p, x.reshape(m, n, -1) if self.cfg.architecture == "mlp" else x)
+        q = self.encode_x(p, x.reshape(m, n, -1) if self.cfg.architecture == "mlp" else x)
         samples: list[GaussianSample] = []
         q_params: list[tuple[Tensor, Tensor]] = []
         for l in range(len(self.cfg.latent_dims)):
             if l > 0:
-                params = smooth(self.encoders[l - 1], samples[-1], noise.encoders[l - 1])
-            mu, logvar = params.chunk(2, dim=-1)
+                q = smooth(self.encoders[l - 1], samples[-1], noise.encoders[l - 1])
+            mu, logvar = q.chunk(2, dim=-1)
             q_params.append((mu, logvar))
             samples.append(sample_gaussian(mu, logvar, noise.eps[l]))
 

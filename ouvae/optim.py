@@ -33,8 +33,7 @@ class MemberAdam:
         self.exp_avg = torch.zeros_like(param, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.contiguous_format)
         self.steps = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
-        self._fused = param.device.type in ("cpu", "cuda") and param.dtype in (torch.float16, torch.float32,
-                                                                             torch.float64, torch.bfloat16)
+        self._fused = param.device.type in ("cpu", "cuda")  # PyTorch's fused Adam exists for these devices
 
     def check_and_clip(self, loss: Tensor, clip: float | None) -> Tensor:
         """Per-member finiteness of the loss (M,) and of the gradient, and clipping of each member's gradient to

@@ -42,12 +42,11 @@ from .metrics import evaluate, gradient_variance
 from .model import HierarchicalVAE
 from .objectives import beta_at, rows_for, training_loss
 from .optim import MemberAdam
+from .smoothing import is_identity
 
 # Config fields a member may set for itself; every other field must be equal across a population.
 MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min", "beta_max", "anneal_epochs",
                  "n_cycles", "cycle_ratio", "sigmoid_steepness", "free_bits", "max_skipped_steps")
-# Per-invocation settings: they may change when a population is resumed (another device, more threads, ...).
-RUNTIME_FIELDS = ("data_dir", "device", "num_threads", "compile_step")
 
 Callback = Callable[["Population", list[dict[str, Any]]], None]
 # Members per forward/backward pass on a CPU: larger chunks leave the caches, and per-member speed falls (measured
@@ -74,14 +73,7 @@ def shared_settings(cfg: Config) -> dict[str, Any]:
 
 def population_key(cfg: Config) -> str:
     """Equal keys = configurations that can train together in one population (the sweeps group by it)."""
-    shared = {k: v for k, v in shared_settings(cfg).items() if k not in RUNTIME_FIELDS}
-    return hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def smooths(cfg: Config) -> bool:
-    """Whether a run forms OU copies at all (rho < 1 and K > 1); runs that do not take the plain VAE's path,
-    which costs about a third of a smoothed step, so they are best grouped apart."""
-    return cfg.rho < 1.0 and cfg.smooth_samples > 1
+    return hashlib.sha1(json.dumps(shared_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Config]]:
@@ -92,7 +84,8 @@ def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Co
         raise ConfigError(f"population size must be >= 1, got {size}")
     groups: dict[tuple[str, bool], list[Config]] = {}
     for cfg in configs:
-        groups.setdefault((population_key(cfg), smooths(cfg)), []).append(cfg)
+        # runs that do not smooth take the plain VAE's path (about a third of a smoothed step): group them apart
+        groups.setdefault((population_key(cfg), is_identity(cfg.rho, cfg.smooth_samples)), []).append(cfg)
     out: list[list[Config]] = []
     for runs in groups.values():
         n_chunks = math.ceil(len(runs) / size)
@@ -136,6 +129,11 @@ class Member:
     @property
     def active(self) -> bool:
         return self.failure is None
+
+    @property
+    def finished(self) -> bool:
+        """Its final evaluation (end of the budget) is recorded."""
+        return bool(self.history) and bool(self.history[-1]["is_final"])
 
     def state(self) -> str:
         """JSON of everything but the config (checkpoints hold plain data only)."""
@@ -203,7 +201,7 @@ class Population:
     @property
     def done(self) -> bool:
         """Every member has finished its budget (final evaluation recorded) or failed."""
-        return all(m.failure_reported or (m.history and m.history[-1]["is_final"]) for m in self.members)
+        return all(m.failure_reported or m.finished for m in self.members)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
@@ -219,7 +217,7 @@ class Population:
                 self.train_seconds += time.perf_counter() - t0
                 self.evaluate_and_report(is_final=final)
                 t0 = time.perf_counter()
-        if any(m.active and not (m.history and m.history[-1]["is_final"]) for m in self.members):
+        if any(m.active and not m.finished for m in self.members):
             self.evaluate_and_report(is_final=True)  # resumed after the last step
         if not any(m.active for m in self.members):
             reasons = dict.fromkeys(m.failure.removeprefix(f"{TrainingStalled.__name__}: ")
@@ -317,13 +315,13 @@ class Population:
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
     def _state(self, members: Sequence[int], rng: torch.Tensor) -> dict[str, Any]:
-        opt = self.optimizer.state_dict()
-        idx = torch.tensor(list(members))
+        idx = torch.tensor(list(members), device=self.device)
+        rows = lambda t: t.detach()[idx].cpu()  # noqa: E731 - indexing copies: only these members leave the device
         return {
             "configs": [json.dumps(self.members[i].cfg.to_dict()) for i in members],
             "layout": json.dumps(self.model.layout.describe()),
-            "params": self.model.flat.detach().cpu()[idx].clone(),
-            "optimizer": {k: v.detach().cpu()[idx].clone() for k, v in opt.items()},
+            "params": rows(self.model.flat),
+            "optimizer": {k: rows(v) for k, v in self.optimizer.state_dict().items()},
             "step": self.step,
             "members": [self.members[i].state() for i in members],
             "rng": rng,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from sweeps.connect import with_resources
 from sweeps.failures import SETUP_FAILURE_KEY, FailurePolicy, failure_text, not_retried_reason
 from sweeps.layout import SweepPaths
-from sweeps.trainable import failed_members, run_specs
+from sweeps.trainable import failed_members, run_specs, run_tally
 
 
 def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, name: str, paths: SweepPaths,
@@ -68,10 +68,9 @@ class Outcome:
     def run_counts(self) -> tuple[int, int]:
         """(runs that ran their whole budget, runs that failed): a trial trains one run or a population of them,
         and a population's member can fail while the others train on."""
-        done = sum(len(run_specs(r.config or {})) - len(failed_members(r.metrics)) for r in self.complete)
-        failed = sum(len(run_specs(r.config or {})) for r in self.failed)
-        failed += sum(len(failed_members(r.metrics)) for r in (*self.complete, *self.cut_short))
-        return done, failed
+        tallies = [run_tally(r.config or {}, r.metrics, finished=r in self.complete, errored=r in self.failed)
+                   for r in (*self.complete, *self.failed, *self.cut_short)]
+        return sum(d for d, _ in tallies), sum(f for _, f in tallies)
 
     def failure_lines(self, label: Callable[[dict[str, Any]], str]) -> list[str]:
         """One line per failed trial (all its runs failed) and per failed member of a population: its label, the

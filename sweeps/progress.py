@@ -15,7 +15,7 @@ from ray.tune import Callback
 
 from ouvae.config import format_latent_dims
 from sweeps.failures import failure_reason, not_retried_reason
-from sweeps.trainable import failed_members, run_specs
+from sweeps.trainable import failed_members, run_specs, run_tally
 
 
 def _fmt_value(key: str, value: Any) -> str:
@@ -88,10 +88,9 @@ class ProgressLine(Callback):
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._seeded:  # a resumed sweep starts with trials that finished before the crash
             self._seeded = True
-            runs = lambda t: len(run_specs(t.config))  # noqa: E731
-            self.done = sum(runs(t) - len(failed_members(t.last_result)) for t in trials if t.status == "TERMINATED")
-            self.failed = sum(runs(t) for t in trials if t.status == "ERROR")
-            self.failed += sum(len(failed_members(t.last_result)) for t in trials if t.status != "ERROR")
+            tallies = [run_tally(t.config, t.last_result, finished=t.status == "TERMINATED", errored=t.status == "ERROR")
+                       for t in trials]
+            self.done, self.failed = sum(d for d, _ in tallies), sum(f for _, f in tallies)
             if self.done or self.failed:
                 self._out(f"resumed: {self._count(trials)}")
 

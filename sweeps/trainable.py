@@ -77,6 +77,16 @@ def failed_members(result: Mapping[str, Any] | None) -> list[tuple[int, str]]:
     return [(int(m), str(why)) for m, why in (result or {}).get("failed_members", [])]
 
 
+def run_tally(config: Mapping[str, Any], result: Mapping[str, Any] | None, *, finished: bool,
+              errored: bool) -> tuple[int, int]:
+    """(runs done, runs failed) of one trial from its config and last result: an errored trial failed every run;
+    a finished one completed all but the members that failed inside it."""
+    runs, failed = len(run_specs(config)), len(failed_members(result))
+    if errored:
+        return 0, runs
+    return (runs - failed if finished else 0), failed
+
+
 def _dataset(cfg: Config) -> DatasetSplits:
     # the data seed is fixed: every trial is scored on the same images
     key = (cfg.dataset, cfg.data_dir, cfg.validation_size, cfg.binarization)

@@ -63,6 +63,12 @@ def test_files_from_elsewhere_are_named_errors(saved, change, needle):
         Trainer.from_checkpoint(saved.parent)
 
 
+def test_the_stored_ouvae_version_is_checked(saved):
+    rewrite(saved, lambda s: s.update(ouvae_version="99.0.0"))  # same format, newer release: readable, flagged
+    with pytest.warns(UserWarning, match="written by the newer ouvae 99.0.0"):
+        assert Trainer.from_checkpoint(saved.parent).step == 4
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_truncated_or_incomplete_file_is_a_one_line_error_on_the_command_line(saved, capsys):
     saved.write_bytes(saved.read_bytes()[:200])
