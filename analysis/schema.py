@@ -37,7 +37,13 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("dataset", pa.string(), "dataset registry name, e.g. digits, mnist, static_mnist"),
     ("split", pa.string(), "which split the metrics are computed on: validation or test"),
     ("binarization", pa.string(), "dynamic, static or none"),
-    ("likelihood", pa.string(), "observation model: bernoulli or discretized_logistic"),
+    ("likelihood", pa.string(), "observation model: bernoulli, discretized_logistic or gaussian"),
+    ("likelihood_variance", pa.float64(), "fixed variance sigma^2 of the gaussian likelihood (null for others)"),
+    ("gaussian_dim", pa.int64(), "generated gaussian data set: dimension (null for other data sets)"),
+    ("gaussian_eigenvalue", pa.float64(), "generated gaussian data set: largest covariance eigenvalue"),
+    ("gaussian_ratio", pa.float64(), "generated gaussian data set: ratio of successive eigenvalues (1 = isotropic)"),
+    ("gaussian_samples", pa.int64(), "generated gaussian data set: vectors per split"),
+    ("gaussian_seed", pa.int64(), "generated gaussian data set: generator seed"),
     # model / method hyperparameters
     ("architecture", pa.string(), "mlp or conv"),
     ("n_layers", pa.int64(), "number of stochastic layers L"),
@@ -86,7 +92,8 @@ REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_la
                          "is_final", "top_kl", "top_active_units")
 # Columns that together name one "configuration" (everything but rho and seed) for grouping.
 CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_samples",
-               "objective", "beta_schedule", "free_bits")
+               "objective", "beta_schedule", "free_bits", "likelihood_variance", "gaussian_dim", "gaussian_eigenvalue",
+               "gaussian_ratio", "gaussian_samples", "gaussian_seed")
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,6 +24,10 @@ ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "softplus")
 DEVICES = ("auto", "cpu", "cuda")
 BINARIZATIONS = ("dynamic", "static", "none")
+
+
+# The generator settings of dataset="gaussian" (the fields that data set reads) and the Gaussian likelihood's variance.
+GAUSSIAN_DATA_FIELDS = ("gaussian_dim", "gaussian_eigenvalue", "gaussian_ratio", "gaussian_samples", "gaussian_seed")
 
 
 class ConfigError(ValueError):
@@ -41,12 +46,20 @@ class Config:
     # Your own data (dataset idx or npy; registered sets keep the paper's split and binarization):
     validation_size: float | None = None  # held out of the end of train: fraction < 1 or count; None = 1/6
     binarization: str = "auto"  # auto (idx: dynamic, npy: inferred from the arrays), dynamic, static or none
+    # The generated Gaussian data set (dataset="gaussian"): gaussian_samples vectors per split from N(0, Sigma) in
+    # gaussian_dim dimensions, Sigma's eigenvalues gaussian_eigenvalue * gaussian_ratio^i (ratio 1: isotropic).
+    gaussian_dim: int = 4
+    gaussian_eigenvalue: float = 1.0
+    gaussian_ratio: float = 1.0
+    gaussian_samples: int = 1000
+    gaussian_seed: int = 0
     # model
     architecture: str = "mlp"
     latent_dims: tuple[int, ...] = (40, 40, 40, 40)
     hidden_units: int = 200  # width of each deterministic layer (channels for conv)
     hidden_layers: int = 2  # deterministic layers per map
     activation: str = "tanh"
+    likelihood_variance: float = 1.0  # fixed variance sigma^2 of the Gaussian likelihood (real-valued data sets)
     # OU smoothing
     rho: float = 1.0
     smooth_samples: int = 5  # K correlated copies per smoothed map
@@ -122,6 +135,10 @@ class Config:
         for key, unset in (("validation_size", None), ("binarization", "auto")):
             if d[key] == unset:
                 d.pop(key)
+        # ... and so do the later fields at their defaults.
+        for f in fields(self):
+            if f.name in (*GAUSSIAN_DATA_FIELDS, "likelihood_variance") and d[f.name] == f.default:
+                d.pop(f.name)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -172,8 +189,22 @@ def _validate(c: Config) -> None:
     _check(c.smooth in SMOOTH_CHOICES, f"smooth must be one of {SMOOTH_CHOICES}, got {c.smooth!r}")
     _check(c.architecture in ARCHITECTURES, f"architecture must be one of {ARCHITECTURES}, got {c.architecture!r}")
     _check(c.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {c.activation!r}")
-    _check(c.hidden_units >= 1 and c.hidden_layers >= 1,
-           f"hidden_units and hidden_layers must be >= 1, got {c.hidden_units}, {c.hidden_layers}")
+    _check(c.hidden_units >= 1, f"hidden_units must be >= 1, got {c.hidden_units}")
+    _check(c.hidden_layers >= 0, f"hidden_layers must be >= 0 (0 = linear maps), got {c.hidden_layers}")
+    _check(c.likelihood_variance > 0 and math.isfinite(c.likelihood_variance),
+           f"likelihood_variance (sigma^2 of the Gaussian likelihood) must be a finite number > 0, got "
+           f"{c.likelihood_variance}")
+    _check(c.dataset != "gaussian" or c.architecture == "mlp",
+           f"dataset 'gaussian' holds vectors, not images: use architecture='mlp', not {c.architecture!r}")
+    _check(c.gaussian_dim >= 1, f"gaussian_dim (dimension of the Gaussian data) must be >= 1, got {c.gaussian_dim}")
+    _check(c.gaussian_eigenvalue > 0 and math.isfinite(c.gaussian_eigenvalue),
+           f"gaussian_eigenvalue (largest data variance) must be a finite number > 0, got {c.gaussian_eigenvalue}")
+    _check(0 < c.gaussian_ratio <= 1, f"gaussian_ratio (ratio of successive eigenvalues) must lie in (0, 1], got "
+                                      f"{c.gaussian_ratio}")
+    _check(c.gaussian_samples > c.gaussian_dim,
+           f"gaussian_samples must exceed gaussian_dim ({c.gaussian_dim}) so every split has a full-rank covariance, "
+           f"got {c.gaussian_samples}")
+    _check(c.gaussian_seed >= 0, f"gaussian_seed must be >= 0, got {c.gaussian_seed}")
     _check(c.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {c.objective!r}")
     _check(c.iw_samples >= 1, f"iw_samples must be >= 1, got {c.iw_samples}")
     _check(c.objective == "iwae" or c.iw_samples == 1,

@@ -33,7 +33,9 @@ from .smoothing import GaussianSample, is_identity, ou_smooth, sample_gaussian
 
 Tensor = torch.Tensor
 LOG_2PI = math.log(2 * math.pi)
-LIKELIHOODS = ("bernoulli", "discretized_logistic")
+LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian")
+# Likelihoods whose decoder outputs one value per channel (logits, or the mean of a Gaussian of fixed variance).
+ONE_OUTPUT = ("bernoulli", "gaussian")
 
 
 @dataclass
@@ -93,7 +95,7 @@ class HierarchicalVAE(nn.Module):
         self.cfg, self.image_shape, self.likelihood = cfg, tuple(image_shape), likelihood
         dims = cfg.latent_dims
         c, h, w = image_shape
-        self.out_channels = c * (1 if likelihood == "bernoulli" else 2)
+        self.out_channels = c * (1 if likelihood in ONE_OUTPUT else 2)
         layout = ParamLayout()
         mlp = dict(hidden_units=cfg.hidden_units, hidden_layers=cfg.hidden_layers, activation=cfg.activation)
         if cfg.architecture == "conv":
@@ -178,9 +180,13 @@ class HierarchicalVAE(nn.Module):
                     posterior_means=[mu for mu, _ in q_params])
 
     def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
-        """log p(x | z_1) per member and example, (M, N); out holds logits or (mean, log scale) per channel."""
+        """log p(x | z_1) per member and example, (M, N); out holds logits, the Gaussian mean (variance fixed at
+        cfg.likelihood_variance) or (mean, log scale) per channel."""
         if self.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(2).sum(-1)
+        if self.likelihood == "gaussian":
+            var = self.cfg.likelihood_variance
+            return -0.5 * (LOG_2PI + math.log(var) + (x - out) ** 2 / var).flatten(2).sum(-1)
         mean, log_scale = out.chunk(2, dim=2)
         return discretized_logistic_log_prob(x, torch.sigmoid(mean), log_scale).flatten(2).sum(-1)
 

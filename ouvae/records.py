@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from . import __version__
-from .config import Config, format_latent_dims
+from .config import GAUSSIAN_DATA_FIELDS, Config, format_latent_dims
 from .data import DatasetSplits
 
 
@@ -20,7 +20,8 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
     """The identity, data and hyperparameter columns of one run's rows.
 
     `dataset` is the loaded data's own name, so two user data sets (e.g. ``idx:kmnist`` and ``idx:emnist``, both
-    loaded with dataset="idx") are told apart, and so is their ``config_hash``.
+    loaded with dataset="idx") are told apart, and so is their ``config_hash``. The likelihood variance and the
+    generator settings of the gaussian data set are null for data that do not use them.
     """
     config_hash = cfg.config_hash()
     if data.name != cfg.dataset:
@@ -50,4 +51,6 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "config_hash": config_hash,
+        "likelihood_variance": cfg.likelihood_variance if data.likelihood == "gaussian" else None,
+        **{k: data.params.get(k) for k in GAUSSIAN_DATA_FIELDS},
     }

@@ -920,7 +920,8 @@ def test_train_cli_on_npz_colour_end_to_end_and_bad_file_exits_2(tmp_path, capsy
 # ----- registry, cache, container -------------------------------------------------------------------------
 
 def test_registry_holds_the_paper_conventions():
-    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "static_mnist", "omniglot", "cifar10", "idx", "npy"}
+    assert set(DATASETS) == {"digits", "mnist", "fashion_mnist", "static_mnist", "omniglot", "cifar10", "gaussian", "idx",
+                             "npy"}
     assert {name for name, spec in DATASETS.items() if spec.user_data} == {"idx", "npy"}
     assert all(not DATASETS[name].files for name in ("idx", "npy"))
     assert DATASETS["mnist"].n_validation == 10_000 and DATASETS["mnist"].expected_counts == {"train": 60_000, "test": 10_000}

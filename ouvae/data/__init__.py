@@ -5,7 +5,8 @@ fixed splits (`load_dataset`).
     load_dataset("idx", "~/kmnist")                         # your MNIST-format files of any count and size
     load_dataset("npy", "~/faces.npz", validation_size=500) # your NumPy arrays
 
-Modules: `registry` (DATASETS: the registered sets and the two user routes), `user` (idx and npy), `formats`
+Modules: `registry` (DATASETS: the registered sets and the two user routes), `user` (idx and npy), `synthetic`
+(the generated Gaussian set of the calibration), `formats`
 (parsers of IDX, .amat, .mat and the CIFAR batches), `files` (search order, cache, per-node lock, downloads),
 `splits` (DatasetSplits, DataError, the binarization rules).
 
@@ -26,19 +27,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import BINARIZATIONS, closest
+from ..config import BINARIZATIONS, GAUSSIAN_DATA_FIELDS, Config, closest
 from .files import RemoteFile, default_cache_dir, find_files
 from .registry import DATASETS
 from .spec import DatasetSpec, LoadRequest
 from .splits import DataError, DatasetSplits
 from .user import DEFAULT_VALIDATION_FRACTION
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 __all__ = ["DataError", "DatasetSplits", "DatasetSpec", "RemoteFile", "DATASETS", "DEFAULT_VALIDATION_FRACTION",
            "load_dataset", "load_config_dataset", "default_cache_dir"]
@@ -68,7 +66,8 @@ def _missing(path: Path) -> str:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True, seed: int = 0,
-                 validation_size: float | None = None, binarization: str = "auto") -> DatasetSplits:
+                 validation_size: float | None = None, binarization: str = "auto",
+                 params: Mapping[str, Any] | None = None) -> DatasetSplits:
     """Load data set `name` (a key of DATASETS) with its fixed splits.
 
     data_dir: registered sets: a folder with user-supplied files, searched before the cache (also
@@ -82,6 +81,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     count >= 1; None = 1/6 (MNIST's 10,000 of 60,000).
     binarization (idx, npy): "dynamic", "static" or "none" (8-bit, discretized logistic); "auto" = idx: dynamic,
     npy: inferred from the arrays (0/1 -> static, one grey channel -> dynamic, three channels -> none).
+    params (generated sets, e.g. gaussian): the Config fields the set is made from (its spec's config_fields).
     """
     spec = DATASETS.get(name)
     if spec is None:
@@ -104,11 +104,20 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                         f"{default_cache_dir() / spec.name}")
     files = (find_files(spec.name, spec.files, path, download, system_dirs=spec.system_dirs,
                         install_hint=spec.install_hint) if spec.files else {})
-    return spec.reader(spec, LoadRequest(files, path, int(seed), validation_size, binarization))
+    return spec.reader(spec, LoadRequest(files, path, int(seed), validation_size, binarization, dict(params or {})))
 
 
-def load_config_dataset(cfg: "Config", *, download: bool = True) -> DatasetSplits:
-    """The data a Config describes (dataset, data_dir, validation_size, binarization): the one call for the
-    trainer, the sweep trainable and the sweep driver's pre-flight check, so every data field reaches all three."""
+def load_config_dataset(cfg: Config, *, download: bool = True) -> DatasetSplits:
+    """The data a Config describes (dataset, data_dir, validation_size, binarization, a generated set's fields):
+    the one call for the trainer, the sweep trainable and the sweep driver's pre-flight check, so every data
+    field reaches all three. A generator field set for a data set that does not read it is refused (it would
+    otherwise be ignored silently)."""
+    spec = DATASETS.get(cfg.dataset)
+    read = spec.config_fields if spec is not None else ()
+    defaults = Config()
+    stray = [f for f in GAUSSIAN_DATA_FIELDS if f not in read and getattr(cfg, f) != getattr(defaults, f)]
+    if stray:
+        raise DataError(f"{', '.join(stray)} set for dataset {cfg.dataset!r}, which does not read it: these "
+                        f"fields apply to --dataset gaussian only. Fix: unset them")
     return load_dataset(cfg.dataset, cfg.data_dir, download=download, validation_size=cfg.validation_size,
-                        binarization=cfg.binarization)
+                        binarization=cfg.binarization, params={f: getattr(cfg, f) for f in read})

@@ -22,7 +22,9 @@ from .files import Located, RemoteFile
 from .formats import CIFAR_DIR, CIFAR_TEST, CIFAR_TRAIN, read_amat, read_chardata, read_cifar_batches, read_idx_images
 from .spec import DatasetSpec, LoadRequest
 from .splits import DataError, DatasetSplits, make_splits, to_unit_float
+from .synthetic import read_gaussian
 from .user import read_idx_folder, read_numpy
+from ..config import GAUSSIAN_DATA_FIELDS
 
 
 def _check_count(spec: DatasetSpec, key: str, loc: Located, got: int) -> None:
@@ -180,6 +182,11 @@ DATASETS: dict[str, DatasetSpec] = {
         reader=_read_cifar10, n_validation=5_000, expected_counts={"train": 50_000, "test": 10_000},
         image_shape=(3, 32, 32), binarization="none", likelihood="discretized_logistic",
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html"),
+    "gaussian": DatasetSpec(
+        name="gaussian", description="generated real-valued vectors from N(0, diag(gaussian_eigenvalue x "
+                                     "gaussian_ratio^i)), i < gaussian_dim, gaussian_samples per split (offline)",
+        files=(), reader=read_gaussian, image_shape=None, binarization="none", likelihood="gaussian",
+        config_fields=GAUSSIAN_DATA_FIELDS),
     "idx": DatasetSpec(
         name="idx", description="your MNIST-format IDX image files of any count and size, in --data-dir",
         files=(), reader=read_idx_folder, user_data=True, image_shape=None),

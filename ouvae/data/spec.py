@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .files import Located, RemoteFile
 from .splits import DatasetSplits
@@ -18,6 +18,7 @@ class LoadRequest:
     data_dir: the user's folder (or, for npy, file); None when not given.
     seed: the data seed of the one-time binarizations (and of the digits split).
     validation_size, binarization: the user's choices for their own data (None / "auto": the default).
+    params: the Config fields a generated data set is made from (its spec's ``config_fields``).
     """
 
     files: Mapping[str, Located]
@@ -25,6 +26,7 @@ class LoadRequest:
     seed: int
     validation_size: float | None = None
     binarization: str = "auto"
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 Reader = Callable[["DatasetSpec", LoadRequest], DatasetSplits]
@@ -42,6 +44,8 @@ class DatasetSpec:
     image_shape: (C, H, W) of a registered set; None for user data (the files say).
     binarization: the set's fixed convention; for user data the default ("auto": inferred from the arrays).
     user_data: the files are the user's, in data_dir (required): any image count and size, no download.
+    config_fields: Config fields a generated data set is made from (passed as ``LoadRequest.params`` and recorded
+    on every result row); another set refuses them at non-default values.
     """
 
     name: str
@@ -58,3 +62,4 @@ class DatasetSpec:
     likelihood: str = "bernoulli"
     homepage: str = ""
     user_data: bool = False
+    config_fields: tuple[str, ...] = ()

@@ -3,14 +3,15 @@ rules that the registered data sets and the user's own data share, so both follo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from ..config import BINARIZATIONS
 
-LIKELIHOODS = ("bernoulli", "discretized_logistic")
+LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian")
 # The likelihood each binarization implies: 0/1 pixels are Bernoulli; 8-bit intensities ("none") are modelled
 # with the discretized logistic, as for CIFAR-10 in the paper.
 LIKELIHOOD_OF = {"dynamic": "bernoulli", "static": "bernoulli", "none": "discretized_logistic"}
@@ -25,14 +26,16 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train/validation/test images of one data set, float32 (N, C, H, W) in [0, 1].
+    """Train/validation/test images of one data set, float32 (N, C, H, W) in [0, 1] (real values for "gaussian").
 
     name: identifies the data on every result row: the registry name (``mnist``), or for the user's own files
     ``idx:<folder name>`` / ``npy:<file or folder name>``.
     binarization: "dynamic" -- `train` holds grey-level probabilities and the trainer draws fresh Bernoulli
     pixels each batch, while `validation`/`test` were binarized once with a fixed seed (exactly 0/1), so every
     run is evaluated on the same binary images; "static" -- all splits are 0/1; "none" -- 8-bit
-    intensities / 255 (CIFAR-10), modelled with the discretized logistic.
+    intensities / 255 (CIFAR-10), modelled with the discretized logistic, or real values (the generated
+    ``gaussian`` set, likelihood "gaussian").
+    params: the generator settings of a generated data set (recorded on every result row); empty otherwise.
     """
 
     name: str
@@ -42,6 +45,7 @@ class DatasetSplits:
     binarization: str
     likelihood: str
     split_note: str
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.binarization not in BINARIZATIONS:
