@@ -115,7 +115,8 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
                 at = rows.filter(pl.col("step") == step).sort("rho", "seed")
                 fits.append(fit_run_table(at, level=critical.level, n_boot=n_boot,
                                           rng=np.random.default_rng([seed, 2, i, j]),
-                                          what=f"configuration {cid} ({cfg['label']}) at step {step}"))
+                                          what=f"configuration {cid} ({cfg['label']}) at step {step}",
+                                          direction=critical.fits[cid].direction))
             verdict, shift = (budget_verdict(fits[-2], fits[-1], tolerance) if len(fits) >= 2
                               else (BudgetVerdict.ONE_BUDGET, None))
             out[cid] = BudgetSeries(cid, steps, fits, verdict, shift, tolerance)

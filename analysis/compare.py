@@ -10,6 +10,8 @@ the difference (MOVER from the two rho_c intervals, ``analysis.intervals.differe
   (two one-sided tests at the interval's level), not "no clear difference": an interval that contains 0 but
   reaches beyond the margin does not show similarity, it shows that the data cannot tell (NOT_DECIDED).
 * NO_VERDICT: a rho_c (or its interval) is missing; the reason is kept (``Undetermined``).
+* OPPOSITE: one transition has its units active below rho_c, the other above (``TransitionFit.direction``): the
+  difference is given, but two thresholds of opposite kinds are not called similar, higher or lower.
 
 A configuration whose swept range holds no transition still bounds its rho_c (above or below the range), which
 can decide a comparison on its own. Across latent sizes the width w of the transition is compared too: the ratio
@@ -46,6 +48,7 @@ class RhoCVerdict(enum.Enum):
     LOWER = "lower"
     NOT_DECIDED = "not_decided"  # the interval contains 0 and reaches beyond +-margin
     NO_VERDICT = "no_verdict"  # a rho_c or an interval is missing (reason on the difference)
+    OPPOSITE = "opposite_directions"  # one transition has its units active below rho_c, the other above
 
 
 class SharpnessVerdict(enum.Enum):
@@ -98,7 +101,11 @@ def _missing_reason(*fits: TransitionFit) -> Undetermined:
 
 
 def rho_c_difference(a: TransitionFit, b: TransitionFit, margin: float) -> RhoCDifference:
-    """Compare rho_c(b) with rho_c(a) (see the module docstring for the verdicts)."""
+    """Compare rho_c(b) with rho_c(a) (see the module docstring for the verdicts). Transitions that run in opposite
+    directions are not the same kind of threshold: their difference is given, with no verdict on it."""
+    if a.direction != b.direction:
+        delta = b.rho_c - a.rho_c if a.status == STATUS_OK and b.status == STATUS_OK else None
+        return RhoCDifference(delta, Interval.not_determined(Undetermined.NO_FIT), RhoCVerdict.OPPOSITE, margin)
     if a.status == STATUS_OK and b.status == STATUS_OK and a.ci_low is not None and b.ci_low is not None:
         lo, hi = difference_interval(a.rho_c, a.ci_low, a.ci_high, b.rho_c, b.ci_low, b.ci_high)
         if -margin <= lo and hi <= margin:
@@ -248,6 +255,8 @@ def rho_c_verdict_text(d: RhoCDifference, subject: str) -> str:
         return f"{d.verdict.value} for {subject}{how}"
     if d.verdict is RhoCVerdict.NOT_DECIDED:
         return f"not decided (the interval straddles ±{d.margin:g})"
+    if d.verdict is RhoCVerdict.OPPOSITE:
+        return "no verdict (the transitions run in opposite directions)"
     return f"no verdict ({UNDETERMINED_SHORT[d.interval.undetermined]})"
 
 

@@ -21,7 +21,8 @@ from threadpoolctl import threadpool_limits
 
 from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
 from analysis.schema import CONFIG_KEYS
-from analysis.transition import TransitionFit, fit_transition
+from analysis.onset import OnsetFit, fit_kl_onset
+from analysis.transition import TransitionFit, fit_transition, infer_direction
 
 # A configuration = CONFIG_KEYS + the split the metrics come from + the rho used at evaluation as a label ("train"
 # when it equals the training rho), so a diagnostic rho_eval = 1 run is never pooled with ordinary ones.
@@ -212,9 +213,10 @@ class CriticalResult:
     runs: pl.DataFrame  # one row per finished trial (+ config_id, family_id, dataset_family_id)
     configs: pl.DataFrame  # one row per configuration (see ``configurations``)
     fits: dict[str, TransitionFit]  # config_id -> fit
-    table: pl.DataFrame  # the rho_c table: config rows + fit fields + kl_midpoint
+    table: pl.DataFrame  # the rho_c table: config rows + fit fields + kl_midpoint + the KL onset
     level: float
     notes: list[str] = field(default_factory=list)
+    onsets: dict[str, OnsetFit] = field(default_factory=dict)  # config_id -> KL onset (analysis/onset.py)
 
     def config_runs(self, config_id: str) -> pl.DataFrame:
         return self.runs.filter(pl.col("config_id") == config_id).sort("rho", "seed")
@@ -225,6 +227,7 @@ FIT_SCHEMA = {
     "width": pl.Float64, "bracket_low": pl.Float64, "bracket_high": pl.Float64, "changepoint": pl.Float64,
     "n_runs": pl.Int64, "n_rho": pl.Int64, "n_seeds": pl.Int64, "message": pl.String, "beyond": pl.String,
     "rho_min": pl.Float64, "rho_max": pl.Float64, "interval_undetermined": pl.String, "kl_midpoint": pl.Float64,
+    "direction": pl.String, "kl_onset": pl.Float64, "kl_onset_low": pl.Float64, "kl_onset_high": pl.Float64,
 }
 
 
@@ -236,15 +239,22 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+def run_direction(runs: pl.DataFrame) -> str:
+    """Which side of rho_c one configuration's units are active on, from its runs (``infer_direction``)."""
+    return infer_direction(runs["rho"].to_numpy(), (runs["top_active_units"] / runs["top_dim"]).to_numpy())
+
+
 def fit_run_table(runs: pl.DataFrame, *, level: float, n_boot: int, rng: np.random.Generator,
-                  what: str) -> TransitionFit:
-    """fit_transition on one configuration's runs (rows with rho, seed, top_active_units, top_dim).
+                  what: str, direction: str | None = None) -> TransitionFit:
+    """fit_transition on one configuration's runs (rows with rho, seed, top_active_units, top_dim), in
+    ``direction`` (default: inferred from the runs, ``run_direction``).
 
     ``what`` names the configuration in the error if the fit refuses its input.
     """
     try:
         return fit_transition(runs["rho"].to_numpy(), runs["seed"].to_numpy(), runs["top_active_units"].to_numpy(),
-                              runs["top_dim"].to_numpy(), level=level, n_boot=n_boot, rng=rng)
+                              runs["top_dim"].to_numpy(), level=level, n_boot=n_boot, rng=rng,
+                              direction=direction or run_direction(runs))
     except ValueError as exc:  # the fit's own input check: name the configuration it concerns
         raise AnalysisError(f"{what}: {exc}") from None
 
@@ -255,17 +265,23 @@ def fit_configurations(runs: pl.DataFrame, configs: pl.DataFrame, *, level: floa
     ids = ["config_id", "family_id", "dataset_family_id"]
     runs = runs.join(configs.select(*GROUP_KEYS, *ids), on=list(GROUP_KEYS), how="left", nulls_equal=True)
     fits: dict[str, TransitionFit] = {}
+    onsets: dict[str, OnsetFit] = {}
     rows = []
     with one_blas_thread():
         for i, cfg in enumerate(configs.iter_rows(named=True)):
             sub = runs.filter(pl.col("config_id") == cfg["config_id"]).sort("rho", "seed")
             fit = fit_run_table(sub, level=level, n_boot=n_boot, rng=np.random.default_rng([seed, i]),
                                 what=f"configuration {cfg['config_id']} ({cfg['label']})")
-            fits[cfg["config_id"]] = fit
+            onset = fit_kl_onset(sub["rho"].to_numpy(), sub["seed"].to_numpy(), sub["top_kl"].to_numpy(),
+                                 direction=fit.direction, level=level, n_boot=n_boot,
+                                 rng=np.random.default_rng([seed, i, 1]))
+            fits[cfg["config_id"]], onsets[cfg["config_id"]] = fit, onset
             rows.append({"config_id": cfg["config_id"], "status": fit.status.value,
                          **{f: getattr(fit, f) for f in FIT_FIELDS},
                          "interval_undetermined": None if fit.interval_undetermined is None
                          else fit.interval_undetermined.value,
-                         "kl_midpoint": kl_midpoint(sub["rho"].to_numpy(), sub["top_kl"].to_numpy())})
+                         "kl_midpoint": kl_midpoint(sub["rho"].to_numpy(), sub["top_kl"].to_numpy()),
+                         "direction": fit.direction, "kl_onset": onset.rho_c, "kl_onset_low": onset.ci_low,
+                         "kl_onset_high": onset.ci_high})
     table = configs.join(pl.DataFrame(rows, schema=FIT_SCHEMA), on="config_id", how="left", maintain_order="left")
-    return CriticalResult(runs=runs, configs=configs, fits=fits, table=table, level=level)
+    return CriticalResult(runs=runs, configs=configs, fits=fits, table=table, level=level, onsets=onsets)

@@ -21,6 +21,7 @@ from analysis.compare import (interval_text, latent_family_text, ratio_text, rho
 from analysis.compare import SharpnessVerdict
 from analysis.critical import GROUP_KEYS
 from analysis.intervals import UNDETERMINED_SHORT, Interval, Undetermined
+from analysis.onset import OnsetFit
 from analysis.schema import SCHEMA_VERSION
 from analysis.tables import Table
 from analysis.transition import TransitionFit
@@ -40,22 +41,30 @@ def _width_text(fit: TransitionFit) -> str:
     return _fmt(fit.width, 4)
 
 
+def onset_text(onset: OnsetFit | None) -> str:
+    """The KL onset's interval, or a dash where no onset was located."""
+    if onset is None or onset.rho_c is None:
+        return "–"
+    return interval_text(Interval(onset.ci_low, onset.ci_high, onset.interval_undetermined))
+
+
 def rho_c_table(rep: Report) -> Table:
     """The rho_c table (terminal, HTML and CSV share it), with the training-budget verdict next to each number."""
     crit = rep.critical
     pct = f"{crit.level:.0%}"
-    cols = ["Config", "Configuration", "Runs", "ρ values", "Seeds", "Status", "ρc", f"{pct} interval", "Budget", "w",
-            "Bracket (all active, all collapsed)", "Change point", "KL midpoint"]
+    cols = ["Config", "Configuration", "Runs", "ρ values", "Seeds", "Status", "Units active", "ρc", f"{pct} interval",
+            "Budget", "w", "Bracket", "Change point", "KL midpoint", "KL onset", f"{pct} interval"]
     rows = []
     for r in crit.table.iter_rows(named=True):
         fit = crit.fits[r["config_id"]]
         ci = interval_text(Interval(fit.ci_low, fit.ci_high, fit.interval_undetermined)) if fit.rho_c is not None \
             else "–"
         budget = rep.budgets.get(r["config_id"])
+        onset = crit.onsets.get(r["config_id"])
         rows.append([r["config_id"], r["label"], str(r["n_runs"]), str(r["n_rho"]), str(r["n_seeds"]),
-                     r["status"].replace("_", " "), _fmt(r["rho_c"]), ci, budget_short_text(budget) if budget else "–",
+                     r["status"].replace("_", " "), r["direction"].removeprefix("active ") + " ρc", _fmt(r["rho_c"]), ci, budget_short_text(budget) if budget else "–",
                      _width_text(fit), f"({_fmt(r['bracket_low'])}, {_fmt(r['bracket_high'])})",
-                     _fmt(r["changepoint"]), _fmt(r["kl_midpoint"])])
+                     _fmt(r["changepoint"]), _fmt(r["kl_midpoint"]), _fmt(r["kl_onset"]), onset_text(onset)])
     budget_col = pl.Series("budget", [rep.budgets[c].verdict.value if c in rep.budgets else None
                                       for c in crit.table["config_id"]], dtype=pl.String)
     at_limit = pl.Series("width_undetermined", [
@@ -64,14 +73,19 @@ def rho_c_table(rep: Report) -> Table:
     data = crit.table.with_columns(budget_col, at_limit).select(
         "config_id", "label", "family_id", "dataset_family_id", *GROUP_KEYS, "top_dim", "status", "rho_c", "ci_low",
         "ci_high", "interval_undetermined", "budget", "width", "width_undetermined", "bracket_low", "bracket_high",
-        "changepoint", "kl_midpoint", "n_runs", "n_rho", "n_seeds", "message")
+        "changepoint", "kl_midpoint", "direction", "kl_onset", "kl_onset_low", "kl_onset_high", "n_runs", "n_rho",
+        "n_seeds", "message")
     return Table("rho_c", "Critical ρ per configuration",
                  f"ρc: where half the top-layer units are active (binomial logistic fit on active/top_dim, all seeds); "
                  f"{pct} interval: bootstrap resampling whole seeds, widened for few seeds ('not determined' when the "
                  f"data cannot bound it, with the reason); Budget: whether ρc has stopped moving with the training "
                  f"budget (see 'ρc against the training budget'); bracket: last ρ where every seed is active, first ρ "
-                 f"where every seed is collapsed; change point: model-free cross-check; KL midpoint: ρ where the "
-                 f"median log top-layer KL is halfway down (a second cross-check, on the KL).", cols, rows, data)
+                 f"where every seed is collapsed (for units active above ρc: all collapsed, all active); change "
+                 f"point: model-free cross-check; KL midpoint: ρ where the median log top-layer KL is halfway down (a "
+                 f"second cross-check, on the KL); KL onset: where the top-layer KL leaves zero (a hinge fit near ρc, "
+                 f"with its seed-bootstrap interval): unbiased for a continuous transition, where the active-unit "
+                 f"threshold sits slightly on the collapsed side (docs/calibration.md). Units active: the side of ρc "
+                 f"on which the top layer is in use.", cols, rows, data)
 
 
 def latent_table(rep: Report) -> Table | None:

@@ -78,6 +78,16 @@ class Caveat(enum.Enum):
     INTERVAL_OUTSIDE_RANGE = "interval_outside_range"
 
 
+# Which side of rho_c the units are active on. Posterior-coordinate smoothing keeps the top layer active below
+# rho_c (the paper's transition); in the prior's coordinates the linear-Gaussian model's transition runs the other
+# way (analysis/closed_form.py). A fit of the other direction is the same fit on -rho, mapped back (``_mirror``).
+ACTIVE_BELOW = "active below"
+ACTIVE_ABOVE = "active above"
+DIRECTIONS = (ACTIVE_BELOW, ACTIVE_ABOVE)
+# infer_direction calls a transition "active above" only when the mean active fraction of the highest third of the
+# rho values exceeds that of the lowest third by at least this much (otherwise: the usual "active below").
+DIRECTION_MIN_RISE = 0.25
+
 MIN_RHO_POINTS = 3
 # Lower bound of w as a fraction of the smallest gap between sampled rho values. Below this the likelihood of a
 # perfect step keeps rising as w -> 0 without changing any fitted probability at a sampled point.
@@ -98,8 +108,8 @@ class TransitionFit:
     ci_low: float | None  # seed-bootstrap interval (level given to fit_transition); None when not determined
     ci_high: float | None
     width: float | None  # logistic scale w
-    bracket_low: float | None  # last rho (from below) where every seed is active
-    bracket_high: float | None  # first rho where every seed is collapsed
+    bracket_low: float | None  # last rho (from below) where every seed is active (active above: collapsed)
+    bracket_high: float | None  # first rho where every seed is collapsed (active above: active)
     changepoint: float | None  # model-free change-point estimate (cross-check)
     n_runs: int
     n_rho: int
@@ -112,11 +122,18 @@ class TransitionFit:
     level: float = 0.95
     n_boot: int = 0
     resampler: Resampler | None = field(default=None, repr=False, compare=False)  # status "ok" only
+    direction: str = ACTIVE_BELOW  # which side of rho_c the units are active on
 
     @property
     def beyond(self) -> str | None:
         """"above" / "below" the swept range for status "no_transition", else None."""
-        return None if self.no_transition is None else self.no_transition.side
+        if self.no_transition is None:
+            return None
+        side = self.no_transition.side
+        if self.direction == ACTIVE_ABOVE and self.no_transition in (NoTransition.ALL_ACTIVE,
+                                                                      NoTransition.ALL_COLLAPSED):
+            side = "below" if side == "above" else "above"  # active everywhere: rho_c below the range
+        return side
 
     @property
     def w_at_floor(self) -> bool:
@@ -366,14 +383,15 @@ class Resampler:
 
         Values the resample cannot bound are infinite: rho_c on the search box or with no transition at all
         (+-inf, by side), log w at a bound of the fit (-inf at the floor, +inf at the ceiling); log w is NaN where
-        the replicate has no transition or its rho_c is infinite.
+        the replicate has no transition or its rho_c is infinite. (A mirrored fit, "active above", has a negative
+        rho_span: x runs along -rho.)
         """
         (xlo, xhi), (slo, shi) = self.bounds
         xc, s = _boot_fits(self.x, self.k, self.n, mult[:, self.seed_idx].astype(np.float64), self.start, self.bounds)
         xc = np.where(xc <= xlo + 1e-9, -np.inf, np.where(xc >= xhi - 1e-9, np.inf, xc))
         s = np.where(s <= slo + 1e-6, -np.inf, np.where(s >= shi - 1e-6, np.inf, s))
         s = np.where(np.isfinite(xc), s, np.nan)
-        return self.rho_lo + self.rho_span * xc, s + math.log(self.rho_span)
+        return self.rho_lo + self.rho_span * xc, s + math.log(abs(self.rho_span))
 
 
 def _interval(resampler: Resampler, rho_c: float, *, level: float, n_boot: int, rng: np.random.Generator
@@ -397,8 +415,21 @@ def _gap_around(levels: np.ndarray, rho_c: float) -> tuple[float, float] | None:
 
 
 # ------------------------------------------------------------------------------------------------ public API
+def infer_direction(rho: Any, active_fraction: Any) -> str:
+    """ACTIVE_ABOVE when the units are clearly more active at the top of the swept range than at its bottom (mean
+    active fraction of the highest third of the rho values at least DIRECTION_MIN_RISE above the lowest third's),
+    else ACTIVE_BELOW, the usual direction (also for a range with no transition at all)."""
+    r, m = np.asarray(rho, dtype=np.float64), np.asarray(active_fraction, dtype=np.float64)
+    levels = np.unique(r)
+    if levels.size < 2:
+        return ACTIVE_BELOW
+    third = max(1, levels.size // 3)
+    low, high = m[r <= levels[third - 1]].mean(), m[r >= levels[-third]].mean()
+    return ACTIVE_ABOVE if high - low >= DIRECTION_MIN_RISE else ACTIVE_BELOW
+
+
 def fit_transition(rho: Any, seed: Any, active_units: Any, top_dim: Any, *, level: float = 0.95,
-                   n_boot: int = 500, rng: Any = None) -> TransitionFit:
+                   n_boot: int = 500, rng: Any = None, direction: str = ACTIVE_BELOW) -> TransitionFit:
     """Fit the critical rho of one configuration from its runs (one entry per run, its final evaluation).
 
     ``rho``, ``seed``, ``active_units`` (top-layer active units) are array-likes of equal length; ``top_dim`` is
@@ -407,16 +438,38 @@ def fit_transition(rho: Any, seed: Any, active_units: Any, top_dim: Any, *, leve
 
     Returns a ``TransitionFit`` whose ``status`` is "ok", "no_transition" (every run active, every run collapsed,
     or the fitted rho_c outside the swept range: the sweep must be widened) or "too_few_points" (fewer than 3
-    distinct rho). ``message`` explains the verdict and any caveat.
+    distinct rho). ``message`` explains the verdict and any caveat. ``direction``: ACTIVE_BELOW (units active
+    below rho_c, p(rho) as above) or ACTIVE_ABOVE (p(rho) = 1 / (1 + exp((rho_c - rho) / w))).
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
     if int(n_boot) != n_boot or n_boot < 0:
         raise ValueError(f"n_boot must be a whole number >= 0; got {n_boot}")
     r, seed_idx, k, n = _validate(rho, seed, active_units, top_dim)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    fit = _fit(r, seed_idx, k, n, level=level, n_boot=int(n_boot), rng=gen)
+    if direction == ACTIVE_ABOVE:
+        fit = _mirror(_fit(-r, seed_idx, k, n, level=level, n_boot=int(n_boot), rng=gen))
+    else:
+        fit = _fit(r, seed_idx, k, n, level=level, n_boot=int(n_boot), rng=gen)
     return replace(fit, message=describe(fit))
+
+
+def _neg(v: float | None) -> float | None:
+    return None if v is None else -v
+
+
+def _mirror(f: TransitionFit) -> TransitionFit:
+    """A fit made on -rho (an "active below" transition in -rho) as the "active above" fit in rho that it is."""
+    swap = {NoTransition.FITTED_ABOVE: NoTransition.FITTED_BELOW, NoTransition.FITTED_BELOW: NoTransition.FITTED_ABOVE}
+    res = f.resampler
+    if res is not None:
+        res = replace(res, rho_lo=-res.rho_lo, rho_span=-res.rho_span)
+    return replace(f, rho_c=_neg(f.rho_c), ci_low=_neg(f.ci_high), ci_high=_neg(f.ci_low),
+                   bracket_low=_neg(f.bracket_high), bracket_high=_neg(f.bracket_low), changepoint=_neg(f.changepoint),
+                   rho_min=_neg(f.rho_max), rho_max=_neg(f.rho_min), resampler=res, direction=ACTIVE_ABOVE,
+                   no_transition=swap.get(f.no_transition, f.no_transition))
 
 
 def _fit(r: np.ndarray, seed_idx: np.ndarray, k: np.ndarray, n: np.ndarray, *, level: float, n_boot: int,
@@ -483,9 +536,9 @@ def _range(fit: TransitionFit) -> str:
 
 NO_TRANSITION_TEXT: dict[NoTransition, str] = {
     NoTransition.ALL_ACTIVE: "every top unit is active in every run for rho in {range}: the transition, if any, "
-                             "lies above this range; sweep higher rho",
+                             "lies {side} this range; sweep {way} rho",
     NoTransition.ALL_COLLAPSED: "the top layer is collapsed in every run for rho in {range}: the transition, if "
-                                "any, lies below this range; sweep lower rho",
+                                "any, lies {side} this range; sweep {way} rho",
     NoTransition.FITTED_ABOVE: "the fitted rho_c lies above the swept range {range}: the range does not contain "
                                "the transition; sweep higher rho",
     NoTransition.FITTED_BELOW: "the fitted rho_c lies below the swept range {range}: the range does not contain "
@@ -512,7 +565,8 @@ def describe(fit: TransitionFit) -> str:
         return (f"only {fit.n_rho} distinct rho value(s) in {fit.n_runs} run(s); a transition needs at least "
                 f"{MIN_RHO_POINTS} rho values: sweep more rho")
     if fit.status == STATUS_NO_TRANSITION:
-        return NO_TRANSITION_TEXT[fit.no_transition].format(range=_range(fit))
+        return NO_TRANSITION_TEXT[fit.no_transition].format(range=_range(fit), side=fit.beyond,
+                                                            way="higher" if fit.beyond == "above" else "lower")
     pct = f"{int(round(100 * fit.level))}%"
     if fit.interval_undetermined is None:
         factor = small_sample_factor(fit.n_seeds, fit.level)
@@ -521,6 +575,7 @@ def describe(fit: TransitionFit) -> str:
     else:
         how = f"{pct} interval not determined: {UNDETERMINED_TEXT[fit.interval_undetermined]}"
     notes = [how, *(_caveat_text(c, fit) for c in fit.caveats)]
-    return (f"rho_c = {fit.rho_c:.4f} (w {fit.width:.4f}) from {fit.n_runs} runs at {fit.n_rho} rho values x "
+    where = "" if fit.direction == ACTIVE_BELOW else f" (units {fit.direction} rho_c)"
+    return (f"rho_c = {fit.rho_c:.4f}{where} (w {fit.width:.4f}) from {fit.n_runs} runs at {fit.n_rho} rho values x "
             f"{fit.n_seeds} seed(s); bracket [{_fmt(fit.bracket_low)}, {_fmt(fit.bracket_high)}], change-point "
             f"{_fmt(fit.changepoint)}. " + "; ".join(notes) + ".")
