@@ -1,0 +1,182 @@
+"""Calibration of the rho_c locator against the linear-Gaussian model whose rho_c is known exactly.
+
+    .venv/bin/python benchmarks/calibration.py --out calibration.json [--seeds 5] [--steps 6000] [--quick]
+
+For each configuration -- posterior reading: K in {3, 5, 9} x r = lambda / (beta sigma^2) in {0.5, 0.7, 0.9};
+prior reading: K = 5, r in {1.1, 1.5, 3.0} -- it trains the whole rho grid x seeds as ONE population through the
+real trainer (ouvae.population.Population: one stochastic layer, hidden_layers = 0, dataset "gaussian" isotropic
+in the latent directions, Gaussian likelihood of variance 1, beta = 1), writes every evaluation as rows of a
+real results table (sweeps/table.py, the sweep's own writer), and reads them back with the analysis
+(analysis.report.analyze): the active-unit fit and the KL onset with their 95% intervals, at every evaluation
+step (the budget ladder). It prints and writes, per configuration and estimator: the closed form
+(analysis/closed_form.py), the fitted rho_c, its interval, the error, whether the closed form is inside, and the
+budget. The table in BENCHMARKS.md comes from this script.
+
+The prior reading needs the Config field ``smooth_space`` ("prior"); without it those configurations are skipped
+with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from analysis.closed_form import critical_rho
+from analysis.critical import check_runs, configurations, final_runs_query
+from analysis.io import collect, load_results
+from analysis.onset import fit_kl_onset
+from analysis.schema import SCHEMA_VERSION
+from analysis.transition import ACTIVE_ABOVE, fit_transition
+from ouvae.config import Config
+from ouvae.population import Population
+from ouvae.records import run_columns
+from sweeps.table import rows_from_result, write_trial_file
+
+POSTERIOR = [(k, r) for k in (3, 5, 9) for r in (0.5, 0.7, 0.9)]
+PRIOR = [(5, r) for r in (1.1, 1.5, 3.0)]
+LATENT = 2  # latent units = data dimension: the data are isotropic in the latent directions
+
+
+def has_prior_reading() -> bool:
+    return "smooth_space" in {f.name for f in fields(Config)}
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    return Config(dataset="gaussian", latent_dims=(LATENT,), hidden_layers=0, gaussian_dim=LATENT,
+                  gaussian_samples=args.samples, batch_size=args.batch, steps=args.steps, epochs=1,
+                  eval_every=max(1, args.steps // args.budgets // max(1, args.samples // args.batch)), eval_iw_k=1,
+                  lr=args.lr, num_threads=1, preset="calibration")
+
+
+def rho_grid(reading: str, rc: float, args: argparse.Namespace) -> list[float]:
+    """A fixed grid over the range where the transitions lie (not centred on the answer)."""
+    lo, hi = (0.40, 1.00) if reading == "posterior" else (0.20, 1.00)
+    grid = np.round(np.arange(lo, hi + 1e-9, args.spacing), 4)
+    return [float(r) for r in grid if 0 < r <= 1]
+
+
+def train(reading: str, k: int, r: float, args: argparse.Namespace, root: str) -> tuple[str, float]:
+    """Train one configuration's grid x seeds as one population; write its rows; return (sweep id, seconds)."""
+    extra = {"smooth_space": reading} if reading == "prior" else {}
+    base = base_config(args).replace(smooth_samples=k, gaussian_eigenvalue=r, **extra)
+    rc = float(critical_rho(r, k, reading))
+    configs = [base.replace(rho=x, seed=s) for x in rho_grid(reading, rc, args) for s in range(args.seeds)]
+    rows: list[dict[str, Any]] = []
+
+    def keep(population: Population, metrics: list[dict[str, Any]]) -> None:
+        for m in metrics:
+            cfg = population.members[m["member"]].cfg
+            rows.append({**m, **run_columns(cfg, population.data), "schema_version": SCHEMA_VERSION})
+
+    t0 = time.perf_counter()
+    Population(configs, callback=keep, chunk=None).fit()
+    seconds = time.perf_counter() - t0
+    sweep = f"{reading}-K{k}-r{r:g}"
+    # one file per population trial, as the sweep writes it (its members' rows, every evaluation)
+    write_trial_file(root, sweep, "population", rows_from_result({"members": rows}, sweep_id=sweep,
+                                                                  trial_id="population"))
+    return sweep, seconds
+
+
+def fits_at_each_step(root: str, sweep: str, direction: str, n_boot: int) -> list[dict[str, Any]]:
+    """Both estimators at every evaluation step, from the results table, with the analysis's own code."""
+    data = load_results(root, [sweep])
+    evals = collect(data, data.lf.select("rho", "seed", "step", "top_kl", "top_active_units", "latent_dims"))[0]
+    out = []
+    for step in sorted(evals["step"].unique().to_list()):
+        at = evals.filter(pl.col("step") == step).sort("rho", "seed")
+        rho, seed = at["rho"].to_numpy(), at["seed"].to_numpy()
+        units = fit_transition(rho, seed, at["top_active_units"].to_numpy(), LATENT, n_boot=n_boot, rng=0,
+                               direction=direction)
+        onset = fit_kl_onset(rho, seed, at["top_kl"].to_numpy(), direction=direction, n_boot=n_boot, rng=0)
+        out.append({"step": int(step), "active_units": [units.rho_c, units.ci_low, units.ci_high],
+                    "kl_onset": [onset.rho_c, onset.ci_low, onset.ci_high]})
+    return out
+
+
+def final_table_check(root: str, sweep: str) -> dict[str, Any]:
+    """The analysis's end-of-training pipeline on the table: the runs, configuration and inferred direction."""
+    data = load_results(root, [sweep])
+    runs, = collect(data, final_runs_query(data))
+    runs = check_runs(runs, unfinished=0, include_unfinished=False, drop_nan=False, notes=[])
+    cfgs = configurations(runs)
+    return {"configurations": cfgs.height, "runs": runs.height}
+
+
+def entry(rc: float, est: list[float | None]) -> dict[str, Any]:
+    value, lo, hi = est
+    return {"fitted": value, "ci_low": lo, "ci_high": hi,
+            "error": None if value is None else value - rc,
+            "inside": None if lo is None else bool(lo <= rc <= hi)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="JSON file for the results")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=6000, help="optimizer steps per run (the budget)")
+    p.add_argument("--budgets", type=int, default=6, help="evaluations per run (the budget ladder)")
+    p.add_argument("--spacing", type=float, default=0.02, help="rho grid spacing")
+    p.add_argument("--samples", type=int, default=1000, help="vectors per split of the gaussian data set")
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--n-boot", type=int, default=500)
+    p.add_argument("--only", default=None, help="e.g. posterior-K5-r0.7: one configuration")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    todo = [("posterior", k, r) for k, r in POSTERIOR] + [("prior", k, r) for k, r in PRIOR]
+    if args.only:
+        todo = [t for t in todo if f"{t[0]}-K{t[1]}-r{t[2]:g}" == args.only]
+    results, notes = [], []
+    root = tempfile.mkdtemp(prefix="calibration-")
+    t_all = time.perf_counter()
+    for reading, k, r in todo:
+        if reading == "prior" and not has_prior_reading():
+            notes.append(f"prior reading K={k} r={r}: skipped (this ouvae has no Config.smooth_space)")
+            continue
+        rc = float(critical_rho(r, k, reading))
+        sweep, seconds = train(reading, k, r, args, root)
+        direction = "active below" if reading == "posterior" else ACTIVE_ABOVE
+        ladder = fits_at_each_step(root, sweep, direction, args.n_boot)
+        check = final_table_check(root, sweep)
+        last = ladder[-1]
+        res = {"reading": reading, "K": k, "r": r, "closed_form": rc, "train_seconds": seconds,
+               "runs": check["runs"], "rho_values": len(rho_grid(reading, rc, args)), "seeds": args.seeds,
+               "steps": args.steps, "active_units": entry(rc, last["active_units"]),
+               "kl_onset": entry(rc, last["kl_onset"]), "ladder": ladder}
+        results.append(res)
+        ko, au = res["kl_onset"], res["active_units"]
+        print(f"{reading:9s} K={k} r={r:<4g} closed {rc:.4f} | KL onset {_f(ko['fitted'])} "
+              f"[{_f(ko['ci_low'])}, {_f(ko['ci_high'])}] err {_f(ko['error'], '+.4f')} in={ko['inside']} | "
+              f"active units {_f(au['fitted'])} [{_f(au['ci_low'])}, {_f(au['ci_high'])}] "
+              f"err {_f(au['error'], '+.4f')} in={au['inside']} | {seconds:.0f} s", flush=True)
+    total = time.perf_counter() - t_all
+    for n in notes:
+        print(n)
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "settings": vars(args), "total_seconds": total, "machine": platform.platform(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "notes": notes,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"total {total:.0f} s; written {args.out}")
+    return 0
+
+
+def _f(v: float | None, spec: str = ".4f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
