@@ -324,6 +324,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Expose every Config field as `--field-name VALUE` (underscores or dashes) with no default, so only the
     fields a user names override the preset."""
     group = parser.add_argument_group("config overrides (any Config field)")
+    group.add_argument("--set", dest="cfg__set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any Config field as KEY=VALUE, repeatable (as in the sweeps): --set smooth_space=prior")
     for f in fields(Config):
         if f.name == "preset":
             continue
@@ -337,6 +339,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Parse the string overrides collected by add_config_arguments into typed values."""
-    return {f.name: parse_field(f.name, raw) for f in fields(Config)
-            if (raw := getattr(args, f"cfg_{f.name}", None)) is not None}
+    """Parse the string overrides collected by add_config_arguments into typed values (--set first, so that a
+    field's own option wins where both name it)."""
+    out = dict(parse_assignment(text) for text in getattr(args, "cfg__set", []) or [])
+    out.update({f.name: parse_field(f.name, raw) for f in fields(Config)
+                if (raw := getattr(args, f"cfg_{f.name}", None)) is not None})
+    return out

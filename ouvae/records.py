@@ -17,6 +17,10 @@ from .data import DatasetSplits
 from .smoothing import is_identity
 
 
+BOUND_MODEL_NAMES = {"hvae": "the plain hierarchical VAE with these weights (generative maps unsmoothed)",
+                     "smoothed-prior": "the smoothed generative model (prior reading)"}
+
+
 def bound_model(cfg: Config) -> str:
     """The model whose log p(x) the reported elbo / iw_bound bound (metrics.py): the smoothed generative model in
     the prior reading when its generative maps are smoothed at evaluation, else the plain hierarchical VAE."""
