@@ -1,4 +1,4 @@
-"""The exact answer for the one model whose critical rho is known: a linear-Gaussian VAE (numpy only).
+"""The exact answer for the one model whose critical rho is known: a linear-Gaussian VAE (numpy, no torch).
 
 Why: every other check of the rho_c locator is either on synthetic logistic curves or on networks whose true
 rho_c nobody knows. For one stochastic layer, linear maps, a Gaussian likelihood of fixed variance sigma^2, KL
@@ -26,13 +26,14 @@ linearly in |rho - rho_c| (a second-order transition).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
-READINGS = ("posterior", "prior")
-ACTIVE_BELOW = "active below"
-ACTIVE_ABOVE = "active above"
+from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW
+
+READINGS = ("posterior", "prior")  # smooth_space
 DIRECTION_OF_READING = {"posterior": ACTIVE_BELOW, "prior": ACTIVE_ABOVE}
 
 
@@ -115,7 +116,46 @@ def loss(ratio: float, k: int, rho: np.ndarray, v: np.ndarray, reading: str = "p
     return ratio / (1.0 + v) + np.log1p(v) + (1.0 - rho**2) / (k * rho**2) * v
 
 
-def spectrum(dim: int, eigenvalue: float, ratio: float) -> np.ndarray:
-    """The covariance eigenvalues of the synthetic Gaussian data set: eigenvalue * ratio^i, i = 0 .. dim - 1 (the
-    one definition; ``ouvae/data/synthetic.py`` builds its data from the same formula)."""
-    return float(eigenvalue) * float(ratio) ** np.arange(int(dim), dtype=np.float64)
+# ----------------------------------------------------------------------------------------- results-table rows
+@dataclass(frozen=True)
+class LinearGaussianCase:
+    """A configuration of the results table that is this model, with what the closed form needs."""
+
+    reading: str  # smooth_space
+    k: int  # smooth_samples
+    ratios: np.ndarray  # r = lambda_i / (beta sigma^2) of the top_dim latent directions (largest eigenvalues)
+
+    def critical_rhos(self) -> np.ndarray:
+        return critical_rho(self.ratios, self.k, self.reading)
+
+    def top_kl(self, rho: np.ndarray) -> np.ndarray:
+        """The exact optimum's top-layer KL (summed over the latent directions) at each rho."""
+        return np.sum([optimum(r, self.k, rho, self.reading).kl for r in self.ratios], axis=0)
+
+    def active_fraction(self, rho: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+        """The fraction of latent directions the active-unit criterion counts at the exact optimum."""
+        return np.mean([optimum(r, self.k, rho, self.reading).mean_variance > threshold for r in self.ratios],
+                       axis=0)
+
+
+def linear_gaussian_case(row: dict) -> LinearGaussianCase | None:
+    """The closed-form case of one configuration (a row with the recorded run columns), or None when the
+    configuration is not this model: the gaussian data set and likelihood, one stochastic layer, linear maps
+    (hidden_layers 0), the ELBO without free bits, smoothed generative maps (smooth both or decoder), K >= 2.
+    beta is the schedule's final beta_max; the data's eigenvalues are gaussian_eigenvalue * gaussian_ratio^i, as
+    ouvae/data/synthetic.py generates them."""
+    try:
+        if not (row["dataset"] == "gaussian" and row["likelihood"] == "gaussian" and row["n_layers"] == 1
+                and row["hidden_layers"] == 0 and row["objective"] == "elbo" and not row["free_bits"]
+                and row["smooth"] in ("both", "decoder") and (row["smooth_samples"] or 0) >= 2
+                and row.get("smooth_space", "posterior") in READINGS):
+            return None
+        beta = float(json.loads(row["beta_params"])["beta_max"])
+        top = int(str(row["latent_dims"]).split("-")[-1])
+        lam = float(row["gaussian_eigenvalue"]) * float(row["gaussian_ratio"]) ** np.arange(int(row["gaussian_dim"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if beta <= 0 or top > lam.size:
+        return None
+    return LinearGaussianCase(reading=row.get("smooth_space") or "posterior", k=int(row["smooth_samples"]),
+                              ratios=lam[:top] / (beta * float(row["likelihood_variance"])))

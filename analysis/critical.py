@@ -33,8 +33,8 @@ FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "latent_dims"
 # A dataset family = configurations that differ only in the dataset: the unit of the across-dataset comparison.
 DATASET_FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "dataset")
 # Settings outside CONFIG_KEYS that should not vary inside one configuration; if they do, the report says so.
-OTHER_SETTINGS = ("preset", "binarization", "hidden_layers", "activation", "iw_samples", "beta_params", "lr",
-                  "batch_size")
+OTHER_SETTINGS = ("preset", "binarization", "likelihood", "hidden_layers", "activation", "iw_samples", "beta_params",
+                  "lr", "batch_size")
 RUN_COLUMNS = ("sweep_id", "trial_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
                "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",

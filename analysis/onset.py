@@ -7,13 +7,14 @@ rho_c -- a second-order transition, as in the linear-Gaussian model whose rho_c 
 below it: by 0.007 to 0.024 in rho on the calibration model (docs/calibration.md). The KL itself vanishes at
 rho_c, linearly in |rho - rho_c|, so a fit of the KL to a hinge locates rho_c without that bias:
 
-    top_kl(rho) = b + a t + q t^2,   t = (rho_c - rho)_+  (units active below rho_c; (rho - rho_c)_+ above),
+    top_kl(rho) = b + a t,   t = (rho_c - rho)_+  (units active below rho_c; (rho - rho_c)_+ above), a > 0,
 
-least squares over the runs within ``ONSET_WINDOW`` of rho_c (first located with every run): the quadratic term
-absorbs the curvature of the KL near rho_c, the floor b the small KL that training noise leaves in a collapsed
-layer. On the exact optimum of the calibration model the estimate is within 0.0003 of the closed form. rho_c is
-profiled on a grid of the swept range (``ONSET_GRID`` points); the interval is the seed bootstrap of
-``analysis.intervals``, widened for few seeds like the active-unit fit's.
+least squares over the runs within ``ONSET_WINDOW`` of rho_c (first located with every run): the floor b takes
+the small KL that training noise leaves in a collapsed layer. The window is short so that the curvature of the
+KL near rho_c costs little: on the exact optimum of the calibration model sampled every 0.025 the estimate is
+within 0.004 of the closed form (a quadratic term would remove that, but on noisy runs it trades the hinge for a
+curve and the fit becomes unstable). rho_c is profiled on a grid of the swept range (``ONSET_GRID`` points); the
+interval is the seed bootstrap of ``analysis.intervals``, widened for few seeds like the active-unit fit's.
 
 When it does not apply: a transition that is not continuous in the KL (a jump), or a crossover broader than
 the window (deep networks on real data, where units leave one by one). There the active-unit fit with its width
@@ -32,9 +33,12 @@ from analysis.intervals import (MIN_SEEDS, UNDETERMINED_TEXT, Interval, Undeterm
                                 seed_bootstrap, small_sample_factor, widen)
 from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, DIRECTIONS
 
-ONSET_WINDOW = 0.1  # runs within this distance in rho of rho_c enter the fit
+ONSET_WINDOW = 0.075  # runs within this distance in rho of rho_c enter the fit
 ONSET_GRID = 2001  # candidate rho_c values over the swept range
-MIN_ACTIVE_LEVELS = 3  # distinct rho on the active side of a candidate (three coefficients of the hinge)
+MIN_ACTIVE_LEVELS = 2  # distinct rho on the active side of a candidate
+# The fitted KL must rise over the window's active side by at least this fraction of the largest KL in the window:
+# a flat KL (no onset in the window) fits any hinge position with a slope of ~0.
+MIN_RISE_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,35 +49,39 @@ class OnsetFit:
     ci_low: float | None
     ci_high: float | None
     interval_undetermined: Undetermined | None
-    slope: float | None  # a: KL per unit of |rho - rho_c| at the onset
+    slope: float | None  # a: KL per unit of |rho - rho_c|
     n_runs: int  # runs inside the window
     direction: str
     message: str
 
 
 def _design(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """(G, R, 3): [1, t, t^2] of every run for every candidate, t = (candidate - x)_+."""
+    """(G, R, 2): [1, t] of every run for every candidate, t = (candidate - x)_+."""
     t = np.clip(grid[:, None] - x[None, :], 0.0, None)
-    return np.stack([np.ones_like(t), t, t * t], axis=-1)
+    return np.stack([np.ones_like(t), t], axis=-1)
 
 
 def _profile(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-    """(best candidate index, slope a there) per replicate (weights: replicates x runs) by weighted least squares
-    of the hinge at every candidate; candidates with fewer than MIN_ACTIVE_LEVELS active-side rho are skipped.
-    Every sum over runs is one matrix product (replicates x runs) @ (runs x candidates)."""
-    d = _design(x, grid)  # (G, R, 3)
-    gram = np.empty((weights.shape[0], grid.size, 3, 3))
-    for i in range(3):
-        for j in range(i, 3):
-            gram[..., i, j] = gram[..., j, i] = weights @ (d[..., i] * d[..., j]).T
-    rhs = np.stack([weights @ (d[..., i] * y).T for i in range(3)], axis=-1)  # (B, G, 3)
-    coef = np.linalg.solve(gram + 1e-12 * np.eye(3), rhs[..., None])[..., 0]
-    sse = (weights @ (y * y))[:, None] - np.einsum("bgi,bgi->bg", coef, rhs)
+    """(best candidate index, the coefficients (b, a) there) per replicate (weights: replicates x runs) by weighted
+    least squares of the hinge at every candidate; candidates with fewer than MIN_ACTIVE_LEVELS active-side rho or
+    a slope a <= 0 are skipped (index -1 when none is left). Every sum over runs is one matrix product
+    (replicates x runs) @ (runs x candidates), and the 2 x 2 normal equations are solved in closed form."""
+    d = _design(x, grid)  # (G, R, 2)
+    s00, s01, s11 = (weights @ (d[..., i] * d[..., j]).T for i, j in ((0, 0), (0, 1), (1, 1)))
+    r0, r1 = (weights @ (d[..., i] * y).T for i in (0, 1))
+    det = s00 * s11 - s01**2
+    ok = det > 1e-12 * np.maximum(s00 * s11, 1e-300)
+    det = np.where(ok, det, 1.0)
+    b = (s11 * r0 - s01 * r1) / det
+    a = (s00 * r1 - s01 * r0) / det
+    sse = (weights @ (y * y))[:, None] - b * r0 - a * r1
     active_levels = (grid[:, None] > np.unique(x)[None, :]).sum(1)
-    sse[:, active_levels < MIN_ACTIVE_LEVELS] = np.inf
+    sse = np.where(ok & (a > 0) & (active_levels >= MIN_ACTIVE_LEVELS)[None, :], sse, np.inf)
     best = np.argmin(sse, axis=1)
-    return best, coef[np.arange(weights.shape[0]), best, 1]
+    rows = np.arange(weights.shape[0])
+    best = np.where(np.isfinite(sse[rows, best]), best, -1)
+    return best, np.stack([b[rows, best], a[rows, best]], axis=1)
 
 
 def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BELOW, level: float = 0.95,
@@ -96,6 +104,9 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
         return OnsetFit(**none, n_runs=int(r.size), message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values")
     grid = np.linspace(x.min(), x.max(), ONSET_GRID)
     best, _ = _profile(x, y, np.ones((1, x.size)), grid)
+    if best[0] < 0:
+        return OnsetFit(**none, n_runs=int(r.size), message="no KL onset located: the KL does not rise on either "
+                                                            "side of any rho in the range")
     first = grid[best[0]]
     inside = np.abs(x - first) <= window
     xw, yw, sw = x[inside], y[inside], seed_idx[inside]
@@ -103,11 +114,11 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
         return OnsetFit(**none, n_runs=int(inside.sum()),
                         message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values within {window:g} of the onset")
     grid = np.linspace(xw.min(), xw.max(), ONSET_GRID)
-    best, slope = _profile(xw, yw, np.ones((1, xw.size)), grid)
-    est, a = float(grid[best[0]]), float(slope[0])
-    edge = best[0] in (0, grid.size - 1)
-    if a <= 0 or edge:
-        why = "the KL does not rise on the active side" if a <= 0 else "the onset lies at the edge of the range"
+    best, coef = _profile(xw, yw, np.ones((1, xw.size)), grid)
+    est, a = float(grid[best[0]]), float(coef[0, 1])
+    if best[0] < 0 or a * (est - xw.min()) <= MIN_RISE_FRACTION * np.abs(yw).max() or best[0] == grid.size - 1:
+        why = ("the onset lies at the edge of the window" if best[0] == grid.size - 1
+               else "the KL does not rise on the active side")
         return OnsetFit(**none, n_runs=int(inside.sum()), message=f"no KL onset located: {why}")
     interval = _interval(xw, yw, sw, grid, est, level=level, n_boot=n_boot, rng=gen)
     lo, hi = (interval.low, interval.high) if sign > 0 else (_neg(interval.high), _neg(interval.low))
@@ -134,10 +145,8 @@ def _interval(x: np.ndarray, y: np.ndarray, seed_idx: np.ndarray, grid: np.ndarr
     _, seed_idx = np.unique(seed_idx, return_inverse=True)
 
     def statistic(mult: np.ndarray) -> np.ndarray:
-        best, slope = _profile(x, y, mult[:, seed_idx].astype(np.float64), grid)
-        values = grid[best]
-        values = np.where(best == 0, -np.inf, np.where(best == grid.size - 1, np.inf, values))
-        return np.where(slope > 0, values, np.nan)
+        best, _ = _profile(x, y, mult[:, seed_idx].astype(np.float64), grid)
+        return np.where(best < 0, np.nan, np.where(best == grid.size - 1, np.inf, grid[best]))
 
     boot = seed_bootstrap(statistic, [n_seeds], n_resamples=n_boot, rng=rng)
     q_lo, q_hi = percentile_interval(boot, level)

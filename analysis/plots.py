@@ -18,8 +18,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from analysis.budget import BudgetSeries, budget_short_text
+from analysis.closed_form import linear_gaussian_case
 from analysis.intervals import UNDETERMINED_SHORT
-from analysis.transition import STATUS_OK, TransitionFit
+from analysis.transition import ACTIVE_ABOVE, STATUS_OK, TransitionFit
 
 DPI = 110
 
@@ -76,7 +77,9 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
 
     One colour per configuration; dots are single runs (seeds, slightly jittered), the left lines the median KL
     over seeds; on the right the fitted logistic; the vertical line and band are the fitted rho_c and its
-    interval (no band when the interval is not determined).
+    interval (no band when the interval is not determined). A configuration of the linear-Gaussian model
+    (``analysis.closed_form.linear_gaussian_case``) also gets its exact answer, in black: the optimum's KL (left),
+    the active fraction the 0.01 criterion gives at the optimum (right) and the closed-form rho_c (dotted).
     """
     fig, (ax_kl, ax_m) = _new(2)
     rho_all = runs["rho"].unique().sort().to_numpy()
@@ -92,8 +95,20 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
         ax_kl.scatter(jit, sub["top_kl"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
         ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8, label=fit_label(name, fit))
         ax_m.scatter(jit, sub["active_fraction"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
+        case = linear_gaussian_case(sub.row(0, named=True)) if sub.height else None
+        if case is not None and grid.size:
+            exact = np.clip(grid, 1e-6, 1.0)
+            ax_kl.plot(exact, case.top_kl(exact), color="black", lw=1.0, ls="-.",
+                       label=f"{verbatim(name)}: closed form, ρc = "
+                             f"{', '.join(f'{v:.3f}' for v in np.unique(np.round(case.critical_rhos(), 4)))}")
+            ax_m.plot(exact, case.active_fraction(exact), color="black", lw=1.0, ls="-.",
+                      label=f"{verbatim(name)}: closed form (0.01 criterion)")
+            for ax in (ax_kl, ax_m):
+                for rc in case.critical_rhos()[np.isfinite(case.critical_rhos())]:
+                    ax.axvline(rc, color="black", ls=":", lw=1.0)
         if fit is not None and fit.status == STATUS_OK:
-            z = np.clip((grid - fit.rho_c) / fit.width, -500, 500)
+            sign = -1.0 if fit.direction == ACTIVE_ABOVE else 1.0
+            z = np.clip(sign * (grid - fit.rho_c) / fit.width, -500, 500)
             ax_m.plot(grid, 1.0 / (1.0 + np.exp(z)), color=color, lw=1.8, label=verbatim(name))
             for ax in (ax_kl, ax_m):
                 ax.axvline(fit.rho_c, color=color, ls="--", lw=1.0)

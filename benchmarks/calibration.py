@@ -1,6 +1,6 @@
 """Calibration of the rho_c locator against the linear-Gaussian model whose rho_c is known exactly.
 
-    .venv/bin/python benchmarks/calibration.py --out calibration.json [--seeds 5] [--steps 6000] [--quick]
+    .venv/bin/python benchmarks/calibration.py --out calibration.json [--seeds 4] [--steps 3000] [--only prior]
 
 For each configuration -- posterior reading: K in {3, 5, 9} x r = lambda / (beta sigma^2) in {0.5, 0.7, 0.9};
 prior reading: K = 5, r in {1.1, 1.5, 3.0} -- it trains the whole rho grid x seeds as ONE population through the
@@ -11,9 +11,6 @@ real results table (sweeps/table.py, the sweep's own writer), and reads them bac
 step (the budget ladder). It prints and writes, per configuration and estimator: the closed form
 (analysis/closed_form.py), the fitted rho_c, its interval, the error, whether the closed form is inside, and the
 budget. The table in BENCHMARKS.md comes from this script.
-
-The prior reading needs the Config field ``smooth_space`` ("prior"); without it those configurations are skipped
-with a note.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +45,6 @@ PRIOR = [(5, r) for r in (1.1, 1.5, 3.0)]
 LATENT = 2  # latent units = data dimension: the data are isotropic in the latent directions
 
 
-def has_prior_reading() -> bool:
-    return "smooth_space" in {f.name for f in fields(Config)}
-
-
 def base_config(args: argparse.Namespace) -> Config:
     return Config(dataset="gaussian", latent_dims=(LATENT,), hidden_layers=0, gaussian_dim=LATENT,
                   gaussian_samples=args.samples, batch_size=args.batch, steps=args.steps, epochs=1,
@@ -60,19 +52,18 @@ def base_config(args: argparse.Namespace) -> Config:
                   lr=args.lr, num_threads=1, preset="calibration")
 
 
-def rho_grid(reading: str, rc: float, args: argparse.Namespace) -> list[float]:
-    """A fixed grid over the range where the transitions lie (not centred on the answer)."""
-    lo, hi = (0.40, 1.00) if reading == "posterior" else (0.20, 1.00)
-    grid = np.round(np.arange(lo, hi + 1e-9, args.spacing), 4)
-    return [float(r) for r in grid if 0 < r <= 1]
+def rho_grid(rc: float, args: argparse.Namespace) -> list[float]:
+    """The multiples of --spacing within --span of rho_c, in (0, 1]: a range that holds the transition, as a sweep
+    that has found it would sample (the grid is a fixed lattice, not centred on the answer)."""
+    grid = np.round(np.arange(0.0, 1.0 + 1e-9, args.spacing), 6)
+    return [float(r) for r in grid if 0 < r <= 1 and abs(r - rc) <= args.span + 1e-9]
 
 
-def train(reading: str, k: int, r: float, args: argparse.Namespace, root: str) -> tuple[str, float]:
-    """Train one configuration's grid x seeds as one population; write its rows; return (sweep id, seconds)."""
-    extra = {"smooth_space": reading} if reading == "prior" else {}
-    base = base_config(args).replace(smooth_samples=k, gaussian_eigenvalue=r, **extra)
+def train(reading: str, k: int, r: float, args: argparse.Namespace, root: str, sweep: str) -> float:
+    """Train one configuration's grid x seeds as one population; write its rows as `sweep`; return the seconds."""
+    base = base_config(args).replace(smooth_samples=k, gaussian_eigenvalue=r, smooth_space=reading)
     rc = float(critical_rho(r, k, reading))
-    configs = [base.replace(rho=x, seed=s) for x in rho_grid(reading, rc, args) for s in range(args.seeds)]
+    configs = [base.replace(rho=x, seed=s) for x in rho_grid(rc, args) for s in range(args.seeds)]
     rows: list[dict[str, Any]] = []
 
     def keep(population: Population, metrics: list[dict[str, Any]]) -> None:
@@ -83,11 +74,10 @@ def train(reading: str, k: int, r: float, args: argparse.Namespace, root: str) -
     t0 = time.perf_counter()
     Population(configs, callback=keep, chunk=None).fit()
     seconds = time.perf_counter() - t0
-    sweep = f"{reading}-K{k}-r{r:g}"
     # one file per population trial, as the sweep writes it (its members' rows, every evaluation)
     write_trial_file(root, sweep, "population", rows_from_result({"members": rows}, sweep_id=sweep,
                                                                   trial_id="population"))
-    return sweep, seconds
+    return seconds
 
 
 def fits_at_each_step(root: str, sweep: str, direction: str, n_boot: int) -> list[dict[str, Any]]:
@@ -125,35 +115,39 @@ def entry(rc: float, est: list[float | None]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file for the results")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=6000, help="optimizer steps per run (the budget)")
-    p.add_argument("--budgets", type=int, default=6, help="evaluations per run (the budget ladder)")
-    p.add_argument("--spacing", type=float, default=0.02, help="rho grid spacing")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (the budget)")
+    p.add_argument("--budgets", type=int, default=3, help="evaluations per run (the budget ladder)")
+    p.add_argument("--spacing", type=float, default=0.025, help="rho grid spacing")
+    p.add_argument("--span", type=float, default=0.15, help="the grid reaches this far either side of rho_c")
     p.add_argument("--samples", type=int, default=1000, help="vectors per split of the gaussian data set")
-    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--batch", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--n-boot", type=int, default=500)
-    p.add_argument("--only", default=None, help="e.g. posterior-K5-r0.7: one configuration")
+    p.add_argument("--results", default=None, help="results-table folder to write (default: a temporary one); a "
+                                                   "configuration already there is analysed again, not retrained")
+    p.add_argument("--only", default=None, help="configurations whose name starts with this, e.g. prior or "
+                                                "posterior-K5")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     todo = [("posterior", k, r) for k, r in POSTERIOR] + [("prior", k, r) for k, r in PRIOR]
     if args.only:
-        todo = [t for t in todo if f"{t[0]}-K{t[1]}-r{t[2]:g}" == args.only]
+        todo = [t for t in todo if f"{t[0]}-K{t[1]}-r{t[2]:g}".startswith(args.only)]
     results, notes = [], []
-    root = tempfile.mkdtemp(prefix="calibration-")
+    root = args.results or tempfile.mkdtemp(prefix="calibration-")
     t_all = time.perf_counter()
     for reading, k, r in todo:
-        if reading == "prior" and not has_prior_reading():
-            notes.append(f"prior reading K={k} r={r}: skipped (this ouvae has no Config.smooth_space)")
-            continue
         rc = float(critical_rho(r, k, reading))
-        sweep, seconds = train(reading, k, r, args, root)
+        sweep = f"{reading}-K{k}-r{r:g}"
+        seconds = None
+        if not (Path(root) / f"sweep_id={sweep}").is_dir():
+            seconds = train(reading, k, r, args, root, sweep)
         direction = "active below" if reading == "posterior" else ACTIVE_ABOVE
         ladder = fits_at_each_step(root, sweep, direction, args.n_boot)
         check = final_table_check(root, sweep)
         last = ladder[-1]
         res = {"reading": reading, "K": k, "r": r, "closed_form": rc, "train_seconds": seconds,
-               "runs": check["runs"], "rho_values": len(rho_grid(reading, rc, args)), "seeds": args.seeds,
+               "runs": check["runs"], "rho_values": len(rho_grid(rc, args)), "seeds": args.seeds,
                "steps": args.steps, "active_units": entry(rc, last["active_units"]),
                "kl_onset": entry(rc, last["kl_onset"]), "ladder": ladder}
         results.append(res)
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{reading:9s} K={k} r={r:<4g} closed {rc:.4f} | KL onset {_f(ko['fitted'])} "
               f"[{_f(ko['ci_low'])}, {_f(ko['ci_high'])}] err {_f(ko['error'], '+.4f')} in={ko['inside']} | "
               f"active units {_f(au['fitted'])} [{_f(au['ci_low'])}, {_f(au['ci_high'])}] "
-              f"err {_f(au['error'], '+.4f')} in={au['inside']} | {seconds:.0f} s", flush=True)
+              f"err {_f(au['error'], '+.4f')} in={au['inside']} | {_f(seconds, '.0f')} s", flush=True)
     total = time.perf_counter() - t_all
     for n in notes:
         print(n)

@@ -1,0 +1,224 @@
+"""The linear-Gaussian calibration model: its closed form against numerical optimisation, its pieces as ordinary
+settings (gaussian data set, Gaussian likelihood, linear maps), transitions of either direction, the KL onset,
+and a small population that recovers the closed-form rho_c."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy import optimize
+
+from analysis.closed_form import critical_rho, linear_gaussian_case, optimum
+from analysis.compare import RhoCVerdict, rho_c_difference
+from analysis.onset import fit_kl_onset
+from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, fit_transition, infer_direction
+from ouvae.config import Config, ConfigError
+from ouvae.data import DataError, load_config_dataset, load_dataset
+from ouvae.model import HierarchicalVAE
+from ouvae.population import Population
+
+
+# ----- the closed form against a numerical optimisation of the exact expected ELBO ---------------------------------
+def expected_negative_elbo(theta: np.ndarray, lam: float, sigma2: float, beta: float, rho: float, k: int,
+                           reading: str) -> float:
+    """-E_x E_q[ELBO] (constants dropped) of one latent direction with decoder weight w, encoder mean a x and
+    encoder variance s^2, written from the model's definition (not from the closed form's reduced loss)."""
+    w, a, log_s2 = theta
+    s2 = math.exp(log_s2)
+    if reading == "posterior":  # decoder input: mu + s * (K-average of rho eps + sqrt(1 - rho^2) eta_k)
+        recon = lam * (1 - w * a) ** 2 + w**2 * s2 * (rho**2 + (1 - rho**2) / k)
+    else:  # decoder input: rho z + sqrt(1 - rho^2) * (K-average of eta_k), z = a x + s eps
+        recon = lam * (1 - rho * w * a) ** 2 + rho**2 * w**2 * s2 + w**2 * (1 - rho**2) / k
+    kl = 0.5 * (a**2 * lam + s2 - 1 - log_s2)
+    return recon / (2 * sigma2) + beta * kl
+
+
+def numerical_optimum(lam: float, sigma2: float, beta: float, rho: float, k: int, reading: str) -> tuple[float, float]:
+    """(KL, posterior-mean variance) at the best of several local optimisations."""
+    best = None
+    for start in ([1.0, 0.5, -1.0], [0.01, 0.01, 0.0], [2.0, 0.1, -2.0]):
+        res = optimize.minimize(expected_negative_elbo, start, args=(lam, sigma2, beta, rho, k, reading),
+                                method="BFGS", options={"gtol": 1e-10})
+        if best is None or res.fun < best.fun:
+            best = res
+    w, a, log_s2 = best.x
+    return 0.5 * (a**2 * lam + math.exp(log_s2) - 1 - log_s2), a**2 * lam
+
+
+@pytest.mark.parametrize("reading, k, ratio", [("posterior", 3, 0.5), ("posterior", 5, 0.7), ("posterior", 9, 0.9),
+                                               ("prior", 5, 1.1), ("prior", 5, 1.5), ("prior", 3, 3.0)])
+def test_closed_form_matches_numerical_optimisation(reading, k, ratio):
+    sigma2, beta = 0.5, 2.0  # r = lambda / (beta sigma^2): the closed form must take both into account
+    lam = ratio * beta * sigma2
+    rc = float(critical_rho(ratio, k, reading))
+    for rho in (0.3, rc - 0.02, rc - 0.004, rc + 0.004, rc + 0.02, 0.97):
+        if not 0 < rho <= 1:
+            continue
+        kl, var = numerical_optimum(lam, sigma2, beta, rho, k, reading)
+        exact = optimum(ratio, k, rho, reading)
+        assert kl == pytest.approx(float(exact.kl[0]), abs=2e-6)
+        assert var == pytest.approx(float(exact.mean_variance[0]), abs=2e-6)
+        active = var > 1e-6
+        assert active == ((rho < rc) if reading == "posterior" else (rho > rc)), (rho, rc)
+
+
+def test_closed_form_values_and_limits():
+    assert critical_rho(0.5, 3) == pytest.approx(0.5)
+    assert critical_rho(np.array([0.5, 0.7, 0.9]), 5) == pytest.approx([0.6124, 0.7906, 0.9354], abs=1e-4)
+    assert critical_rho(np.array([1.1, 1.5, 3.0]), 5, "prior") == pytest.approx([0.8165, 0.5345, 0.3015], abs=1e-4)
+    # no transition in (0, 1): collapsed everywhere, active everywhere (posterior), collapsed everywhere (prior)
+    assert np.isnan(critical_rho(np.array([0.1, 1.2]), 5)).all() and np.isnan(critical_rho(0.9, 5, "prior"))
+    # at rho = 1 both readings are the plain linear VAE: active iff r > 1
+    for reading in ("posterior", "prior"):
+        assert optimum(1.2, 5, 1.0, reading).kl[0] > 0 and optimum(0.9, 5, 1.0, reading).kl[0] == 0
+    with pytest.raises(ValueError, match="reading"):
+        critical_rho(0.5, 5, "both")
+
+
+# ----- the model pieces as ordinary settings --------------------------------------------------------------------
+def gaussian_config(**kw) -> Config:
+    base = dict(dataset="gaussian", latent_dims=(2,), hidden_layers=0, gaussian_dim=2, gaussian_samples=200,
+                gaussian_eigenvalue=0.5, smooth_samples=3, batch_size=50, steps=3, epochs=1, eval_iw_k=1,
+                num_threads=1)
+    return Config(**{**base, **kw})
+
+
+def test_gaussian_data_has_exactly_the_chosen_moments():
+    cfg = gaussian_config(gaussian_dim=3, gaussian_eigenvalue=2.0, gaussian_ratio=0.5, gaussian_seed=4)
+    data = load_config_dataset(cfg)
+    assert (data.name, data.likelihood, data.image_shape) == ("gaussian", "gaussian", (1, 1, 3))
+    for split in (data.train, data.validation, data.test):
+        x = split.reshape(len(split), -1).double().numpy()
+        assert len(x) == 200
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-6)
+        np.testing.assert_allclose(x.T @ x / len(x), np.diag([2.0, 1.0, 0.5]), atol=1e-5)
+    again = load_config_dataset(cfg)
+    assert torch.equal(again.train, data.train) and not torch.equal(data.train, data.validation)
+    assert not torch.equal(load_config_dataset(cfg.replace(gaussian_seed=5)).train, data.train)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"gaussian_dim": 0}, "gaussian_dim"), ({"gaussian_eigenvalue": -1.0}, "gaussian_eigenvalue"),
+    ({"gaussian_ratio": 1.5}, "gaussian_ratio"), ({"gaussian_samples": 2}, "gaussian_samples"),
+    ({"gaussian_seed": -1}, "gaussian_seed"), ({"likelihood_variance": 0.0}, "likelihood_variance"),
+    ({"hidden_layers": -1}, "hidden_layers"), ({"architecture": "conv"}, "architecture='mlp'")])
+def test_bad_calibration_settings_are_one_line_errors(change, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        gaussian_config(**change)
+    assert "\n" not in str(err.value)
+
+
+def test_generator_fields_are_refused_for_other_data_sets():
+    with pytest.raises(DataError, match="gaussian_dim set for dataset 'digits'") as err:
+        load_config_dataset(Config(gaussian_dim=3))
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="missing"):
+        load_dataset("gaussian")
+
+
+def test_generator_settings_are_part_of_the_configuration_identity():
+    a, b = gaussian_config(), gaussian_config(gaussian_eigenvalue=0.7)
+    assert a.config_hash() != b.config_hash()
+    assert a.config_hash() != gaussian_config(likelihood_variance=2.0).config_hash()
+    assert a.config_hash() == a.replace(seed=3).config_hash()
+    # configurations without the new fields keep the hash they had before these fields existed
+    assert Config().config_hash() == Config(gaussian_seed=0, likelihood_variance=1.0).config_hash()
+
+
+def test_linear_maps_and_gaussian_likelihood():
+    cfg = gaussian_config(likelihood_variance=0.3)
+    model = HierarchicalVAE(cfg, (1, 1, 2), "gaussian", seeds=[0])
+    assert [s.name for s in model.layout.specs] == ["encode_x.0.weight", "encode_x.0.bias", "decode_x.0.weight",
+                                                      "decode_x.0.bias"]
+    x, mean = torch.randn(1, 5, 1, 1, 2), torch.randn(1, 5, 1, 1, 2)
+    expected = torch.distributions.Normal(mean, math.sqrt(0.3)).log_prob(x).flatten(2).sum(-1)
+    torch.testing.assert_close(model.log_likelihood(x, mean), expected)
+
+
+def test_train_command_line_runs_the_calibration_model(tmp_path):
+    from ouvae.train import main
+
+    assert main(["--dataset", "gaussian", "--latent-dims", "2", "--hidden-layers", "0", "--gaussian-dim", "2",
+                 "--gaussian-samples", "100", "--likelihood-variance", "0.5", "--steps", "3", "--eval-iw-k", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (final["dataset"], final["likelihood"], final["likelihood_variance"], final["gaussian_dim"],
+            final["gaussian_samples"], final["hidden_layers"]) == ("gaussian", "gaussian", 0.5, 2, 100, 0)
+
+
+# ----- transitions of either direction, and the KL onset ----------------------------------------------------------
+def logistic_runs(direction: str, rho_c: float = 0.72, seeds: int = 4):
+    rng = np.random.default_rng(3)
+    rho = np.repeat(np.round(np.arange(0.5, 0.96, 0.03), 4), seeds)
+    seed = np.tile(np.arange(seeds), rho.size // seeds)
+    z = (rho - rho_c) / 0.02 * (1 if direction == ACTIVE_BELOW else -1)
+    return rho, seed, rng.binomial(10, 1 / (1 + np.exp(z)))
+
+
+def test_a_transition_active_above_is_the_mirror_of_one_active_below():
+    rho, seed, k = logistic_runs(ACTIVE_BELOW)
+    below = fit_transition(rho, seed, k, 10, rng=0)
+    above = fit_transition(1.45 - rho, seed, k, 10, rng=0, direction=ACTIVE_ABOVE)
+    assert above.direction == ACTIVE_ABOVE and "active above" in above.message
+    assert above.rho_c == pytest.approx(1.45 - below.rho_c, abs=1e-6)
+    assert (above.ci_low, above.ci_high) == pytest.approx((1.45 - below.ci_high, 1.45 - below.ci_low), abs=1e-6)
+    assert above.width == pytest.approx(below.width, rel=1e-6)
+    assert infer_direction(rho, k / 10) == ACTIVE_BELOW and infer_direction(1.45 - rho, k / 10) == ACTIVE_ABOVE
+    # every run active in an "active above" transition: rho_c lies below the range
+    none = fit_transition(rho, seed, np.full(rho.size, 10), 10, direction=ACTIVE_ABOVE)
+    assert none.beyond == "below" and "sweep lower rho" in none.message
+    assert rho_c_difference(below, above, 0.02).verdict is RhoCVerdict.OPPOSITE
+
+
+@pytest.mark.parametrize("reading, k, ratio", [("posterior", 3, 0.5), ("posterior", 9, 0.9), ("prior", 5, 1.1)])
+def test_kl_onset_finds_the_closed_form_where_the_active_unit_threshold_is_biased(reading, k, ratio):
+    rc = float(critical_rho(ratio, k, reading))
+    rho = np.repeat(np.round(np.arange(0.2, 1.0001, 0.02), 4), 3)
+    rho = rho[np.abs(rho - rc) <= 0.15]
+    seed = np.tile(np.arange(3), rho.size // 3)
+    exact = optimum(ratio, k, rho, reading)
+    direction = ACTIVE_BELOW if reading == "posterior" else ACTIVE_ABOVE
+    onset = fit_kl_onset(rho, seed, 2 * exact.kl, direction=direction, n_boot=0)
+    assert onset.rho_c == pytest.approx(rc, abs=5e-3)  # the linear hinge's curvature bias (analysis/onset.py)
+    units = fit_transition(rho, seed, 2 * (exact.mean_variance > 0.01), 2, n_boot=0, direction=direction)
+    # the 0.01 criterion stops counting a continuously vanishing unit on the active side of rho_c
+    assert (units.rho_c < rc) if reading == "posterior" else (units.rho_c > rc)
+
+
+def test_kl_onset_without_an_onset_says_so():
+    rho = np.repeat(np.linspace(0.5, 1.0, 11), 3)
+    fit = fit_kl_onset(rho, np.tile(np.arange(3), 11), np.full(rho.size, 0.2), n_boot=0)
+    assert fit.rho_c is None and fit.interval_undetermined is not None and fit.message
+
+
+def test_closed_form_case_is_recognised_from_the_recorded_columns():
+    row = {"dataset": "gaussian", "likelihood": "gaussian", "n_layers": 1, "hidden_layers": 0, "objective": "elbo",
+           "free_bits": 0.0, "smooth": "both", "smooth_samples": 5, "smooth_space": "posterior",
+           "beta_params": json.dumps({"beta_max": 2.0}), "latent_dims": "2", "gaussian_eigenvalue": 1.4,
+           "gaussian_ratio": 0.5, "gaussian_dim": 3, "likelihood_variance": 0.5}
+    case = linear_gaussian_case(row)
+    assert case.ratios == pytest.approx([1.4, 0.7]) and case.k == 5
+    assert case.critical_rhos()[1] == pytest.approx(critical_rho(0.7, 5))
+    assert linear_gaussian_case({**row, "hidden_layers": 2}) is None
+    assert linear_gaussian_case({**row, "dataset": "digits"}) is None
+
+
+# ----- the whole pipeline, small: a population on the synthetic model recovers rho_c -----------------------------------
+def test_a_small_population_recovers_the_closed_form_rho_c():
+    """K = 5, r = 0.7 (rho_c = 0.7906), four latent directions: 8 rho values x 3 seeds trained as one population
+    for 800 steps, then the KL onset with its seed-bootstrap interval."""
+    cfg = gaussian_config(latent_dims=(4,), gaussian_dim=4, gaussian_samples=400, gaussian_eigenvalue=0.7,
+                          smooth_samples=5, batch_size=100, steps=800, lr=1e-2)
+    rhos = [0.70, 0.725, 0.75, 0.775, 0.80, 0.825, 0.85, 0.875]
+    configs = [cfg.replace(rho=r, seed=s) for r in rhos for s in range(3)]
+    final = Population(configs, chunk=None).fit()
+    rho = np.array([c.rho for c in configs])
+    onset = fit_kl_onset(rho, [c.seed for c in configs], [f["top_kl"] for f in final], n_boot=200, rng=0)
+    rc = float(critical_rho(0.7, 5))
+    assert onset.rho_c == pytest.approx(rc, abs=0.02)
+    assert onset.ci_low <= rc <= onset.ci_high
