@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
 from analysis.schema import CONFIG_KEYS
 from analysis.onset import OnsetFit, fit_kl_onset
-from analysis.transition import TransitionFit, fit_transition, infer_direction
+from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, TransitionFit, fit_transition, infer_direction
 
 # A configuration = CONFIG_KEYS + the split the metrics come from + the rho used at evaluation as a label ("train"
 # when it equals the training rho), so a diagnostic rho_eval = 1 run is never pooled with ordinary ones.
@@ -188,11 +188,15 @@ def mixing_notes(runs: pl.DataFrame, configs: pl.DataFrame) -> list[str]:
     return notes
 
 
-def kl_midpoint(rho: np.ndarray, top_kl: np.ndarray) -> float | None:
-    """Model-free cross-check on the top-layer KL: the rho where the median log KL crosses halfway down.
+def kl_midpoint(rho: np.ndarray, top_kl: np.ndarray, direction: str = ACTIVE_BELOW) -> float | None:
+    """Model-free cross-check on the top-layer KL: the rho where the median log KL crosses halfway down (towards
+    the collapsed side: up in rho for units active below rho_c, down for units active above).
 
     Returns None when the median KL falls by less than a factor of 5 over the swept range (no visible drop).
     """
+    if direction == ACTIVE_ABOVE:
+        mirrored = kl_midpoint(-np.asarray(rho), top_kl)
+        return None if mirrored is None else -mirrored
     levels = np.unique(rho)
     med = np.array([np.median(np.log(np.maximum(top_kl[rho == r], 1e-12))) for r in levels])
     if len(levels) < 2 or med.max() - med.min() < math.log(5.0):
@@ -280,7 +284,7 @@ def fit_configurations(runs: pl.DataFrame, configs: pl.DataFrame, *, level: floa
                          **{f: getattr(fit, f) for f in FIT_FIELDS},
                          "interval_undetermined": None if fit.interval_undetermined is None
                          else fit.interval_undetermined.value,
-                         "kl_midpoint": kl_midpoint(sub["rho"].to_numpy(), sub["top_kl"].to_numpy()),
+                         "kl_midpoint": kl_midpoint(sub["rho"].to_numpy(), sub["top_kl"].to_numpy(), fit.direction),
                          "direction": fit.direction, "kl_onset": onset.rho_c, "kl_onset_low": onset.ci_low,
                          "kl_onset_high": onset.ci_high})
     table = configs.join(pl.DataFrame(rows, schema=FIT_SCHEMA), on="config_id", how="left", maintain_order="left")

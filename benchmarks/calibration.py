@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from analysis.closed_form import critical_rho
-from analysis.critical import check_runs, configurations, final_runs_query
+from analysis.closed_form import critical_rho, optimum
+from analysis.critical import check_runs, configurations, final_runs_query, kl_midpoint
 from analysis.io import collect, load_results
 from analysis.onset import fit_kl_onset
 from analysis.schema import SCHEMA_VERSION
@@ -105,6 +105,20 @@ def final_table_check(root: str, sweep: str) -> dict[str, Any]:
     return {"configurations": cfgs.height, "runs": runs.height}
 
 
+def noise_free(reading: str, k: int, r: float, args: argparse.Namespace) -> dict[str, float | None]:
+    """Every estimator the analysis offers on the exact optimum sampled on the benchmark's grid (3 identical seeds):
+    the bias each has by construction, with no training noise and no finite budget."""
+    rc = float(critical_rho(r, k, reading))
+    rho = np.repeat(rho_grid(rc, args), 3)
+    seed = np.tile(np.arange(3), rho.size // 3)
+    exact = optimum(r, k, rho, reading)
+    direction = "active below" if reading == "posterior" else ACTIVE_ABOVE
+    units = fit_transition(rho, seed, LATENT * (exact.mean_variance > 0.01), LATENT, n_boot=0, direction=direction)
+    onset = fit_kl_onset(rho, seed, LATENT * exact.kl, direction=direction, n_boot=0)
+    return {"active_units": units.rho_c, "changepoint": units.changepoint, "kl_midpoint":
+            kl_midpoint(rho, LATENT * exact.kl, direction), "kl_onset": onset.rho_c}
+
+
 def entry(rc: float, est: list[float | None]) -> dict[str, Any]:
     value, lo, hi = est
     return {"fitted": value, "ci_low": lo, "ci_high": hi,
@@ -149,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {"reading": reading, "K": k, "r": r, "closed_form": rc, "train_seconds": seconds,
                "runs": check["runs"], "rho_values": len(rho_grid(rc, args)), "seeds": args.seeds,
                "steps": args.steps, "active_units": entry(rc, last["active_units"]),
-               "kl_onset": entry(rc, last["kl_onset"]), "ladder": ladder}
+               "kl_onset": entry(rc, last["kl_onset"]), "ladder": ladder,
+               "noise_free": noise_free(reading, k, r, args)}
         results.append(res)
         ko, au = res["kl_onset"], res["active_units"]
         print(f"{reading:9s} K={k} r={r:<4g} closed {rc:.4f} | KL onset {_f(ko['fitted'])} "
