@@ -202,7 +202,7 @@ def test_across_datasets_verdict(tmp_path, shift, seed_sd, n_seeds, verdict):
     make_synthetic_results(tmp_path / "res", latent_sizes=(10,), datasets={"digits": 0.0, "idx:kmnist": shift},
                            rho_c=0.92, seed_sd=seed_sd, n_seeds=n_seeds, n_evals=1, salt=7)
     rep = _analyze(tmp_path / "res")
-    (pair,) = rep.datasets
+    (pair,) = rep.across['dataset']
     d = pair.rho_c
     assert d.verdict is verdict, (d, rep.critical.table.select("dataset", "rho_c", "ci_low", "ci_high"))
     assert d.delta == pytest.approx(rep.critical.fits[pair.b].rho_c - rep.critical.fits[pair.a].rho_c)
@@ -223,15 +223,15 @@ def test_across_datasets_margin_is_an_option_and_a_missing_fit_gives_no_verdict(
     root = tmp_path / "res"
     make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:mine": 0.012}, rho_c=0.92,
                            seed_sd=0.002, n_seeds=6, n_evals=1, salt=8)
-    assert _analyze(root, delta=0.03).datasets[0].rho_c.verdict is RhoCVerdict.SIMILAR
-    assert _analyze(root, delta=0.005).datasets[0].rho_c.verdict is not RhoCVerdict.SIMILAR
+    assert _analyze(root, delta=0.03).across['dataset'][0].rho_c.verdict is RhoCVerdict.SIMILAR
+    assert _analyze(root, delta=0.005).across['dataset'][0].rho_c.verdict is not RhoCVerdict.SIMILAR
     # a third dataset swept at two rho values only: no fit, so no verdict for its pairs
     make_synthetic_results(root, sweep_id="thin", latent_sizes=(10,), datasets=["fashion_mnist"], rhos=(0.9, 1.0),
                            n_seeds=6, n_evals=1)
     rep = _analyze(root)
-    missing = [p for p in rep.datasets if "fashion_mnist" in (rep.critical.table.filter(
+    missing = [p for p in rep.across['dataset'] if "fashion_mnist" in (rep.critical.table.filter(
         pl.col("config_id").is_in([p.a, p.b]))["dataset"].to_list())]
-    assert len(rep.datasets) == 3 and len(missing) == 2
+    assert len(rep.across['dataset']) == 3 and len(missing) == 2
     assert all(p.rho_c.verdict is RhoCVerdict.NO_VERDICT and p.rho_c.interval.undetermined is Undetermined.NO_FIT
                for p in missing)
     assert "no verdict (no fit)" in render_text(rep)
@@ -298,8 +298,8 @@ def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbat
     # the report writes it under an id, never under the user's name
     rc, _, stderr = run_cli(root, "--out", tmp_path / "rep", *FAST)
     assert rc == 0, stderr
-    names = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("datasets_*.png"))
-    assert names == ["datasets_d01.png"]
+    names = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("dataset_*.png"))
+    assert names == ["dataset_d01.png"]
     assert plots.safe_name("idx:kmnist") == "idx_kmnist" and plots.safe_name("../x") == "_x"
 
 
