@@ -94,7 +94,7 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     if r.shape != y.shape or r.ndim != 1 or not (np.all(np.isfinite(r)) and np.all(np.isfinite(y))):
         raise ValueError("rho and top_kl must be finite, one entry per run")
     _, seed_idx = np.unique(np.asarray(seed), return_inverse=True)
-    n_seeds = int(seed_idx.max()) + 1 if r.size else 0
+    n_seeds = int(np.unique(seed_idx).size)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     sign = -1.0 if direction == ACTIVE_ABOVE else 1.0
     x = sign * r  # units active below rho_c in x
