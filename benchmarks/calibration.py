@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from analysis.closed_form import critical_rho, optimum
-from analysis.critical import check_runs, configurations, final_runs_query, kl_midpoint
+from analysis.critical import check_runs, configurations, final_runs_query, kl_midpoint, run_direction
 from analysis.io import collect, load_results
 from analysis.onset import fit_kl_onset
 from analysis.schema import SCHEMA_VERSION
@@ -101,8 +101,8 @@ def final_table_check(root: str, sweep: str) -> dict[str, Any]:
     data = load_results(root, [sweep])
     runs, = collect(data, final_runs_query(data))
     runs = check_runs(runs, unfinished=0, include_unfinished=False, drop_nan=False, notes=[])
-    cfgs = configurations(runs)
-    return {"configurations": cfgs.height, "runs": runs.height}
+    return {"configurations": configurations(runs).height, "runs": runs.height,
+            "inferred_direction": run_direction(runs)}
 
 
 def noise_free(reading: str, k: int, r: float, args: argparse.Namespace) -> dict[str, float | None]:
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         check = final_table_check(root, sweep)
         last = ladder[-1]
         res = {"reading": reading, "K": k, "r": r, "closed_form": rc, "train_seconds": seconds,
+               "direction": direction, "inferred_direction": check["inferred_direction"],
                "runs": check["runs"], "rho_values": len(rho_grid(rc, args)), "seeds": args.seeds,
                "steps": args.steps, "active_units": entry(rc, last["active_units"]),
                "kl_onset": entry(rc, last["kl_onset"]), "ladder": ladder,
