@@ -62,7 +62,8 @@ def rho_c_table(rep: Report) -> Table:
         budget = rep.budgets.get(r["config_id"])
         onset = crit.onsets.get(r["config_id"])
         rows.append([r["config_id"], r["label"], str(r["n_runs"]), str(r["n_rho"]), str(r["n_seeds"]),
-                     r["status"].replace("_", " "), r["direction"].removeprefix("active ") + " ρc", _fmt(r["rho_c"]), ci, budget_short_text(budget) if budget else "–",
+                     r["status"].replace("_", " "), r["direction"].removeprefix("active ") + " ρc", _fmt(r["rho_c"]),
+                     ci, budget_short_text(budget) if budget else "–",
                      _width_text(fit), f"({_fmt(r['bracket_low'])}, {_fmt(r['bracket_high'])})",
                      _fmt(r["changepoint"]), _fmt(r["kl_midpoint"]), _fmt(r["kl_onset"]), onset_text(onset)])
     budget_col = pl.Series("budget", [rep.budgets[c].verdict.value if c in rep.budgets else None
@@ -83,8 +84,8 @@ def rho_c_table(rep: Report) -> Table:
                  f"where every seed is collapsed (for units active above ρc: all collapsed, all active); change "
                  f"point: model-free cross-check; KL midpoint: ρ where the median log top-layer KL is halfway down (a "
                  f"second cross-check, on the KL); KL onset: where the top-layer KL leaves zero (a hinge fit near ρc, "
-                 f"with its seed-bootstrap interval): unbiased for a continuous transition, where the active-unit "
-                 f"threshold sits slightly on the collapsed side (docs/calibration.md). Units active: the side of ρc "
+                 f"with its seed-bootstrap interval): unbiased for a continuous transition, where the 0.01 active-unit "
+                 f"threshold puts ρc on the active side (docs/calibration.md). Units active: the side of ρc "
                  f"on which the top layer is in use.", cols, rows, data)
 
 

@@ -208,7 +208,7 @@ def test_closed_form_case_is_recognised_from_the_recorded_columns():
     assert linear_gaussian_case({**row, "dataset": "digits"}) is None
 
 
-# ----- the whole pipeline, small: a population on the synthetic model recovers rho_c -----------------------------------
+# ----- the whole pipeline, small: a population on the synthetic model recovers rho_c ---------------------------------
 def test_a_small_population_recovers_the_closed_form_rho_c():
     """K = 5, r = 0.7 (rho_c = 0.7906), four latent directions: 8 rho values x 3 seeds trained as one population
     for 800 steps, then the KL onset with its seed-bootstrap interval."""
