@@ -80,7 +80,9 @@ class Config:
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None  # torch intra-op threads, set by the process that runs the trainer (None = torch's)
-    compile_step: bool = False  # torch.compile the training loss (on CUDA mode "reduce-overhead": CUDA graphs)
+    compile_step: bool = False  # torch.compile the whole training step (on CUDA mode "reduce-overhead": CUDA graphs)
+    tf32: bool = False  # CUDA: TF32 matrix products (faster on Ampere+, ~1e-3 relative error; recorded per row)
+    failure_check_steps: int = 100  # steps between reads of the members' skip counters (each read waits for the device)
     max_skipped_steps: int = 50  # consecutive non-finite steps before the run fails as stalled
 
     def __post_init__(self) -> None:
@@ -116,7 +118,8 @@ class Config:
     def config_hash(self) -> str:
         """Stable hash of everything but the seed and bookkeeping: equal hash = same configuration."""
         d = self.to_dict()
-        for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset"):
+        for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset", "tf32",
+                    "failure_check_steps"):
             d.pop(key)
         # Unset data options leave the hash as it was before these fields existed (old sweeps keep their hashes).
         for key, unset in (("validation_size", None), ("binarization", "auto")):
@@ -205,6 +208,7 @@ def _validate(c: Config) -> None:
     _check(c.grad_var_draws >= 0, f"grad_var_draws must be >= 0, got {c.grad_var_draws}")
     _check(c.device in DEVICES, f"device must be one of {DEVICES}, got {c.device!r}")
     _check(c.num_threads is None or c.num_threads >= 1, f"num_threads must be >= 1 or None, got {c.num_threads}")
+    _check(c.failure_check_steps >= 1, f"failure_check_steps must be >= 1, got {c.failure_check_steps}")
     _check(c.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {c.max_skipped_steps}")
 
 

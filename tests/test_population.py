@@ -88,7 +88,9 @@ def test_a_diverging_member_fails_alone_while_the_others_finish(digits):
     final = pop.fit()
     failed = [r for r in rows if r["member"] == 1]
     assert len(failed) == 1 and failed[0]["failure"].startswith("TrainingStalled: 5 consecutive steps")
-    assert failed[0]["step"] == 5 and not failed[0]["is_final"] and pop.members[1].skipped_steps == 5
+    assert "(step 5, 5 skipped in all)" in failed[0]["failure"]  # the step it failed at ...
+    assert failed[0]["step"] == 40 and not failed[0]["is_final"] and pop.members[1].skipped_steps == 5
+    assert [r["step"] for r in rows] == [40, 40, 40]  # ... reported with the next scheduled evaluation, alone
     for m in (0, 2):
         assert final[m]["is_final"] and final[m]["skipped_steps"] == 0 and final[m]["failure"] is None
         assert all(math.isfinite(v) for v in final[m]["layer_kl"]) and math.isfinite(final[m]["elbo"])
