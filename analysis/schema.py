@@ -57,6 +57,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("lr", pa.float64(), "learning rate"),
     ("batch_size", pa.int64(), "training batch size"),
     ("seed", pa.int64(), "random seed"),
+    ("tf32", pa.bool_(), "TF32 matrix products asked for (they apply on CUDA only; they change the numbers)"),
     # progress
     ("epoch", pa.int64(), "epochs completed at this evaluation"),
     ("step", pa.int64(), "optimizer steps completed at this evaluation"),

@@ -49,5 +49,6 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
+        "tf32": cfg.tf32,
         "config_hash": config_hash,
     }

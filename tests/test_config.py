@@ -71,7 +71,7 @@ def test_run_columns_carry_the_hyperparameters_and_the_data():
     f = run_columns(Config.from_preset("demo", rho=0.9, seed=3), load_dataset("digits"))
     assert f["latent_dims"] == "10-10-10-10" and f["n_layers"] == 4 and f["rho"] == 0.9 and f["seed"] == 3
     assert f["rho_eval"] == 0.9 and f["binarization"] == "dynamic" and f["beta_params"] == '{"beta_max": 1.0}'
-    assert f["dataset"] == "digits" and f["likelihood"] == "bernoulli"
+    assert f["dataset"] == "digits" and f["likelihood"] == "bernoulli" and f["tf32"] is False
 
 
 def test_one_parser_types_every_field_from_its_real_type_hint():

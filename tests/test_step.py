@@ -1,7 +1,8 @@
 """The training step a GPU can run without waiting for the host: no host read of a device tensor and no tensor
 built from host data inside a step, a number of dispatched ATen ops that does not grow with the members, beta
 computed on the device exactly as beta_at, a masked per-member Adam, and a compiled step equal to the eager one.
-Tests marked `cuda` run where torch sees a GPU (benchmarks/gpu_check.py runs them) and are skipped elsewhere."""
+Tests marked `cuda` run where torch sees a GPU (benchmarks/gpu_check.py runs them) and are skipped elsewhere; they
+need only torch, numpy and pytest, so the images here are made by the test (random binary 8x8 images)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ouvae.config import BETA_SCHEDULES, Config
 from ouvae.data import DatasetSplits
+from ouvae.model import Noise
 from ouvae.objectives import MemberSchedules, beta_at
 from ouvae.optim import MemberAdam
 from ouvae.population import Population
@@ -22,6 +24,13 @@ from ouvae.population import Population
 torch.set_num_threads(1)
 HOST_READS = {"tolist", "item", "numpy", "__bool__", "__float__", "__int__", "__index__", "cpu"}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def images() -> DatasetSplits:
+    g = torch.Generator().manual_seed(0)
+    train, evals = (torch.bernoulli(torch.rand(n, 1, 8, 8, generator=g), generator=g) for n in (400, 100))
+    return DatasetSplits("random-8x8", train, evals, evals, "static", "bernoulli", "random binary images")
 
 
 def quick(**overrides) -> Config:
@@ -70,25 +79,25 @@ class StepCensus(TorchFunctionMode):
         return super().__exit__(*exc)
 
 
-def step_census(members: int, digits: DatasetSplits) -> StepCensus:
-    configs = [quick(seed=s, rho=0.8 + 0.002 * s) for s in range(members)]
-    pop = Population(configs, data=digits, chunk=members)  # one pass for all members, as on a GPU
+def step_census(members: int, images: DatasetSplits) -> StepCensus:
+    configs = [quick(seed=s, rho=0.6 + 0.001 * (s % 256)) for s in range(members)]
+    pop = Population(configs, data=images, chunk=members)  # one pass for all members, as on a GPU
     pop.train_step()  # the first step of an epoch prepares the epoch's data order on the host
     with StepCensus() as census:
         pop.train_step()
     return census
 
 
-def test_a_step_reads_nothing_from_the_device_and_its_ops_do_not_grow_with_the_members(digits):
-    one, many = step_census(1, digits), step_census(64, digits)
+def test_a_step_reads_nothing_from_the_device_and_its_ops_do_not_grow_with_the_members(images):
+    one, many = step_census(1, images), step_census(64, images)
     assert one.host == Counter() and many.host == Counter(), (one.host, many.host)
     total_one, total_many = sum(one.ops.values()), sum(many.ops.values())
     assert abs(total_many - total_one) <= 0.1 * total_one, (total_one, total_many, many.ops - one.ops)
     assert one.ops["select"] == many.ops["select"]  # no per-member views
 
 
-def test_a_step_with_a_member_failing_inside_it_stays_on_the_device(digits):
-    pop = Population([quick(seed=0), quick(seed=1, beta_max=float("inf"), max_skipped_steps=2)], data=digits)
+def test_a_step_with_a_member_failing_inside_it_stays_on_the_device(images):
+    pop = Population([quick(seed=0), quick(seed=1, beta_max=float("inf"), max_skipped_steps=2)], data=images)
     pop.train_step()
     with StepCensus() as census:
         pop.train_step()  # member 1 fails in this step
@@ -131,10 +140,10 @@ def test_member_adam_is_adam_for_the_members_that_step_and_leaves_the_others_bit
     assert torch.equal(adam.exp_avg[1:], torch.zeros(2, 50))
 
 
-def compiled_equals_eager(device: str, digits: DatasetSplits, tol: float) -> None:
+def compiled_equals_eager(device: str, images: DatasetSplits, tol: float) -> None:
     configs = [quick(seed=s, rho=r, steps=6, device=device) for s, r in ((0, 0.8), (1, 1.0), (2, 0.6))]
-    eager = Population(configs, data=digits, chunk=len(configs))
-    graphed = Population([c.replace(compile_step=True) for c in configs], data=digits, chunk=len(configs))
+    eager = Population(configs, data=images, chunk=len(configs))
+    graphed = Population([c.replace(compile_step=True) for c in configs], data=images, chunk=len(configs))
     for _ in range(4):
         a, b = eager.train_step(), graphed.train_step()
         assert torch.allclose(a, b, rtol=tol, atol=tol), (a, b)
@@ -142,25 +151,24 @@ def compiled_equals_eager(device: str, digits: DatasetSplits, tol: float) -> Non
 
 
 @pytest.mark.slow
-def test_the_compiled_step_equals_the_eager_step_on_a_cpu(digits):
-    compiled_equals_eager("cpu", digits, 1e-4)
+def test_the_compiled_step_equals_the_eager_step_on_a_cpu(images):
+    compiled_equals_eager("cpu", images, 1e-4)
 
 
 # ----- on a GPU (run by benchmarks/gpu_check.py; skipped without CUDA) ------------------------------------------
 @pytest.mark.cuda
 @cuda
-def test_a_population_step_on_cuda_equals_the_cpu_step(digits):
+def test_a_population_step_on_cuda_equals_the_cpu_step(images):
     configs = [quick(seed=s, rho=r) for s, r in ((0, 0.8), (1, 1.0), (2, 0.6))]
-    cpu = Population([c.replace(device="cpu", binarization="static") for c in configs], data=digits, chunk=3)
-    gpu = Population([c.replace(device="cuda", binarization="static") for c in configs], data=digits, chunk=3)
-    for _ in range(3):
+    cpu = Population([c.replace(device="cpu") for c in configs], data=images, chunk=3)
+    gpu = Population([c.replace(device="cuda") for c in configs], data=images, chunk=3)
+    for _ in range(3):  # the same images and noise on both devices
         x = cpu.train_x[cpu.batch_indices(cpu.step)]
-        noises = [cpu.model.draw_noise(x.shape[1], cpu.rho, cpu.generator)]
-        to_gpu = [type(n)(*[[t.cuda() if t is not None else None for t in f] if isinstance(f, list) else
-                            (f.cuda() if f is not None else None) for f in (n.eps, n.encoders, n.decoders,
-                                                                             n.decode_x)]) for n in noises]
-        a = cpu._compute_and_update(x, noises)
-        b = gpu._compute_and_update(x.cuda(), to_gpu)
+        noise = cpu.model.draw_noise(x.shape[1], cpu.rho, cpu.generator)
+        move = lambda t: None if t is None else t.cuda()  # noqa: E731
+        on_gpu = Noise([move(t) for t in noise.eps], [move(t) for t in noise.encoders],
+                       [move(t) for t in noise.decoders], move(noise.decode_x))
+        a, b = cpu._compute_and_update(x, [noise]), gpu._compute_and_update(x.cuda(), [on_gpu])
         cpu.step += 1
         gpu.step += 1
         assert torch.allclose(a, b.cpu(), rtol=1e-4, atol=1e-3), (a, b)
@@ -169,18 +177,18 @@ def test_a_population_step_on_cuda_equals_the_cpu_step(digits):
 
 @pytest.mark.cuda
 @cuda
-def test_the_graphed_step_equals_the_eager_step_on_cuda(digits):
-    compiled_equals_eager("cuda", digits, 1e-4)
+def test_the_graphed_step_equals_the_eager_step_on_cuda(images):
+    compiled_equals_eager("cuda", images, 1e-4)
 
 
 @pytest.mark.cuda
 @cuda
-def test_a_nan_member_is_isolated_on_cuda(digits):
+def test_a_nan_member_is_isolated_on_cuda(images):
     configs = [quick(seed=0, device="cuda"), quick(seed=1, beta_max=math.inf, max_skipped_steps=5, device="cuda")]
     rows: list[dict] = []
-    pop = Population(configs, callback=lambda p, r: rows.extend(r), data=digits)
+    pop = Population(configs, callback=lambda p, r: rows.extend(r), data=images)
     final = pop.fit()
     assert final[0]["is_final"] and final[0]["failure"] is None and math.isfinite(final[0]["elbo"])
     assert final[1]["failure"].startswith("TrainingStalled: 5 consecutive steps")
-    alone = Population(configs[1:], data=digits)
+    alone = Population(configs[1:], data=images)
     assert torch.equal(pop.model.flat[1], alone.model.flat[0])  # frozen where it started
