@@ -304,8 +304,8 @@ class Population:
             params = self.model.flat[part].detach().requires_grad_()
             loss = training_loss(self.model, x[part], self._rho_t[part], noise, beta[part], self._free_bits_t[part],
                                  params)
-            (grad,) = torch.autograd.grad(loss.per_member.sum(), params)  # a sum: each member's gradient is its own
-            self.optimizer.grad[part].copy_(grad)
+            loss.per_member.sum().backward()  # a sum: each member's gradient is its own
+            self.optimizer.grad[part].copy_(params.grad)
             parts.append(loss.per_member.detach())
         per_member = torch.cat(parts) if len(parts) > 1 else parts[0]
         active = self._failed_step_t == 0
