@@ -76,6 +76,11 @@ class Config:
     eval_split: str = "validation"
     eval_max_examples: int | None = None  # cap on evaluation images (None = the whole split)
     grad_var_draws: int = 0  # noise draws for the first-encoder-layer gradient variance (0 = off)
+    # checkpoints (written by whoever runs the trainer, e.g. the sweep trainable): after this many steps or minutes
+    # of training, whichever comes first, and with the final evaluation; both None = with every evaluation on a
+    # CPU, every 10 minutes on a GPU (where a population's checkpoint can be gigabytes)
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = None
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -119,7 +124,7 @@ class Config:
         """Stable hash of everything but the seed and bookkeeping: equal hash = same configuration."""
         d = self.to_dict()
         for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset", "tf32",
-                    "failure_check_steps"):
+                    "failure_check_steps", "checkpoint_every_steps", "checkpoint_every_minutes"):
             d.pop(key)
         # Unset data options leave the hash as it was before these fields existed (old sweeps keep their hashes).
         for key, unset in (("validation_size", None), ("binarization", "auto")):
@@ -208,6 +213,10 @@ def _validate(c: Config) -> None:
     _check(c.grad_var_draws >= 0, f"grad_var_draws must be >= 0, got {c.grad_var_draws}")
     _check(c.device in DEVICES, f"device must be one of {DEVICES}, got {c.device!r}")
     _check(c.num_threads is None or c.num_threads >= 1, f"num_threads must be >= 1 or None, got {c.num_threads}")
+    _check(c.checkpoint_every_steps is None or c.checkpoint_every_steps >= 1,
+           f"checkpoint_every_steps must be >= 1 or None, got {c.checkpoint_every_steps}")
+    _check(c.checkpoint_every_minutes is None or c.checkpoint_every_minutes > 0,
+           f"checkpoint_every_minutes must be > 0 or None, got {c.checkpoint_every_minutes}")
     _check(c.failure_check_steps >= 1, f"failure_check_steps must be >= 1, got {c.failure_check_steps}")
     _check(c.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {c.max_skipped_steps}")
 

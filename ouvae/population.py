@@ -54,6 +54,9 @@ Callback = Callable[["Population", list[dict[str, Any]]], None]
 # Members per forward/backward pass on a CPU: larger chunks leave the caches, and per-member speed falls (measured
 # with benchmarks/population_bench.py: BENCHMARKS.md, "Populations"). A GPU takes the whole population at once.
 CPU_MEMBER_CHUNK = 8
+# Checkpoint cadence on a GPU when the config sets none (Config.checkpoint_every_*): a population's checkpoint is
+# large (~620 MB at M = 64 for the 4x40 MLP), and a GPU evaluates every few seconds.
+GPU_CHECKPOINT_MINUTES = 10.0
 
 
 def compile_step(step: Callable, device: torch.device, state: Sequence[torch.Tensor]) -> Callable:
@@ -178,15 +181,18 @@ class Population:
 
     ``callback(population, rows)`` runs after each evaluation with one metrics dict per member that is still
     training -- plus, once, the last row of a member that failed since the previous evaluation (its ``failure``
-    says why). ``fit()`` runs to the budget; a population restored with ``from_checkpoint`` continues exactly.
+    says why). ``on_checkpoint(population)``, if given, runs when a checkpoint is due (``checkpoint_due``; at an
+    evaluation before its callback, so that a reported final step always has its checkpoint). ``fit()`` runs to
+    the budget; a population restored with ``from_checkpoint`` continues exactly.
     """
 
     def __init__(self, configs: Sequence[Config], callback: Callback | None = None,
-                 data: DatasetSplits | None = None, *, chunk: int | None = None):
+                 data: DatasetSplits | None = None, *, chunk: int | None = None,
+                 on_checkpoint: Callable[["Population"], None] | None = None):
         check_population(configs)
         self.members = [Member(c) for c in configs]
         self.cfg = cfg = configs[0]  # the shared settings (member fields: see self.members)
-        self.callback = callback
+        self.callback, self.on_checkpoint = callback, on_checkpoint
         self.device = pick_device(cfg.device)
         # The data seed is fixed: every member and every run is scored on the same images.
         self.data = data if data is not None else load_config_dataset(cfg)
@@ -206,6 +212,7 @@ class Population:
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.batches_per_epoch
         self.step = 0
         self.train_seconds = 0.0  # optimizer steps only: time per epoch compares methods, not evaluation
+        self._last_checkpoint = (0, time.monotonic())  # (step, clock) of the newest checkpoint (or the start)
         self.eval_seconds = 0.0
         self.rho = [c.rho for c in configs]
         self.rho_eval = [c.effective_rho_eval for c in configs]
@@ -260,6 +267,8 @@ class Population:
                 self.train_seconds += time.perf_counter() - t0
                 self.evaluate_and_report(is_final=final)
                 t0 = time.perf_counter()
+            elif self.on_checkpoint is not None and self.checkpoint_due(at_evaluation=False):
+                self._checkpoint()
         if any(m.active and not m.finished for m in self.members):
             self.evaluate_and_report(is_final=True)  # resumed after the last step
         if not any(m.active for m in self.members):
@@ -376,11 +385,28 @@ class Population:
             mem.history.append(row)
             mem.failure_reported = not mem.active
             rows.append(row)
+        if self.on_checkpoint is not None and (self.done or self.checkpoint_due(at_evaluation=True)):
+            self._checkpoint()
         if self.callback is not None and rows:
             self.callback(self, rows)
         return rows
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
+    def checkpoint_due(self, at_evaluation: bool) -> bool:
+        """Whether the config's checkpoint cadence asks for one now (host clock and step only: no device read)."""
+        steps, minutes = self.cfg.checkpoint_every_steps, self.cfg.checkpoint_every_minutes
+        if steps is None and minutes is None:
+            if self.device.type == "cpu":
+                return at_evaluation
+            minutes = GPU_CHECKPOINT_MINUTES
+        last_step, last_clock = self._last_checkpoint
+        return (steps is not None and self.step - last_step >= steps) or \
+            (minutes is not None and time.monotonic() - last_clock >= 60 * minutes)
+
+    def _checkpoint(self) -> None:
+        self.on_checkpoint(self)
+        self._last_checkpoint = (self.step, time.monotonic())
+
     def _state(self, members: Sequence[int], rng: torch.Tensor) -> dict[str, Any]:
         idx = torch.tensor(list(members), device=self.device)
         rows = lambda t: t.detach()[idx].cpu()  # noqa: E731 - indexing copies: only these members leave the device
@@ -418,6 +444,7 @@ class Population:
     @classmethod
     def from_checkpoint(cls, directory: str | Path, callback: Callback | None = None,
                         data: DatasetSplits | None = None, *, chunk: int | None = None,
+                        on_checkpoint: Callable[["Population"], None] | None = None,
                         **overrides: Any) -> "Population":
         """Rebuild a population from `directory`/checkpoint.pt; `overrides` apply to every member (e.g. a larger
         budget, or the runtime settings device, data_dir, num_threads); `chunk` as for the constructor."""
@@ -427,7 +454,7 @@ class Population:
             configs = [Config.from_dict(json.loads(text)).replace(**overrides) for text in state["configs"]]
         except ConfigError as e:
             raise CheckpointFormatError(f"{path}: its configuration is not valid here ({e})") from None
-        pop = cls(configs, callback=callback, data=data, chunk=chunk)
+        pop = cls(configs, callback=callback, data=data, chunk=chunk, on_checkpoint=on_checkpoint)
         if json.loads(state["layout"]) != pop.model.layout.describe() or \
                 tuple(state["params"].shape) != tuple(pop.model.flat.shape):
             raise CheckpointFormatError(f"{path}: its parameters do not fit the model its configuration describes "
@@ -436,6 +463,7 @@ class Population:
             pop.model.flat.copy_(state["params"])
         pop.optimizer.load_state_dict(state["optimizer"])
         pop.step = int(state["step"])
+        pop._last_checkpoint = (pop.step, time.monotonic())
         pop.train_seconds, pop.eval_seconds = float(state["train_seconds"]), float(state["eval_seconds"])
         for mem, text in zip(pop.members, state["members"]):
             mem.restore(text)

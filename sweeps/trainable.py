@@ -11,16 +11,19 @@ Contract with the rest of `sweeps`:
   override); unknown keys fail the trial with ConfigError before any training. A population trial also has
   ``population``: the overrides its members share (e.g. ``latent_dims``) and ``members``, one dict of overrides
   per member (``rho``, ``seed``, ...); ouvae/population.py trains them as one model;
-* every evaluation is checkpointed (``sweeps/checkpoints.py``: the population's checkpoint -- configs,
-  parameters, optimizer, step, RNG state, every member's history -- in the trial's folder on the sweep's storage)
-  and then reported with ``ray.tune.report``: for a run alone one results-table row minus the identity columns
+* the trial checkpoints at the config's cadence (``checkpoint_every_steps`` / ``_minutes``; by default with every
+  evaluation on a CPU, every 10 minutes on a GPU) and always with its final evaluation, before reporting it
+  (``sweeps/checkpoints.py``: the population's checkpoint -- configs, parameters, optimizer, step, RNG state,
+  every member's history -- in the trial's folder on the sweep's storage). Every evaluation is reported with
+  ``ray.tune.report``: for a run alone one results-table row minus the identity columns
   that the driver-side ``ParquetSink`` adds; for a population ``{"members": [row, ...]}`` with one row per member
   still training (and, once, the last row of a member that failed, with its ``failure``). Both carry two
   Tune-only fields, ``evaluation`` (1, 2, ... : ASHA's clock) and ``restored_from_step`` (0 for a run from scratch);
 * a run of the trial -- the first, a retry after a failure (``FailureConfig``) or a restart by ``--resume`` --
   continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
   re-reports every evaluation up to that checkpoint (the members' histories; the driver may have died before
-  recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
+  recording some; the sink upserts the same rows). Evaluations reported after that checkpoint are computed and
+  reported again, with the same values (training is deterministic), and upserted alike. The checkpoints are the trainable's, not Tune's: see
   sweeps/checkpoints.py for why.
 
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
@@ -142,15 +145,14 @@ def _train(config: dict[str, Any]) -> None:
     store = TrialCheckpoints.of_current_trial()
     restored_from = 0
 
-    def checkpoint_and_report(population: Population, rows: list[dict[str, Any]]) -> None:
-        store.save(population)  # before the report: a reported step always has its checkpoint
+    def send(population: Population, rows: list[dict[str, Any]]) -> None:
         report(population, rows, as_population=as_population, restored_from=restored_from)
 
     # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
-    population = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
+    population = store.load_newest(callback=send, on_checkpoint=store.save, data=data, device=cfg.device,
                                    num_threads=cfg.num_threads, data_dir=cfg.data_dir)
     if population is None:
-        population = Population(configs, callback=checkpoint_and_report, data=data)
+        population = Population(configs, callback=send, data=data, on_checkpoint=store.save)
     elif population.step:
         restored_from = population.step
         # Re-send every evaluation so far: after a driver crash (or a worker outliving it) some reports may never

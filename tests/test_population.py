@@ -180,3 +180,16 @@ def test_trainers_touch_no_global_state_so_two_in_one_process_do_not_disturb_eac
     a.population.evaluate_and_report(is_final=True)
     assert a.history[-1]["elbo"] == a_alone["elbo"]
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
+
+
+def test_checkpoints_follow_their_own_cadence_and_always_come_with_the_final_evaluation(digits):
+    saved: list[int] = []
+    reported: list[int] = []
+    cfg = quick(steps=24, eval_every=1000, checkpoint_every_steps=7)
+    Population([cfg], callback=lambda p, r: reported.append(p.step), data=digits,
+               on_checkpoint=lambda p: saved.append(p.step)).fit()
+    assert saved == [7, 14, 21, 24] and reported == [24]  # independent of evaluations; the last one before its report
+    saved.clear()
+    every_eval = quick(steps=12, n_train=200, eval_every=1)  # 2 batches per epoch: an evaluation every 2 steps
+    Population([every_eval], data=digits, on_checkpoint=lambda p: saved.append(p.step)).fit()
+    assert saved == [2, 4, 6, 8, 10, 12]  # the default on a CPU: with every evaluation
