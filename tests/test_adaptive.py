@@ -320,6 +320,22 @@ def test_next_proposals_hand_out_one_groups_rounds_as_populations():
     assert pol.pending(first[0].group) == 4
 
 
+def test_a_round_fills_a_population_with_several_rho_values_each_with_every_seed():
+    pol = RefinePolicy([{"latent_dims": [10]}], rho_range=(0.8, 1.0), seeds=[0, 1, 2], coarse_points=5,
+                       min_spacing=0.005, rho_per_round=4, max_trials_per_group=100)
+    coarse = pol.next_proposals(15)
+    for p in coarse:  # a transition between 0.9 and 0.95
+        pol.record(p.group, p.rho, p.seed, 10 if p.rho <= 0.9 + 1e-9 else 0)
+    round_ = pol.next_proposals(64)
+    rhos = sorted({p.rho for p in round_})
+    assert len(round_) == 12 and len(rhos) == 4 and {p.rho for p in coarse}.isdisjoint(rhos)
+    assert all(sorted(p.seed for p in round_ if p.rho == r) == [0, 1, 2] for r in rhos)  # balanced over seeds
+    assert rhos[-1] - rhos[0] >= 3 * 0.005  # spread over the interval, not one rho and its neighbours only
+    groups = [{"latent_dims": [10]}]
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=64).policy.rho_per_round == 12
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=4).policy.rho_per_round == 1
+
+
 def test_searcher_trains_each_round_as_one_population_through_a_real_tuner(ray_session, tmp_path):
     """--population with the adaptive searcher: a trial proposes several runs of one latent configuration; the
     searcher records every member's result, a failing member is counted and left out, and rho_c is found as with
