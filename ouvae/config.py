@@ -227,13 +227,18 @@ def _derive(parent: Config, name: str, **overrides: Any) -> Config:
 
 _BASE = Config()
 PRESETS: dict[str, Config] = {}
+# The paper presets evaluate L_100 every 5 epochs on the first 2,000 validation images: on the whole split every
+# epoch, evaluation took ~75% of a trial's time (benchmarks/eval_cost.py, BENCHMARKS.md "Evaluation cost"); for
+# the full split pass --set eval_max_examples=none.
+_PAPER_EVAL = dict(eval_every=5, eval_max_examples=2000)
 # Appendix Tables 6 and 8: 4 stochastic layers of 40 units, each map two deterministic layers of 200 units.
-PRESETS["paper-mlp-4x40"] = _derive(_BASE, "paper-mlp-4x40", dataset="mnist", latent_dims=(40, 40, 40, 40))
+PRESETS["paper-mlp-4x40"] = _derive(_BASE, "paper-mlp-4x40", dataset="mnist", latent_dims=(40, 40, 40, 40),
+                                    **_PAPER_EVAL)
 # Appendix Table 7: one stochastic layer of 64 units.
 PRESETS["paper-mlp-1x64"] = _derive(PRESETS["paper-mlp-4x40"], "paper-mlp-1x64", latent_dims=(64,))
 # Appendix Table 5: convolutional L=2 model on static MNIST (L=4: override latent_dims).
 PRESETS["paper-conv"] = _derive(_BASE, "paper-conv", dataset="static_mnist", architecture="conv",
-                                latent_dims=(32, 32), hidden_units=64, activation="elu")
+                                latent_dims=(32, 32), hidden_units=64, activation="elu", **_PAPER_EVAL)
 # Appendix Table 10: 4-layer conv model on CIFAR-10, batch 64 for memory.
 PRESETS["paper-conv-cifar"] = _derive(PRESETS["paper-conv"], "paper-conv-cifar", dataset="cifar10",
                                       latent_dims=(64, 64, 64, 64), batch_size=64)
