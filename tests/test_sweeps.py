@@ -22,7 +22,7 @@ import pytest
 import faults
 from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
-from sweeps import critical_rho, failures, results
+from sweeps import critical_rho, failures, results, table
 from sweeps.layout import SPEC_FILE
 from sweeps.ray_compat import DRIVER_ENV
 from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
@@ -147,6 +147,29 @@ def test_sink_upserts_by_step_atomically_and_keeps_the_schema(tmp_path):
     assert read_table(root, "s1")["step"].to_list() == [2, 4, 6]
     with pytest.raises(ValueError, match="no 'step'"):
         again.add_result("t2", {"elbo": 1.0})
+
+
+def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(tmp_path):
+    """A trial's file is rewritten whole: reports within flush_every_s of its last write wait in the cache; its
+    final result, its end and the experiment's end write it."""
+    import types
+
+    root = tmp_path / "parquet"
+    sink = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600)
+    steps = lambda tid: sorted(r["step"] for r in table.read_trial_rows(str(root), "s1", tid))  # noqa: E731
+    a, b = types.SimpleNamespace(trial_id="a"), types.SimpleNamespace(trial_id="b")
+    sink.on_trial_result(0, [], a, _result(2))
+    sink.on_trial_result(0, [], a, _result(4))
+    assert steps("a") == [2]  # the first report is written at once, the next waits
+    sink.on_trial_result(0, [], a, _result(6, is_final=True))
+    assert steps("a") == [2, 4, 6]
+    sink.on_trial_result(0, [], b, _result(2))
+    sink.on_trial_result(0, [], b, _result(4))
+    sink.on_trial_error(0, [], b)  # an erroring trial's rows so far are kept
+    assert steps("b") == [2, 4]
+    sink.flush_every_s = 0.0
+    sink.on_trial_result(0, [], b, _result(6))
+    assert steps("b") == [2, 4, 6]
 
 
 def test_sink_moves_files_of_trials_unknown_after_a_restore(tmp_path):
