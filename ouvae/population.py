@@ -40,8 +40,7 @@ from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .layers import member_slices
 from .metrics import evaluate, gradient_variance
-from .model import HierarchicalVAE
-from .model import Noise
+from .model import HierarchicalVAE, Noise
 from .objectives import MemberSchedules, rows_for, training_loss
 from .optim import MemberAdam
 from .smoothing import is_identity
@@ -212,8 +211,8 @@ class Population:
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.batches_per_epoch
         self.step = 0
         self.train_seconds = 0.0  # optimizer steps only: time per epoch compares methods, not evaluation
-        self._last_checkpoint = (0, time.monotonic())  # (step, clock) of the newest checkpoint (or the start)
         self.eval_seconds = 0.0
+        self._last_checkpoint = (0, time.monotonic())  # (step, clock) of the newest checkpoint (or the start)
         self.rho = [c.rho for c in configs]
         self.rho_eval = [c.effective_rho_eval for c in configs]
         as_tensor = lambda v, dtype=torch.float32: torch.tensor(v, dtype=dtype, device=self.device)  # noqa: E731
