@@ -114,7 +114,8 @@ def summary(stages: list[dict], out: Path, device: str, quick: bool) -> str:
     trainer = read_json(out / "trainer.json")
     if isinstance(trainer, list):
         lines += ["", "## Trainer (time and memory per method)", "",
-                  "| model | method | s/epoch | time ratio | peak memory MB | memory ratio |", "|---|---|---|---|---|---|"]
+                  "| model | method | s/epoch | time ratio | peak memory MB | memory ratio |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['method']} | {r['time_per_epoch_s']:.1f} | {r['time_ratio']:.2f} | "
                   f"{r['peak_memory_bytes'] / 2**20:.0f} | {r['memory_ratio']:.2f} |" for r in trainer]
     return "\n".join(lines) + "\n"

@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the size {runs} failed")
         rows.append(json.loads(found[-1][4:]))
         r = rows[-1]
-        print(f"{r['runs']:>6} runs, {r['trials']:>4} trials ({r['concurrent']} at once, {r['wall_s']:.0f} s with Ray's "
-              f"start-up): {r['reports']} reports in {r['reports_window_s']:.0f} s = {r['reports_per_s']:.2f}/s; driver {r['driver_cpu_s_per_report'] * 1e3:.0f} ms "
-              f"CPU per report, {r['driver_rss_mb']:.0f} MB RSS; {r['table_writes']} table writes {r['table_write_s']:.1f} s",
-              flush=True)
+        print(f"{r['runs']:>6} runs, {r['trials']:>4} trials ({r['concurrent']} at once, {r['wall_s']:.0f} s with "
+              f"Ray's start-up): {r['reports']} reports in {r['reports_window_s']:.0f} s = {r['reports_per_s']:.2f}/s; "
+              f"driver {r['driver_cpu_s_per_report'] * 1e3:.0f} ms CPU per report, {r['driver_rss_mb']:.0f} MB RSS; "
+              f"{r['table_writes']} table writes {r['table_write_s']:.1f} s", flush=True)
         Path(args.out).write_text(json.dumps({"rows": rows}, indent=2))
     if len(rows) > 1:
         print(f"reports/s at {rows[-1]['runs']} runs vs {rows[0]['runs']}: "

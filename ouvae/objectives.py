@@ -49,7 +49,7 @@ def beta_at(cfg: Config, epoch: float) -> float:
 class MemberSchedules:
     """Every member's beta schedule as (M,) float64 tensors on the device, so that a training step computes beta
     from the device's step counter without the host (beta_at's arithmetic, op for op, in float64: the float32
-    result equals ``beta_at`` for every schedule, tests/test_model.py)."""
+    result equals ``beta_at`` for every schedule, tests/test_step.py)."""
 
     def __init__(self, configs: Sequence[Config], device: torch.device):
         def column(values) -> torch.Tensor:  # noqa: ANN001
@@ -62,7 +62,8 @@ class MemberSchedules:
         self.rise = column(c.anneal_epochs * c.cycle_ratio for c in configs)
         self.steep = column(c.sigmoid_steepness for c in configs)
         # the sigmoid's end points, from math.exp on the host exactly as beta_at computes them
-        ends = [(1 / (1 + math.exp(s / 2)), 1 / (1 + math.exp(-s / 2))) for s in (c.sigmoid_steepness for c in configs)]
+        ends = [(1 / (1 + math.exp(c.sigmoid_steepness / 2)), 1 / (1 + math.exp(-c.sigmoid_steepness / 2)))
+                for c in configs]
         self.sig_a, self.sig_b = column(a for a, _ in ends), column(b for _, b in ends)
 
     def beta(self, epoch: torch.Tensor) -> torch.Tensor:

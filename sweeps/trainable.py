@@ -23,8 +23,8 @@ Contract with the rest of `sweeps`:
   continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
   re-reports every evaluation up to that checkpoint (the members' histories; the driver may have died before
   recording some; the sink upserts the same rows). Evaluations reported after that checkpoint are computed and
-  reported again, with the same values (training is deterministic), and upserted alike. The checkpoints are the trainable's, not Tune's: see
-  sweeps/checkpoints.py for why.
+  reported again, with the same values (training is deterministic), and upserted alike. The checkpoints are the
+  trainable's, not Tune's: see sweeps/checkpoints.py for why.
 
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
