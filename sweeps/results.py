@@ -10,10 +10,12 @@ that snapshot is created again under a new id, so its old file would double-coun
 first loop step after a restore the sink moves files whose trial id Tune does not know to ``<root>.superseded/``
 (kept, never deleted) before any new row is written.
 
-Why writes are coalesced (``flush_every_s``): a trial's file is rewritten whole, so writing it on every report costs
-O(evaluations^2 x members) per trial -- a population of 64 evaluated hundreds of times on a GPU would rewrite tens
-of thousands of rows per report. Between flushes the rows wait in the sink's cache; a trial's final result, its
-end (complete or error) and the end of the experiment always flush. Rows cached when the driver dies are not lost:
+Why large files' writes are coalesced (``flush_every_s``, ``coalesce_rows``): a trial's file is rewritten whole, so
+writing it on every report costs O(evaluations^2 x members) per trial -- a population of 64 evaluated hundreds of
+times on a GPU would rewrite tens of thousands of rows per report. Once a trial has ``coalesce_rows`` rows, its
+reports within ``flush_every_s`` of its last write wait in the sink's cache (smaller files are written at every
+report, so a table watched live stays current); a trial's final result, its end (complete or error) and the end
+of the experiment always flush. Rows cached when the driver dies are not lost:
 a trial that runs again re-sends its history from its checkpoint and recomputes the evaluations after it
 (sweeps/trainable.py), and the sink upserts them.
 
@@ -43,7 +45,7 @@ class ParquetSink(Callback):
     STATE_VERSION = 1
 
     def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False,
-                 flush_every_s: float = 30.0):
+                 flush_every_s: float = 30.0, coalesce_rows: int = 2000):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = absolute(root)
@@ -54,7 +56,7 @@ class ParquetSink(Callback):
         # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
         self.keep_finished_unknown = keep_finished_unknown
         self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
-        self.flush_every_s = flush_every_s
+        self.flush_every_s, self.coalesce_rows = flush_every_s, coalesce_rows
         self._written: dict[str, float] = {}  # Tune trial -> when this sink last wrote its file (monotonic clock)
         self._dirty: set[str] = set()  # Tune trials with cached rows not yet written
         self._reconciled = False
@@ -84,7 +86,8 @@ class ParquetSink(Callback):
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
             return
         tid = trial.trial_id
-        if result.get("is_final") or time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
+        if result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
+                time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
             self.add_result(tid, result)
         else:
             self._stage(tid, result)

@@ -168,12 +168,13 @@ def test_sink_upserts_by_step_atomically_and_keeps_the_schema(tmp_path):
 
 
 def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(tmp_path):
-    """A trial's file is rewritten whole: reports within flush_every_s of its last write wait in the cache; its
-    final result, its end and the experiment's end write it."""
+    """A trial's file is rewritten whole: once it has coalesce_rows rows, reports within flush_every_s of its last
+    write wait in the cache; its final result, its end and the experiment's end write it. Smaller files are
+    written at every report."""
     import types
 
     root = tmp_path / "parquet"
-    sink = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600)
+    sink = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600, coalesce_rows=1)
     steps = lambda tid: sorted(r["step"] for r in table.read_trial_rows(str(root), "s1", tid))  # noqa: E731
     a, b = types.SimpleNamespace(trial_id="a"), types.SimpleNamespace(trial_id="b")
     sink.on_trial_result(0, [], a, _result(2))
@@ -188,6 +189,11 @@ def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(
     sink.flush_every_s = 0.0
     sink.on_trial_result(0, [], b, _result(6))
     assert steps("b") == [2, 4, 6]
+    small = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600)  # default coalesce_rows
+    c = types.SimpleNamespace(trial_id="c")
+    for step in (2, 4):
+        small.on_trial_result(0, [], c, _result(step))
+    assert steps("c") == [2, 4]
 
 
 def test_sink_moves_files_of_trials_unknown_after_a_restore(tmp_path):
