@@ -18,8 +18,8 @@ hundreds of evaluations the last two are still a sizeable part of training apart
 * NOT_DECIDED: a fit or interval is missing at one of the two budgets (too few seeds, no transition yet, ...).
 * ONE_BUDGET: only one step is common to all runs.
 
-Runs of one configuration that ended at different steps in a ladder (``critical_rho.py --until-converged`` trains
-only the runs near the transition further) are fitted at the ladder's rung steps (``analyze(budget_steps=...)``,
+A ladder (``critical_rho.py --until-converged``, which trains only the runs near the transition further, so runs
+of one configuration end at different steps) is fitted at its rung steps (``analyze(budget_steps=...)``,
 ``python -m analysis --budget-steps``). At a budget each run contributes its latest evaluation at or before it: a
 run stopped earlier keeps its last state (the ladder stops only runs whose rho lies far from the transition).
 Where every run reached the step this is exactly the evaluation at that step. Without rung steps, runs of unequal
@@ -108,11 +108,10 @@ def thin(steps: list[int], max_budgets: int) -> list[int]:
 
 def budgets_of(runs: pl.DataFrame, rows: pl.DataFrame, max_budgets: int,
                budget_steps: list[int] | None) -> list[int]:
-    """The budgets a configuration is fitted at (see the module docstring): a ladder's rung steps where its runs
-    ended at different steps; else the steps every run reached."""
-    ends = runs["step"].unique().sort().to_list()
-    if len(ends) > 1 and budget_steps:
-        return thin(sorted(b for b in set(budget_steps) if ends[0] <= b <= ends[-1]), max_budgets)
+    """The budgets a configuration is fitted at (see the module docstring): a ladder's rung steps up to its last,
+    else the steps every run reached."""
+    if budget_steps:
+        return thin(sorted(b for b in set(budget_steps) if b <= runs["step"].max()), max_budgets)
     return common_steps(rows, runs.height, max_budgets)
 
 

@@ -10,6 +10,9 @@ that snapshot is created again under a new id, so its old file would double-coun
 first loop step after a restore the sink moves files whose trial id Tune does not know to ``<root>.superseded/``
 (kept, never deleted) before any new row is written.
 
+A ladder (sweeps/ladder.py) runs one Tune experiment per rung into the same table: a trial that continues a run
+writes into that run's file (``results_file_id``), and the files of earlier rungs (``earlier``) are never unknown.
+
 The callback's ``get_state`` / ``set_state`` carry the sweep id and the results root through Tune's snapshot, so a
 resumed sweep refuses to write into a different table.
 """
@@ -23,6 +26,7 @@ from ray.tune import Callback
 
 from sweeps.failures import not_retried_reason
 from sweeps.storage import absolute, is_remote
+from sweeps.trainable import results_file_id
 from sweeps.table import (list_trial_files, read_trial_rows, rows_from_result, staging_dir, supersede,
                           superseded_dir, write_trial_file)
 
@@ -33,7 +37,8 @@ class ParquetSink(Callback):
 
     STATE_VERSION = 1
 
-    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False):
+    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False,
+                 earlier: frozenset[str] = frozenset()):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = absolute(root)
@@ -43,6 +48,8 @@ class ParquetSink(Callback):
         # snapshot is then a valid result that Tune will not re-run (it samples a new trial instead), so its file
         # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
         self.keep_finished_unknown = keep_finished_unknown
+        # Files written by earlier Tune experiments of the same sweep (a ladder's earlier rungs): never unknown.
+        self.earlier = frozenset(earlier)
         self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
         self._reconciled = False
         self.superseded: list[str] = []
@@ -64,18 +71,18 @@ class ParquetSink(Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._reconciled:
-            self.reconcile({t.trial_id for t in trials})
+            self.reconcile({_file_id(t) for t in trials} | self.earlier)
             self._reconciled = True
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if not_retried_reason(result) is None:  # a failing trial's last word is not an evaluation
-            self.add_result(trial.trial_id, result)
+            self.add_result(_file_id(trial), result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._rows.pop(trial.trial_id, None)  # finished: free the cache (the file stays the truth)
+        self._rows.pop(_file_id(trial), None)  # finished: free the cache (the file stays the truth)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._rows.pop(trial.trial_id, None)
+        self._rows.pop(_file_id(trial), None)
 
     def get_state(self) -> dict[str, Any]:
         return {"version": self.STATE_VERSION, "root": self.root, "sweep_id": self.sweep_id,
@@ -113,6 +120,10 @@ class ParquetSink(Callback):
         for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
             rows[_key(row)] = row
         return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+
+
+def _file_id(trial: Any) -> str:
+    return results_file_id(trial.trial_id, trial.config or {})
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, int]:

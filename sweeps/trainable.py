@@ -45,10 +45,13 @@ from ouvae.data import DatasetSplits, load_config_dataset
 from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
 from ouvae.records import run_columns
-from sweeps.checkpoints import TrialCheckpoints
+from sweeps.checkpoints import CheckpointError, TrialCheckpoints
 from sweeps.failures import failure_result
 
 POPULATION_KEY = "population"
+# A ladder trial's population entry also holds ``ladder``: {"lineage": the run's results-file id (its first trial),
+# "continue_from": the folder of the checkpoints it continues from} (sweeps/ladder.py). Not a run setting.
+LADDER_KEY = "ladder"
 _DATA_CACHE: "OrderedDict[tuple, DatasetSplits]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
@@ -59,7 +62,19 @@ def run_specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     spec = dict(config)
     population = dict(spec.pop(POPULATION_KEY, None) or {})
     members = population.pop("members", None) or [{}]
+    population.pop(LADDER_KEY, None)
     return [{**spec, **population, **member} for member in members]
+
+
+def ladder_spec(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A ladder trial's ``lineage`` and ``continue_from`` (empty for any other trial)."""
+    return dict((config.get(POPULATION_KEY) or {}).get(LADDER_KEY) or {})
+
+
+def results_file_id(trial_id: str, config: Mapping[str, Any]) -> str:
+    """The id of the results file a trial's rows go to: its own, or for a ladder trial that continues a run, the
+    file of the run's first trial (so a run keeps one file and one run id across rungs)."""
+    return ladder_spec(config).get("lineage") or trial_id
 
 
 def configs_from_trial(config: Mapping[str, Any]) -> list[Config]:
@@ -146,9 +161,16 @@ def _train(config: dict[str, Any]) -> None:
         store.save(population)  # before the report: a reported step always has its checkpoint
         report(population, rows, as_population=as_population, restored_from=restored_from)
 
-    # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
-    population = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
-                                   num_threads=cfg.num_threads, data_dir=cfg.data_dir)
+    # Runtime-only fields and the budget follow the current trial config (e.g. restarted on a node with a GPU; a
+    # ladder's rung continuing a run to a larger budget: ouvae/population.py makes that the run trained in one go).
+    restore = dict(callback=checkpoint_and_report, data=data, device=cfg.device, num_threads=cfg.num_threads,
+                   data_dir=cfg.data_dir, epochs=cfg.epochs, steps=cfg.steps)
+    population = store.load_newest(**restore)
+    continue_from = ladder_spec(config).get("continue_from")
+    if population is None and continue_from:
+        population = TrialCheckpoints(store.fs, continue_from).load_newest(**restore)
+        if population is None:
+            raise CheckpointError(f"the ladder continues this run from {continue_from}, which holds no checkpoint")
     if population is None:
         population = Population(configs, callback=checkpoint_and_report, data=data)
     elif population.step:

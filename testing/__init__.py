@@ -1,0 +1,2 @@
+"""Test and benchmark helpers that are not part of the product (not installed with the wheel): run the tests and
+benchmarks from the repository root (pytest's ``pythonpath = ["."]``; ``PYTHONPATH=.`` for the benchmarks)."""
