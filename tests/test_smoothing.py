@@ -87,7 +87,7 @@ def test_all_copies_of_all_members_go_through_the_network_in_one_call():
 
     mu, std, eps = torch.zeros(3, 6, 4), torch.ones(3, 6, 4), torch.randn(3, 6, 4)
     eta = torch.randn(3, 5, 6, 4)
-    out = ou_smooth(f, GaussianSample(mu + std * eps, mu, std, eps), torch.tensor([0.5, 0.9, 1.0]), eta)
+    out = ou_smooth(f, mu + std * eps, mu, std, torch.tensor([0.5, 0.9, 1.0]), eta)
     assert calls == [torch.Size([3, 30, 4])]  # members x (K copies * 6 rows) x 4
     assert out.shape == (3, 6, 4)
 
@@ -100,9 +100,10 @@ def test_each_member_is_smoothed_at_its_own_rho_and_rho_one_members_are_untouche
     sample = GaussianSample(mu + std * eps, mu, std, eps)
     eta = torch.randn(3, 4, 50, 2)
     rho = torch.tensor([0.6, 1.0, 0.3])
-    out = ou_smooth(f, sample, rho, eta, identity=rho >= 1.0)
+    out = ou_smooth(f, sample.z, sample.mu, sample.std, rho, eta, identity=rho >= 1.0)
     assert torch.equal(out[1], f(sample.z[1]))  # exactly f(z), not an average of K equal values
     for m in (0, 2):  # each member alone, with its own rho and noise, gives the same numbers
         alone = GaussianSample(*(t[m:m + 1] for t in sample))
-        assert torch.allclose(out[m], ou_smooth(f, alone, rho[m:m + 1], eta[m:m + 1])[0], atol=1e-6)
+        assert torch.allclose(out[m], ou_smooth(f, alone.z, alone.mu, alone.std, rho[m:m + 1], eta[m:m + 1])[0],
+                              atol=1e-6)
     assert not torch.allclose(out[0], f(sample.z[0]))
