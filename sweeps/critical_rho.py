@@ -223,9 +223,6 @@ def plan_ladder(args: argparse.Namespace, plan: Plan) -> tuple[str, list[int]]:
         if given:
             raise SweepError(f"--{given[0].replace('_', '-')} is the ladder's largest budget: add --until-converged")
         return "", []
-    if args.mode == "adaptive":
-        raise SweepError("--until-converged trains a grid in rungs (--grid options); --adaptive is not supported "
-                         "with it yet")
     if len(given) != 1:
         raise SweepError("--until-converged needs the largest budget: --max-epochs N (or --max-steps N with --steps)")
     unit = "steps" if given[0] == "max_steps" else "epochs"
@@ -235,6 +232,13 @@ def plan_ladder(args: argparse.Namespace, plan: Plan) -> tuple[str, list[int]]:
     if unit == "steps" and plan.base.steps is None:
         raise SweepError("--max-steps needs the first rung in steps: add --steps N")
     return unit, rung_budgets(first, getattr(args, given[0]), args.rung_factor, cadence_of(plan.base, unit), unit)
+
+
+def ladder_spacing(args: argparse.Namespace) -> float | None:
+    """--until-converged --adaptive: the finest spacing of rho values the ladder adds (sweeps/ladder.py)."""
+    if args.mode != "adaptive":
+        return None
+    return args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing
 
 
 def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
@@ -248,8 +252,10 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         resume.prepare_new(paths, name)
     print(describe_plan(args, name, plan))
     if budgets:
-        print(f"  until converged: rungs of {', '.join(map(str, budgets))} {unit}; runs continue: "
-              f"{args.continue_policy}")
+        added = (f"; rho values added where rho_c moves (spacing >= {ladder_spacing(args):g})"
+                 if ladder_spacing(args) else "")
+        print(f"  until converged: rungs of {', '.join(map(str, budgets))} {unit} on a grid of "
+              f"{len(plan.grid.rhos)} rho values; runs continue: {args.continue_policy}{added}")
 
     resources = connect.start(args, SCRIPT, name, paths, t_start)
 
@@ -266,7 +272,8 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
 
         ladder = Ladder(args, name, paths, plan.grid, {k: v for k, v in plan.param_space.items()
                                                       if k not in ("latent_dims", "rho", "seed", POPULATION_KEY)},
-                        unit, budgets, args.continue_policy, plan.population, trainable, rung_callbacks,
+                        unit, budgets, args.continue_policy, plan.population, ladder_spacing(args), trainable,
+                        rung_callbacks,
                         lambda n: connect.concurrent_trials(args, resources, n))
         return summarize_ladder(ladder.run(), ladder, t_start)
 
@@ -293,7 +300,7 @@ def tune_config(args: argparse.Namespace, plan: Plan):
 # ----- wording ----------------------------------------------------------------------------------------------------
 def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
     base, grid = plan.base, plan.grid
-    if plan.searcher is None:
+    if plan.searcher is None or args.until_converged:  # a ladder trains a grid (and may add rho values to it)
         what = grid.describe()
     else:
         latents = ", ".join(format_latent_dims(dims) for dims in grid.latents)

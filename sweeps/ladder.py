@@ -40,6 +40,12 @@ ladder trains populations of one rho each (its seeds), so continuing is chosen p
 * every other run keeps its last state in the fit (``analysis/budget.py``: its latest evaluation): far from the
   transition the top layer is all active or all collapsed, and more training does not move it across;
 * when rho_c or its interval is not determined, every run of the configuration continues.
+
+With ``--adaptive`` the ladder also adds rho values where the transition moved: when rho_c lies in a gap of the
+sampled rho values wider than twice ``--rho-spacing``, one new rho at the gap's middle (on the spacing's lattice),
+with every seed, is trained from scratch to the next rung's budget -- which is the run trained to it in one go. Why
+one rho with every seed: the seed bootstrap and the pooled fit behave best on a balanced design (sweeps/refine.py);
+why in the gap around rho_c: a point there narrows the interval the next verdict compares.
 """
 
 from __future__ import annotations
@@ -117,6 +123,19 @@ def rhos_to_continue(rhos: list[float], window: tuple[float, float] | None) -> l
     inside = [r for r in rhos if lo <= r <= hi]
     below, above = [r for r in rhos if r < lo], [r for r in rhos if r > hi]
     return sorted(inside + below[-1:] + above[:1])
+
+
+def rho_to_add(rhos: list[float], fit: TransitionFit, spacing: float) -> float | None:
+    """--adaptive: the middle of the gap of sampled rho values that holds rho_c, on the spacing's lattice, when that
+    gap is wider than twice the spacing (see the module docstring); None otherwise."""
+    if fit.status != STATUS_OK or fit.rho_c is None:
+        return None
+    levels = sorted(set(rhos))
+    for a, b in zip(levels, levels[1:]):
+        if a <= fit.rho_c <= b and b - a > 2 * spacing + 1e-9:
+            middle = round(round((a + b) / 2 / spacing) * spacing, 6)
+            return middle if a < middle < b else None
+    return None
 
 
 # ----- the ladder's state ----------------------------------------------------------------------------------------
@@ -214,6 +233,7 @@ class Ladder:
     budgets: list[int]
     policy: str
     population: int
+    spacing: float | None  # --adaptive: the finest rho spacing of added values; None adds none
     trainable: Callable[[dict[str, Any]], None]
     callbacks: Callable[[int, frozenset[str]], list[Any]]  # (runs, files of earlier rungs) -> a rung's callbacks
     first_round: Callable[[int], int]  # trials of a rung -> how many start at once
@@ -332,9 +352,15 @@ class Ladder:
         rhos = [m["rho"] for v in mine.values() for m in v["members"]]
         window = None if self.policy == "all" else continue_window(series.fits[-1], series.shift)
         keep = set(rhos_to_continue(rhos, window))
-        return [{"latent_dims": v["latent_dims"], "members": v["members"], "lineage": lid,
-                 "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
-                for lid, v in mine.items() if any(m["rho"] in keep for m in v["members"])]
+        trials = [{"latent_dims": v["latent_dims"], "members": v["members"], "lineage": lid,
+                   "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
+                  for lid, v in mine.items() if any(m["rho"] in keep for m in v["members"])]
+        new = None if self.spacing is None else rho_to_add(rhos, series.fits[-1], self.spacing)
+        if new is not None:
+            configs = [self.grid.config_for(dims, new, s) for s in self.grid.seeds]
+            trials += [{"latent_dims": list(dims), "members": [{"rho": c.rho, "seed": c.seed} for c in group]}
+                       for group in group_into_populations(configs, self.population)]
+        return trials
 
 
 def summary_lines(state: LadderState, grid: CriticalGrid, unit: str, elapsed_s: float) -> list[str]:

@@ -25,7 +25,7 @@ import pytest
 from analysis.transition import STATUS_OK, TransitionFit
 from sweeps import critical_rho
 from sweeps.cli import SweepError
-from sweeps.ladder import TOLERANCE, continue_window, rhos_to_continue, rung_budgets
+from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
 from sweeps.layout import LADDER_FILE
 from testing.ladder_synthetic import converged_rung, drifting_trainable
 
@@ -87,10 +87,17 @@ def test_the_window_follows_the_drift_and_keeps_a_neighbour_on_each_side():
     assert rhos_to_continue(rhos, None) == rhos
 
 
+def test_adaptive_adds_the_middle_of_the_gap_that_holds_rho_c():
+    rhos = [0.80, 0.84, 0.88, 0.92]
+    assert rho_to_add(rhos, fit(0.851, 0.845, 0.857), 0.005) == 0.86
+    assert rho_to_add(rhos, fit(0.851, 0.845, 0.857), 0.02) is None  # the gap is not wider than twice the spacing
+    assert rho_to_add([0.80, 0.81], fit(0.805, 0.80, 0.81), 0.005) is None
+    assert rho_to_add(rhos, fit(0.95, 0.94, 0.96), 0.005) is None  # beyond the sampled range: nothing to split
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--max-epochs", "60"], "--max-epochs is the ladder's largest budget: add --until-converged"),
     (["--until-converged"], "--until-converged needs the largest budget"),
-    (["--until-converged", "--adaptive", "--max-epochs", "60"], "--adaptive is not supported"),
     (["--until-converged", "--epochs", "20", "--max-epochs", "60"], "not on the evaluation cadence (every 15"),
     (["--until-converged", "--steps", "50", "--max-epochs", "60"], "--max-epochs with a budget in steps"),
     (["--until-converged", "--max-steps", "60"], "--max-steps needs the first rung in steps"),
@@ -167,6 +174,27 @@ def test_ladder_stops_each_configuration_at_the_right_rung_and_continues_the_run
     per_run = reached.group_by("latent_dims").agg(pl.col("step").sum())
     spent = {label: sum(r["member_steps"] for r in e["rungs"]) for label, e in state["configs"].items()}
     assert spent == dict(zip(per_run["latent_dims"], per_run["step"]))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_adaptive_ladder_adds_rho_values_where_the_transition_moved_and_trains_them_from_scratch(
+        ray_session, tmp_path, capsys, quiet_env):
+    argv = [a for a in SYNTHETIC if a not in ("--grid", "20", *RHOS) and a != "--rhos"]
+    argv[argv.index("--max-epochs") + 1] = "80"
+    assert critical_rho.main([*argv, "--adaptive", "--rho-min", "0.78", "--rho-max", "0.98", "--rho-spacing",
+                              "0.005", "--storage", str(tmp_path), "--name", "add", "--no-report"],
+                             trainable=drifting_trainable) == 0
+    assert "rho values added where rho_c moves (spacing >= 0.005)" in capsys.readouterr().out
+    state = json.loads((tmp_path / "ray" / "add" / LADDER_FILE).read_text())
+    df = ladder_table(tmp_path, "add")
+    check_rows_exactly_once(df, state)
+    grid = {0.78, 0.82, 0.86, 0.9, 0.94, 0.98}
+    first = df.group_by("rho").agg(pl.col("step").min())
+    added = first.filter(~pl.col("rho").is_in(list(grid)))
+    assert added.height >= 1, "no rho value was added"
+    assert set(first.filter(pl.col("rho").is_in(list(grid)))["rho"]) == grid
+    assert added["step"].to_list() == [10] * added.height  # from scratch: every evaluation from the first
 
 
 @pytest.mark.ray
