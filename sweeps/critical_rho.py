@@ -273,8 +273,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         ladder = Ladder(args, name, paths, plan.grid, {k: v for k, v in plan.param_space.items()
                                                       if k not in ("latent_dims", "rho", "seed", POPULATION_KEY)},
                         unit, budgets, args.continue_policy, plan.population, ladder_spacing(args), trainable,
-                        rung_callbacks,
-                        lambda n: connect.concurrent_trials(args, resources, n))
+                        trial_label, rung_callbacks, lambda n: connect.concurrent_trials(args, resources, n))
         return summarize_ladder(ladder.run(), ladder, t_start)
 
     callbacks: list[Any] = [ParquetSink(paths.results_root, name)]

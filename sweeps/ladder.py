@@ -235,6 +235,7 @@ class Ladder:
     population: int
     spacing: float | None  # --adaptive: the finest rho spacing of added values; None adds none
     trainable: Callable[[dict[str, Any]], None]
+    label: Callable[[dict[str, Any]], str]  # a trial's words in failure lines
     callbacks: Callable[[int, frozenset[str]], list[Any]]  # (runs, files of earlier rungs) -> a rung's callbacks
     first_round: Callable[[int], int]  # trials of a rung -> how many start at once
 
@@ -309,13 +310,21 @@ class Ladder:
 
     def fit_rung(self, state: LadderState, outcome: experiment.Outcome) -> None:
         """Fit every configuration at this rung with the analysis, decide which stop, plan the next rung."""
+        from analysis.io import AnalysisError
         from analysis.report import analyze
 
         rung = state.rung
+        for line in outcome.failure_lines(self.label):
+            print(line, flush=True)
         steps = [int(v["step"]) for v in state.lineages.values() if v["rung"] == rung and not v["failed"]]
         state.rung_steps.append(max(steps) if steps else (state.rung_steps[-1] if state.rung_steps else 0))
-        rep = analyze(self.paths.results_root, sweeps=[self.name], write=False, plots_on=False, compare_boot=0,
-                      drop_nan=True, budget_steps=state.rung_steps, max_budgets=max(2, len(state.rung_steps)))
+        try:
+            rep = analyze(self.paths.results_root, sweeps=[self.name], write=False, plots_on=False, compare_boot=0,
+                          drop_nan=True, budget_steps=state.rung_steps, max_budgets=max(2, len(state.rung_steps)))
+        except AnalysisError as e:  # e.g. every run of the rung failed: the rung stays to be resumed
+            state.rung_steps.pop()
+            raise SweepError(f"rung {rung} cannot be fitted ({e}); fix the cause, then continue with --resume "
+                             f"--retry-failed") from None
         series = {row["latent_dims"]: rep.budgets[row["config_id"]]
                   for row in rep.critical.configs.iter_rows(named=True) if row["config_id"] in rep.budgets}
         last = rung == len(self.budgets) - 1
