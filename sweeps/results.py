@@ -50,7 +50,7 @@ class ParquetSink(Callback):
         self.keep_finished_unknown = keep_finished_unknown
         # Files written by earlier Tune experiments of the same sweep (a ladder's earlier rungs): never unknown.
         self.earlier = frozenset(earlier)
-        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
+        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # results file -> (run, step) -> row
         self._reconciled = False
         self.superseded: list[str] = []
 

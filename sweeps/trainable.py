@@ -21,7 +21,10 @@ Contract with the rest of `sweeps`:
   continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
   re-reports every evaluation up to that checkpoint (the members' histories; the driver may have died before
   recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
-  sweeps/checkpoints.py for why.
+  sweeps/checkpoints.py for why;
+* a ladder trial (sweeps/ladder.py: ``population.ladder``) without a checkpoint of its own continues from the
+  checkpoints of the run's previous trial (``continue_from``) with its larger budget, which ouvae/population.py
+  makes the run trained to that budget in one go; its rows go to the run's results file (``results_file_id``).
 
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
