@@ -66,7 +66,7 @@ from sweeps.cli import SweepError
 from sweeps.layout import SweepPaths
 from sweeps.space import CriticalGrid
 from sweeps.storage import join, read_json, write_json
-from sweeps.trainable import LADDER_KEY, POPULATION_KEY, results_file_id
+from sweeps.trainable import LADDER_KEY, POPULATION_KEY
 
 FORMAT = "ouvae-ladder"
 STATE_VERSION = 1
