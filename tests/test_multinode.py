@@ -418,7 +418,7 @@ def test_a_ladder_runs_its_rungs_on_the_cluster(cluster, tmp_path):
     out = finish(start_sweep(cluster, argv, tmp_path / "ladder.log"), tmp_path / "ladder.log")
     assert "rung 1 (10 epochs) 3-3:" in out and "\n  3-3: " in out  # the rung's fit line, the summary's verdict
     check_table_exactly_once(read_table(storage, "ladder"))
-    ea = tune_trials(storage / "ray" / "ladder", "rung-1")
+    ea = tune_trials(storage, "ladder/rung-1")  # the rung-1 experiment: <storage>/ray/ladder/rung-1
     assert len(ea) == len(RHOS) and all(t["status"] == "TERMINATED" for t in ea.values())
     first = [t["results"][0] for t in ea.values()]
     assert {r["restored_from_step"] for r in first} == {read_table(storage, "ladder")["step"].min() * N_EVALS // 2}
