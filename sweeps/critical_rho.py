@@ -275,8 +275,8 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
             show = [ProgressLine(show=("latent_dims", "rho", "seed"), total=runs)] if not args.quiet else []
             return [ParquetSink(paths.results_root, name, earlier=earlier), *show]
 
-        ladder = Ladder(args, name, paths, plan.grid, {k: v for k, v in plan.param_space.items()
-                                                      if k not in ("latent_dims", "rho", "seed", POPULATION_KEY)},
+        constants = {**plan.grid.trial_space(), "num_threads": plan.param_space["num_threads"]}
+        ladder = Ladder(args, name, paths, plan.grid, constants,
                         unit, budgets, args.continue_policy, plan.population, ladder_spacing(args), trainable,
                         trial_label, rung_callbacks, lambda n: connect.concurrent_trials(args, resources, n))
         return summarize_ladder(ladder.run(), ladder, t_start)

@@ -210,14 +210,27 @@ class LadderState:
 
 
 # ----- the driver ----------------------------------------------------------------------------------------------------
+def group_label(group: dict[str, Any], grid: CriticalGrid) -> str:
+    """A configuration's name in the ladder's lines and state: its latent sizes (and reading, when there are two)."""
+    dims = format_latent_dims(group["latent_dims"])
+    return f"{dims} {group['smooth_space']}" if len(grid.spaces) > 1 else dims
+
+
+def group_of(trial: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a trial's population belongs to (sweeps.space.CriticalGrid.groups)."""
+    return {"latent_dims": list(trial["latent_dims"]), "smooth_space": trial.get("smooth_space")}
+
+
+def population_trials(grid: CriticalGrid, group: dict[str, Any], rho: float, size: int) -> list[dict[str, Any]]:
+    """The trials of one configuration at one rho: its seeds in populations of at most `size`."""
+    configs = [grid.config_for(group, rho, s) for s in grid.seeds]
+    return [{**group, "members": [{"rho": c.rho, "seed": c.seed} for c in chunk]}
+            for chunk in group_into_populations(configs, size)]
+
+
 def first_plan(grid: CriticalGrid, size: int) -> list[dict[str, Any]]:
-    """Rung 0's trials: per latent configuration and rho, its seeds in populations of at most `size`."""
-    plan = []
-    for dims in grid.latents:
-        for rho in grid.rhos:
-            for group in group_into_populations([grid.config_for(dims, rho, s) for s in grid.seeds], size):
-                plan.append({"latent_dims": list(dims), "members": [{"rho": c.rho, "seed": c.seed} for c in group]})
-    return plan
+    """Rung 0's trials: per configuration and rho, its seeds in populations of at most `size`."""
+    return [t for group in grid.groups for rho in grid.rhos for t in population_trials(grid, group, rho, size)]
 
 
 @dataclass
@@ -295,7 +308,7 @@ class Ladder:
             pop = config[POPULATION_KEY]
             ladder = pop.get(LADDER_KEY) or {}
             lineage = ladder.get("lineage") or metrics.get("trial_id")
-            label = format_latent_dims(pop["latent_dims"])
+            label = group_label(group_of(pop), self.grid)
             before = state.lineages.get(lineage, {}).get("step", 0) if lineage else 0
             step = int(metrics.get("step") or before)
             tally = spent.setdefault(label, [0, 0])
@@ -303,8 +316,7 @@ class Ladder:
             tally[1] += len(pop["members"]) * max(0, step - before)
             if lineage is None:  # failed before its first evaluation: no rows, nothing to continue
                 continue
-            state.lineages[lineage] = {"latent_dims": pop["latent_dims"], "members": pop["members"],
-                                       "path": r.path, "step": step, "rung": state.rung,
+            state.lineages[lineage] = {"group": group_of(pop), "members": pop["members"], "path": r.path, "step": step, "rung": state.rung,
                                        "failed": r.error is not None or not metrics.get("is_final", False)}
         state.data["spent"] = spent
 
@@ -325,12 +337,13 @@ class Ladder:
             state.rung_steps.pop()
             raise SweepError(f"rung {rung} cannot be fitted ({e}); fix the cause, then continue with --resume "
                              f"--retry-failed") from None
-        series = {row["latent_dims"]: rep.budgets[row["config_id"]]
+        series = {group_label({"latent_dims": row["latent_dims"].split("-"), "smooth_space": row["smooth_space"]},
+                              self.grid): rep.budgets[row["config_id"]]
                   for row in rep.critical.configs.iter_rows(named=True) if row["config_id"] in rep.budgets}
         last = rung == len(self.budgets) - 1
         plan: list[dict[str, Any]] = []
-        for dims in self.grid.latents:
-            label = format_latent_dims(dims)
+        for group in self.grid.groups:
+            label = group_label(group, self.grid)
             entry = state.configs.setdefault(label, {"done": None, "rungs": []})
             if entry["done"]:
                 continue
@@ -348,27 +361,23 @@ class Ladder:
             elif last:
                 entry["done"] = f"maximum budget reached ({self.budget_text(rung)}): {s.verdict.value.replace('_', ' ')}"
             else:
-                plan += self.next_trials(state, dims, s)
+                plan += self.next_trials(state, group, s)
         if plan:
             state.data.update(rung=rung + 1, plan=plan)
         else:
             state.data.update(finished=True, plan=[])
 
-    def next_trials(self, state: LadderState, dims: tuple[int, ...], series: BudgetSeries) -> list[dict[str, Any]]:
-        """The continuing runs of one configuration at the next rung (see the module docstring)."""
-        mine = {lid: v for lid, v in state.lineages.items() if tuple(v["latent_dims"]) == tuple(dims)
-                and not v["failed"]}
+    def next_trials(self, state: LadderState, group: dict[str, Any], series: BudgetSeries) -> list[dict[str, Any]]:
+        """The trials of one configuration at the next rung (see the module docstring)."""
+        mine = {lid: v for lid, v in state.lineages.items() if v["group"] == group and not v["failed"]}
         rhos = [m["rho"] for v in mine.values() for m in v["members"]]
         window = None if self.policy == "all" else continue_window(series.fits[-1], series.shift)
         keep = set(rhos_to_continue(rhos, window))
-        trials = [{"latent_dims": v["latent_dims"], "members": v["members"], "lineage": lid,
-                   "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
+        trials = [{**group, "members": v["members"], "lineage": lid, "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
                   for lid, v in mine.items() if any(m["rho"] in keep for m in v["members"])]
         new = None if self.spacing is None else rho_to_add(rhos, series.fits[-1], self.spacing)
         if new is not None:
-            configs = [self.grid.config_for(dims, new, s) for s in self.grid.seeds]
-            trials += [{"latent_dims": list(dims), "members": [{"rho": c.rho, "seed": c.seed} for c in group]}
-                       for group in group_into_populations(configs, self.population)]
+            trials += population_trials(self.grid, group, new, self.population)
         return trials
 
 
@@ -376,8 +385,8 @@ def summary_lines(state: LadderState, grid: CriticalGrid, unit: str, elapsed_s: 
     """Per configuration: why it stopped and rho_c at each rung; the compute spent."""
     lines = [f"\nladder: {len(state.rung_steps)} rung(s) of {', '.join(map(str, state.budgets))} {unit}; "
              f"{state.member_steps:,} member-steps in {elapsed_s:.0f} s; rung steps {state.rung_steps}"]
-    for dims in grid.latents:
-        label = format_latent_dims(dims)
+    for group in grid.groups:
+        label = group_label(group, grid)
         fits = state.fits(label)
         lines.append(f"  {label}: {state.config_done(label) or 'not finished'}")
         for f in fits:
