@@ -316,7 +316,8 @@ class Ladder:
             tally[1] += len(pop["members"]) * max(0, step - before)
             if lineage is None:  # failed before its first evaluation: no rows, nothing to continue
                 continue
-            state.lineages[lineage] = {"group": group_of(pop), "members": pop["members"], "path": r.path, "step": step, "rung": state.rung,
+            state.lineages[lineage] = {"group": group_of(pop), "members": pop["members"], "path": r.path,
+                                       "step": step, "rung": state.rung,
                                        "failed": r.error is not None or not metrics.get("is_final", False)}
         state.data["spent"] = spent
 
@@ -359,7 +360,8 @@ class Ladder:
             if s.verdict is BudgetVerdict.CONVERGED:
                 entry["done"] = f"converged at rung {rung} ({self.budget_text(rung)})"
             elif last:
-                entry["done"] = f"maximum budget reached ({self.budget_text(rung)}): {s.verdict.value.replace('_', ' ')}"
+                verdict = s.verdict.value.replace("_", " ")
+                entry["done"] = f"maximum budget reached ({self.budget_text(rung)}): {verdict}"
             else:
                 plan += self.next_trials(state, group, s)
         if plan:
@@ -373,7 +375,8 @@ class Ladder:
         rhos = [m["rho"] for v in mine.values() for m in v["members"]]
         window = None if self.policy == "all" else continue_window(series.fits[-1], series.shift)
         keep = set(rhos_to_continue(rhos, window))
-        trials = [{**group, "members": v["members"], "lineage": lid, "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
+        trials = [{**group, "members": v["members"], "lineage": lid,
+                   "continue_from": join(v["path"], CHECKPOINT_FOLDER)}
                   for lid, v in mine.items() if any(m["rho"] in keep for m in v["members"])]
         new = None if self.spacing is None else rho_to_add(rhos, series.fits[-1], self.spacing)
         if new is not None:

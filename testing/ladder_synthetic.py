@@ -60,7 +60,8 @@ def member_row(spec: Mapping[str, Any], member: int, epoch: int, final: bool) ->
                                 key=(epoch,))
     return {"member": member, "step": epoch, "epoch": epoch, "is_final": final, "rho": rho, "rho_eval": rho,
             "seed": seed, "latent_dims": "-".join(map(str, dims)), "n_layers": len(dims), "dataset": "synthetic",
-            "split": "validation", "smooth_space": spec.get("smooth_space"), "architecture": "mlp", "hidden_units": 1, "smooth": "both", "smooth_samples": 1,
+            "split": "validation", "smooth_space": spec.get("smooth_space"), "architecture": "mlp",
+            "hidden_units": 1, "smooth": "both", "smooth_samples": 1,
             "objective": "elbo", "beta_schedule": "constant", "free_bits": 0.0, "preset": "synthetic",
             "top_active_units": int(active), "top_kl": 0.05 + 0.8 * int(active), "failure": None,
             "population_size": len(spec.get("members", [])) or 1}

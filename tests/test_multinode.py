@@ -415,7 +415,8 @@ def test_a_ladder_runs_its_rungs_on_the_cluster(cluster, tmp_path):
             "--name", "ladder", "--no-report", "--until-converged", "--max-epochs", str(N_EVALS), "--continue", "all"]
     argv[argv.index("--epochs") + 1] = str(N_EVALS // 2)
     cluster.ensure_workers(2)
-    out = finish(start_sweep(cluster, argv, tmp_path / "ladder.log"), tmp_path / "ladder.log", timeout_s=4 * SWEEP_TIMEOUT_S)
+    log = tmp_path / "ladder.log"
+    out = finish(start_sweep(cluster, argv, log), log, timeout_s=4 * SWEEP_TIMEOUT_S)  # two rungs, a loaded machine
     assert "rung 1 (10 epochs) 3-3:" in out and "\n  3-3: " in out  # the rung's fit line, the summary's verdict
     check_table_exactly_once(read_table(storage, "ladder"))
     ea = tune_trials(storage, "ladder/rung-1")  # the rung-1 experiment: <storage>/ray/ladder/rung-1
