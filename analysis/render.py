@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from analysis.budget import budget_short_text, budget_text
+from analysis.budget import budget_short_text, budget_text, extrapolation_text
 from analysis.compare import (interval_text, latent_family_text, ratio_text, rho_c_verdict_text,
                               sharpness_verdict_text)
 from analysis.compare import SharpnessVerdict
@@ -157,12 +157,17 @@ def budget_table(rep: Report) -> Table | None:
                          "rho_c": f.rho_c, "ci_low": f.ci_low, "ci_high": f.ci_high,
                          "interval_undetermined": None if f.interval_undetermined is None
                          else f.interval_undetermined.value, "verdict": s.verdict.value})
-        rows.append([cid, labels[cid], "; ".join(points), budget_text(s)])
+        model = rep.extrapolations.get(cid)
+        rows.append([cid, labels[cid], "; ".join(points),
+                     budget_text(s) + (f". {extrapolation_text(model)}" if model else "")])
     tol = next(iter(rep.budgets.values())).tolerance
     return Table("rho_c_by_budget", "ρc against the training budget",
                  f"ρc fitted at every evaluation step all runs of a configuration reached (at most {rep.max_budgets}, "
                  f"evenly spaced). Converged: the intervals at the last two budgets overlap and ρc moved by at most "
-                 f"±{tol:g} (half the similarity margin); otherwise ρc is still rising or falling with training.",
+                 f"±{tol:g} (half the similarity margin); otherwise ρc is still rising or falling with training. "
+                 f"Runs that ended at different steps (a ladder) are fitted at its rungs, each run with its latest "
+                 f"evaluation. With three or more budgets a MODEL ρc(B) = ρ∞ + a·B^−γ is fitted through them "
+                 f"(interval from redrawing each ρc within its interval): an extrapolation, not a measurement.",
                  ["Config", "Configuration", "ρc at step", "Verdict"], rows,
                  pl.DataFrame(data, infer_schema_length=None))
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import polars as pl
 
 from analysis import plots
-from analysis.budget import DEFAULT_MAX_BUDGETS, BudgetSeries, evaluations_query, fit_budgets
+from analysis.budget import (DEFAULT_MAX_BUDGETS, BudgetSeries, Extrapolation, evaluations_query, extrapolate,
+                             fit_budgets)
 from analysis.compare import DEFAULT_MARGIN, AcrossPair, LatentFamily, compare_across, compare_latent_sizes
 from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
                                fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
@@ -54,6 +55,8 @@ class Report:
     n_trials: int
     sweeps: list[str]
     notes: list[str] = field(default_factory=list)
+    # config_id -> the model rho_c(B) = rho_inf + a B^-gamma through 3+ budgets (a model, never a measurement)
+    extrapolations: dict[str, Extrapolation] = field(default_factory=dict)
 
     @property
     def rho_c(self) -> pl.DataFrame:
@@ -122,14 +125,17 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
             sweeps: list[str] | tuple[str, ...] | None = None, level: float = 0.95, n_boot: int = 500,
             compare_boot: int = 200, seed: int = 0, benchmark: str | os.PathLike[str] | None = None,
             plots_on: bool = True, write: bool = True, include_unfinished: bool = False, drop_nan: bool = False,
-            delta: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS) -> Report:
+            delta: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS,
+            budget_steps: list[int] | None = None) -> Report:
     """Analyse a results table and write the report; raise AnalysisError (nothing written) on bad input.
 
     ``results``: a local folder or ``s3://`` URL -- the sweep's storage folder, its Parquet root, or one sweep's
     folder (``analysis.storage``). ``out_dir``: see ``ResultsLocation.default_report_dir``. ``benchmark``: the
     trainer benchmark's JSON; by default ``<results>/benchmark.json`` is used when the results are local and it
     exists. ``delta``: the margin within which two rho_c are called similar (and twice the budget tolerance).
-    ``write=False`` computes everything and writes nothing (for notebooks and benchmarks).
+    ``write=False`` computes everything and writes nothing (for notebooks and benchmarks). ``budget_steps``: the
+    rung steps of a ladder (``sweeps/ladder.py``), the budgets at which configurations whose runs ended at
+    different steps are fitted (analysis/budget.py).
     """
     _check_options(level, n_boot, compare_boot, delta, max_budgets)
     loc = locate(results)
@@ -158,9 +164,11 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                     latent=compare_latent_sizes(critical, margin=delta, n_resamples=compare_boot, seed=seed),
                     across={key: compare_across(critical, key, margin=delta) for key in ACROSS_KEYS},
                     budgets=fit_budgets(critical, frames[2], n_boot=n_boot, seed=seed, margin=delta,
-                                        max_budgets=max_budgets),
+                                        max_budgets=max_budgets, budget_steps=budget_steps),
                     max_budgets=max_budgets, tables=[], figures=[], n_rows=data.n_rows, n_files=data.n_files,
                     n_trials=int(counts["trials"]), sweeps=data.sweeps, notes=notes)
+    report.extrapolations = {cid: e for cid, series in report.budgets.items()
+                             if (e := extrapolate(series, level=level, seed=seed)) is not None}
     summary = summarize_runs(critical.runs.join(configs.select("config_id", "top_dim", "total_latent", "label",
                                                                "family_label"),
                                                 on="config_id", how="left", suffix="_cfg"))
@@ -229,7 +237,9 @@ def _make_figures(report: Report, curves: pl.DataFrame, folder: Path) -> dict[st
         budget = [(c["latent_dims"], report.budgets[c["config_id"]]) for c in fam.iter_rows(named=True)
                   if c["config_id"] in report.budgets]
         if budget:
-            out["budget"][label] = [save(plots.budget_figure(budget, title=label, level=crit.level),
+            models = {c["latent_dims"]: report.extrapolations[c["config_id"]] for c in fam.iter_rows(named=True)
+                      if c["config_id"] in report.extrapolations}
+            out["budget"][label] = [save(plots.budget_figure(budget, title=label, level=crit.level, models=models),
                                          f"budget_{fam_id}", f"{label}: ρc against the training step")]
         out["latent"][label] = figs
     for key in ACROSS_KEYS:

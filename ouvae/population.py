@@ -256,9 +256,8 @@ class Population:
         t0 = time.perf_counter()
         while self.step < self.total_steps and any(m.active for m in self.members):
             self.train_step()
-            at_epoch_end = self.step % self.batches_per_epoch == 0
             final = self.step >= self.total_steps
-            due = at_epoch_end and (self.step // self.batches_per_epoch) % self.cfg.eval_every == 0
+            due = self.evaluates_at(self.step)
             if not (final or due) and self.step % self.cfg.failure_check_steps == 0:
                 self.sync_members()
                 due = not any(m.active for m in self.members)
@@ -275,6 +274,26 @@ class Population:
                                     for m in self.members if m.failure)
             raise TrainingStalled("; ".join(reasons))
         return [m.history[-1] for m in self.members]
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether `step` is on the evaluation cadence (the end of every eval_every-th epoch); the budget's last
+        step is evaluated as well."""
+        epoch, rest = divmod(step, self.batches_per_epoch)
+        return rest == 0 and epoch % self.cfg.eval_every == 0
+
+    def _reopen(self) -> None:
+        """After the budget was raised past the step a member finished at: its history becomes that of a run
+        trained to the new budget in one go. The old final evaluation stays (no longer final) where the cadence
+        evaluates that step anyway, and is dropped where only the old budget's end made it an evaluation."""
+        if self.step >= self.total_steps:
+            return
+        for mem in self.members:
+            if mem.active and mem.finished:
+                last = mem.history[-1]
+                if self.evaluates_at(last["step"]):
+                    last["is_final"] = False
+                else:
+                    mem.history.pop()
 
     def batch_indices(self, step: int) -> torch.Tensor:
         """(M, B) training-image indices of optimizer step `step`: member m's are a pure function of (its seed,
@@ -446,7 +465,10 @@ class Population:
                         on_checkpoint: Callable[["Population"], None] | None = None,
                         **overrides: Any) -> "Population":
         """Rebuild a population from `directory`/checkpoint.pt; `overrides` apply to every member (e.g. a larger
-        budget, or the runtime settings device, data_dir, num_threads); `chunk` as for the constructor."""
+        budget, or the runtime settings device, data_dir, num_threads); `chunk` as for the constructor.
+
+        A larger budget (epochs or steps) continues a run that had finished: its rows, parameters and noise stream
+        are then exactly those of a run trained to the larger budget in one go (``_reopen``; tested bit for bit)."""
         path = Path(directory) / CHECKPOINT_FILE
         state = checkpoint.read(path)
         try:
@@ -467,6 +489,7 @@ class Population:
         for mem, text in zip(pop.members, state["members"]):
             mem.restore(text)
         pop._load_member_counters()
+        pop._reopen()  # a larger budget continues a finished run as if it had been trained to it in one go
         if state.get("rng_device", "cpu") == pop.device.type:
             pop.generator.set_state(state["rng"])
         else:  # CPU and CUDA generators have different states: continue validly, though not bit for bit

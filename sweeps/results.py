@@ -10,6 +10,9 @@ that snapshot is created again under a new id, so its old file would double-coun
 first loop step after a restore the sink moves files whose trial id Tune does not know to ``<root>.superseded/``
 (kept, never deleted) before any new row is written.
 
+A ladder (sweeps/ladder.py) runs one Tune experiment per rung into the same table: a trial that continues a run
+writes into that run's file (``results_file_id``), and the files of earlier rungs (``earlier``) are never unknown.
+
 Why large files' writes are coalesced (``flush_every_s``, ``coalesce_rows``): a trial's file is rewritten whole, so
 writing it on every report costs O(evaluations^2 x members) per trial -- a population of 64 evaluated hundreds of
 times on a GPU would rewrite tens of thousands of rows per report. Once a trial has ``coalesce_rows`` rows, its
@@ -34,6 +37,7 @@ from ray.tune import Callback
 
 from sweeps.failures import not_retried_reason
 from sweeps.storage import absolute, is_remote
+from sweeps.trainable import results_file_id
 from sweeps.table import (list_trial_files, read_trial_rows, rows_from_result, staging_dir, supersede,
                           superseded_dir, write_trial_file)
 
@@ -45,7 +49,7 @@ class ParquetSink(Callback):
     STATE_VERSION = 1
 
     def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False,
-                 flush_every_s: float = 30.0, coalesce_rows: int = 2000):
+                 flush_every_s: float = 30.0, coalesce_rows: int = 2000, earlier: frozenset[str] = frozenset()):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = absolute(root)
@@ -55,10 +59,12 @@ class ParquetSink(Callback):
         # snapshot is then a valid result that Tune will not re-run (it samples a new trial instead), so its file
         # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
         self.keep_finished_unknown = keep_finished_unknown
-        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
+        # Files written by earlier Tune experiments of the same sweep (a ladder's earlier rungs): never unknown.
+        self.earlier = frozenset(earlier)
+        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # results file -> (run, step) -> row
         self.flush_every_s, self.coalesce_rows = flush_every_s, coalesce_rows
-        self._written: dict[str, float] = {}  # Tune trial -> when this sink last wrote its file (monotonic clock)
-        self._dirty: set[str] = set()  # Tune trials with cached rows not yet written
+        self._written: dict[str, float] = {}  # results file -> when this sink last wrote it (monotonic clock)
+        self._dirty: set[str] = set()  # results files with cached rows not yet written
         self._reconciled = False
         self.superseded: list[str] = []
 
@@ -79,13 +85,13 @@ class ParquetSink(Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._reconciled:
-            self.reconcile({t.trial_id for t in trials})
+            self.reconcile({_file_id(t) for t in trials} | self.earlier)
             self._reconciled = True
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
             return
-        tid = trial.trial_id
+        tid = _file_id(trial)
         if result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
                 time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
             self.add_result(tid, result)
@@ -99,10 +105,10 @@ class ParquetSink(Callback):
             self.flush(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial.trial_id)
+        self._finish(_file_id(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finish(trial.trial_id)
+        self._finish(_file_id(trial))
 
     def on_experiment_end(self, trials: list, **info) -> None:
         for tid in list(self._dirty):
@@ -162,6 +168,10 @@ class ParquetSink(Callback):
             self._rows[trial_id] = rows
         for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
             rows[_key(row)] = row
+
+
+def _file_id(trial: Any) -> str:
+    return results_file_id(trial.trial_id, trial.config or {})
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, int]:

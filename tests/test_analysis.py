@@ -273,6 +273,38 @@ def test_budget_with_unequal_run_lengths_uses_the_steps_every_run_reached(tmp_pa
     assert series.steps == [1000, 2000]
 
 
+def test_a_ladders_runs_are_fitted_at_its_rungs_each_with_its_latest_evaluation(tmp_path):
+    """Runs of unequal length with the ladder's rung steps: at a rung a run that stopped earlier contributes its
+    last evaluation, one that went on its evaluation at that step; the last rung is the main fit."""
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_seeds=3, n_evals=3, salt=1)
+    files = sorted(root.glob("sweep_id=*/*.parquet"))
+    stopped = files[:4]  # these runs end at their first evaluation (a ladder stopped them after rung 0)
+    for f in stopped:
+        _rewrite(f, lambda t: _set(t.slice(0, 1), "is_final", [True]))
+    rep = _analyze(root, budget_steps=[1000, 2000, 3000])
+    (series,) = rep.budgets.values()
+    assert series.steps == [1000, 2000, 3000]
+    assert series.fits[-1] is rep.critical.fits[series.config_id]
+    assert [f.n_runs for f in series.fits] == [len(files)] * 3  # every run at every rung, carried forward
+    assert _analyze(root).budgets[series.config_id].steps == [1000]  # without rungs: steps every run reached
+
+
+def test_extrapolation_is_a_model_with_an_interval_through_three_or_more_budgets(tmp_path):
+    from analysis.budget import BudgetSeries, extrapolate, extrapolation_text
+    from analysis.transition import STATUS_OK, TransitionFit
+
+    budgets = [1000, 2000, 4000, 8000]
+    truth = [0.93 - 0.05 * (1000 / b) ** 1.0 for b in budgets]
+    fits = [TransitionFit(STATUS_OK, "", r, r - 0.004, r + 0.004, 0.01, None, None, None, 20, 10, 4) for r in truth]
+    model = extrapolate(BudgetSeries("c01", budgets, fits, BudgetVerdict.RISING, truth[-1] - truth[-2], 0.01))
+    assert model.rho_inf == pytest.approx(0.93, abs=1e-3) and model.gamma == pytest.approx(1.0, abs=0.05)
+    assert model.rho_inf_low < 0.93 < model.rho_inf_high
+    assert extrapolation_text(model).startswith("model, not a measurement: ρc(B) = ρ∞ + a·B^−γ gives ρ∞ = 0.930")
+    two = BudgetSeries("c01", budgets[:2], fits[:2], BudgetVerdict.RISING, 0.0, 0.01)
+    assert extrapolate(two) is None  # three parameters need three budgets
+
+
 # ------------------------------------------------------------------------------------------- what figures show
 def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbatim(tmp_path):
     root = tmp_path / "res"

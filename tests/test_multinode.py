@@ -404,3 +404,22 @@ def test_table_checks_catch_duplicates_and_missing_grid_points():
     with pytest.raises(AssertionError):  # a grid point finished twice, under two trial ids
         again = good.filter(pl.col("trial_id") == "t1.00").with_columns(trial_id=pl.lit("t1.00-rerun"))
         check_table_exactly_once(pl.concat([good, again]))
+
+
+def test_a_ladder_runs_its_rungs_on_the_cluster(cluster, tmp_path):
+    """--until-converged on the cluster: rungs of 5 and 10 epochs, every run continued (--continue all) from its
+    checkpoint on the shared storage by whichever worker takes it; the table has every evaluation once, one final
+    row per grid point at the maximum, and the rung-1 trials continued from where rung 0 ended."""
+    storage = tmp_path / "shared"
+    argv = [sys.executable, str(SCRIPT), *GRID, *BUDGET, "--address", cluster.address, "--storage", str(storage),
+            "--name", "ladder", "--no-report", "--until-converged", "--max-epochs", str(N_EVALS), "--continue", "all"]
+    argv[argv.index("--epochs") + 1] = str(N_EVALS // 2)
+    cluster.ensure_workers(2)
+    log = tmp_path / "ladder.log"
+    out = finish(start_sweep(cluster, argv, log), log, timeout_s=4 * SWEEP_TIMEOUT_S)  # two rungs, a loaded machine
+    assert "rung 1 (10 epochs) 3-3:" in out and "\n  3-3: " in out  # the rung's fit line, the summary's verdict
+    check_table_exactly_once(read_table(storage, "ladder"))
+    ea = tune_trials(storage, "ladder/rung-1")  # the rung-1 experiment: <storage>/ray/ladder/rung-1
+    assert len(ea) == len(RHOS) and all(t["status"] == "TERMINATED" for t in ea.values())
+    first = [t["results"][0] for t in ea.values()]
+    assert {r["restored_from_step"] for r in first} == {read_table(storage, "ladder")["step"].min() * N_EVALS // 2}

@@ -118,11 +118,45 @@ def test_population_checkpoint_resumes_bit_for_bit(digits, tmp_path):
     first.fit()
     first.save_checkpoint(tmp_path)
     resumed = Population.from_checkpoint(tmp_path, data=digits, chunk=2, steps=24)
-    assert [m.history for m in resumed.members] == [m.history for m in first.members]
     resumed.fit()
     assert torch.equal(straight.model.flat, resumed.model.flat)
     assert torch.equal(straight.optimizer.exp_avg_sq, resumed.optimizer.exp_avg_sq)
     assert [m.history[-1]["elbo"] for m in straight.members] == [m.history[-1]["elbo"] for m in resumed.members]
+
+
+# What differs between two runs of the same numbers: the clock, the memory peak, the machine.
+TIMING = ("time_per_epoch_s", "wall_time_s", "peak_memory_bytes", "hostname")
+
+
+def measured(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+@pytest.mark.parametrize("first, budget, second", [
+    ({"epochs": 2}, "epochs", {"epochs": 4}),  # the old end is on the evaluation cadence: it stays, not final
+    ({"epochs": 1}, "epochs", {"epochs": 4}),  # ... off the cadence (every 2nd epoch): the one-go run has no row
+    ({"steps": 5}, "steps", {"steps": 12}),  # mid-epoch: likewise dropped
+])
+def test_a_finished_run_continued_to_a_larger_budget_is_the_run_trained_to_it_in_one_go(digits, tmp_path, first,
+                                                                                        budget, second):
+    """The ladder's contract (sweeps/ladder.py): rows, parameters and optimizer state bit for bit equal, with the
+    old budget's final evaluation turned into what the one-go run has at that step."""
+    configs = [quick(rho=r, seed=s, eval_every=2, steps=None, epochs=1) for r, s in ((0.8, 0), (0.95, 1))]
+    configs = [c.replace(**({"steps": None} if budget == "epochs" else {})) for c in configs]
+    one_go = Population([c.replace(**second) for c in configs], data=digits)
+    one_go.fit()
+    short = Population([c.replace(**first) for c in configs], data=digits)
+    short.fit()
+    assert all(m.finished for m in short.members)
+    short.save_checkpoint(tmp_path)
+    continued = Population.from_checkpoint(tmp_path, data=digits, **second)
+    assert not continued.done
+    continued.fit()
+    assert torch.equal(one_go.model.flat, continued.model.flat)
+    assert torch.equal(one_go.optimizer.exp_avg_sq, continued.optimizer.exp_avg_sq)
+    for a, b in zip(one_go.members, continued.members):
+        assert measured(a.history) == measured(b.history)
+        assert [r["is_final"] for r in b.history].count(True) == 1
 
 
 def test_a_member_exports_as_an_ordinary_single_run_checkpoint(digits, tmp_path):
@@ -132,7 +166,10 @@ def test_a_member_exports_as_an_ordinary_single_run_checkpoint(digits, tmp_path)
     pop.export_member(1, tmp_path / "m1")
     run = Trainer.from_checkpoint(tmp_path / "m1", data=digits, steps=30)
     assert run.cfg == configs[1].replace(steps=30) and run.step == 20
-    assert torch.equal(run.model.flat[0], pop.model.flat[1]) and run.history == pop.members[1].history
+    assert torch.equal(run.model.flat[0], pop.model.flat[1])
+    # continued to 30 steps: its final row of step 20 is gone (step 20 is off the evaluation cadence: the run
+    # trained to 30 in one go has no row there), the rows before it are the member's
+    assert run.history == pop.members[1].history[:-1]
     assert torch.equal(run.population.optimizer.exp_avg[0], pop.optimizer.exp_avg[1])
     assert run.evaluate()["elbo"] == pytest.approx(pop.evaluate()[1]["elbo"], abs=0.5)  # other noise, same model
     assert run.fit()["step"] == 30
