@@ -2,23 +2,44 @@
 
 Why it lives here: `analysis` is the consumer that must keep working on a laptop without Ray or torch, so the
 contract sits in a module that imports only pyarrow. `sweeps` imports it to write; nothing here imports Ray.
+docs/results-schema.md is generated from this module (`python -m analysis.schema > docs/results-schema.md`, or
+`make docs`); a test fails when it is out of date.
 
-Layout on disk (hive-partitioned): ``<root>/sweep_id=<id>/<trial_id>.parquet``; each file holds every
-evaluation row of one trial and is rewritten atomically (temp file + rename) at each evaluation, so a row
-exists exactly once per (trial_id, step) whatever crashes or resumes happen.
+One row per run per evaluation, the same columns whatever the search space (absent values are null). Layout on
+disk (hive-partitioned): ``<root>/sweep_id=<id>/<tune trial id>.parquet``; each file holds every evaluation row of
+one Tune trial (a run alone, or a population of runs) and is rewritten atomically at each evaluation, so a row
+exists exactly once per (trial_id, step) whatever crashes or resumes happen (docs/operations.md).
 
 Per-layer values are list columns ordered **bottom to top** (index 0 is z_1, the layer next to x; the last
 element is the top layer, the one whose collapse defines rho_c). The top layer is also given as scalar
 columns (``top_kl``, ``top_active_units``) because almost every query wants exactly that.
+
+A run's final evaluation has ``is_final = true``; a run that never has one was stopped early (ASHA),
+interrupted, or failed -- a member of a population that diverged has a last row whose ``failure`` says why. A
+member of a population trial has the run id ``<Tune trial id>-m<member>`` (stable across retries and
+``--resume``) and ``population_id`` = the Tune trial; ``time_per_epoch_s`` and ``wall_time_s`` are then the
+population's (its members trained together); a run alone has ``population_id`` null and ``member`` 0.
+
+Read it with Polars, no Ray or torch needed::
+
+    import polars as pl
+    df = pl.scan_parquet("results/parquet/**/*.parquet", hive_partitioning=True).collect()
+    final = df.filter(pl.col("is_final"))          # one row per finished run
 """
 
 from __future__ import annotations
 
+import textwrap
+
 import pyarrow as pa
 
 SCHEMA_VERSION = 2
-# Versions this code reads. v2 added the population and failure columns; a v1 file simply has them null.
+# Versions this code reads, and what each added. A file of an older version has the newer columns null.
 READABLE_VERSIONS = (1, 2)
+VERSION_HISTORY = {
+    1: "the first table",
+    2: "added population_id, member, population_size, likelihood and failure",
+}
 
 # (name, type, meaning). Order here is the column order on disk.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -105,3 +126,24 @@ def conform(table: pa.Table) -> pa.Table:
         else:
             arrays.append(pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def markdown() -> str:
+    """docs/results-schema.md: this module's docstring and every column, so the document cannot drift."""
+    lines = ["# The results table (generated from `analysis/schema.py`: do not edit)", "",
+             f"Schema version {SCHEMA_VERSION}; the analysis reads versions {', '.join(map(str, READABLE_VERSIONS))}.",
+             ""]
+    for paragraph in (__doc__ or "").strip().split("\n\n")[1:]:
+        if paragraph.startswith("    "):  # an indented code block
+            lines += ["```python", textwrap.dedent(paragraph), "```", ""]
+        else:
+            lines += [paragraph.replace("``", "`").removesuffix(":"), ""]
+    lines += ["| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | {typ} | {meaning} |" for name, typ, meaning in COLUMNS]
+    lines += ["", "| version | change |", "|---|---|"]
+    lines += [f"| {v} | {change} |" for v, change in VERSION_HISTORY.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

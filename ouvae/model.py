@@ -3,7 +3,7 @@
 Inference  q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
 Generation p(z_L) = N(0, I), p(z_l | z_{l+1}), p(x | z_1)
 
-Every map whose input is a latent is evaluated through `ou_smooth` (README, "The method as implemented"): the
+Every map whose input is a latent is evaluated through `ou_smooth` (docs/method.md): the
 inference maps z_l -> z_{l+1} when smoothing the encoder, the generative maps z_{l+1} -> z_l and z_1 -> x when
 smoothing the decoder. The map that reads x is never smoothed. The copies live in the noise coordinates of the
 posterior sample that feeds the map (the only sample the training pass has for that latent).
