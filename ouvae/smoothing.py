@@ -81,18 +81,3 @@ def ou_smooth(f: Callable[[Tensor], Tensor], sample: GaussianSample, rho: Tensor
         return checkpoint(averaged, copies, use_reentrant=False, preserve_rng_state=False)
     return averaged(copies)
 
-
-def ou_noise(eps: Tensor, rho: float, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """K correlated copies of the standard normal `eps`: shape (K, *eps.shape), each copy again N(0, I)."""
-    eta = torch.randn((k, *eps.shape), generator=generator, dtype=eps.dtype, device=eps.device)
-    return correlated(eps.unsqueeze(0), rho, eta)
-
-
-def ou_operator(f: Callable[[Tensor], Tensor], eps: Tensor, rho: float, k: int,
-                generator: torch.Generator | None = None) -> Tensor:
-    """T_rho f(eps) for a function of standard-normal coordinates (no member dimension): the operator's
-    properties are tested on this form."""
-    if is_identity(rho, k):
-        return f(eps)
-    copies = ou_noise(eps, rho, k, generator)
-    return f(copies.flatten(0, 1)).unflatten(0, (k, eps.shape[0])).mean(0)
