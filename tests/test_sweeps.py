@@ -417,7 +417,8 @@ def test_peak_memory_is_each_trials_own_in_a_reused_worker(ray_session, tmp_path
     by_size = {r.config["size"]: r.metrics for r in grid}
     assert by_size["large"]["pid"] == by_size["small"]["pid"]  # one worker process ran both
     large, small = by_size["large"]["peak_memory_bytes"], by_size["small"]["peak_memory_bytes"]
-    assert small < large - 250 * 2**20, (large, small)  # measured: 865 MB against 464 MB
+    # A high-water mark only rises: without the reset per trial the small trial would report at least the large one's
+    assert small < large, (large, small)
 
 
 @pytest.mark.parametrize("failure", ["crash", "killed worker process"])
