@@ -6,7 +6,7 @@ uniform 0.005 grid over the range, with every seed at every rho, using at most a
 
 Three sources of runs:
 
-* synthetic (default): a noisy logistic transition with seed-level offsets (``analysis/synthetic.py``), several
+* synthetic (default): a noisy logistic transition with seed-level offsets (``testing/synthetic.py``), several
   replicates per scenario, a known truth, so interval coverage is reported too. Fast: it drives the pure policy
   (``sweeps/refine.py``) with simulated asynchronous workers (``--workers`` at once, finishing in random order),
   the same decisions the Ray Tune searcher makes, without Ray.
@@ -19,10 +19,12 @@ Three sources of runs:
   sides (config = group overrides + rho + seed), e.g. a wrapper around ``ouvae.trainer.Trainer``. Results are
   cached per (rho, seed), so a point both sides need is trained once.
 
-    python benchmarks/adaptive_vs_grid.py                       # synthetic scenarios, ~1-2 min on 2 cores
-    python benchmarks/adaptive_vs_grid.py --replicates 50 --seeds 8
-    python benchmarks/adaptive_vs_grid.py --target 0.01 --budget-fraction 0.5   # a fixed target instead
-    python benchmarks/adaptive_vs_grid.py --replay results/parquet --sweep-id digits-grid
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py                   # synthetic scenarios, ~1-2 min on 2 cores
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replicates 50 --seeds 8
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --target 0.01 --budget-fraction 0.5   # a fixed target
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replay results/parquet --sweep-id digits-grid
+
+(from the repository root: ``PYTHONPATH=.`` finds the test-only ``testing`` package)
 
 Measured here (range 0.80-1.00, 10 top units, 4 seeds, 100 replicates; adaptive budget = 41 of the grid's 164
 trials, target = the grid's own width; median widths grid -> adaptive, interval coverage grid / adaptive):
@@ -47,7 +49,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -55,11 +56,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.transition import fit_transition  # noqa: E402
-from sweeps.refine import RefinePolicy, simulate, top_dim_of  # noqa: E402
-from analysis.synthetic import noisy_active_units  # noqa: E402
+from analysis.transition import fit_transition
+from sweeps.refine import RefinePolicy, top_dim_of
+from testing.simulate import simulate
+from testing.synthetic import noisy_active_units
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 

@@ -1,0 +1,6 @@
+"""Helpers that only the tests and the benchmarks use: synthetic runs with a known truth, a Ray trainable drawing
+from them (with fault injection), and a driver of the adaptive policy without Ray.
+
+Not part of the installed packages (pyproject's package list names ouvae, sweeps and analysis only): pytest finds
+this folder through ``pythonpath = ["."]``, the benchmarks through ``PYTHONPATH=.`` from the repository root.
+"""
