@@ -74,7 +74,7 @@ def scan_results(files: list[str], storage_options: dict[str, str] | None = None
     Columns absent from a file come back as nulls (validation then names them); narrower integer/float types are
     upcast. Nothing is read until a query is collected.
     """
-    return pl.scan_parquet(
+    return upgrade_rows(pl.scan_parquet(
         files,
         hive_partitioning=True,
         schema=_polars_schema(),
@@ -83,6 +83,27 @@ def scan_results(files: list[str], storage_options: dict[str, str] | None = None
         cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
         include_file_paths=FILE_COL,
         storage_options=storage_options,
+    ))
+
+
+def upgrade_rows(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows of older schema versions in today's meaning (analysis.schema, READABLE_VERSIONS).
+
+    Before v3 there was one reading (posterior) and elbo/iw_bound/recon/kl_total were measured with the generative
+    maps smoothed as in training: wherever that smoothing was on (rho_eval < 1, decoder maps smoothed, K > 1) they
+    are the smoothed objective, no bound on log p(x), so they move to smoothed_elbo/smoothed_kl_total and the bound
+    columns become null (no bound was measured). Elsewhere they were the plain HVAE's bounds all along.
+    """
+    old = pl.col("schema_version") < 3
+    leaky = (old & (pl.col("rho_eval") < 1) & pl.col("smooth").is_in(["both", "decoder"])
+             & (pl.col("smooth_samples") > 1)).fill_null(False)
+    keep_unless_leaky = lambda c: pl.when(leaky).then(None).otherwise(pl.col(c)).alias(c)  # noqa: E731
+    return lf.with_columns(
+        pl.when(old).then(pl.lit("posterior")).otherwise(pl.col("smooth_space")).alias("smooth_space"),
+        pl.when(leaky).then(None).when(old).then(pl.lit("hvae")).otherwise(pl.col("bound_model")).alias("bound_model"),
+        pl.when(old).then(pl.col("elbo")).otherwise(pl.col("smoothed_elbo")).alias("smoothed_elbo"),
+        pl.when(old).then(pl.col("kl_total")).otherwise(pl.col("smoothed_kl_total")).alias("smoothed_kl_total"),
+        *[keep_unless_leaky(c) for c in ("elbo", "iw_bound", "recon", "kl_total")],
     )
 
 

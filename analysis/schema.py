@@ -33,12 +33,16 @@ import textwrap
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
-# Versions this code reads, and what each added. A file of an older version has the newer columns null.
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# Versions this code reads, and what each changed. A file of an older version has the newer columns null.
+READABLE_VERSIONS = (1, 2, 3)
 VERSION_HISTORY = {
     1: "the first table",
     2: "added population_id, member, population_size, likelihood and failure",
+    3: "every likelihood a valid bound of a named model (smooth_space, bound_model, smoothed_elbo, "
+       "smoothed_kl_total): v1/v2 rows are read as the posterior reading, and where their elbo/iw_bound came from "
+       "smoothed generative maps (not a bound) those values are moved to smoothed_elbo/smoothed_kl_total "
+       "(analysis.io.upgrade_rows)",
 }
 
 # (name, type, meaning). Order here is the column order on disk.
@@ -70,6 +74,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("rho_eval", pa.float64(), "rho used at evaluation"),
     ("smooth_samples", pa.int64(), "K, the number of correlated copies per smoothed map"),
     ("smooth", pa.string(), "which maps are smoothed: both, encoder, decoder"),
+    ("smooth_space", pa.string(), "coordinates of the generative maps' copies: posterior (the decoder sees mu_q and "
+                                  "sigma_q: the smoothed objective is no bound) or prior (a valid latent-variable model)"),
     ("objective", pa.string(), "elbo or iwae"),
     ("iw_samples", pa.int64(), "k of the IWAE training objective (1 for elbo)"),
     ("beta_schedule", pa.string(), "KL-annealing schedule: constant, linear, cosine, sigmoid, cyclical"),
@@ -89,15 +95,22 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("failure", pa.string(), "why the run stopped training (e.g. diverged), on its last row; null for a healthy run"),
     ("hostname", pa.string(), "machine that computed this evaluation (e.g. to trace a faulty node on a cluster)"),
     # metrics (on `split`, at `rho_eval`)
-    ("elbo", pa.float64(), "ELBO in nats per example (beta = 1, no free bits)"),
-    ("iw_bound", pa.float64(), "importance-weighted bound L_k in nats per example"),
+    ("bound_model", pa.string(), "the model elbo, iw_bound, recon and the KLs are of: hvae (the plain hierarchical "
+                                 "VAE with the trained weights, generative maps unsmoothed, the trained encoder as "
+                                 "proposal) or smoothed-prior (the prior-reading smoothed generative model)"),
+    ("elbo", pa.float64(), "ELBO in nats per example (beta = 1, no free bits): a bound on log p(x) of bound_model"),
+    ("iw_bound", pa.float64(), "importance-weighted bound L_k on log p(x) of bound_model, nats per example"),
     ("iw_k", pa.int64(), "k of iw_bound (100 for validation, 5000 for test in the paper)"),
     ("recon", pa.float64(), "expected negative log-likelihood E_q[-log p(x|z_1)]"),
-    ("kl_total", pa.float64(), "sum of the per-layer KLs"),
-    ("top_kl", pa.float64(), "KL of the top layer (nats per example)"),
-    ("top_active_units", pa.int64(), "active units of the top layer (Burda et al. 2016, threshold 0.01)"),
-    ("layer_kl", pa.list_(pa.float64()), "per-layer KL, bottom to top"),
-    ("layer_active_units", pa.list_(pa.int64()), "per-layer active units, bottom to top"),
+    ("kl_total", pa.float64(), "sum of the per-layer KLs under bound_model"),
+    ("top_kl", pa.float64(), "KL of the top layer's q against N(0, I) (nats per example; depends on q alone)"),
+    ("top_active_units", pa.int64(), "active units of the top layer (Burda et al. 2016, threshold 0.01; q alone)"),
+    ("layer_kl", pa.list_(pa.float64()), "per-layer KL under bound_model, bottom to top (the top one: q alone)"),
+    ("layer_active_units", pa.list_(pa.int64()), "per-layer active units, bottom to top (q alone)"),
+    ("smoothed_elbo", pa.float64(), "the training objective at rho_eval (beta = 1, no free bits, maps smoothed as in "
+                                    "training): NOT a likelihood in the posterior reading; equals elbo where it is"),
+    ("smoothed_kl_total", pa.float64(), "total KL inside smoothed_elbo; negative = information leaks past the "
+                                        "latents (the smoothed objective is then no bound)"),
     ("grad_var", pa.float64(), "gradient variance of the first encoder layer (null when not measured)"),
 ]
 
@@ -106,8 +119,8 @@ SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
                          "is_final", "top_kl", "top_active_units")
 # Columns that together name one "configuration" (everything but rho and seed) for grouping.
-CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_samples",
-               "objective", "beta_schedule", "free_bits")
+CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_space",
+               "smooth_samples", "objective", "beta_schedule", "free_bits")
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -5,6 +5,12 @@ k-sample-averaged ELBO and per-layer KL (lower variance than one sample) and the
 E_q[z_l | x] needed for active units. Samples are drawn in chunks so L_5000 fits in memory, and every member of a
 population is evaluated in the same batched passes, on the same images.
 Kept apart from the model (biva-pytorch style) so evaluation can change without touching training.
+
+Every likelihood reported is a bound on log p(x) of a model one can name (``bound_model``): in the prior reading
+the smoothed generative model itself; in the posterior reading, whose smoothed objective bounds no model, the plain
+hierarchical VAE with the trained weights (generative maps unsmoothed, the smoothed encoder as the proposal). The
+smoothed training objective is then measured apart (``smoothed_elbo``, one sample per example) and never called a
+likelihood. Active units and the top layer's KL depend on q alone, so they mean the same under either model.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class Evaluation:
     kl_total: float
     layer_kl: list[float]  # bottom to top
     layer_active_units: list[int]  # bottom to top
+    # the training objective (beta = 1, no free bits) with the maps smoothed as in training; equal to elbo and
+    # kl_total where that objective is the ELBO of the bound's model, no bound at all otherwise
+    smoothed_elbo: float
+    smoothed_kl_total: float
 
     @property
     def top_kl(self) -> float:
@@ -84,6 +94,11 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
     device = params.device
     m, n, n_layers = params.shape[0], data.shape[0], len(model.cfg.latent_dims)
     rho_t = torch.tensor(list(rho), dtype=params.dtype, device=device)
+    generative = model.bound_smooths_generative
+    # the smoothed objective differs from the bound's ELBO only when the bound leaves smoothed generative maps out
+    separate_objective = model.smoothed_maps(rho)[1] and not generative
+    smoothed_log_w = torch.zeros(m, dtype=torch.float64, device=device)
+    smoothed_kl = torch.zeros_like(smoothed_log_w)
     log_w_mean = torch.zeros(m, dtype=torch.float64, device=device)
     iw = torch.zeros_like(log_w_mean)
     log_px = torch.zeros_like(log_w_mean)
@@ -98,12 +113,16 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
         for s0 in range(0, iw_k, chunk):
             c = min(chunk, iw_k - s0)
             xs = expand_members(x.repeat(c, *([1] * (x.dim() - 1))), m)
-            out = model(xs, rho_t, model.draw_noise(c * b, rho, generator), params)
+            out = model(xs, rho_t, model.draw_noise(c * b, rho, generator, generative), params)
             log_w_parts.append(out.log_weight.view(m, c, b))
             log_px += out.log_px.double().sum(1)
             kl_sum += out.kl.double().sum(1)
             for l, mu in enumerate(out.posterior_means):
                 mean_sums[l] += mu.view(m, c, b, -1).sum(1)
+        if separate_objective:
+            out = model(expand_members(x, m), rho_t, model.draw_noise(b, rho, generator), params)
+            smoothed_log_w += out.log_weight.double().sum(1)
+            smoothed_kl += out.kl.double().sum(-1).sum(1)
         log_w = torch.cat(log_w_parts, 1).double()  # (M, iw_k, b)
         log_w_mean += log_w.mean(1).sum(1)
         iw += (torch.logsumexp(log_w, 1) - math.log(iw_k)).sum(1)
@@ -113,8 +132,14 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
     layer_kl = (kl_sum / draws).cpu().tolist()
     units = torch.stack([active_units(torch.cat(parts, 1)) for parts in means], 1).cpu().tolist()
     elbo, bound, recon = (log_w_mean / n).cpu().tolist(), (iw / n).cpu().tolist(), (-log_px / draws).cpu().tolist()
-    return [Evaluation(elbo=elbo[i], iw_bound=bound[i], iw_k=iw_k, recon=recon[i], kl_total=float(sum(layer_kl[i])),
-                       layer_kl=layer_kl[i], layer_active_units=[int(u) for u in units[i]]) for i in range(m)]
+    kl_total = [float(sum(layer_kl[i])) for i in range(m)]
+    if separate_objective:
+        smoothed_elbo, smoothed_kl_total = (smoothed_log_w / n).cpu().tolist(), (smoothed_kl / n).cpu().tolist()
+    else:
+        smoothed_elbo, smoothed_kl_total = elbo, kl_total
+    return [Evaluation(elbo=elbo[i], iw_bound=bound[i], iw_k=iw_k, recon=recon[i], kl_total=kl_total[i],
+                       layer_kl=layer_kl[i], layer_active_units=[int(u) for u in units[i]],
+                       smoothed_elbo=smoothed_elbo[i], smoothed_kl_total=smoothed_kl_total[i]) for i in range(m)]
 
 
 def gradient_variance(model: HierarchicalVAE, x: Tensor, *, rho: Sequence[float], beta: Tensor, free_bits: Tensor,

@@ -3,10 +3,13 @@
 Inference  q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
 Generation p(z_L) = N(0, I), p(z_l | z_{l+1}), p(x | z_1)
 
-Every map whose input is a latent is evaluated through `ou_smooth` (docs/method.md): the
-inference maps z_l -> z_{l+1} when smoothing the encoder, the generative maps z_{l+1} -> z_l and z_1 -> x when
-smoothing the decoder. The map that reads x is never smoothed. The copies live in the noise coordinates of the
-posterior sample that feeds the map (the only sample the training pass has for that latent).
+Every map whose input is a latent is evaluated through `ou_smooth` (docs/method.md): the inference maps
+z_l -> z_{l+1} when smoothing the encoder, the generative maps z_{l+1} -> z_l and z_1 -> x when smoothing the
+decoder. The map that reads x is never smoothed. The inference maps' copies live in the coordinates of the
+posterior sample that feeds them. The generative maps' copies live, by ``Config.smooth_space``, in the same
+posterior coordinates ("posterior": the decoder then sees mu_q(x) and sigma_q(x) past the noisy latent, so the
+smoothed objective is not an ELBO of any model) or in the coordinates of the latent's own generative conditional
+p(z_l | z_{l+1}), N(0, I) at the top ("prior": a valid latent-variable model whose extra noise eta has q = p).
 
 One code path builds every variant (biva-pytorch style): the architecture string only picks how the maps that
 read or write images are built; latent-to-latent maps are MLPs in both. Every tensor has a leading member
@@ -116,17 +119,29 @@ class HierarchicalVAE(nn.Module):
         return self.flat.shape[0]
 
     # ----- noise ------------------------------------------------------------------------------------------------
-    def smoothed_maps(self, rho: Sequence[float]) -> tuple[bool, bool]:
-        """(encoder maps smoothed, decoder maps smoothed) for these members' rho: a host-side decision on the
-        configuration (no tensor is looked at), so a population with no smoothed member never forms copies."""
-        on = any(not is_identity(r, self.cfg.smooth_samples) for r in rho)
-        return on and self.cfg.smooth in ("both", "encoder"), on and self.cfg.smooth in ("both", "decoder")
+    @property
+    def bound_smooths_generative(self) -> bool:
+        """Whether the model that reported bounds are of has smoothed generative maps: only in the prior reading.
+        In the posterior reading the smoothed objective bounds no model, so bounds are taken with the generative
+        maps unsmoothed: the plain hierarchical VAE with the trained weights (the smoothed encoder, which may
+        depend on x, stays the proposal)."""
+        return self.cfg.smooth_space == "prior"
 
-    def draw_noise(self, rows: int, rho: Sequence[float], generator: torch.Generator) -> Noise:
+    def smoothed_maps(self, rho: Sequence[float], generative: bool = True) -> tuple[bool, bool]:
+        """(encoder maps smoothed, decoder maps smoothed) for these members' rho: a host-side decision on the
+        configuration (no tensor is looked at), so a population with no smoothed member never forms copies.
+        generative=False leaves the generative maps unsmoothed whatever the configuration."""
+        on = any(not is_identity(r, self.cfg.smooth_samples) for r in rho)
+        return (on and self.cfg.smooth in ("both", "encoder"),
+                on and generative and self.cfg.smooth in ("both", "decoder"))
+
+    def draw_noise(self, rows: int, rho: Sequence[float], generator: torch.Generator,
+                   generative: bool = True) -> Noise:
         """All standard-normal variables of one pass over `rows` examples for each member smoothed at rho[m]
-        (all members, or a chunk of them), in ONE draw."""
+        (all members, or a chunk of them), in ONE draw; generative=False: none for the generative maps, whose
+        pass is then the unsmoothed one."""
         m, k, dims = len(rho), self.cfg.smooth_samples, self.cfg.latent_dims
-        enc, dec = self.smoothed_maps(rho)
+        enc, dec = self.smoothed_maps(rho, generative)
         shapes: list[tuple[int, ...] | None] = [(m, rows, d) for d in dims]
         shapes += [(m, k, rows, dims[l]) if enc else None for l in range(len(dims) - 1)]
         shapes += [(m, k, rows, dims[l + 1]) if dec else None for l in range(len(dims) - 1)]
@@ -147,34 +162,39 @@ class HierarchicalVAE(nn.Module):
         identity = rho >= 1.0
         recompute = self.cfg.smooth_recompute
 
-        def smooth(f, s: GaussianSample, eta: Tensor | None) -> Tensor:
-            return ou_smooth(lambda z: f(p, z), s, rho, eta, identity, recompute)
+        def smooth(f, z: Tensor, center: Tensor, scale: Tensor, eta: Tensor | None) -> Tensor:
+            return ou_smooth(lambda c: f(p, c), z, center, scale, rho, eta, identity, recompute)
 
         q = self.encode_x(p, x.reshape(m, n, -1) if self.cfg.architecture == "mlp" else x)
         samples: list[GaussianSample] = []
         q_params: list[tuple[Tensor, Tensor]] = []
         for l in range(len(self.cfg.latent_dims)):
             if l > 0:
-                q = smooth(self.encoders[l - 1], samples[-1], noise.encoders[l - 1])
+                s = samples[-1]
+                q = smooth(self.encoders[l - 1], s.z, s.mu, s.std, noise.encoders[l - 1])
             mu, logvar = q.chunk(2, dim=-1)
             q_params.append((mu, logvar))
             samples.append(sample_gaussian(mu, logvar, noise.eps[l]))
 
+        # generation, top down: each latent is read by the map below it in the coordinates smooth_space names
         top = len(samples) - 1
+        prior_space = self.cfg.smooth_space == "prior"
         log_q = torch.stack([sample_log_density(s) for s in samples], -1)
-        log_p_layers, kl_layers = [], []
-        for l in range(top + 1):
-            if l == top:
-                z = samples[l].z
-                log_p_layers.append(-0.5 * (LOG_2PI + z**2).sum(-1))
-                kl_layers.append(kl_to_standard_normal(*q_params[l]))
-            else:
-                mu_p, logvar_p = smooth(self.decoders[l], samples[l + 1], noise.decoders[l]).chunk(2, dim=-1)
-                log_p_layers.append(gaussian_log_density(samples[l], mu_p, logvar_p))
-                kl_layers.append(log_q[..., l] - log_p_layers[-1])
-        out = smooth(self.decode_x, samples[0], noise.decode_x)
+        z_top = samples[top].z
+        log_p_layers = [-0.5 * (LOG_2PI + z_top**2).sum(-1)]  # top to bottom while generating
+        kl_layers = [kl_to_standard_normal(*q_params[top])]
+        center, scale = ((torch.zeros_like(z_top), torch.ones_like(z_top)) if prior_space
+                         else (samples[top].mu, samples[top].std))
+        for l in range(top - 1, -1, -1):
+            mu_p, logvar_p = smooth(self.decoders[l], samples[l + 1].z, center, scale,
+                                    noise.decoders[l]).chunk(2, dim=-1)
+            log_p_layers.append(gaussian_log_density(samples[l], mu_p, logvar_p))
+            kl_layers.append(log_q[..., l] - log_p_layers[-1])
+            center, scale = ((mu_p, torch.exp(0.5 * logvar_p)) if prior_space
+                             else (samples[l].mu, samples[l].std))
+        out = smooth(self.decode_x, samples[0].z, center, scale, noise.decode_x)
         return Pass(log_px=self.log_likelihood(x, out.reshape(m, n, self.out_channels, *self.image_shape[1:])),
-                    log_q=log_q, log_p=torch.stack(log_p_layers, -1), kl=torch.stack(kl_layers, -1),
+                    log_q=log_q, log_p=torch.stack(log_p_layers[::-1], -1), kl=torch.stack(kl_layers[::-1], -1),
                     posterior_means=[mu for mu, _ in q_params])
 
     def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:

@@ -14,6 +14,19 @@ from typing import Any
 from . import __version__
 from .config import Config, format_latent_dims
 from .data import DatasetSplits
+from .smoothing import is_identity
+
+
+BOUND_MODEL_NAMES = {"hvae": "the plain hierarchical VAE with these weights (generative maps unsmoothed)",
+                     "smoothed-prior": "the smoothed generative model (prior reading)"}
+
+
+def bound_model(cfg: Config) -> str:
+    """The model whose log p(x) the reported elbo / iw_bound bound (metrics.py): the smoothed generative model in
+    the prior reading when its generative maps are smoothed at evaluation, else the plain hierarchical VAE."""
+    smoothed = (cfg.smooth_space == "prior" and cfg.smooth in ("both", "decoder")
+                and not is_identity(cfg.effective_rho_eval, cfg.smooth_samples))
+    return "smoothed-prior" if smoothed else "hvae"
 
 
 def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
@@ -41,6 +54,8 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
         "rho_eval": cfg.effective_rho_eval,
         "smooth_samples": cfg.smooth_samples,
         "smooth": cfg.smooth,
+        "smooth_space": cfg.smooth_space,
+        "bound_model": bound_model(cfg),
         "objective": cfg.objective,
         "iw_samples": cfg.iw_samples,
         "beta_schedule": cfg.beta_schedule,

@@ -23,7 +23,7 @@ from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from .config import Config, ConfigError, PRESETS, add_config_arguments, format_latent_dims, overrides_from_args
 from .data import DataError
 from .memory import reset_peak_memory
-from .records import run_columns
+from .records import BOUND_MODEL_NAMES, bound_model, run_columns
 from .trainer import Trainer, TrainingStalled, pick_device
 
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             c = trainer.cfg
             print(f"ouvae {__version__}: {c.preset} on {c.dataset} ({trainer.data.split_note}, "
                   f"{trainer.data.binarization} binarization), latents {format_latent_dims(c.latent_dims)}, "
-                  f"rho={c.rho} K={c.smooth_samples} smooth={c.smooth}, {trainer.total_steps} steps on "
+                  f"rho={c.rho} K={c.smooth_samples} smooth={c.smooth} ({c.smooth_space} reading), {trainer.total_steps} steps on "
                   f"{trainer.device}", flush=True)
         final = trainer.fit()
     except (ConfigError, DataError, TrainingStalled, CheckpointFormatError, FileNotFoundError) as e:
@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {**final, **run_columns(trainer.cfg, trainer.data)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    model = bound_model(trainer.cfg)
     print(f"\nfinal ({final['split']} split, rho_eval={trainer.cfg.effective_rho_eval}): "
-          f"ELBO {final['elbo']:.3f}  L_{final['iw_k']} {final['iw_bound']:.3f} nats")
+          f"ELBO {final['elbo']:.3f}  L_{final['iw_k']} {final['iw_bound']:.3f} nats, bounds on log p(x) of "
+          f"{BOUND_MODEL_NAMES[model]}")
+    if final["smoothed_elbo"] != final["elbo"]:
+        print(f"smoothed training objective {final['smoothed_elbo']:.3f} nats (KL {final['smoothed_kl_total']:.3f}): "
+              f"no bound on log p(x) in the posterior reading")
     print(format_layer_table(final))
     print(f"top layer: KL {final['top_kl']:.4f} nats, {final['top_active_units']}/{trainer.cfg.top_dim} active units")
     print(f"wrote {out / 'metrics.json'} and {out / CHECKPOINT_FILE}")

@@ -62,6 +62,10 @@ def test_command_line_overrides_are_typed():
     assert overrides_from_args(p.parse_args(["--latent-dims", "5-5-5"]))["latent_dims"] == (5, 5, 5)
     with pytest.raises(ConfigError, match="cannot read 'x1' as float"):
         overrides_from_args(p.parse_args(["--rho", "x1"]))
+    both = overrides_from_args(p.parse_args(["--set", "smooth_space=prior", "--set", "rho=0.5", "--rho", "0.7"]))
+    assert both == {"smooth_space": "prior", "rho": 0.7}  # a field's own option wins over --set
+    with pytest.raises(ConfigError, match="smooth_space must be one of"):
+        Config.from_preset("demo", **overrides_from_args(p.parse_args(["--set", "smooth_space=posteriour"])))
 
 
 def test_run_columns_carry_the_hyperparameters_and_the_data():

@@ -1,7 +1,7 @@
 """The OU operator's defining properties, checked by Monte Carlo on the model's own `ou_smooth`.
 
-`T` below applies `ou_smooth` exactly as the model does (one member, a latent z = mu + std * eps with mu = 0 and
-std = 1, so z = eps and the copies are rho * eps + sqrt(1 - rho^2) * eta), so the properties hold for the one
+`T` below applies `ou_smooth` exactly as the model does (one member, a latent read in the coordinates of N(0, 1),
+as the top prior's are, so the copies are rho * eps + sqrt(1 - rho^2) * eta), so the properties hold for the one
 T_rho the product computes.
 """
 
@@ -25,13 +25,15 @@ def hermite(k: int, x: torch.Tensor) -> torch.Tensor:
     return h1
 
 
-def T(f, eps: torch.Tensor, rho: float, k: int, seed: int) -> torch.Tensor:
-    """T_rho f at the points eps (N, d), by `ou_smooth` with K = k copies: a population of one member."""
-    z = eps.unsqueeze(0)
-    sample = GaussianSample(z, torch.zeros_like(z), torch.ones_like(z), z)
+def T(f, eps: torch.Tensor, rho: float, k: int, seed: int, center: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """T_rho f at the standard-normal points eps (N, d), by `ou_smooth` with K = k copies (a population of one
+    member): the latent z = center + scale * eps is read in the coordinates of N(center, scale^2), as the model
+    reads a posterior sample, and f sees those coordinates again."""
+    z = (center + scale * eps).unsqueeze(0)
     eta = torch.randn((1, k, *eps.shape), generator=torch.Generator().manual_seed(seed), dtype=eps.dtype)
     rho_t = torch.tensor([rho], dtype=eps.dtype)
-    return ou_smooth(lambda c: f(c[0]).unsqueeze(0), sample, rho_t, eta, identity=rho_t >= 1.0)[0]
+    return ou_smooth(lambda c: f((c[0] - center) / scale).unsqueeze(0), z, torch.full_like(z, center),
+                     torch.full_like(z, scale), rho_t, eta, identity=rho_t >= 1.0)[0]
 
 
 EPS = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64).unsqueeze(1)  # 9 points, 1 dimension
@@ -39,8 +41,9 @@ EPS = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64).unsqueeze(1)  # 9 points
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 @pytest.mark.parametrize("rho", [0.3, 0.7, 0.95])
-def test_hermite_component_is_scaled_by_rho_to_the_k(k, rho):
-    smoothed = T(lambda e: hermite(k, e), EPS, rho, 200_000, seed=k)
+@pytest.mark.parametrize("center, scale", [(0.0, 1.0), (0.5, 2.0)], ids=["prior", "posterior"])
+def test_hermite_component_is_scaled_by_rho_to_the_k(k, rho, center, scale):
+    smoothed = T(lambda e: hermite(k, e), EPS, rho, 200_000, seed=k, center=center, scale=scale)
     expected = rho**k * hermite(k, EPS)
     # Monte Carlo error of the mean of He_k over 2e5 draws is below ~0.02 * sqrt(k!) here
     assert torch.allclose(smoothed, expected, atol=0.03 * math.sqrt(math.factorial(k)))
@@ -83,8 +86,7 @@ def test_copies_have_the_marginal_of_the_sample():
     copies = []
     z = eps.unsqueeze(0)
     eta = torch.randn((1, 3, *eps.shape), generator=torch.Generator().manual_seed(5))
-    ou_smooth(lambda c: copies.append(c) or c, GaussianSample(z, torch.zeros_like(z), torch.ones_like(z), z),
-              torch.tensor([0.7]), eta)
+    ou_smooth(lambda c: copies.append(c) or c, z, torch.zeros_like(z), torch.ones_like(z), torch.tensor([0.7]), eta)
     copies = copies[0].view(3, 200_000)
     assert copies.mean().item() == pytest.approx(0.0, abs=0.01)
     assert copies.std().item() == pytest.approx(1.0, abs=0.01)
@@ -101,7 +103,7 @@ def test_all_copies_of_all_members_go_through_the_network_in_one_call():
 
     mu, std, eps = torch.zeros(3, 6, 4), torch.ones(3, 6, 4), torch.randn(3, 6, 4)
     eta = torch.randn(3, 5, 6, 4)
-    out = ou_smooth(f, GaussianSample(mu + std * eps, mu, std, eps), torch.tensor([0.5, 0.9, 1.0]), eta)
+    out = ou_smooth(f, mu + std * eps, mu, std, torch.tensor([0.5, 0.9, 1.0]), eta)
     assert calls == [torch.Size([3, 30, 4])]  # members x (K copies * 6 rows) x 4
     assert out.shape == (3, 6, 4)
 
@@ -114,9 +116,10 @@ def test_each_member_is_smoothed_at_its_own_rho_and_rho_one_members_are_untouche
     sample = GaussianSample(mu + std * eps, mu, std, eps)
     eta = torch.randn(3, 4, 50, 2)
     rho = torch.tensor([0.6, 1.0, 0.3])
-    out = ou_smooth(f, sample, rho, eta, identity=rho >= 1.0)
+    out = ou_smooth(f, sample.z, sample.mu, sample.std, rho, eta, identity=rho >= 1.0)
     assert torch.equal(out[1], f(sample.z[1]))  # exactly f(z), not an average of K equal values
     for m in (0, 2):  # each member alone, with its own rho and noise, gives the same numbers
         alone = GaussianSample(*(t[m:m + 1] for t in sample))
-        assert torch.allclose(out[m], ou_smooth(f, alone, rho[m:m + 1], eta[m:m + 1])[0], atol=1e-6)
+        assert torch.allclose(out[m], ou_smooth(f, alone.z, alone.mu, alone.std, rho[m:m + 1], eta[m:m + 1])[0],
+                              atol=1e-6)
     assert not torch.allclose(out[0], f(sample.z[0]))
