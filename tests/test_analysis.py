@@ -273,6 +273,7 @@ def test_budget_with_unequal_run_lengths_uses_the_steps_every_run_reached(tmp_pa
 
 
 # ------------------------------------------------------------------------------------------- what figures show
+@pytest.mark.slow
 def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbatim(tmp_path):
     root = tmp_path / "res"
     make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:$HOME/my data": 0.03,

@@ -69,6 +69,7 @@ def test_the_same_population_gives_the_same_numbers_on_a_rerun(digits):
     assert [m.history[-1]["elbo"] for m in a.members] == [m.history[-1]["elbo"] for m in b.members]
 
 
+@pytest.mark.slow
 def test_members_alone_and_inside_a_population_agree_in_distribution(digits):
     """Across groupings only the shared noise stream differs. Three seeds at rho = 1 and three at rho = 0.8,
     trained alone and as one population of six: per rho, the final ELBO and top-layer active units agree within

@@ -226,6 +226,7 @@ def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env,
     assert err.startswith("error: ") and needle in err
 
 
+@pytest.mark.slow
 def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
     """The measured complaint: `critical_rho.py --dataset mnist` offline, without the files, used to start Ray and
     every trial. Now the driver resolves the data first: one line naming the file and the fix, exit code 2, Ray
