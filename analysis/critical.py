@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
 from analysis.schema import CONFIG_KEYS
+from ouvae.config import IDENTITY, recorded_columns
 from analysis.transition import TransitionFit, fit_transition
 
 # A configuration = CONFIG_KEYS + the split the metrics come from + the rho used at evaluation as a label ("train"
@@ -31,9 +32,9 @@ GROUP_KEYS: tuple[str, ...] = (*CONFIG_KEYS, "split", RHO_EVAL_LABEL)
 FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "latent_dims")
 # A dataset family = configurations that differ only in the dataset: the unit of the across-dataset comparison.
 DATASET_FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "dataset")
-# Settings outside CONFIG_KEYS that should not vary inside one configuration; if they do, the report says so.
-OTHER_SETTINGS = ("preset", "binarization", "hidden_layers", "activation", "iw_samples", "beta_params", "lr",
-                  "batch_size")
+# Recorded settings outside CONFIG_KEYS other than the seed (the IDENTITY role, ouvae/config.py): they should not
+# vary inside one configuration; if they do, the report says so.
+OTHER_SETTINGS = tuple(c for c in recorded_columns(IDENTITY) if c != "seed")
 RUN_COLUMNS = ("sweep_id", "trial_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
                "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
@@ -183,7 +184,7 @@ def mixing_notes(runs: pl.DataFrame, configs: pl.DataFrame) -> list[str]:
         mixed = [f"{c} = {', '.join(_fmt(v) for v in sorted(r[c]))}" for c in OTHER_SETTINGS if len(r[c]) > 1]
         if mixed:
             notes.append(f"configuration {r['config_id']} pools runs with different {'; '.join(mixed)}: these are not "
-                         f"replicates; analyse the sweeps separately (--sweep) or add the setting to CONFIG_KEYS.")
+                         f"replicates; analyse the sweeps separately (--sweep).")
     return notes
 
 

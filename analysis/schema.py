@@ -1,7 +1,8 @@
 """The results table: one tidy Parquet schema shared by the sweep writer and the analysis reader.
 
 Why it lives here: `analysis` is the consumer that must keep working on a laptop without Ray or torch, so the
-contract sits in a module that imports only pyarrow. `sweeps` imports it to write; nothing here imports Ray.
+contract sits in a module that imports only pyarrow and ``ouvae.config`` (no torch), where each setting's role and
+column are declared. `sweeps` imports it to write; nothing here imports Ray.
 docs/results-schema.md is generated from this module (`python -m analysis.schema > docs/results-schema.md`, or
 `make docs`); a test fails when it is out of date.
 
@@ -32,6 +33,8 @@ from __future__ import annotations
 import textwrap
 
 import pyarrow as pa
+
+from ouvae.config import MEMBER, SHARED, recorded_columns
 
 SCHEMA_VERSION = 3
 # Versions this code reads, and what each changed. A file of an older version has the newer columns null.
@@ -118,9 +121,9 @@ SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 # Columns that must be present for the critical-rho analysis to mean anything.
 REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
                          "is_final", "top_kl", "top_active_units")
-# Columns that together name one "configuration" (everything but rho and seed) for grouping.
-CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_space",
-               "smooth_samples", "objective", "beta_schedule", "free_bits")
+# Columns that together name one "configuration": the recorded settings of the roles config_hash hashes
+# (ouvae/config.py), but rho, which is swept; the evaluation rho is a key of its own and the split too (critical.py).
+CONFIG_KEYS = tuple(c for c in recorded_columns(SHARED, MEMBER) if c not in ("rho", "rho_eval", "split"))
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
-from .config import Config, ConfigError
+from .config import IDENTITY, MEMBER, Config, ConfigError, settings_with
 from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .layers import member_slices
@@ -34,8 +34,8 @@ from .optim import MemberAdam
 from .smoothing import is_identity
 
 # Config fields a member may set for itself; every other field must be equal across a population.
-MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min", "beta_max", "anneal_epochs",
-                 "n_cycles", "cycle_ratio", "sigmoid_steepness", "free_bits", "max_skipped_steps")
+# What members of one population may differ in: the MEMBER and IDENTITY settings (ouvae/config.py).
+MEMBER_FIELDS = settings_with(MEMBER, IDENTITY)
 
 Callback = Callable[["Population", list[dict[str, Any]]], None]
 # Members per forward/backward pass on a CPU: larger chunks leave the caches, and per-member speed falls (measured

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from . import __version__
-from .config import Config, format_latent_dims
+from .config import Config, format_latent_dims, own_name_columns
 from .data import DatasetSplits
 from .smoothing import is_identity
 
@@ -38,31 +38,18 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
     config_hash = cfg.config_hash()
     if data.name != cfg.dataset:
         config_hash = hashlib.sha1(f"{config_hash}:{data.name}".encode()).hexdigest()[:12]
+    verbatim = {name: getattr(cfg, name) for name in own_name_columns()}  # which fields: their metadata
     return {
+        **verbatim,
         "ouvae_version": __version__,
-        "preset": cfg.preset,
+        # the loaded data's own description, not the config's request (e.g. dataset "idx:kmnist", not "idx")
         "dataset": data.name,
         "binarization": data.binarization,
         "likelihood": data.likelihood,
-        "architecture": cfg.architecture,
         "n_layers": cfg.n_layers,
         "latent_dims": format_latent_dims(cfg.latent_dims),
-        "hidden_units": cfg.hidden_units,
-        "hidden_layers": cfg.hidden_layers,
-        "activation": cfg.activation,
-        "rho": cfg.rho,
         "rho_eval": cfg.effective_rho_eval,
-        "smooth_samples": cfg.smooth_samples,
-        "smooth": cfg.smooth,
-        "smooth_space": cfg.smooth_space,
         "bound_model": bound_model(cfg),
-        "objective": cfg.objective,
-        "iw_samples": cfg.iw_samples,
-        "beta_schedule": cfg.beta_schedule,
         "beta_params": json.dumps(cfg.beta_params, sort_keys=True),
-        "free_bits": cfg.free_bits,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
         "config_hash": config_hash,
     }

@@ -740,15 +740,19 @@ def test_failed_run_keeps_the_previous_report_intact(small, tmp_path):
     assert not list(tmp_path.glob(".rep.staging-*"))
 
 
-def test_sweeps_pooling_different_settings_are_flagged_and_separable(tmp_path):
+def test_a_different_setting_is_another_configuration_and_a_different_preset_is_flagged(tmp_path):
+    """Every recorded setting of the configuration (ouvae/config.py's roles: what config_hash hashes) separates
+    configurations; runs that differ only in a name outside it (the preset) are pooled, and the report says so."""
     root = tmp_path / "res"
     kw = dict(latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=1)
     make_synthetic_results(root, sweep_id="a", **kw)
     make_synthetic_results(root, sweep_id="b", overrides={"lr": 3e-4}, **kw)
+    make_synthetic_results(root, sweep_id="c", overrides={"preset": "other"}, **kw)
     rc, stdout, _ = run_cli(root, "--no-plots", *FAST)
-    assert rc == 0 and "pools runs with different lr = 0.0003, 0.001" in stdout
-    rc, stdout, _ = run_cli(root, "--no-plots", "--sweep", "b", *FAST)
-    assert rc == 0 and "pools runs" not in stdout and "sweep(s) b" in stdout
+    assert rc == 0 and "lr=0.0003" in stdout and "lr=0.001" in stdout  # two configurations
+    assert "pools runs with different preset = other, synthetic" in stdout
+    rc, stdout, _ = run_cli(root, "--no-plots", "--sweep", "c", *FAST)
+    assert rc == 0 and "pools runs" not in stdout and "sweep(s) c" in stdout
 
 
 # ----------------------------------------------------------------------------------------- packaging / imports
