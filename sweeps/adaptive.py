@@ -220,10 +220,7 @@ class AdaptiveRhoSearcher(Searcher):
         if state.get("format") != _FORMAT:
             raise RefineError("not an adaptive-rho searcher state (wrong or missing 'format' field)")
         self.policy.load_state_dict(state["policy"])
-        live = state.get("live", {})
-        # states saved before populations hold one [group, rho, seed] per trial
-        live = {t: (pts if pts and isinstance(pts[0], list) else [pts]) for t, pts in live.items()}
-        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in live.items()}
+        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in state.get("live", {}).items()}
 
     def save(self, checkpoint_path: str) -> None:
         """JSON state, written to a temp file and renamed so a crash never leaves half a file."""

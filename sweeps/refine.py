@@ -52,8 +52,7 @@ from ouvae.config import parse_latent_dims
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-# 2: the setting "batch_size" is called "min_pending" (what it is: a threshold on pending trials). Version-1
-# states differ only in that name and are read (``_upgrade``).
+# The form of state_dict(); a state of another version is refused (load_state_dict).
 STATE_VERSION = 2
 
 
@@ -453,7 +452,6 @@ class RefinePolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output; refuses a state made for other groups or settings."""
-        state = _upgrade(state)
         if state.get("state_version") != STATE_VERSION:
             raise RefineError(f"adaptive-search state version {state.get('state_version')} is not "
                               f"{STATE_VERSION}: it was written by another version of sweeps/refine.py")
@@ -478,14 +476,6 @@ class RefinePolicy:
                 "target_width": self.target_width, "max_trials_per_group": self.max_trials_per_group,
                 "max_trials": self.max_trials, "min_pending": self.min_pending, "level": self.level,
                 "n_boot": self.n_boot, "random_state": self.random_state}
-
-
-def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A version-1 state in the current form (its settings' "batch_size" is today's "min_pending")."""
-    if state.get("state_version") != 1:
-        return state
-    settings = {("min_pending" if k == "batch_size" else k): v for k, v in state.get("settings", {}).items()}
-    return {**state, "state_version": STATE_VERSION, "settings": settings}
 
 
 def _offsets(limit: int):

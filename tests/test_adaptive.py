@@ -163,21 +163,18 @@ def test_state_round_trip_through_json_continues_identically():
         other.load_state_dict(state)
 
 
-def test_state_of_version_1_with_batch_size_is_restored():
-    """Version 1 called min_pending "batch_size"; a sweep saved then resumes with the renamed setting."""
+def test_a_state_of_another_version_or_other_settings_is_refused():
     a = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30)
     for _ in range(5):
         p = a.next_proposal()
         a.record(p.group, p.rho, p.seed, 10)
-    old = a.state_dict()
-    old = {**old, "state_version": 1,
-           "settings": {("batch_size" if k == "min_pending" else k): v for k, v in old["settings"].items()}}
+    state = a.state_dict()
     b = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30)
-    b.load_state_dict(old)
-    assert b.state_dict() == a.state_dict()
+    with pytest.raises(RefineError, match="state version 1 is not 2"):
+        b.load_state_dict({**state, "state_version": 1})
     c = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=2, max_trials_per_group=30)
     with pytest.raises(RefineError, match="min_pending"):
-        c.load_state_dict(old)
+        c.load_state_dict(state)
 
 
 def test_min_pending_queues_the_next_round_while_one_runs():
