@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ouvae.config import parse_latent_dims
+from sweeps.space import SpaceError, check_seeds
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
@@ -140,11 +141,10 @@ class RefinePolicy:
         groups = list(groups)
         if not groups:
             raise RefineError("groups is empty: give at least one group of overrides, e.g. [{}] for one config")
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise RefineError("seeds is empty: give at least one seed (several, so the interval has seed noise in it)")
-        if len(set(seeds)) != len(seeds):
-            raise RefineError(f"seeds {seeds} contain duplicates: give each seed once")
+        try:
+            seeds = check_seeds(seeds)
+        except SpaceError as e:  # the sweeps' one seed rule
+            raise RefineError(str(e)) from None
         if not (isinstance(min_spacing, (int, float)) and math.isfinite(min_spacing) and min_spacing > 0):
             raise RefineError(f"min_spacing must be a positive number such as 0.001; got {min_spacing}")
         lim_lo, lim_hi = (float(v) for v in rho_limits)

@@ -205,6 +205,7 @@ def test_failure_text_names_the_exception():
     (["--rho-spacing", "0.01"], "--rho-step"),
     (["--name", ".hidden"], "cannot be empty or start with '.'"),
     (["--population", "0"], "--population 0 must be >= 1"),
+    (["--seeds", "0", "1", "1"], "--seeds [0, 1, 1] contain duplicates: give each seed once"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
