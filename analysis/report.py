@@ -30,6 +30,7 @@ from analysis.io import AnalysisError, Results, collect, load_results
 from analysis.render import render_html, render_text, report_tables
 from analysis.storage import ResultsLocation, locate
 from analysis.tables import Table, read_benchmark, summarize_runs, table6, table8, table9, table10
+from ouvae.atomic import write_atomically
 
 REPORT_NAME = "report.html"
 BENCHMARK_NAME = "benchmark.json"
@@ -195,9 +196,8 @@ def _write(report: Report, curves: pl.DataFrame | None, out: Path) -> None:
         order_parameters(report.critical).write_csv(stage / "tables" / "order_parameters.csv")
         report.figures = [out / "figures" / p.name for sec in figures.values() for figs in sec.values()
                           for p, _ in figs]
-        tmp = stage / f".{REPORT_NAME}.tmp"
-        tmp.write_text(render_html(report, figures, report.tables), encoding="utf-8")
-        os.replace(tmp, stage / REPORT_NAME)
+        html = render_html(report, figures, report.tables)
+        write_atomically(stage / REPORT_NAME, lambda tmp: tmp.write_text(html, encoding="utf-8"))
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
+from ouvae.atomic import write_atomically
 from sweeps.storage import absolute, join, resolve
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)
@@ -100,9 +101,7 @@ def write_trial_file(root: str, sweep_id: str, trial_id: str, rows: Iterable[Map
             try:
                 os.replace(tmp, path)
             except OSError:  # staging on another filesystem (EXDEV): fall back to a temp file in place
-                local_tmp = Path(path).with_name(f".{trial_id}.{uuid.uuid4().hex[:8]}.tmp")
-                pq.write_table(table, local_tmp)
-                os.replace(local_tmp, path)
+                write_atomically(path, lambda local_tmp: pq.write_table(table, local_tmp))
         finally:
             tmp.unlink(missing_ok=True)
     else:

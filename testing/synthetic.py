@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMA_VERSION, conform
+from ouvae.atomic import write_atomically
 
 DEFAULT_RHOS: tuple[float, ...] = tuple(float(r) for r in np.round(np.linspace(0.80, 1.00, 11), 4))
 # Wider latents collapse at lower rho (the paper's Figure 5): the default truth has that ordering.
@@ -105,9 +106,7 @@ def _per_size(spec: RhoCSpec, size: int, name: str) -> float:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _file_name(text: str) -> str:
