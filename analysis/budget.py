@@ -62,7 +62,7 @@ class BudgetSeries:
 
 def evaluations_query(results: Results) -> pl.LazyFrame:
     """Lazy query: the top-layer active units of every evaluation row (the few columns the budget fits need)."""
-    return results.lf.select("sweep_id", "trial_id", "step", "top_active_units")
+    return results.lf.select("sweep_id", "run_id", "step", "top_active_units")
 
 
 def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: float
@@ -82,7 +82,7 @@ def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: floa
 def common_steps(evals: pl.DataFrame, n_runs: int, max_budgets: int) -> list[int]:
     """Steps every one of ``n_runs`` runs reached, thinned to at most ``max_budgets`` evenly spaced ones (the last
     always kept)."""
-    counts = evals.group_by("step").agg(pl.col("trial_id").n_unique().alias("n"))
+    counts = evals.group_by("step").agg(pl.col("run_id").n_unique().alias("n"))
     steps = counts.filter(pl.col("n") == n_runs)["step"].sort().to_list()
     if len(steps) <= max_budgets:
         return steps
@@ -98,8 +98,8 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
     ended at that step (then the series ends in exactly the number of the rho_c table).
     """
     tolerance = TOLERANCE_OF_MARGIN * margin
-    keyed = evals.join(critical.runs.select("sweep_id", "trial_id", "config_id", "rho", "seed", "top_dim"),
-                       on=["sweep_id", "trial_id"], how="inner")
+    keyed = evals.join(critical.runs.select("sweep_id", "run_id", "config_id", "rho", "seed", "top_dim"),
+                       on=["sweep_id", "run_id"], how="inner")
     out: dict[str, BudgetSeries] = {}
     with one_blas_thread():
         for i, cfg in enumerate(critical.configs.iter_rows(named=True)):

@@ -79,7 +79,7 @@ def order_parameters(critical: CriticalResult) -> pl.DataFrame:
     """Every run's end-of-training order parameters (all seeds kept), per-layer lists bottom to top as strings."""
     runs = critical.runs.join(critical.configs.select("config_id", "label"), on="config_id", how="left")
     return runs.select(
-        "config_id", "label", "sweep_id", "trial_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
+        "config_id", "label", "sweep_id", "run_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
         "active_fraction", "top_kl", "kl_total", "elbo", "iw_bound",
         pl.col("layer_active_units").list.eval(pl.element().cast(pl.String)).list.join(",")
         .alias("layer_active_units_bottom_up"),

@@ -9,7 +9,7 @@ docs/results-schema.md is generated from this module (`python -m analysis.schema
 One row per run per evaluation, the same columns whatever the search space (absent values are null). Layout on
 disk (hive-partitioned): ``<root>/sweep_id=<id>/<tune trial id>.parquet``; each file holds every evaluation row of
 one Tune trial (a run alone, or a population of runs) and is rewritten atomically at each evaluation, so a row
-exists exactly once per (trial_id, step) whatever crashes or resumes happen (docs/operations.md).
+exists exactly once per (run_id, step) whatever crashes or resumes happen (docs/operations.md).
 
 Per-layer values are list columns ordered **bottom to top** (index 0 is z_1, the layer next to x; the last
 element is the top layer, the one whose collapse defines rho_c). The top layer is also given as scalar
@@ -45,8 +45,11 @@ VERSION_HISTORY = {
     3: "every likelihood a valid bound of a named model (smooth_space, bound_model, smoothed_elbo, "
        "smoothed_kl_total): v1/v2 rows are read as the posterior reading, and where their elbo/iw_bound came from "
        "smoothed generative maps (not a bound) those values are moved to smoothed_elbo/smoothed_kl_total "
-       "(analysis.io.upgrade_rows)",
+       "(analysis.io.upgrade_rows); trial_id renamed run_id (it names a run; population_id names the Tune trial)",
 }
+# Columns renamed since an older version: old name -> today's. Older files are read with the old column under the new
+# name (analysis.io), so a v1/v2 table's trial_id is its run_id.
+RENAMED = {"trial_id": "run_id"}
 
 # (name, type, meaning). Order here is the column order on disk.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -54,7 +57,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("schema_version", pa.int32(), "version of this schema"),
     ("ouvae_version", pa.string(), "package version that produced the row"),
     ("sweep_id", pa.string(), "sweep name (also the hive partition)"),
-    ("trial_id", pa.string(), "one training run: the Ray Tune trial id, '<trial id>-m<member>' for a member of a "
+    ("run_id", pa.string(), "one training run: the Ray Tune trial id, '<trial id>-m<member>' for a member of a "
                               "population trial, or the run name outside Tune"),
     ("population_id", pa.string(), "the Tune trial that trained this run inside a population (null: a run alone)"),
     ("member", pa.int64(), "index of the run inside its population (0 for a run alone)"),
@@ -119,7 +122,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 # Columns that must be present for the critical-rho analysis to mean anything.
-REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
+REQUIRED_FOR_ANALYSIS = ("sweep_id", "run_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
                          "is_final", "top_kl", "top_active_units")
 # Columns that together name one "configuration": the recorded settings of the roles config_hash hashes
 # (ouvae/config.py), but rho, which is swept; the evaluation rho is a key of its own and the split too (critical.py).

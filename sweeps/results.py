@@ -116,4 +116,4 @@ class ParquetSink(Callback):
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, int]:
-    return str(row["trial_id"]), int(row["step"])
+    return str(row["run_id"]), int(row["step"])

@@ -101,7 +101,7 @@ def _dataset(cfg: Config) -> DatasetSplits:
 
 
 def member_row(population: Population, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row minus sweep_id/trial_id/population_id (the driver knows those)."""
+    """One results row minus sweep_id/run_id/population_id (the driver knows those)."""
     cfg = population.members[metrics["member"]].cfg
     return {**metrics, **run_columns(cfg, population.data), "schema_version": SCHEMA_VERSION}
 

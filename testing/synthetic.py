@@ -173,7 +173,7 @@ def make_synthetic_results(
                     rng = np.random.default_rng([ds_salt, int(d), int(round(rho * 1e6)), s])
                     cols = {k: [v] * n_evals for k, v in base.items()}
                     cols.update(_run_columns(rng, active, int(d), rho, frac, steps_per_eval))
-                    cols.update({"trial_id": [trial_id] * n_evals, "config_hash": [cfg_hash] * n_evals,
+                    cols.update({"run_id": [trial_id] * n_evals, "config_hash": [cfg_hash] * n_evals,
                                  "rho": [rho] * n_evals, "rho_eval": [rho] * n_evals, "seed": [s] * n_evals})
                     table = conform(pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v))
                                               for k, v in cols.items()}))

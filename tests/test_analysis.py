@@ -29,7 +29,7 @@ from analysis.compare import (RhoCVerdict, SharpnessVerdict, interval_text, late
 from analysis.intervals import Undetermined
 from analysis.render import render_text
 from analysis.report import analyze
-from analysis.schema import SCHEMA_VERSION, conform
+from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
 from testing.synthetic import make_synthetic_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def write_trial(root: Path, sweep: str, trial: str, rows: list[dict]) -> Path:
     folder = root / f"sweep_id={sweep}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{trial}.parquet"
-    pq.write_table(conform(pa.Table.from_pylist([{"sweep_id": sweep, "trial_id": trial, **r} for r in rows])), path)
+    pq.write_table(conform(pa.Table.from_pylist([{"sweep_id": sweep, "run_id": trial, **r} for r in rows])), path)
     return path
 
 
@@ -348,14 +348,34 @@ def test_a_population_member_that_failed_is_left_out_and_named(tmp_path):
     folder = next(root.glob("sweep_id=*"))
     ok = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()[0]
     reason = "TrainingStalled: 5 consecutive steps had a non-finite loss or gradient"
-    failed = {**ok, "trial_id": "pop-m003", "population_id": "pop", "member": 3, "is_final": False, "step": 7,
+    failed = {**ok, "run_id": "pop-m003", "population_id": "pop", "member": 3, "is_final": False, "step": 7,
               "top_active_units": 10, "rho": 0.99, "failure": reason}
     pq.write_table(conform(pa.Table.from_pylist([failed])), folder / "pop.parquet")
     for extra in ((), ("--include-unfinished",)):
         rc, stdout, _ = run_cli(root, "--no-plots", *FAST, *extra)
         assert rc == 0 and f"1 run(s) failed during training and are left out (e.g. {reason})" in stdout
         runs = pl.read_csv(root / "report" / "tables" / "order_parameters.csv")
-        assert "pop-m003" not in runs["trial_id"].to_list()
+        assert "pop-m003" not in runs["run_id"].to_list()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_table_of_an_older_version_is_read_with_its_trial_id_as_run_id(tmp_path, version):
+    """Versions 1 and 2 called the run's id trial_id (renamed run_id in 3, analysis.schema.RENAMED): such files are
+    read with that column as run_id, next to files of today's version."""
+    from analysis.io import load_results
+
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
+    folder = next(root.glob("sweep_id=*"))
+    today = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()[0]
+    old_columns = [c for c in today if c not in ("run_id", "smooth_space", "bound_model", "smoothed_elbo",
+                                                 "smoothed_kl_total")]
+    old = {**{c: today[c] for c in old_columns}, "trial_id": "old-run", "schema_version": version}
+    schema = pa.schema([*(SCHEMA.field(c) for c in old_columns), pa.field("trial_id", pa.string())])
+    pq.write_table(pa.Table.from_pylist([old], schema=schema), folder / "old-run.parquet")
+    df = load_results(root).lf.collect()
+    assert "trial_id" not in df.columns and "old-run" in df["run_id"].to_list()
+    assert df["run_id"].null_count() == 0
 
 
 # ---------------------------------------------------------------------------------- tables on a hand fixture
