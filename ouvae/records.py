@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from . import __version__
 from .config import Config, format_latent_dims, own_name_columns
@@ -27,6 +27,13 @@ def bound_model(cfg: Config) -> str:
     smoothed = (cfg.smooth_space == "prior" and cfg.smooth in ("both", "decoder")
                 and not is_identity(cfg.effective_rho_eval, cfg.smooth_samples))
     return "smoothed-prior" if smoothed else "hvae"
+
+
+def results_row(cfg: Config, data: DatasetSplits, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's row at one evaluation: its metrics and the columns that describe it -- the one builder of a row,
+    for the results table (sweeps/trainable.py; the sweep's driver adds sweep_id, run_id, population_id and
+    schema_version, sweeps/table.py) and for ``metrics.json`` (ouvae/train.py)."""
+    return {**metrics, **run_columns(cfg, data)}
 
 
 def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
