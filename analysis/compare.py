@@ -1,8 +1,10 @@
-"""Comparisons between configurations: rho_c across latent sizes and across datasets, sharpness across sizes.
+"""Comparisons between configurations: rho_c across latent sizes, across datasets and across the two readings of
+T_rho (smooth_space), sharpness across sizes.
 
-Why these two comparisons: the paper reports a transition "lower for wider latents" and "similar across datasets".
-Both are differences of rho_c between configurations of one family (configurations that differ only in the
-latent sizes, or only in the dataset; ``analysis/critical.py`` defines the families), judged on an interval for
+Why these comparisons: the paper reports a transition "lower for wider latents" and "similar across datasets", and
+whether the transition belongs to a valid model is the question the two readings answer. All are differences of
+rho_c between configurations of one family (configurations that differ only in the latent sizes, or only in one
+key of ``analysis.critical.ACROSS_KEYS``; ``analysis/critical.py`` defines the families), judged on an interval for
 the difference (MOVER from the two rho_c intervals, ``analysis.intervals.difference_interval``):
 
 * HIGHER / LOWER: the interval excludes 0.
@@ -200,24 +202,26 @@ def compare_latent_sizes(critical: CriticalResult, *, margin: float = DEFAULT_MA
     return out
 
 
-# ------------------------------------------------------------------------------------------------ datasets
+# ------------------------------------------------------------------------------------- datasets, readings
 @dataclass(frozen=True)
-class DatasetPair:
-    """Two datasets of one dataset family (configurations that differ only in the dataset)."""
+class AcrossPair:
+    """Two configurations of one ``key`` family (they differ only in ``key``: the dataset, or smooth_space)."""
 
-    dataset_family_id: str
-    a: str  # config ids, datasets in name order
+    key: str
+    family_id: str
+    a: str  # config ids, in the key's value order
     b: str
     rho_c: RhoCDifference  # rho_c(b) - rho_c(a)
 
 
-def compare_datasets(critical: CriticalResult, *, margin: float = DEFAULT_MARGIN) -> list[DatasetPair]:
-    """Every pair of datasets within each dataset family (datasets in name order)."""
+def compare_across(critical: CriticalResult, key: str, *, margin: float = DEFAULT_MARGIN) -> list[AcrossPair]:
+    """Every pair of configurations within each ``key`` family (values of ``key`` in name order)."""
     out = []
-    for fam_id in critical.configs["dataset_family_id"].unique(maintain_order=True).to_list():
-        fam = critical.configs.filter(pl.col("dataset_family_id") == fam_id).sort("dataset")
+    col = f"{key}_family_id"
+    for fam_id in critical.configs[col].unique(maintain_order=True).to_list():
+        fam = critical.configs.filter(pl.col(col) == fam_id).sort(key)
         for a, b in combinations(fam["config_id"].to_list(), 2):
-            out.append(DatasetPair(fam_id, a, b, rho_c_difference(critical.fits[a], critical.fits[b], margin)))
+            out.append(AcrossPair(key, fam_id, a, b, rho_c_difference(critical.fits[a], critical.fits[b], margin)))
     return out
 
 

@@ -30,13 +30,16 @@ RHO_EVAL_LABEL = "rho_eval_label"
 GROUP_KEYS: tuple[str, ...] = (*CONFIG_KEYS, "split", RHO_EVAL_LABEL)
 # A family = configurations that differ only in their latent sizes: the unit of the across-width comparison.
 FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "latent_dims")
-# A dataset family = configurations that differ only in the dataset: the unit of the across-dataset comparison.
-DATASET_FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "dataset")
+# Keys compared across (analysis/compare.py, compare_across): a "<key> family" = configurations that differ only in
+# that key -- the datasets, and the two readings of T_rho (smooth_space). Columns <key>_family_id / _label.
+ACROSS_TITLES: dict[str, str] = {"dataset": "datasets", "smooth_space": "readings of T_ρ (smooth_space)"}
+ACROSS_KEYS: tuple[str, ...] = tuple(ACROSS_TITLES)
 # Recorded settings outside CONFIG_KEYS other than the seed (the IDENTITY role, ouvae/config.py): they should not
 # vary inside one configuration; if they do, the report says so.
 OTHER_SETTINGS = tuple(c for c in recorded_columns(IDENTITY) if c != "seed")
 RUN_COLUMNS = ("sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
-               "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", *NUMERIC_METRICS, FILE_COL)
+               "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", "bound_model", "smoothed_elbo",
+               "smoothed_kl_total", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
               "n_rho", "n_seeds", "message", "beyond", "rho_min", "rho_max")
 
@@ -83,9 +86,26 @@ def trial_counts_query(results: Results) -> pl.LazyFrame:
                             failed.sum().alias("failed"), pl.col("failure").drop_nulls().first().alias("reason"))
 
 
+def leak_note(runs: pl.DataFrame) -> str | None:
+    """Say so when a run's smoothed training objective cannot be a likelihood: it lies above the valid bound L_k
+    of the same weights, or its total KL is negative (information reaching the decoder past the latents, as the
+    posterior reading's copies allow). None when no run shows either sign."""
+    leaky = runs.filter((pl.col("smoothed_elbo") > pl.col("iw_bound")) | (pl.col("smoothed_kl_total") < 0))
+    if leaky.height == 0:
+        return None
+    r = leaky.sort("smoothed_kl_total").row(0, named=True)
+    return (f"{leaky.height} run(s) have a smoothed training objective above their valid bound L_k or a negative "
+            f"smoothed KL (e.g. run {r['run_id']}, rho {r['rho']:g}, smooth_space {r['smooth_space']}: objective "
+            f"{r['smoothed_elbo']:.2f} vs L_{r['iw_k']} {r['iw_bound']:.2f}, KL {r['smoothed_kl_total']:.2f}): "
+            f"information leaks past the latents, so that objective is no likelihood. Every likelihood reported here "
+            f"is the valid bound (bound_model).")
+
+
 def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool, drop_nan: bool,
                notes: list[str], failed: int = 0, reason: str | None = None) -> pl.DataFrame:
     """Refuse runs the analysis cannot use, with a message that says what to do; return the usable runs."""
+    if (leak := leak_note(runs)) is not None:
+        notes.append(leak)
     if failed:
         notes.append(f"{failed} run(s) failed during training and are left out (e.g. {reason}).")
     if runs.height == 0:
@@ -146,8 +166,8 @@ def _fmt(v: object) -> str:
 
 def configurations(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per configuration: ids (c01, ...), readable labels, top_dim, total latent units, and the ids and
-    labels of its two families (``family_*``: same but for the latent sizes; ``dataset_family_*``: same but for
-    the dataset).
+    labels of its families (``family_*``: same but for the latent sizes; ``<key>_family_*`` for every key of
+    ACROSS_KEYS: same but for that key).
 
     Labels show the dataset, depth and latent sizes, plus any other key that varies in these results.
     """
@@ -156,16 +176,21 @@ def configurations(runs: pl.DataFrame) -> pl.DataFrame:
                            .list.sum().alias("total_latent"))
     cfg = cfg.sort([*FAMILY_KEYS, "top_dim", "total_latent", "latent_dims"], nulls_last=True)
     varying = [k for k in GROUP_KEYS if cfg[k].n_unique() > 1 and k not in ("dataset", "n_layers", "latent_dims")]
-    labels, fam_labels, ds_labels = [], [], []
-    for r in cfg.iter_rows(named=True):
-        extra = " ".join(f"{k}={_fmt(r[k])}" for k in varying)
-        fam_labels.append(f"{r['dataset']} L={r['n_layers']} {extra}".strip())
-        labels.append(f"{r['dataset']} L={r['n_layers']} {r['latent_dims']} {extra}".strip())
-        ds_labels.append(f"L={r['n_layers']} {r['latent_dims']} {extra}".strip())
+
+    def label(r: dict, without: str | None = None) -> str:
+        parts = [("dataset", r["dataset"]), ("n_layers", f"L={r['n_layers']}"), ("latent_dims", r["latent_dims"]),
+                 *((k, f"{k}={_fmt(r[k])}") for k in varying)]
+        return " ".join(text for key, text in parts if key != without).strip()
+
+    rows = list(cfg.iter_rows(named=True))
     cfg = cfg.with_columns(pl.Series("config_id", [f"c{i + 1:02d}" for i in range(cfg.height)]),
-                           pl.Series("label", labels), pl.Series("family_label", fam_labels),
-                           pl.Series("dataset_family_label", ds_labels))
-    return _with_ids(_with_ids(cfg, FAMILY_KEYS, "family_id", "f"), DATASET_FAMILY_KEYS, "dataset_family_id", "d")
+                           pl.Series("label", [label(r) for r in rows]),
+                           pl.Series("family_label", [label(r, "latent_dims") for r in rows]),
+                           *(pl.Series(f"{key}_family_label", [label(r, key) for r in rows]) for key in ACROSS_KEYS))
+    cfg = _with_ids(cfg, FAMILY_KEYS, "family_id", "f")
+    for i, key in enumerate(ACROSS_KEYS):
+        cfg = _with_ids(cfg, tuple(k for k in GROUP_KEYS if k != key), f"{key}_family_id", "defghij"[i])
+    return cfg
 
 
 def _with_ids(cfg: pl.DataFrame, keys: tuple[str, ...], id_col: str, prefix: str) -> pl.DataFrame:
@@ -210,7 +235,7 @@ def kl_midpoint(rho: np.ndarray, top_kl: np.ndarray) -> float | None:
 class CriticalResult:
     """The runs, the configurations and one transition fit per configuration."""
 
-    runs: pl.DataFrame  # one row per finished trial (+ config_id, family_id, dataset_family_id)
+    runs: pl.DataFrame  # one row per finished trial (+ config_id, family_id, <key>_family_id)
     configs: pl.DataFrame  # one row per configuration (see ``configurations``)
     fits: dict[str, TransitionFit]  # config_id -> fit
     table: pl.DataFrame  # the rho_c table: config rows + fit fields + kl_midpoint
@@ -253,7 +278,7 @@ def fit_run_table(runs: pl.DataFrame, *, level: float, n_boot: int, rng: np.rand
 def fit_configurations(runs: pl.DataFrame, configs: pl.DataFrame, *, level: float = 0.95, n_boot: int = 500,
                        seed: int = 0) -> CriticalResult:
     """Fit the transition of every configuration (``n_boot``: fit_transition's seed bootstrap)."""
-    ids = ["config_id", "family_id", "dataset_family_id"]
+    ids = ["config_id", "family_id", *(f"{key}_family_id" for key in ACROSS_KEYS)]
     runs = runs.join(configs.select(*GROUP_KEYS, *ids), on=list(GROUP_KEYS), how="left", nulls_equal=True)
     fits: dict[str, TransitionFit] = {}
     rows = []

@@ -19,7 +19,7 @@ from analysis.budget import budget_short_text, budget_text
 from analysis.compare import (interval_text, latent_family_text, ratio_text, rho_c_verdict_text,
                               sharpness_verdict_text)
 from analysis.compare import SharpnessVerdict
-from analysis.critical import GROUP_KEYS
+from analysis.critical import ACROSS_TITLES, GROUP_KEYS
 from analysis.intervals import UNDETERMINED_SHORT, Interval, Undetermined
 from analysis.schema import SCHEMA_VERSION
 from analysis.tables import Table
@@ -107,34 +107,37 @@ def latent_table(rep: Report) -> Table | None:
                   "Sharpness verdict"], rows, pl.DataFrame(data, infer_schema_length=None))
 
 
-def dataset_table(rep: Report) -> Table | None:
-    if not rep.datasets:
+def across_table(rep: Report, key: str) -> Table | None:
+    """ρc of configurations that differ only in ``key`` (the dataset, or the reading of T_ρ), pair by pair."""
+    pairs = rep.across.get(key)
+    if not pairs:
         return None
     crit = rep.critical
     pct = f"{crit.level:.0%}"
     cfg = {r["config_id"]: r for r in crit.configs.iter_rows(named=True)}
+    name = key.replace("_", " ")
     rows, data = [], []
-    for p in rep.datasets:
+    for p in pairs:
         a, b, d = cfg[p.a], cfg[p.b], p.rho_c
-        rows.append([a["dataset_family_label"], a["dataset"], b["dataset"],
+        rows.append([a[f"{key}_family_label"], a[key], b[key],
                      "–" if d.delta is None else f"{d.delta:+.3f}",
                      interval_text(d.interval) if d.delta is not None else "–",
-                     rho_c_verdict_text(d, f"dataset {b['dataset']}")])
-        data.append({"dataset_family_id": p.dataset_family_id, "model": a["dataset_family_label"],
-                     "dataset_a": a["dataset"], "dataset_b": b["dataset"], "config_a": p.a, "config_b": p.b,
+                     rho_c_verdict_text(d, f"{name} {b[key]}")])
+        data.append({f"{key}_family_id": p.family_id, "model": a[f"{key}_family_label"],
+                     f"{key}_a": a[key], f"{key}_b": b[key], "config_a": p.a, "config_b": p.b,
                      "rho_c_a": crit.fits[p.a].rho_c, "rho_c_b": crit.fits[p.b].rho_c, "delta_rho_c": d.delta,
                      "delta_ci_low": d.interval.low, "delta_ci_high": d.interval.high, "verdict": d.verdict.value,
                      "undetermined": None if d.interval.determined else d.interval.undetermined.value,
                      "margin": d.margin})
-    margin = rep.datasets[0].rho_c.margin
-    return Table("dataset_comparison", "ρc across datasets",
-                 f"Configurations that differ only in the dataset. Δρc = ρc(B) − ρc(A), {pct} interval combined from "
+    margin = pairs[0].rho_c.margin
+    return Table(f"{key}_comparison", f"ρc across {ACROSS_TITLES[key]}",
+                 f"Configurations that differ only in the {name}. Δρc = ρc(B) − ρc(A), {pct} interval combined from "
                  f"the two ρc intervals (MOVER). Verdicts: 'similar within ±{margin:g}' when the WHOLE interval lies "
-                 f"inside ±{margin:g} (an equivalence statement, set with --delta); 'higher/lower for dataset B' when "
+                 f"inside ±{margin:g} (an equivalence statement, set with --delta); 'higher/lower for {name} B' when "
                  f"it excludes 0; 'not decided' when it contains 0 but reaches beyond ±{margin:g}; 'no verdict' "
-                 f"when a ρc or its interval is missing.",
-                 ["Model", "Dataset A", "Dataset B", "Δρc", f"{pct} interval", "Verdict"], rows,
-                 pl.DataFrame(data, infer_schema_length=None))
+                 f"when a ρc or its interval is missing (e.g. no transition in the swept range).",
+                 ["Model", f"{name.capitalize()} A", f"{name.capitalize()} B", "Δρc", f"{pct} interval", "Verdict"],
+                 rows, pl.DataFrame(data, infer_schema_length=None))
 
 
 def budget_table(rep: Report) -> Table | None:
@@ -165,7 +168,8 @@ def budget_table(rep: Report) -> Table | None:
 
 
 def report_tables(rep: Report) -> list[Table]:
-    return [t for t in (rho_c_table(rep), latent_table(rep), dataset_table(rep), budget_table(rep)) if t]
+    tables = (rho_c_table(rep), latent_table(rep), *(across_table(rep, k) for k in ACROSS_TITLES), budget_table(rep))
+    return [t for t in tables if t]
 
 
 # ----------------------------------------------------------------------------------------------- terminal
@@ -185,8 +189,9 @@ def render_text(rep: Report) -> str:
         t = latent_table(rep)
         if t is not None:
             lines += ["", t.to_text()]
-    if rep.datasets:
-        lines += ["", "Across datasets:", dataset_table(rep).to_text()]
+    for key, title in ACROSS_TITLES.items():
+        if rep.across.get(key):
+            lines += ["", f"Across {title}:", across_table(rep, key).to_text()]
     if rep.notes:
         lines += ["", "Notes:", *(f"  - {n}" for n in rep.notes)]
     return "\n".join(lines)
@@ -223,7 +228,8 @@ text-align:left}th{background:#f2f2f2}img{max-width:100%}.cap{color:#555;font-si
 
 
 def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]]], tables: list[Table]) -> str:
-    """The self-contained page. ``figures``: section ("latent", "datasets", "budget") -> heading -> figures."""
+    """The self-contained page. ``figures``: section ("latent", a key of ACROSS_TITLES, "budget") -> heading ->
+    figures."""
     crit = rep.critical
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sweeps = html.escape(", ".join(rep.sweeps))
@@ -247,7 +253,8 @@ def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]
         parts += [f"<li class='bad'><b>{html.escape(cid)}</b> {html.escape(budget_text(s))}</li>" for cid, s in moving]
         parts.append("</ul>")
     sections = [("latent", "Across latent sizes", [latent_family_text(f, crit) for f in rep.latent], latent_table),
-                ("datasets", "Across datasets", [], dataset_table),
+                *((key, f"Across {title}", [], lambda r, k=key: across_table(r, k))
+                  for key, title in ACROSS_TITLES.items()),
                 ("budget", "ρc against the training budget", [], budget_table)]
     for key, heading, sentences, table in sections:
         t = table(rep)
@@ -261,8 +268,8 @@ def render_html(rep: Report, figures: dict[str, dict[str, list[tuple[Path, str]]
         for sub, figs in figures.get(key, {}).items():
             parts += [f"<h3>{html.escape(sub)}</h3>", *_figures(figs)]
     parts.append("<h2>Tables</h2>")
-    parts += [_html_table(t) for t in tables if t.key not in ("rho_c", "latent_size_comparison",
-                                                              "dataset_comparison", "rho_c_by_budget")]
+    shown = ("rho_c", "latent_size_comparison", "rho_c_by_budget", *(f"{k}_comparison" for k in ACROSS_TITLES))
+    parts += [_html_table(t) for t in tables if t.key not in shown]
     parts.append("<p class='cap'>The numbers behind every table are in <code>tables/*.csv</code> next to this "
                  "file.</p></body></html>")
     return "\n".join(parts)

@@ -23,8 +23,8 @@ import polars as pl
 
 from analysis import plots
 from analysis.budget import DEFAULT_MAX_BUDGETS, BudgetSeries, evaluations_query, fit_budgets
-from analysis.compare import DEFAULT_MARGIN, DatasetPair, LatentFamily, compare_datasets, compare_latent_sizes
-from analysis.critical import (GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
+from analysis.compare import DEFAULT_MARGIN, AcrossPair, LatentFamily, compare_across, compare_latent_sizes
+from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
                                fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
 from analysis.io import AnalysisError, Results, collect, load_results
 from analysis.render import render_html, render_text, report_tables
@@ -45,7 +45,7 @@ class Report:
     path: Path | None
     critical: CriticalResult
     latent: list[LatentFamily]  # across latent sizes, per family
-    datasets: list[DatasetPair]  # across datasets
+    across: dict[str, list[AcrossPair]]  # key of ACROSS_KEYS -> pairs (across datasets, across readings of T_rho)
     budgets: dict[str, BudgetSeries]  # config_id -> rho_c against the training budget
     max_budgets: int
     tables: list[Table]
@@ -157,7 +157,7 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
     critical = fit_configurations(runs, configs, level=level, n_boot=n_boot, seed=seed)
     report = Report(location=loc, out_dir=None, path=None, critical=critical,
                     latent=compare_latent_sizes(critical, margin=delta, n_resamples=compare_boot, seed=seed),
-                    datasets=compare_datasets(critical, margin=delta),
+                    across={key: compare_across(critical, key, margin=delta) for key in ACROSS_KEYS},
                     budgets=fit_budgets(critical, frames[2], n_boot=n_boot, seed=seed, margin=delta,
                                         max_budgets=max_budgets),
                     max_budgets=max_budgets, tables=[], figures=[], n_rows=data.n_rows, n_files=data.n_files,
@@ -208,7 +208,7 @@ def _make_figures(report: Report, curves: pl.DataFrame, folder: Path) -> dict[st
     crit = report.critical
     cfg = crit.configs
     curves = curves.join(cfg.select(*GROUP_KEYS, "config_id"), on=list(GROUP_KEYS), how="inner", nulls_equal=True)
-    out: dict[str, dict[str, list[tuple[Path, str]]]] = {"latent": {}, "datasets": {}, "budget": {}}
+    out: dict[str, dict[str, list[tuple[Path, str]]]] = {"latent": {}, "budget": {}, **{k: {} for k in ACROSS_KEYS}}
 
     def save(fig, name: str, caption: str) -> tuple[Path, str]:
         return plots.save(fig, folder / f"{plots.safe_name(name)}.png"), caption
@@ -232,14 +232,16 @@ def _make_figures(report: Report, curves: pl.DataFrame, folder: Path) -> dict[st
             out["budget"][label] = [save(plots.budget_figure(budget, title=label, level=crit.level),
                                          f"budget_{fam_id}", f"{label}: ρc against the training step")]
         out["latent"][label] = figs
-    for fam_id in cfg["dataset_family_id"].unique(maintain_order=True).to_list():
-        fam = cfg.filter(pl.col("dataset_family_id") == fam_id).sort("dataset")
-        if fam.height < 2:
-            continue
-        label = fam["dataset_family_label"][0]
-        runs = crit.runs.filter(pl.col("dataset_family_id") == fam_id)
-        out["datasets"][label] = [save(
-            plots.transition_figure(runs, fam, crit.fits, curve="dataset", title=f"{label} across datasets",
-                                    level=crit.level),
-            f"datasets_{fam_id}", f"{label}: top-layer KL and active fraction vs ρ per dataset, fitted ρc")]
+    for key in ACROSS_KEYS:
+        col, what = f"{key}_family_id", ACROSS_TITLES[key]
+        for fam_id in cfg[col].unique(maintain_order=True).to_list():
+            fam = cfg.filter(pl.col(col) == fam_id).sort(key)
+            if fam.height < 2:
+                continue
+            label = fam[f"{key}_family_label"][0]
+            runs = crit.runs.filter(pl.col(col) == fam_id)
+            out[key][label] = [save(
+                plots.transition_figure(runs, fam, crit.fits, curve=key, title=f"{label} across {what}",
+                                        level=crit.level),
+                f"{key}_{fam_id}", f"{label}: top-layer KL and active fraction vs ρ per {key}, fitted ρc")]
     return out

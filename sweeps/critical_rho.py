@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ouvae.config import Config, format_latent_dims
+from ouvae.config import SMOOTH_SPACES, Config, format_latent_dims
 from ouvae.population import group_into_populations
 from sweeps import cli, connect, experiment, options, preflight, resume
 from sweeps.cli import CommandLine, SweepError
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"numbers of stochastic layers, combined with every --latent-sizes value (default {d.layers})")
     g.add_argument("--latent-dims", nargs="+", metavar="DIMS",
                    help="explicit latent configurations bottom to top, e.g. 40-20-10 2x64")
+    g.add_argument("--smooth-spaces", nargs="+", choices=SMOOTH_SPACES, metavar="SPACE",
+                   help="readings of T_rho on the generative maps, one configuration each: posterior (the preset's "
+                        "default) and/or prior (docs/method.md); --set smooth_space=X sweeps one")
     g.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (default 0..n-seeds-1)")
     g.add_argument("--n-seeds", type=int, default=d.n_seeds, help=f"number of seeds (default {d.n_seeds})")
     a = p.add_argument_group("adaptive mode")
@@ -152,6 +155,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
 
         if size == 1:
             param_space.update(latent_dims=tune.grid_search([list(dims) for dims in grid.latents]),
+                               smooth_space=tune.grid_search(list(grid.spaces)),
                                rho=tune.grid_search(grid.rhos), seed=tune.grid_search(grid.seeds))
         else:
             param_space[POPULATION_KEY] = tune.grid_search(grid_populations(grid, size))
@@ -169,11 +173,11 @@ def population_size(args: argparse.Namespace) -> int:
 
 
 def grid_populations(grid: CriticalGrid, size: int) -> list[dict[str, Any]]:
-    """The grid's runs as population trials: runs that share a latent configuration (and whether they are
-    smoothed at all), in balanced groups of at most `size` (ouvae.population.group_into_populations)."""
+    """The grid's runs as population trials: runs that share a configuration (latent sizes and reading, and whether
+    they are smoothed at all), in balanced groups of at most `size` (ouvae.population.group_into_populations)."""
     groups = group_into_populations(list(grid.configs()), size)
-    return [{"latent_dims": list(g[0].latent_dims), "members": [{"rho": c.rho, "seed": c.seed} for c in g]}
-            for g in groups]
+    return [{"latent_dims": list(g[0].latent_dims), "smooth_space": g[0].smooth_space,
+             "members": [{"rho": c.rho, "seed": c.seed} for c in g]} for g in groups]
 
 
 def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
@@ -187,8 +191,9 @@ def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
         if args.mode == "adaptive" and 0 < span < step:  # the grid only sizes the budget: any range gives one
             step = span
         rhos = rho_grid(args.rho_min, args.rho_max, step)
+    spaces = tuple(args.smooth_spaces or [fixed.pop("smooth_space", Config.from_preset(args.preset).smooth_space)])
     grid = CriticalGrid(preset=args.preset, fixed=fixed, latents=latents, rhos=rhos,
-                        seeds=seed_list(args.n_seeds, args.seeds))
+                        seeds=seed_list(args.n_seeds, args.seeds), spaces=spaces)
     grid.validate()
     return grid
 
@@ -198,7 +203,7 @@ def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int)
     from sweeps.adaptive import make_critical_searcher
 
     return make_critical_searcher(
-        groups=[{"latent_dims": list(dims)} for dims in grid.latents], rho_range=rho_range(args.rho_min, args.rho_max),
+        groups=grid.groups, rho_range=rho_range(args.rho_min, args.rho_max),
         rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
         target_width=args.target_width, budget=args.budget or grid.n_runs, max_concurrent=args.max_concurrent,
         coarse_points=args.coarse_points, population=population)
@@ -246,9 +251,9 @@ def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
     if plan.searcher is None:
         what = grid.describe()
     else:
-        latents = ", ".join(format_latent_dims(dims) for dims in grid.latents)
+        latents = ", ".join(f"{format_latent_dims(g['latent_dims'])} {g['smooth_space']}" for g in grid.groups)
         spacing = args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing
-        what = (f"{len(grid.latents)} latent configs ({latents}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
+        what = (f"{len(grid.groups)} configurations ({latents}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
                 f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the "
                 f"rho_c interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
                 f"{plan.n_runs} runs")

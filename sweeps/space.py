@@ -113,14 +113,16 @@ def seed_list(n_seeds: int | None, seeds: Sequence[int] | None) -> list[int]:
 # ----- the critical-rho grid ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CriticalGrid:
-    """rho x latent configuration x seed on one base configuration. `fixed` holds trainer overrides common
-    to every trial (from --set / --epochs / ...); each trial's config is fixed + latent_dims + rho + seed."""
+    """rho x latent configuration x reading of T_rho x seed on one base configuration. `fixed` holds trainer
+    overrides common to every trial (from --set / --epochs / ...); each trial's config is fixed + latent_dims +
+    smooth_space + rho + seed. A configuration (one rho_c) is a latent configuration in one reading."""
 
     preset: str
     fixed: dict[str, Any]
     latents: list[tuple[int, ...]]
     rhos: list[float]
     seeds: list[int]
+    spaces: tuple[str, ...] = ("posterior",)  # smooth_space values (ouvae.config.SMOOTH_SPACES)
 
     def __post_init__(self) -> None:
         if not self.latents:
@@ -129,30 +131,37 @@ class CriticalGrid:
             raise SpaceError("the rho grid is empty: check --rho-min/--rho-max/--rho-step or --rhos")
         if not self.seeds:
             raise SpaceError("no seeds: give --seeds or --n-seeds")
-        clash = sorted({"rho", "seed", "latent_dims", "preset"} & set(self.fixed))
+        if not self.spaces or len(set(self.spaces)) != len(self.spaces):
+            raise SpaceError(f"--smooth-spaces {' '.join(self.spaces)}: give each reading once (posterior, prior)")
+        clash = sorted({"rho", "seed", "latent_dims", "preset", "smooth_space"} & set(self.fixed))
         if clash:
             raise SpaceError(f"{clash} are swept by this script; set them with --rho-*/--rhos, --seeds, "
-                             f"--latent-sizes/--latent-dims and --preset, not as fixed overrides")
+                             f"--latent-sizes/--latent-dims, --smooth-spaces and --preset, not as fixed overrides")
 
     @property
     def n_runs(self) -> int:
-        return len(self.latents) * len(self.rhos) * len(self.seeds)
+        return len(self.latents) * len(self.spaces) * len(self.rhos) * len(self.seeds)
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """One dict of overrides per configuration: its latent sizes and its reading of T_rho."""
+        return [{"latent_dims": list(dims), "smooth_space": space} for dims in self.latents for space in self.spaces]
 
     def configs(self) -> Iterable[Config]:
-        for dims in self.latents:
+        for group in self.groups:
             for rho in self.rhos:
                 for seed in self.seeds:
-                    yield self.config_for(dims, rho, seed)
+                    yield self.config_for(group, rho, seed)
 
-    def config_for(self, dims: Sequence[int], rho: float, seed: int) -> Config:
+    def config_for(self, group: dict[str, Any], rho: float, seed: int) -> Config:
         """The trainer config of one trial (ConfigError names a value the trainer rejects)."""
-        return Config.from_preset(self.preset, **self.fixed, latent_dims=tuple(dims), rho=rho, seed=seed)
+        return Config.from_preset(self.preset, **self.fixed, **group, rho=rho, seed=seed)
 
     def validate(self) -> None:
         """Build every corner of the grid once, so an invalid combination fails now, not in trial 500."""
-        for dims in self.latents:
+        for group in self.groups:
             for rho in (self.rhos[0], self.rhos[-1]):
-                self.config_for(dims, rho, self.seeds[0])
+                self.config_for(group, rho, self.seeds[0])
 
     def trial_space(self) -> dict[str, Any]:
         """The trainable's config as plain data; the caller wraps the swept keys in tune.grid_search."""
@@ -163,7 +172,8 @@ class CriticalGrid:
         grid = (f"{len(rhos)} rho values {rhos[0]:g}..{rhos[-1]:g}" if len(rhos) > 4
                 else "rho " + ", ".join(f"{r:g}" for r in rhos))
         lat = ", ".join(format_latent_dims(d) for d in self.latents)
-        return (f"{self.n_runs} runs = {len(self.latents)} latent configs ({lat}) x {grid} x "
+        readings = f" x {len(self.spaces)} readings ({', '.join(self.spaces)})" if len(self.spaces) > 1 else ""
+        return (f"{self.n_runs} runs = {len(self.latents)} latent configs ({lat}){readings} x {grid} x "
                 f"{len(self.seeds)} seeds ({', '.join(map(str, self.seeds))})")
 
 

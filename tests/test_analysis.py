@@ -27,6 +27,7 @@ from analysis.budget import BudgetVerdict, budget_short_text, budget_text
 from analysis.compare import (RhoCVerdict, SharpnessVerdict, interval_text, latent_family_text,
                               sharpness_verdict_text)
 from analysis.intervals import Undetermined
+from analysis.io import load_results
 from analysis.render import render_text
 from analysis.report import analyze
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
@@ -202,7 +203,7 @@ def test_across_datasets_verdict(tmp_path, shift, seed_sd, n_seeds, verdict):
     make_synthetic_results(tmp_path / "res", latent_sizes=(10,), datasets={"digits": 0.0, "idx:kmnist": shift},
                            rho_c=0.92, seed_sd=seed_sd, n_seeds=n_seeds, n_evals=1, salt=7)
     rep = _analyze(tmp_path / "res")
-    (pair,) = rep.datasets
+    (pair,) = rep.across['dataset']
     d = pair.rho_c
     assert d.verdict is verdict, (d, rep.critical.table.select("dataset", "rho_c", "ci_low", "ci_high"))
     assert d.delta == pytest.approx(rep.critical.fits[pair.b].rho_c - rep.critical.fits[pair.a].rho_c)
@@ -223,15 +224,15 @@ def test_across_datasets_margin_is_an_option_and_a_missing_fit_gives_no_verdict(
     root = tmp_path / "res"
     make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:mine": 0.012}, rho_c=0.92,
                            seed_sd=0.002, n_seeds=6, n_evals=1, salt=8)
-    assert _analyze(root, delta=0.03).datasets[0].rho_c.verdict is RhoCVerdict.SIMILAR
-    assert _analyze(root, delta=0.005).datasets[0].rho_c.verdict is not RhoCVerdict.SIMILAR
+    assert _analyze(root, delta=0.03).across['dataset'][0].rho_c.verdict is RhoCVerdict.SIMILAR
+    assert _analyze(root, delta=0.005).across['dataset'][0].rho_c.verdict is not RhoCVerdict.SIMILAR
     # a third dataset swept at two rho values only: no fit, so no verdict for its pairs
     make_synthetic_results(root, sweep_id="thin", latent_sizes=(10,), datasets=["fashion_mnist"], rhos=(0.9, 1.0),
                            n_seeds=6, n_evals=1)
     rep = _analyze(root)
-    missing = [p for p in rep.datasets if "fashion_mnist" in (rep.critical.table.filter(
+    missing = [p for p in rep.across['dataset'] if "fashion_mnist" in (rep.critical.table.filter(
         pl.col("config_id").is_in([p.a, p.b]))["dataset"].to_list())]
-    assert len(rep.datasets) == 3 and len(missing) == 2
+    assert len(rep.across['dataset']) == 3 and len(missing) == 2
     assert all(p.rho_c.verdict is RhoCVerdict.NO_VERDICT and p.rho_c.interval.undetermined is Undetermined.NO_FIT
                for p in missing)
     assert "no verdict (no fit)" in render_text(rep)
@@ -299,8 +300,8 @@ def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbat
     # the report writes it under an id, never under the user's name
     rc, _, stderr = run_cli(root, "--out", tmp_path / "rep", *FAST)
     assert rc == 0, stderr
-    names = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("datasets_*.png"))
-    assert names == ["datasets_d01.png"]
+    names = sorted(p.name for p in (tmp_path / "rep" / "figures").glob("dataset_*.png"))
+    assert names == ["dataset_d01.png"]
     assert plots.safe_name("idx:kmnist") == "idx_kmnist" and plots.safe_name("../x") == "_x"
 
 
@@ -382,7 +383,8 @@ def test_a_table_of_an_older_version_is_read_with_its_trial_id_as_run_id(tmp_pat
 def _hand_rows(dims: str, rho: float, seed: int, iw: float, top_kl: float, kl_total: float, au: list[int],
                lkl: list[float]) -> dict:
     return dict(schema_version=SCHEMA_VERSION, dataset="digits", split="validation", architecture="mlp", n_layers=2,
-                latent_dims=dims, hidden_units=8, smooth="both", smooth_samples=5, objective="elbo", iw_samples=1,
+                latent_dims=dims, hidden_units=8, smooth="both", smooth_space="posterior", bound_model="hvae",
+                smooth_samples=5, objective="elbo", iw_samples=1,
                 beta_schedule="constant", free_bits=0.0, lr=1e-3, batch_size=10, rho=rho, rho_eval=rho, seed=seed,
                 epoch=1, step=10, is_final=True, iw_bound=iw, iw_k=100, elbo=iw - 1.0, top_kl=top_kl,
                 kl_total=kl_total, top_active_units=au[-1], layer_active_units=au, layer_kl=lkl)
@@ -417,13 +419,41 @@ def _table(rep, key):
 def test_table6_matches_hand_computed_values(hand):
     rep = analyze(hand, write=False, plots_on=False, n_boot=100)
     t6 = _table(rep, "table6")
-    assert t6.columns == ["Config", "Model", "Seeds", "V. ELBO (L_100)", "Top KLD", "Active units (top→bottom)"]
+    assert t6.columns == ["Config", "Model", "Seeds", "V. ELBO (L_100)", "Bound of", "Top KLD",
+                          "Active units (top→bottom)"]
     rows = {(r[0], r[1]): r[2:] for r in t6.rows}
     # mean of (-90, -92) = -91, sd = sqrt(2) = 1.41; top KL (2 + 1) / 2; active units top (2+1)/2, bottom 3
-    assert rows[("digits L=2 3-3", "OU-VAE (ρ = 0.9)")] == ["2", "-91.00 ± 1.41", "1.500", "1.5,3"]
-    assert rows[("digits L=2 3-3", "VAE")] == ["2", "-95.50 ± 0.71", "0.200", "0,2.5"]
-    assert rows[("digits L=2 2-2", "OU-VAE (ρ = 0.9)")] == ["2", "-100.50 ± 0.71", "1.000", "1.5,2"]
-    assert rows[("digits L=2 2-2", "VAE")] == ["2", "-103.50 ± 0.71", "0.100", "0,1.5"]
+    assert rows[("digits L=2 3-3", "OU-VAE (ρ = 0.9)")] == ["2", "-91.00 ± 1.41", "hvae", "1.500", "1.5,3"]
+    assert rows[("digits L=2 3-3", "VAE")] == ["2", "-95.50 ± 0.71", "hvae", "0.200", "0,2.5"]
+    assert rows[("digits L=2 2-2", "OU-VAE (ρ = 0.9)")] == ["2", "-100.50 ± 0.71", "hvae", "1.000", "1.5,2"]
+    assert rows[("digits L=2 2-2", "VAE")] == ["2", "-103.50 ± 0.71", "hvae", "0.100", "0,1.5"]
+
+
+def test_older_rows_whose_likelihood_was_no_bound_keep_it_only_as_the_smoothed_objective(tmp_path):
+    """Schema v2 rows: one reading (posterior), elbo/iw_bound measured with the generative maps smoothed. Where that
+    smoothing was on they were no bound, so they move to smoothed_elbo and the bound columns become null."""
+    root = tmp_path / "res"
+    for i, (rho, smooth) in enumerate([(0.9, "both"), (0.9, "encoder"), (1.0, "both")]):
+        row = _hand_rows("3-3", rho, i, -90.0, 2.0, 5.0, [3, 2], [3.0, 2.0])
+        row.update(schema_version=2, smooth=smooth)
+        del row["smooth_space"], row["bound_model"]
+        write_trial(root, "old", f"t{i}", [row])
+    got = {r["run_id"]: r for r in load_results(root).lf.collect().iter_rows(named=True)}
+    assert got["t0"]["smooth_space"] == "posterior" and got["t0"]["bound_model"] is None
+    assert got["t0"]["iw_bound"] is None and got["t0"]["smoothed_elbo"] == -91.0 and got["t0"]["smoothed_kl_total"] == 5.0
+    for kept in ("t1", "t2"):  # generative maps unsmoothed: the plain HVAE's bounds all along
+        assert got[kept]["bound_model"] == "hvae" and got[kept]["iw_bound"] == -90.0
+
+
+def test_a_smoothed_objective_above_the_valid_bound_is_flagged_as_a_leak(tmp_path):
+    root = tmp_path / "res"
+    for i, rho in enumerate((0.5, 0.5, 0.7, 0.7, 1.0, 1.0)):
+        row = _hand_rows("3-3", rho, i, -90.0, 2.0 * (rho < 1), 5.0, [3, 3 * (rho < 1)], [3.0, 2.0])
+        row.update(smoothed_elbo=-80.0 if rho == 0.5 else -91.0, smoothed_kl_total=-2.0 if rho == 0.5 else 5.0)
+        write_trial(root, "leak", f"t{i}", [row])
+    rep = analyze(root, write=False, plots_on=False, n_boot=50)
+    (note,) = [n for n in rep.notes if "leaks past the latents" in n]
+    assert note.startswith("2 run(s)") and "rho 0.5" in note
 
 
 def test_table8_matches_hand_computed_values(hand):

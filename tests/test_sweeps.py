@@ -85,6 +85,24 @@ def test_latent_configurations_and_grid_validation():
         bad.validate()
 
 
+def test_both_readings_of_t_rho_are_configurations_of_one_sweep():
+    args = critical_rho.build_parser().parse_args(["--latent-sizes", "4", "--layers", "2", "--rhos", "0.5", "1.0",
+                                                   "--n-seeds", "2", "--smooth-spaces", "posterior", "prior",
+                                                   "--population", "8"])
+    plan = critical_rho.plan_sweep(args)
+    assert plan.grid.n_runs == 8 and {c.smooth_space for c in plan.grid.configs()} == {"posterior", "prior"}
+    # a population never mixes the readings: each one is its own model
+    pops = plan.param_space[critical_rho.POPULATION_KEY]["grid_search"]
+    assert sorted((p["smooth_space"], len(p["members"])) for p in pops) == \
+        [("posterior", 2), ("posterior", 2), ("prior", 2), ("prior", 2)]
+    one = critical_rho.plan_sweep(critical_rho.build_parser().parse_args(
+        ["--latent-sizes", "4", "--rhos", "0.5", "--set", "smooth_space=prior", "--population", "1"]))
+    assert one.param_space["smooth_space"] == {"grid_search": ["prior"]}
+    with pytest.raises(SpaceError, match="--smooth-spaces"):
+        critical_rho.plan_sweep(critical_rho.build_parser().parse_args(
+            ["--smooth-spaces", "prior", "--set", "smooth_space=prior"]))
+
+
 def test_data_dir_is_made_absolute_because_each_trial_runs_in_its_own_folder(tmp_path, monkeypatch):
     from sweeps import options
 
