@@ -188,7 +188,6 @@ class Config:
         return {k: getattr(self, k) for k in keys}
 
 
-
 ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(Config)}
 
 
@@ -211,6 +210,7 @@ def recorded_columns(*roles: str) -> tuple[str, ...]:
 def own_name_columns() -> tuple[str, ...]:
     """The fields the results table records verbatim, under their own name."""
     return tuple(f.name for f in fields(Config) if f.metadata["column"] == _OWN_NAME)
+
 
 def check_keys(keys: Iterable[str]) -> None:
     """Refuse names that are not Config fields, suggesting the closest field for each."""

@@ -13,7 +13,7 @@ def simulate(policy: RefinePolicy, outcome: Callable[[Proposal], int | None], *,
              rng: np.random.Generator | None = None, max_trials: int = 100_000) -> RefinePolicy:
     """Drive `policy` as the Ray Tune searcher does, without Ray: up to `workers` trials in flight, finishing in
     random order, each recorded with ``outcome(proposal)`` (top-layer active units, or None for a failed trial).
-    For the tests and benchmarks of the policy. Raises RuntimeError if the policy neither proposes nor finishes (a deadlock)."""
+    Raises RuntimeError if the policy neither proposes nor finishes (a deadlock)."""
     rng = rng if rng is not None else np.random.default_rng(0)
     running: list[Proposal] = []
     for _ in range(max_trials):
