@@ -16,53 +16,23 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from analysis import plots
-from analysis.budget import DEFAULT_MAX_BUDGETS, BudgetSeries, evaluations_query, fit_budgets
-from analysis.compare import DEFAULT_MARGIN, AcrossPair, LatentFamily, compare_across, compare_latent_sizes
+from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, fit_budgets
+from analysis.compare import DEFAULT_MARGIN, compare_across, compare_latent_sizes
 from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
                                fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
 from analysis.io import AnalysisError, Results, collect, load_results
-from analysis.render import render_html, render_text, report_tables
-from analysis.storage import ResultsLocation, locate
-from analysis.tables import Table, read_benchmark, summarize_runs, table6, table8, table9, table10
+from analysis.render import Report, render_html, report_tables
+from analysis.storage import locate
+from analysis.tables import read_benchmark, summarize_runs, table6, table8, table9, table10
 from ouvae.atomic import write_atomically
 
 REPORT_NAME = "report.html"
 BENCHMARK_NAME = "benchmark.json"
-
-
-@dataclass
-class Report:
-    """What ``analyze`` produced. ``path`` is the HTML report; ``text()`` is what the CLI prints."""
-
-    location: ResultsLocation
-    out_dir: Path | None
-    path: Path | None
-    critical: CriticalResult
-    latent: list[LatentFamily]  # across latent sizes, per family
-    across: dict[str, list[AcrossPair]]  # key of ACROSS_KEYS -> pairs (across datasets, across readings of T_rho)
-    budgets: dict[str, BudgetSeries]  # config_id -> rho_c against the training budget
-    max_budgets: int
-    tables: list[Table]
-    figures: list[Path]
-    n_rows: int
-    n_files: int
-    n_trials: int
-    sweeps: list[str]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def rho_c(self) -> pl.DataFrame:
-        """The rho_c table: one row per configuration."""
-        return self.critical.table
-
-    def text(self) -> str:
-        return render_text(self)
 
 
 def curves_query(results: Results) -> pl.LazyFrame:
