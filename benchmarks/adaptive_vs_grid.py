@@ -58,6 +58,7 @@ import numpy as np
 
 from analysis.transition import fit_transition
 from sweeps.refine import RefinePolicy, top_dim_of
+from sweeps.space import rho_grid
 from testing.simulate import simulate
 from testing.synthetic import noisy_active_units
 
@@ -72,11 +73,6 @@ SCENARIOS: dict[str, dict[str, float]] = {
     "smooth0": {"width": 0.01, "seed_sd": 0.0},
     "step0": {"width": 0.002, "seed_sd": 0.0},
 }
-
-
-def grid_points(lo: float, hi: float, step: float) -> list[float]:
-    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-    return [round(lo + i * step, 10) for i in range(n)]
 
 
 def run_grid(outcome: Outcome, rhos: list[float], seeds: list[int], top_dim: int, n_boot: int, rng: int):
@@ -110,7 +106,7 @@ def _w(f) -> float:
 def synthetic(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     lo, hi = args.rho_range
-    rhos = grid_points(lo, hi, args.grid_step)
+    rhos = rho_grid(lo, hi, args.grid_step)
     print(f"uniform grid: {len(rhos)} rho values ({lo}..{hi} by {args.grid_step}) x {len(seeds)} seeds = "
           f"{len(rhos) * len(seeds)} trials; adaptive budget {args.budget_fraction:g} of that; top layer "
           f"{args.top_dim} units; {args.workers} workers; {args.replicates} replicates per scenario\n")
@@ -219,7 +215,7 @@ def replay(args: argparse.Namespace, data: Mapping[str, Mapping[tuple[float, int
             rhos = sorted({r for r, _ in table if lo - 1e-9 <= r <= hi + 1e-9})
         else:
             seeds = list(range(args.seeds))
-            rhos = grid_points(lo, hi, args.grid_step)
+            rhos = rho_grid(lo, hi, args.grid_step)
         gf, n_grid = run_grid(outcome, rhos, seeds, top, args.n_boot, 0)
         target = _w(gf) if args.target is None else args.target
         budget = int(math.floor(n_grid * args.budget_fraction))
