@@ -215,7 +215,7 @@ def unrecorded_checkpoints(experiment: Path, df: pl.DataFrame | None) -> list[st
     for f in experiment.glob("*/ouvae_checkpoints/step_*.pt"):
         step = int(f.stem.split("_")[1])
         trial_id = next((tid for tid, _ in have if tid in f.parent.parent.name), None)
-        if trial_id is not None and (run_id, step) not in have:
+        if trial_id is not None and (trial_id, step) not in have:
             out.append(f"{trial_id}/{f.name}")
     return out
 
@@ -250,7 +250,7 @@ def test_worker_node_killed_mid_sweep_trials_continue_on_the_other_node(cluster,
             last = rows[-1] if rows else None
             if last and last["node_ip"] == victim.ip and 2 <= len(rows) <= N_EVALS - 3:
                 cluster.kill_node(victim)
-                killed_trial = last["run_id"]
+                killed_trial = last["trial_id"]
                 break
         time.sleep(0.05)
     out = finish(proc, log)
