@@ -69,7 +69,9 @@ def fit_label(name: str, fit: TransitionFit | None) -> str:
 
 def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[str, TransitionFit], *,
                       curve: str, title: str, level: float = 0.95) -> Figure:
-    """Top-layer KL vs rho (left) and the fraction of active top units with the fitted logistic (right).
+    """Top-layer KL vs rho (left), the fraction of active top units with the fitted logistic (middle), and the
+    valid bound L_k on log p(x) vs rho (right; of the model in ``bound_model``), with the smoothed training objective
+    dotted where it differs from the bound's ELBO (the posterior reading: no likelihood, shown to make a leak visible).
 
     ``configs``: the configurations to draw, in legend order; ``curve``: the column naming each curve
     (``latent_dims`` within a latent-size family, ``dataset`` within a dataset family).
@@ -78,7 +80,7 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
     over seeds; on the right the fitted logistic; the vertical line and band are the fitted rho_c and its
     interval (no band when the interval is not determined).
     """
-    fig, (ax_kl, ax_m) = _new(2)
+    fig, (ax_kl, ax_m, ax_b) = _new(3)
     rho_all = runs["rho"].unique().sort().to_numpy()
     step = float(np.min(np.diff(rho_all))) if len(rho_all) > 1 else 0.01
     grid = np.linspace(rho_all.min(), rho_all.max(), 400) if len(rho_all) else np.array([])
@@ -88,7 +90,14 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
         name = str(cfg[curve])
         rho = sub["rho"].to_numpy()
         jit = rho + _jitter(len(rho), 0.12 * step, 1)
-        med = sub.group_by("rho").agg(pl.col("top_kl").median(), pl.col("active_fraction").mean()).sort("rho")
+        med = sub.group_by("rho").agg(pl.col("top_kl").median(), pl.col("active_fraction").mean(),
+                                      pl.col("iw_bound").median(), pl.col("smoothed_elbo").median(),
+                                      (pl.col("smoothed_elbo") != pl.col("elbo")).any().alias("leaky")).sort("rho")
+        ax_b.scatter(jit, sub["iw_bound"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
+        ax_b.plot(med["rho"], med["iw_bound"], color=color, lw=1.8, label=verbatim(name))
+        if med["leaky"].any():
+            ax_b.plot(med["rho"], med["smoothed_elbo"], color=color, lw=1.0, ls=":",
+                      label=f"{verbatim(name)}: smoothed objective (not a bound)")
         ax_kl.scatter(jit, sub["top_kl"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
         ax_kl.plot(med["rho"], med["top_kl"], color=color, lw=1.8, label=fit_label(name, fit))
         ax_m.scatter(jit, sub["active_fraction"].to_numpy(), s=10, color=color, alpha=0.45, linewidths=0)
@@ -111,6 +120,10 @@ def transition_figure(runs: pl.DataFrame, configs: pl.DataFrame, fits: Mapping[s
     ax_m.set_ylim(-0.05, 1.05)
     ax_m.set_title("Order parameter and logistic fit")
     ax_m.legend(fontsize=8)
+    ax_b.set_xlabel("ρ")
+    ax_b.set_ylabel("nats per example")
+    ax_b.set_title("Valid bound L_k on log p(x) (median over seeds)")
+    ax_b.legend(fontsize=7)
     fig.suptitle(verbatim(title), fontsize=11)
     return fig
 

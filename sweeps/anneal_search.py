@@ -7,7 +7,10 @@
         --gpus-per-trial 0.25 --address auto --storage /nfs/ouvae --name anneal-mnist
     optuna-dashboard results/optuna/<name>.log                       # watch / inspect the study
 
-Objective: the validation importance-weighted bound L_k (``iw_bound``, maximised); with ``--multi-objective``
+Objective: the validation importance-weighted bound L_k (``iw_bound``, maximised): a bound on log p(x) of a named
+model (``bound_model``; the plain HVAE with the trained weights in the posterior reading), never the smoothed
+objective, so with ``--rho-range`` a small rho cannot win by leaking information past the latents. With
+``--multi-objective``
 also the number of active top-layer units (maximised; Pareto front). The space is conditional (define-by-run):
 a trial picks a schedule (constant, linear, cosine, sigmoid, cyclical) and then only the parameters that schedule
 reads, plus free bits (and rho with --rho-range).
