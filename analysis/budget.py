@@ -74,7 +74,7 @@ class BudgetSeries:
 
 def evaluations_query(results: Results) -> pl.LazyFrame:
     """Lazy query: the top-layer active units of every evaluation row (the few columns the budget fits need)."""
-    return results.lf.select("sweep_id", "trial_id", "step", "top_active_units")
+    return results.lf.select("sweep_id", "run_id", "step", "top_active_units")
 
 
 def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: float
@@ -94,7 +94,7 @@ def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: floa
 def common_steps(evals: pl.DataFrame, n_runs: int, max_budgets: int) -> list[int]:
     """Steps every one of ``n_runs`` runs reached, thinned to at most ``max_budgets`` evenly spaced ones (the last
     always kept)."""
-    counts = evals.group_by("step").agg(pl.col("trial_id").n_unique().alias("n"))
+    counts = evals.group_by("step").agg(pl.col("run_id").n_unique().alias("n"))
     return thin(counts.filter(pl.col("n") == n_runs)["step"].sort().to_list(), max_budgets)
 
 
@@ -118,7 +118,7 @@ def budgets_of(runs: pl.DataFrame, rows: pl.DataFrame, max_budgets: int,
 def at_budget(rows: pl.DataFrame, step: int) -> pl.DataFrame:
     """Each run's latest evaluation at or before ``step``."""
     return (rows.filter(pl.col("step") <= step).sort("step")
-            .group_by("sweep_id", "trial_id", maintain_order=True).last())
+            .group_by("sweep_id", "run_id", maintain_order=True).last())
 
 
 def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, seed: int = 0,
@@ -131,8 +131,8 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
     steps of a ladder, for configurations whose runs ended at different steps.
     """
     tolerance = TOLERANCE_OF_MARGIN * margin
-    keyed = evals.join(critical.runs.select("sweep_id", "trial_id", "config_id", "rho", "seed", "top_dim"),
-                       on=["sweep_id", "trial_id"], how="inner")
+    keyed = evals.join(critical.runs.select("sweep_id", "run_id", "config_id", "rho", "seed", "top_dim"),
+                       on=["sweep_id", "run_id"], how="inner")
     out: dict[str, BudgetSeries] = {}
     with one_blas_thread():
         for i, cfg in enumerate(critical.configs.iter_rows(named=True)):

@@ -16,55 +16,23 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from analysis import plots
-from analysis.budget import (DEFAULT_MAX_BUDGETS, BudgetSeries, Extrapolation, evaluations_query, extrapolate,
-                             fit_budgets)
-from analysis.compare import DEFAULT_MARGIN, AcrossPair, LatentFamily, compare_across, compare_latent_sizes
+from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, extrapolate, fit_budgets
+from analysis.compare import DEFAULT_MARGIN, compare_across, compare_latent_sizes
 from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
                                fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
 from analysis.io import AnalysisError, Results, collect, load_results
-from analysis.render import render_html, render_text, report_tables
-from analysis.storage import ResultsLocation, locate
-from analysis.tables import Table, read_benchmark, summarize_runs, table6, table8, table9, table10
+from analysis.render import Report, render_html, report_tables
+from analysis.storage import locate
+from analysis.tables import read_benchmark, summarize_runs, table6, table8, table9, table10
+from ouvae.atomic import write_atomically
 
 REPORT_NAME = "report.html"
 BENCHMARK_NAME = "benchmark.json"
-
-
-@dataclass
-class Report:
-    """What ``analyze`` produced. ``path`` is the HTML report; ``text()`` is what the CLI prints."""
-
-    location: ResultsLocation
-    out_dir: Path | None
-    path: Path | None
-    critical: CriticalResult
-    latent: list[LatentFamily]  # across latent sizes, per family
-    across: dict[str, list[AcrossPair]]  # key of ACROSS_KEYS -> pairs (across datasets, across readings of T_rho)
-    budgets: dict[str, BudgetSeries]  # config_id -> rho_c against the training budget
-    max_budgets: int
-    tables: list[Table]
-    figures: list[Path]
-    n_rows: int
-    n_files: int
-    n_trials: int
-    sweeps: list[str]
-    notes: list[str] = field(default_factory=list)
-    # config_id -> the model rho_c(B) = rho_inf + a B^-gamma through 3+ budgets (a model, never a measurement)
-    extrapolations: dict[str, Extrapolation] = field(default_factory=dict)
-
-    @property
-    def rho_c(self) -> pl.DataFrame:
-        """The rho_c table: one row per configuration."""
-        return self.critical.table
-
-    def text(self) -> str:
-        return render_text(self)
 
 
 def curves_query(results: Results) -> pl.LazyFrame:
@@ -81,7 +49,7 @@ def order_parameters(critical: CriticalResult) -> pl.DataFrame:
     """Every run's end-of-training order parameters (all seeds kept), per-layer lists bottom to top as strings."""
     runs = critical.runs.join(critical.configs.select("config_id", "label"), on="config_id", how="left")
     return runs.select(
-        "config_id", "label", "sweep_id", "trial_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
+        "config_id", "label", "sweep_id", "run_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
         "active_fraction", "top_kl", "kl_total", "elbo", "iw_bound",
         pl.col("layer_active_units").list.eval(pl.element().cast(pl.String)).list.join(",")
         .alias("layer_active_units_bottom_up"),
@@ -203,9 +171,8 @@ def _write(report: Report, curves: pl.DataFrame | None, out: Path) -> None:
         order_parameters(report.critical).write_csv(stage / "tables" / "order_parameters.csv")
         report.figures = [out / "figures" / p.name for sec in figures.values() for figs in sec.values()
                           for p, _ in figs]
-        tmp = stage / f".{REPORT_NAME}.tmp"
-        tmp.write_text(render_html(report, figures, report.tables), encoding="utf-8")
-        os.replace(tmp, stage / REPORT_NAME)
+        html = render_html(report, figures, report.tables)
+        write_atomically(stage / REPORT_NAME, lambda tmp: tmp.write_text(html, encoding="utf-8"))
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -1,9 +1,8 @@
 """Layers with a leading member dimension: M independent networks of one architecture evaluated as one.
 
-Why: a sweep trains many small models that differ only in scalars (rho, seed, beta schedule, free bits). Each on
-its own is dominated by per-operation overhead (a GPU runs ~400 tiny kernels per step); stacked along a leading
-member dimension they become a few large batched operations (HFTA, Wang et al., MLSys 2021). A single run is a
-population of one, so there is exactly one model code path (docs/architecture.md, section 3, "Populations").
+Why: a sweep trains many small models that differ only in scalars; stacked along a leading member dimension they
+become a few large batched operations (docs/populations.md). A single run is a population of one, so there is
+exactly one model code path.
 
 Storage: every parameter of every member lives in ONE tensor ``flat`` of shape (M, P), one row per member. A
 forward pass splits it once (``torch.split`` along dim 1: its backward is a single concatenation) and each layer

@@ -1,22 +1,11 @@
 """Training a population: many runs of one architecture as ONE batched model, each member its own run.
 
-Why: the runs of a critical-rho sweep share every shape-giving setting (latent sizes, hidden units and layers,
-K, batch size, data set) and differ in scalars (rho, seed, beta schedule, free bits). One small run keeps a GPU
-idle between ~400 tiny kernels per step; M runs stacked along a leading member dimension do the same work in the
-same number of (larger) kernels (docs/architecture.md, section 3; HFTA, Wang et al., MLSys 2021).
-
-What each member keeps to itself (so it is the run it would have been alone, in distribution):
-* its parameters, initialised from its own seed exactly as a run alone (``ouvae/layers.py``);
-* its data order, a function of (its seed, epoch) as for a run alone;
-* its rho (and evaluation rho), beta schedule and free bits, as (M,) tensors in the loss;
-* its gradient norm, clipping, non-finite check and Adam state (``ouvae/optim.py``): a member whose loss or
-  gradient is not finite skips that update alone; after ``max_skipped_steps`` consecutive skips it is marked
-  failed with its reason and frozen, while the others train on unchanged;
-* its history of evaluations.
-Shared: the noise stream (one generator per population, seeded from the members' seeds), the step counter and
-budget, the learning rate, and the evaluation images. Nothing is reduced across members except for logging, so
-results agree with runs alone in distribution, and bit for bit with a rerun of the same population (members,
-order, device), also after resuming from a checkpoint.
+Why, and what is per member or shared: docs/populations.md (HFTA, Wang et al., MLSys 2021). In short, a member
+keeps its parameters (initialised from its seed as a run alone, ``ouvae/layers.py``), data order, rho, beta
+schedule, free bits, gradient norm, clipping, Adam state (``ouvae/optim.py``), failure and history; the noise
+stream, step counter, learning rate and evaluation images are shared. Results agree with runs alone in
+distribution, and bit for bit with a rerun of the same population (members, order, device), also after
+resuming from a checkpoint.
 """
 
 from __future__ import annotations
@@ -35,7 +24,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
-from .config import Config, ConfigError
+from .config import IDENTITY, MEMBER, Config, ConfigError, settings_with
 from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .layers import member_slices
@@ -46,8 +35,8 @@ from .optim import MemberAdam
 from .smoothing import is_identity
 
 # Config fields a member may set for itself; every other field must be equal across a population.
-MEMBER_FIELDS = ("preset", "rho", "rho_eval", "seed", "beta_schedule", "beta_min", "beta_max", "anneal_epochs",
-                 "n_cycles", "cycle_ratio", "sigmoid_steepness", "free_bits", "max_skipped_steps")
+# What members of one population may differ in: the MEMBER and IDENTITY settings (ouvae/config.py).
+MEMBER_FIELDS = settings_with(MEMBER, IDENTITY)
 
 Callback = Callable[["Population", list[dict[str, Any]]], None]
 # Members per forward/backward pass on a CPU: larger chunks leave the caches, and per-member speed falls (measured

@@ -33,12 +33,13 @@ import copy
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray.tune.search import Searcher
+
+from ouvae.atomic import write_atomically
 
 from sweeps.refine import RefineError, RefinePolicy, group_key, jsonable, top_dim_of
 from sweeps.trainable import POPULATION_KEY, run_specs
@@ -222,17 +223,12 @@ class AdaptiveRhoSearcher(Searcher):
         if state.get("format") != _FORMAT:
             raise RefineError("not an adaptive-rho searcher state (wrong or missing 'format' field)")
         self.policy.load_state_dict(state["policy"])
-        live = state.get("live", {})
-        # states saved before populations hold one [group, rho, seed] per trial
-        live = {t: (pts if pts and isinstance(pts[0], list) else [pts]) for t, pts in live.items()}
-        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in live.items()}
+        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in state.get("live", {}).items()}
 
     def save(self, checkpoint_path: str) -> None:
-        """JSON state, written to a temp file and renamed so a crash never leaves half a file."""
-        tmp = f"{checkpoint_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.get_state(), f)
-        os.replace(tmp, checkpoint_path)
+        """JSON state, written atomically so a crash never leaves half a file."""
+        text = json.dumps(self.get_state())
+        write_atomically(checkpoint_path, lambda tmp: tmp.write_text(text))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

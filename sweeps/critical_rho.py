@@ -53,7 +53,7 @@ class SweepDefaults:
     population_gpu: int  # ... and when they hold a GPU (--gpus-per-trial > 0)
 
 
-# The no-argument demo (README.md, "Sweeps"): under 300 s on an idle 2-core machine, it must show the phenomenon,
+# The no-argument demo (docs/sweeps.md): under 300 s on an idle 2-core machine, it must show the phenomenon,
 # not noise. Chosen from measured digits runs (BENCHMARKS.md, "The demo"): a grid of 7 rho values over the three
 # transitions (4x5 near 0.94, 4x10 near 0.91, 4x20 near 0.79 at this budget) with 5 seeds, so every 95% interval
 # on rho_c is narrower than 0.06 (two seeds widen an interval x9, five x1.6), trained as populations of 4 runs

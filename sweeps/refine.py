@@ -42,18 +42,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ouvae.config import parse_latent_dims
+from sweeps.space import SpaceError, check_seeds
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-# 2: the setting "batch_size" is called "min_pending" (what it is: a threshold on pending trials). Version-1
-# states differ only in that name and are read (``_upgrade``).
+# The form of state_dict(); a state of another version is refused (load_state_dict).
 STATE_VERSION = 2
 
 
@@ -144,11 +144,10 @@ class RefinePolicy:
         groups = list(groups)
         if not groups:
             raise RefineError("groups is empty: give at least one group of overrides, e.g. [{}] for one config")
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise RefineError("seeds is empty: give at least one seed (several, so the interval has seed noise in it)")
-        if len(set(seeds)) != len(seeds):
-            raise RefineError(f"seeds {seeds} contain duplicates: give each seed once")
+        try:
+            seeds = check_seeds(seeds)
+        except SpaceError as e:  # the sweeps' one seed rule
+            raise RefineError(str(e)) from None
         if not (isinstance(min_spacing, (int, float)) and math.isfinite(min_spacing) and min_spacing > 0):
             raise RefineError(f"min_spacing must be a positive number such as 0.001; got {min_spacing}")
         lim_lo, lim_hi = (float(v) for v in rho_limits)
@@ -466,7 +465,6 @@ class RefinePolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output; refuses a state made for other groups or settings."""
-        state = _upgrade(state)
         if state.get("state_version") != STATE_VERSION:
             raise RefineError(f"adaptive-search state version {state.get('state_version')} is not "
                               f"{STATE_VERSION}: it was written by another version of sweeps/refine.py")
@@ -495,14 +493,6 @@ class RefinePolicy:
                 **({"rho_per_round": self.rho_per_round} if self.rho_per_round != 1 else {})}
 
 
-def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A version-1 state in the current form (its settings' "batch_size" is today's "min_pending")."""
-    if state.get("state_version") != 1:
-        return state
-    settings = {("min_pending" if k == "batch_size" else k): v for k, v in state.get("settings", {}).items()}
-    return {**state, "state_version": STATE_VERSION, "settings": settings}
-
-
 def _offsets(limit: int):
     """0, +1, -1, +2, -2, ... up to +-limit: nearest free lattice point first."""
     yield 0
@@ -510,24 +500,3 @@ def _offsets(limit: int):
         yield d
         yield -d
 
-
-def simulate(policy: RefinePolicy, outcome: Callable[[Proposal], int | None], *, workers: int = 4,
-             rng: np.random.Generator | None = None, max_trials: int = 100_000) -> RefinePolicy:
-    """Drive `policy` as the Ray Tune searcher does, without Ray: up to `workers` trials in flight, finishing in
-    random order, each recorded with ``outcome(proposal)`` (top-layer active units, or None for a failed trial).
-    For benchmarks and studies of the policy. Raises RuntimeError if the policy neither proposes nor finishes (a deadlock)."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    running: list[Proposal] = []
-    for _ in range(max_trials):
-        while len(running) < workers:
-            p = policy.next_proposal()
-            if p is None:
-                break
-            running.append(p)
-        if not running:
-            if not policy.is_finished():
-                raise RuntimeError("the policy neither proposes nor finishes with nothing running (a deadlock)")
-            return policy
-        p = running.pop(int(rng.integers(len(running))))
-        policy.record(p.group, p.rho, p.seed, outcome(p))
-    raise RuntimeError(f"the policy did not finish within {max_trials} trials")

@@ -175,4 +175,4 @@ def _file_id(trial: Any) -> str:
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, int]:
-    return str(row["trial_id"]), int(row["step"])
+    return str(row["run_id"]), int(row["step"])

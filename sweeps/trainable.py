@@ -45,12 +45,11 @@ from typing import Any, Mapping
 import torch
 from ray import tune
 
-from analysis.schema import SCHEMA_VERSION
 from ouvae.config import Config
 from ouvae.data import DatasetSplits, load_config_dataset
 from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
-from ouvae.records import run_columns
+from ouvae.records import results_row
 from sweeps.checkpoints import CheckpointError, TrialCheckpoints
 from sweeps.failures import failure_result
 
@@ -122,9 +121,9 @@ def _dataset(cfg: Config) -> DatasetSplits:
 
 
 def member_row(population: Population, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row minus sweep_id/trial_id/population_id (the driver knows those)."""
+    """One results row minus sweep_id/run_id/population_id/schema_version (the driver's sink adds those)."""
     cfg = population.members[metrics["member"]].cfg
-    return {**metrics, **run_columns(cfg, population.data), "schema_version": SCHEMA_VERSION}
+    return results_row(cfg, population.data, metrics)
 
 
 def report(population: Population, rows: list[dict[str, Any]], *, as_population: bool, restored_from: int) -> None:

@@ -1,3 +1,7 @@
-"""Test and benchmark helpers that are not part of the product (not installed with the wheel; Ray workers import
-them by module name, so they cannot live under tests/): run the tests and benchmarks from the repository root
-(pytest's ``pythonpath = ["."]``; ``PYTHONPATH=.`` for the benchmarks)."""
+"""Helpers that only the tests and the benchmarks use: synthetic runs with a known truth, Ray trainables drawing
+from them (with fault injection, a drifting rho_c for the ladder, a scale test's reports), and a driver of the
+adaptive policy without Ray.
+
+Not part of the installed packages (pyproject's package list names ouvae, sweeps and analysis only): pytest finds
+this folder through ``pythonpath = ["."]``, the benchmarks through ``PYTHONPATH=.`` from the repository root.
+"""

@@ -128,13 +128,13 @@ def rung_rhos(experiment: Path, label: str) -> set[float]:
 def check_rows_exactly_once(df: pl.DataFrame, state: dict) -> None:
     """One row per (run, step); every run's evaluations every 10 epochs up to the budget of its last rung; one
     final row per run, at that budget."""
-    assert df.select("trial_id", "step").is_unique().all()
+    assert df.select("run_id", "step").is_unique().all()
     last_budget = {}
     for lineage, v in state["lineages"].items():
         for m in range(len(v["members"])):
             last_budget[f"{lineage}-m{m:03d}"] = state["budgets"][v["rung"]]
-    assert set(df["trial_id"]) == set(last_budget)
-    for (run,), rows in df.group_by("trial_id"):
+    assert set(df["run_id"]) == set(last_budget)
+    for (run,), rows in df.group_by("run_id"):
         assert sorted(rows["step"]) == list(range(10, last_budget[run] + 1, 10)), run
         assert rows.filter(pl.col("is_final"))["step"].to_list() == [last_budget[run]]
 
@@ -160,7 +160,7 @@ def test_ladder_stops_each_configuration_at_the_right_rung_and_continues_the_run
     # the runs that continued into each rung are those the rule names from the rung before
     df = ladder_table(tmp_path, "drift")
     check_rows_exactly_once(df, state)
-    reached = df.group_by("trial_id").agg(pl.col("step").max(), pl.col("rho").first(), pl.col("latent_dims").first())
+    reached = df.group_by("run_id").agg(pl.col("step").max(), pl.col("rho").first(), pl.col("latent_dims").first())
     for label, entry in (("10", ten), ("20", twenty)):
         rungs = entry["rungs"]
         for k in range(1, len(rungs)):
@@ -250,7 +250,7 @@ def test_a_ladder_of_the_real_trainer_writes_exactly_the_rows_of_a_grid_trained_
     assert critical_rho.main([*TINY, "--epochs", "6", "--set", "eval_every=2", "--storage", str(tmp_path),
                               "--name", "grid"]) == 0
     keys = ["rho", "seed", "step"]
-    drop = [*TIMING, "sweep_id", "trial_id", "population_id"]
+    drop = [*TIMING, "sweep_id", "run_id", "population_id"]
     ladder = ladder_table(tmp_path, "ladder").sort(keys).drop(drop)
     grid = ladder_table(tmp_path, "grid").sort(keys).drop(drop)
     assert ladder["step"].to_list() == grid["step"].to_list() and ladder.height == 4 * 3

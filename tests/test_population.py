@@ -1,6 +1,6 @@
 """Populations on real data (scikit-learn's digits): many runs of one architecture as one batched model.
 
-What must hold: a population of one is the single run; every member is the run it would be alone, in
+What must hold: a run from the command line is a population of one; every member is the run it would be alone, in
 distribution (its own initialisation, data order, rho, schedule); a diverging member fails alone; checkpoints
 resume bit for bit and any member exports as an ordinary single-run checkpoint; nothing touches global state.
 """
@@ -30,16 +30,24 @@ def quick(**overrides) -> Config:
     return Config.from_preset("demo", **{**base, **overrides})
 
 
-def test_a_population_of_one_is_the_single_run(digits):
+TIMING = ("wall_time_s", "time_per_epoch_s", "peak_memory_bytes")
+
+
+def test_a_run_from_the_command_line_is_a_population_of_one(digits, tmp_path, capsys):
+    """The single-run product path (`python -m ouvae.train`: options, data loading, the Trainer wrapper, its
+    callback and checkpoint) trains exactly what `Population([cfg])` trains."""
+    argv = ["--preset", "demo", "--rho", "0.7", "--seed", "4", "--latent-dims", "5-5", "--hidden-units", "32",
+            "--steps", "30", "--eval-every", "2", "--eval-iw-k", "5", "--n-train", "400", "--eval-max-examples", "100",
+            "--out", str(tmp_path), "--quiet"]
+    assert train_main(argv) == 0
+    cli_rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     cfg = quick(steps=30, eval_every=2, rho=0.7, seed=4)
     rows: list[dict] = []
     pop = Population([cfg], callback=lambda p, r: rows.extend(r), data=digits)
     pop.fit()
-    single = Trainer(cfg, data=digits)
-    single.fit()
-    assert torch.equal(pop.model.flat, single.model.flat)
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("wall_time_s", "time_per_epoch_s", "peak_memory_bytes")} for r in h]  # noqa: E731
-    assert strip(pop.members[0].history) == strip(single.history) == strip(rows)
+    assert torch.equal(Trainer.from_checkpoint(tmp_path, data=digits).model.flat, pop.model.flat)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING} for r in h]  # noqa: E731
+    assert strip(cli_rows) == strip(rows) == strip(pop.members[0].history) and len(rows) > 1
     assert [r["member"] for r in rows] == [0] * len(rows) and rows[-1]["is_final"]
 
 
@@ -61,6 +69,7 @@ def test_the_same_population_gives_the_same_numbers_on_a_rerun(digits):
     assert [m.history[-1]["elbo"] for m in a.members] == [m.history[-1]["elbo"] for m in b.members]
 
 
+@pytest.mark.slow
 def test_members_alone_and_inside_a_population_agree_in_distribution(digits):
     """Across groupings only the shared noise stream differs. Three seeds at rho = 1 and three at rho = 0.8,
     trained alone and as one population of six: per rho, the final ELBO and top-layer active units agree within
@@ -76,9 +85,10 @@ def test_members_alone_and_inside_a_population_agree_in_distribution(digits):
             a, b = [r[key] for r in alone[group]], [r[key] for r in together[group]]
             se = math.sqrt((statistics.variance(a) + statistics.variance(b)) / len(a))
             assert abs(statistics.mean(a) - statistics.mean(b)) <= 3 * se + floor, (key, a, b)
-    for runs in (alone, together):
+    for runs in (alone, together):  # more active top units at 0.8 than at 1, by over three standard errors
         plain, smoothed = [r["top_active_units"] for r in runs[:3]], [r["top_active_units"] for r in runs[3:]]
-        assert min(smoothed) >= max(plain) + 4, (plain, smoothed)
+        se = math.sqrt((statistics.variance(plain) + statistics.variance(smoothed)) / 3)
+        assert statistics.mean(smoothed) - statistics.mean(plain) > 3 * se, (plain, smoothed)
 
 
 def test_a_diverging_member_fails_alone_while_the_others_finish(digits):
