@@ -23,8 +23,9 @@ import polars as pl
 from analysis import plots
 from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, extrapolate, fit_budgets
 from analysis.compare import DEFAULT_MARGIN, compare_across, compare_latent_sizes
-from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
-                               fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
+from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs,
+                               configurations, final_runs_query, fit_configurations, mixing_notes,
+                               rho_eval_label_column, trial_counts_query)
 from analysis.io import AnalysisError, Results, collect, load_results
 from analysis.render import Report, render_html, report_tables
 from analysis.storage import locate
