@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make sweep` and `make test`.
 # Both create .venv and install the project into it once (the stamp file remembers).
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: sweep demo test bench venv clean
+.PHONY: sweep demo test test-fast docs bench venv clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,20 @@ sweep: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ouvae.train --preset demo --out runs/demo $(ARGS)
 
+# The whole suite (CI: .ci/run).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The edit-test loop: no Ray, no multi-node cluster, nothing marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not multinode"
+
+# docs/results-schema.md is generated from analysis/schema.py (a test fails when it is out of date).
+docs: $(STAMP)
+	$(BIN)/python -m analysis.schema > docs/results-schema.md
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/trainer_bench.py
+	PYTHONPATH=. $(BIN)/python benchmarks/trainer_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

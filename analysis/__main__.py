@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="margin on rho_c: two rho_c are 'similar' when the whole interval of their difference lies "
                         "within +-delta; rho_c has converged with the budget when its last move is within +-delta/2 "
                         "(default 0.02)")
+    p.add_argument("--budget-steps", type=int, nargs="+", default=None, metavar="STEP",
+                   help="a ladder's rung steps (critical_rho.py --until-converged prints them): rho_c against the "
+                        "budget at these steps, each run with its latest evaluation")
     p.add_argument("--max-budgets", type=int, default=8,
                    help="most training budgets (evaluation steps) rho_c is fitted at per configuration (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the bootstraps (default 0)")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = analyze(args.results, args.out, sweeps=args.sweep, level=args.level, n_boot=args.n_boot,
                       compare_boot=args.compare_boot, seed=args.seed, benchmark=args.benchmark,
                       plots_on=not args.no_plots, include_unfinished=args.include_unfinished,
-                      drop_nan=args.drop_nan, delta=args.delta, max_budgets=args.max_budgets)
+                      drop_nan=args.drop_nan, delta=args.delta, max_budgets=args.max_budgets,
+                      budget_steps=args.budget_steps)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

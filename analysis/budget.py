@@ -17,6 +17,18 @@ hundreds of evaluations the last two are still a sizeable part of training apart
 * RISING / FALLING: either test fails; the direction is the sign of the last shift.
 * NOT_DECIDED: a fit or interval is missing at one of the two budgets (too few seeds, no transition yet, ...).
 * ONE_BUDGET: only one step is common to all runs.
+
+A ladder (``critical_rho.py --until-converged``, which trains only the runs near the transition further, so runs
+of one configuration end at different steps) is fitted at its rung steps (``analyze(budget_steps=...)``,
+``python -m analysis --budget-steps``). At a budget each run contributes its latest evaluation at or before it: a
+run stopped earlier keeps its last state (the ladder stops only runs whose rho lies far from the transition).
+Where every run reached the step this is exactly the evaluation at that step. Without rung steps, runs of unequal
+length are fitted at the steps every run reached (carrying a state forward is the ladder's assumption, not a
+general one).
+
+With three or more budgets, ``extrapolate`` fits the model rho_c(B) = rho_inf + a * B^(-gamma) through them: a
+model of how rho_c approaches its converged value, with an interval from redrawing each budget's rho_c within its
+own interval -- never a measurement (the report says so wherever it shows it).
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ class BudgetSeries:
 
 def evaluations_query(results: Results) -> pl.LazyFrame:
     """Lazy query: the top-layer active units of every evaluation row (the few columns the budget fits need)."""
-    return results.lf.select("sweep_id", "trial_id", "step", "top_active_units")
+    return results.lf.select("sweep_id", "run_id", "step", "top_active_units")
 
 
 def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: float
@@ -82,37 +94,58 @@ def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: floa
 def common_steps(evals: pl.DataFrame, n_runs: int, max_budgets: int) -> list[int]:
     """Steps every one of ``n_runs`` runs reached, thinned to at most ``max_budgets`` evenly spaced ones (the last
     always kept)."""
-    counts = evals.group_by("step").agg(pl.col("trial_id").n_unique().alias("n"))
-    steps = counts.filter(pl.col("n") == n_runs)["step"].sort().to_list()
+    counts = evals.group_by("step").agg(pl.col("run_id").n_unique().alias("n"))
+    return thin(counts.filter(pl.col("n") == n_runs)["step"].sort().to_list(), max_budgets)
+
+
+def thin(steps: list[int], max_budgets: int) -> list[int]:
+    """At most ``max_budgets`` evenly spaced entries of ``steps`` (the first and last kept)."""
     if len(steps) <= max_budgets:
         return steps
     keep = np.unique(np.round(np.linspace(0, len(steps) - 1, max_budgets)).astype(int))
     return [steps[i] for i in keep]
 
 
-def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, seed: int = 0,
-                margin: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS) -> dict[str, BudgetSeries]:
-    """rho_c of every configuration at each common evaluation step, and the convergence verdict.
+def budgets_of(runs: pl.DataFrame, rows: pl.DataFrame, max_budgets: int,
+               budget_steps: list[int] | None) -> list[int]:
+    """The budgets a configuration is fitted at (see the module docstring): a ladder's rung steps up to its last,
+    else the steps every run reached."""
+    if budget_steps:
+        return thin(sorted(b for b in set(budget_steps) if b <= runs["step"].max()), max_budgets)
+    return common_steps(rows, runs.height, max_budgets)
 
-    ``evals``: ``evaluations_query`` collected. The final budget reuses the configuration's main fit when every run
-    ended at that step (then the series ends in exactly the number of the rho_c table).
+
+def at_budget(rows: pl.DataFrame, step: int) -> pl.DataFrame:
+    """Each run's latest evaluation at or before ``step``."""
+    return (rows.filter(pl.col("step") <= step).sort("step")
+            .group_by("sweep_id", "run_id", maintain_order=True).last())
+
+
+def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, seed: int = 0,
+                margin: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS,
+                budget_steps: list[int] | None = None) -> dict[str, BudgetSeries]:
+    """rho_c of every configuration at each budget (``budgets_of``), and the convergence verdict.
+
+    ``evals``: ``evaluations_query`` collected. The final budget reuses the configuration's main fit (every run's
+    final evaluation: then the series ends in exactly the number of the rho_c table). ``budget_steps``: the rung
+    steps of a ladder, for configurations whose runs ended at different steps.
     """
     tolerance = TOLERANCE_OF_MARGIN * margin
-    keyed = evals.join(critical.runs.select("sweep_id", "trial_id", "config_id", "rho", "seed", "top_dim"),
-                       on=["sweep_id", "trial_id"], how="inner")
+    keyed = evals.join(critical.runs.select("sweep_id", "run_id", "config_id", "rho", "seed", "top_dim"),
+                       on=["sweep_id", "run_id"], how="inner")
     out: dict[str, BudgetSeries] = {}
     with one_blas_thread():
         for i, cfg in enumerate(critical.configs.iter_rows(named=True)):
             cid = cfg["config_id"]
             runs = critical.config_runs(cid)
             rows = keyed.filter(pl.col("config_id") == cid)
-            steps = common_steps(rows, runs.height, max_budgets)
+            steps = budgets_of(runs, rows, max_budgets, budget_steps)
             fits = []
             for j, step in enumerate(steps):
-                if step == runs["step"].min() == runs["step"].max():
+                if step == runs["step"].max():
                     fits.append(critical.fits[cid])
                     continue
-                at = rows.filter(pl.col("step") == step).sort("rho", "seed")
+                at = at_budget(rows, step).sort("rho", "seed")
                 fits.append(fit_run_table(at, level=critical.level, n_boot=n_boot,
                                           rng=np.random.default_rng([seed, 2, i, j]),
                                           what=f"configuration {cid} ({cfg['label']}) at step {step}",
@@ -147,3 +180,81 @@ def budget_text(s: BudgetSeries) -> str:
                 f"overlap)")
     why = "the intervals do not overlap" if abs(s.shift) <= s.tolerance else f"more than ±{s.tolerance:g}"
     return f"still {s.verdict.value}: rho_c moved {s.shift:+.4f} from step {a} to {b} ({why}); train longer"
+
+
+# ---------------------------------------------------------------------------------------- extrapolation
+@dataclass(frozen=True)
+class Extrapolation:
+    """The model rho_c(B) = rho_inf + a * B^(-gamma) fitted through a configuration's budgets: a model, not a
+    measurement. ``rho_inf_low``/``high``: the interval of rho_inf from redrawing every budget's rho_c within its
+    own interval (None where too few redraws could be fitted)."""
+
+    rho_inf: float
+    a: float
+    gamma: float
+    rho_inf_low: float | None
+    rho_inf_high: float | None
+    level: float
+
+    def at(self, budget: np.ndarray) -> np.ndarray:
+        return self.rho_inf + self.a * np.asarray(budget, dtype=np.float64) ** (-self.gamma)
+
+
+MIN_EXTRAPOLATION_BUDGETS = 3  # three parameters: fewer budgets do not determine the model
+_GAMMA_BOUNDS = (0.05, 4.0)  # a decay slower than B^-0.05 is no approach at all; faster than B^-4 is a step
+
+
+def _power_law_fit(budgets: np.ndarray, rho_c: np.ndarray, sigma: np.ndarray) -> tuple[float, float, float] | None:
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    scale = budgets[-1]
+    x = budgets / scale  # B in units of the largest budget: a is then the distance from rho_inf at that budget
+
+    def model(b, rho_inf, a, gamma):
+        return rho_inf + a * b ** (-gamma)
+
+    a0 = rho_c[0] - rho_c[-1]
+    try:
+        with warnings.catch_warnings():  # three budgets fit exactly: no covariance, and none is used
+            warnings.simplefilter("ignore", OptimizeWarning)
+            (rho_inf, a, gamma), _ = curve_fit(model, x, rho_c, p0=(rho_c[-1], a0 or 1e-3, 1.0), sigma=sigma,
+                                                bounds=([-np.inf, -np.inf, _GAMMA_BOUNDS[0]],
+                                                        [np.inf, np.inf, _GAMMA_BOUNDS[1]]), maxfev=2000)
+    except (RuntimeError, ValueError):
+        return None
+    return float(rho_inf), float(a) * scale ** float(gamma), float(gamma)
+
+
+def extrapolate(series: BudgetSeries, *, level: float = 0.95, n_draws: int = 300,
+                seed: int = 0) -> Extrapolation | None:
+    """rho_c(B) = rho_inf + a * B^(-gamma) through the budgets that have rho_c and an interval (None with fewer than
+    three, or when the model cannot be fitted). The interval of rho_inf: refits to each budget's rho_c redrawn from
+    a normal with its interval's half-width as ``level``-interval (parametric bootstrap), percentiles of rho_inf."""
+    from scipy import stats
+
+    pts = [(b, f) for b, f in zip(series.steps, series.fits) if f.status == STATUS_OK and f.ci_low is not None]
+    if len(pts) < MIN_EXTRAPOLATION_BUDGETS:
+        return None
+    budgets = np.array([float(b) for b, _ in pts])
+    rho_c = np.array([f.rho_c for _, f in pts])
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    sd = np.maximum(np.array([(f.ci_high - f.ci_low) / 2 for _, f in pts]) / z, 1e-6)
+    best = _power_law_fit(budgets, rho_c, sd)
+    if best is None:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = [_power_law_fit(budgets, rho_c + rng.normal(0.0, sd), sd) for _ in range(n_draws)]
+    inf = np.array([d[0] for d in draws if d is not None])
+    low = high = None
+    if inf.size >= n_draws // 2:
+        low, high = (float(v) for v in np.quantile(inf, [0.5 - level / 2, 0.5 + level / 2]))
+    return Extrapolation(*best, low, high, level)
+
+
+def extrapolation_text(e: Extrapolation) -> str:
+    interval = (f"[{e.rho_inf_low:.3f}, {e.rho_inf_high:.3f}]" if e.rho_inf_low is not None
+                else "(interval not determined)")
+    return (f"model, not a measurement: ρc(B) = ρ∞ + a·B^−γ gives ρ∞ = {e.rho_inf:.3f} {interval}, "
+            f"γ = {e.gamma:.2f}")

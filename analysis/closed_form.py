@@ -145,7 +145,7 @@ def linear_gaussian_case(row: dict) -> LinearGaussianCase | None:
     beta is the schedule's final beta_max; the data's eigenvalues are gaussian_eigenvalue * gaussian_ratio^i, as
     ouvae/data/synthetic.py generates them."""
     try:
-        if not (row["dataset"] == "gaussian" and row["likelihood"] == "gaussian" and row["n_layers"] == 1
+        if not (row["dataset"] == "gaussian" and row.get("likelihood", "gaussian") == "gaussian" and row["n_layers"] == 1
                 and row["hidden_layers"] == 0 and row["objective"] == "elbo" and not row["free_bits"]
                 and row["smooth"] in ("both", "decoder") and (row["smooth_samples"] or 0) >= 2
                 and row.get("smooth_space", "posterior") in READINGS):

@@ -23,6 +23,7 @@ from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
 from analysis.schema import CONFIG_KEYS
 from analysis.onset import OnsetFit, fit_kl_onset
 from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, TransitionFit, fit_transition, infer_direction
+from ouvae.config import IDENTITY, recorded_columns
 
 # A configuration = CONFIG_KEYS + the split the metrics come from + the rho used at evaluation as a label ("train"
 # when it equals the training rho), so a diagnostic rho_eval = 1 run is never pooled with ordinary ones.
@@ -34,10 +35,10 @@ FAMILY_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k != "latent_dims"
 # that key -- the datasets, and the two readings of T_rho (smooth_space). Columns <key>_family_id / _label.
 ACROSS_TITLES: dict[str, str] = {"dataset": "datasets", "smooth_space": "readings of T_ρ (smooth_space)"}
 ACROSS_KEYS: tuple[str, ...] = tuple(ACROSS_TITLES)
-# Settings outside CONFIG_KEYS that should not vary inside one configuration; if they do, the report says so.
-OTHER_SETTINGS = ("preset", "binarization", "likelihood", "hidden_layers", "activation", "iw_samples", "beta_params",
-                  "lr", "batch_size")
-RUN_COLUMNS = ("sweep_id", "trial_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
+# Recorded settings outside CONFIG_KEYS other than the seed (the IDENTITY role, ouvae/config.py): they should not
+# vary inside one configuration; if they do, the report says so.
+OTHER_SETTINGS = tuple(c for c in recorded_columns(IDENTITY) if c != "seed")
+RUN_COLUMNS = ("sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
                "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", "bound_model", "smoothed_elbo",
                "smoothed_kl_total", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
@@ -63,7 +64,7 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
     member that diverged: its last row names the ``failure``) is never used.
     """
     wanted = list(dict.fromkeys([*CONFIG_KEYS, "split", *OTHER_SETTINGS, *RUN_COLUMNS]))
-    trial = ["sweep_id", "trial_id"]
+    trial = ["sweep_id", "run_id"]
     if include_unfinished:
         # The latest evaluation of every trial: the final one where it exists (is_final is the last evaluation).
         lf = results.lf.select(wanted)
@@ -79,7 +80,7 @@ def final_runs_query(results: Results, *, include_unfinished: bool = False) -> p
 def trial_counts_query(results: Results) -> pl.LazyFrame:
     """Lazy query: number of runs (trial ids), of runs without a final evaluation that did not fail, and of runs
     that failed (diverged members of a population), with one failure reason."""
-    per_trial = results.lf.group_by("sweep_id", "trial_id").agg(pl.col("is_final").any(),
+    per_trial = results.lf.group_by("sweep_id", "run_id").agg(pl.col("is_final").any(),
                                                                 pl.col("failure").drop_nulls().first())
     failed = pl.col("failure").is_not_null()
     return per_trial.select(pl.len().alias("trials"), (~pl.col("is_final") & ~failed).sum().alias("unfinished"),
@@ -95,7 +96,7 @@ def leak_note(runs: pl.DataFrame) -> str | None:
         return None
     r = leaky.sort("smoothed_kl_total").row(0, named=True)
     return (f"{leaky.height} run(s) have a smoothed training objective above their valid bound L_k or a negative "
-            f"smoothed KL (e.g. trial {r['trial_id']}, rho {r['rho']:g}, smooth_space {r['smooth_space']}: objective "
+            f"smoothed KL (e.g. run {r['run_id']}, rho {r['rho']:g}, smooth_space {r['smooth_space']}: objective "
             f"{r['smoothed_elbo']:.2f} vs L_{r['iw_k']} {r['iw_bound']:.2f}, KL {r['smoothed_kl_total']:.2f}): "
             f"information leaks past the latents, so that objective is no likelihood. Every likelihood reported here "
             f"is the valid bound (bound_model).")
@@ -119,16 +120,16 @@ def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool,
     bad_rho = runs.filter(~pl.col("rho").is_finite() | (pl.col("rho") <= 0) | (pl.col("rho") > 1))
     if bad_rho.height:
         r = bad_rho.row(0, named=True)
-        raise AnalysisError(f"{bad_rho.height} trial(s) have rho outside (0, 1], e.g. rho = {r['rho']} in trial "
-                            f"{r['trial_id']} ({r[FILE_COL]}): rho must be in (0, 1]; fix the writer or remove the file")
+        raise AnalysisError(f"{bad_rho.height} trial(s) have rho outside (0, 1], e.g. rho = {r['rho']} in run "
+                            f"{r['run_id']} ({r[FILE_COL]}): rho must be in (0, 1]; fix the writer or remove the file")
     bad_dims = runs.filter(pl.col("top_dim").is_null() | (pl.col("top_dim") <= 0))
     if bad_dims.height:
-        raise AnalysisError(f"latent_dims {bad_dims['latent_dims'][0]!r} (trial {bad_dims['trial_id'][0]}) is not "
+        raise AnalysisError(f"latent_dims {bad_dims['latent_dims'][0]!r} (run {bad_dims['run_id'][0]}) is not "
                             f"latent sizes joined by '-', e.g. 40-40-40-40: fix the writer or remove the trial")
     over = runs.filter((pl.col("top_active_units") < 0) | (pl.col("top_active_units") > pl.col("top_dim")))
     if over.height:
         r = over.row(0, named=True)
-        raise AnalysisError(f"trial {r['trial_id']} reports {r['top_active_units']} active top units but its top "
+        raise AnalysisError(f"run {r['run_id']} reports {r['top_active_units']} active top units but its top "
                             f"layer has {r['top_dim']} ({r['latent_dims']}): the results are inconsistent; re-run it "
                             f"or remove {r[FILE_COL]}")
     not_finite = [(pl.col(c).is_nan() | pl.col(c).is_infinite()).fill_null(False) for c in NUMERIC_METRICS]
@@ -141,7 +142,7 @@ def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool,
         bad = runs.filter(bad_mask)
         cols = [n for n in names if flags.filter(bad_mask)[n].any()]
         r = bad.row(0, named=True)
-        example = f"trial {r['trial_id']} (rho {r['rho']:g}, seed {r['seed']})"
+        example = f"run {r['run_id']} (rho {r['rho']:g}, seed {r['seed']})"
         if not drop_nan:
             raise AnalysisError(f"{bad.height} finished trial(s) have NaN or infinite {', '.join(cols)}, e.g. "
                                 f"{example}: training diverged there; re-run those trials, or pass --drop-nan to "
@@ -209,7 +210,7 @@ def mixing_notes(runs: pl.DataFrame, configs: pl.DataFrame) -> list[str]:
         mixed = [f"{c} = {', '.join(_fmt(v) for v in sorted(r[c]))}" for c in OTHER_SETTINGS if len(r[c]) > 1]
         if mixed:
             notes.append(f"configuration {r['config_id']} pools runs with different {'; '.join(mixed)}: these are not "
-                         f"replicates; analyse the sweeps separately (--sweep) or add the setting to CONFIG_KEYS.")
+                         f"replicates; analyse the sweeps separately (--sweep).")
     return notes
 
 

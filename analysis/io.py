@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError
-from analysis.schema import COLUMNS, READABLE_VERSIONS, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
+from analysis.schema import COLUMNS, READABLE_VERSIONS, RENAMED, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
 from analysis.storage import ResultsLocation, locate
 
 __all__ = ["AnalysisError", "FILE_COL", "NUMERIC_METRICS", "Results", "collect", "load_results", "result_files",
@@ -28,7 +28,9 @@ NUMERIC_METRICS = ("top_kl", "elbo", "iw_bound", "kl_total", "recon")
 
 
 def _polars_schema() -> pl.Schema:
-    return pl.Schema(pl.from_arrow(SCHEMA.empty_table()).schema)
+    """Today's columns, plus the old names of renamed ones (RENAMED), which upgrade_rows folds in and drops."""
+    schema = pl.Schema(pl.from_arrow(SCHEMA.empty_table()).schema)
+    return pl.Schema({**schema, **{old: schema[new] for old, new in RENAMED.items()}})
 
 
 def _examples(loc: ResultsLocation, paths: list[str]) -> str:
@@ -92,12 +94,14 @@ def upgrade_rows(lf: pl.LazyFrame) -> pl.LazyFrame:
     Before v3 there was one reading (posterior) and elbo/iw_bound/recon/kl_total were measured with the generative
     maps smoothed as in training: wherever that smoothing was on (rho_eval < 1, decoder maps smoothed, K > 1) they
     are the smoothed objective, no bound on log p(x), so they move to smoothed_elbo/smoothed_kl_total and the bound
-    columns become null (no bound was measured). Elsewhere they were the plain HVAE's bounds all along.
+    columns become null (no bound was measured). Elsewhere they were the plain HVAE's bounds all along. A column
+    renamed since (analysis.schema.RENAMED: v1/v2's trial_id) is read under today's name.
     """
     old = pl.col("schema_version") < 3
     leaky = (old & (pl.col("rho_eval") < 1) & pl.col("smooth").is_in(["both", "decoder"])
              & (pl.col("smooth_samples") > 1)).fill_null(False)
     keep_unless_leaky = lambda c: pl.when(leaky).then(None).otherwise(pl.col(c)).alias(c)  # noqa: E731
+    lf = lf.with_columns(pl.coalesce(now, was).alias(now) for was, now in RENAMED.items()).drop(*RENAMED)
     return lf.with_columns(
         pl.when(old).then(pl.lit("posterior")).otherwise(pl.col("smooth_space")).alias("smooth_space"),
         pl.when(leaky).then(None).when(old).then(pl.lit("hvae")).otherwise(pl.col("bound_model")).alias("bound_model"),

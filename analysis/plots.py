@@ -17,7 +17,7 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from analysis.budget import BudgetSeries, budget_short_text
+from analysis.budget import BudgetSeries, Extrapolation, budget_short_text
 from analysis.closed_form import linear_gaussian_case
 from analysis.intervals import UNDETERMINED_SHORT
 from analysis.transition import ACTIVE_ABOVE, STATUS_OK, TransitionFit
@@ -219,11 +219,14 @@ def curves_figure(curves: pl.DataFrame, *, title: str) -> Figure:
     return fig
 
 
-def budget_figure(series: Sequence[tuple[str, BudgetSeries]], *, title: str, level: float = 0.95) -> Figure:
+def budget_figure(series: Sequence[tuple[str, BudgetSeries]], *, title: str, level: float = 0.95,
+                  models: dict[str, Extrapolation] | None = None) -> Figure:
     """rho_c (with its interval as an error bar) against the training step, one line per configuration.
 
     ``series``: (name, BudgetSeries) in legend order. A budget without an interval is an open marker without a
-    bar; one without a fitted rho_c is left out. The legend says whether rho_c has converged.
+    bar; one without a fitted rho_c is left out. The legend says whether rho_c has converged. ``models``: name ->
+    the extrapolation rho_c(B) = rho_inf + a B^-gamma, drawn dotted and labelled as a model, with rho_inf's
+    interval as a band at the right edge.
     """
     fig, (ax,) = _new(1, width=6.4, height=4.2)
     for color, (name, s) in zip(_colors(len(series)), series):
@@ -240,6 +243,13 @@ def budget_figure(series: Sequence[tuple[str, BudgetSeries]], *, title: str, lev
         unbounded = [(st, f.rho_c) for st, f in ok if f.ci_low is None]
         if unbounded:
             ax.plot(*zip(*unbounded), "o", mfc="none", color=color, ms=5)
+        model = (models or {}).get(name)
+        if model is not None and len(steps):
+            b = np.geomspace(steps.min(), 4 * steps.max(), 60)
+            ax.plot(b, model.at(b), ":", color=color, lw=1.2,
+                    label=f"model (not measured): ρ∞ = {model.rho_inf:.3f}")
+            if model.rho_inf_low is not None:
+                ax.axhspan(model.rho_inf_low, model.rho_inf_high, xmin=0.97, xmax=1.0, color=color, alpha=0.3)
     ax.set_xlabel("training step (evaluation every run reached)")
     ax.set_ylabel(f"ρc ({level:.0%} interval)")
     ax.set_title("ρc against the training budget")

@@ -1,7 +1,7 @@
 """The report's words: the rho_c, comparison and budget tables, the terminal text and the HTML page.
 
-Why apart from ``analysis/report.py``: that module decides what is computed and written where; this one only
-formats results that are already computed (every verdict arrives as data and is worded by the ``*_text``
+Why apart from ``analysis/report.py``: that module decides what is computed and written where; this one holds
+what was computed (``Report``) and only formats it (every verdict arrives as data and is worded by the ``*_text``
 functions of ``analysis/compare.py`` and ``analysis/budget.py``), so changing a sentence never touches a number.
 """
 
@@ -10,24 +10,53 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
-from analysis.budget import budget_short_text, budget_text
+from analysis.budget import BudgetSeries, Extrapolation, budget_short_text, budget_text, extrapolation_text
 from analysis.compare import (interval_text, latent_family_text, ratio_text, rho_c_verdict_text,
                               sharpness_verdict_text)
-from analysis.compare import SharpnessVerdict
-from analysis.critical import ACROSS_TITLES, GROUP_KEYS
+from analysis.compare import AcrossPair, LatentFamily, SharpnessVerdict
+from analysis.critical import ACROSS_TITLES, GROUP_KEYS, CriticalResult
 from analysis.intervals import UNDETERMINED_SHORT, Interval, Undetermined
 from analysis.onset import OnsetFit
 from analysis.schema import SCHEMA_VERSION
+from analysis.storage import ResultsLocation
 from analysis.tables import Table
 from analysis.transition import TransitionFit
 
-if TYPE_CHECKING:
-    from analysis.report import Report
+
+@dataclass
+class Report:
+    """What ``analyze`` produced. ``path`` is the HTML report; ``text()`` is what the CLI prints."""
+
+    location: ResultsLocation
+    out_dir: Path | None
+    path: Path | None
+    critical: CriticalResult
+    latent: list[LatentFamily]  # across latent sizes, per family
+    across: dict[str, list[AcrossPair]]  # key of ACROSS_KEYS -> pairs (across datasets, across readings of T_rho)
+    budgets: dict[str, BudgetSeries]  # config_id -> rho_c against the training budget
+    max_budgets: int
+    tables: list[Table]
+    figures: list[Path]
+    n_rows: int
+    n_files: int
+    n_trials: int
+    sweeps: list[str]
+    notes: list[str] = field(default_factory=list)
+    # config_id -> the model rho_c(B) = rho_inf + a B^-gamma through 3+ budgets (a model, never a measurement)
+    extrapolations: dict[str, Extrapolation] = field(default_factory=dict)
+
+    @property
+    def rho_c(self) -> pl.DataFrame:
+        """The rho_c table: one row per configuration."""
+        return self.critical.table
+
+    def text(self) -> str:
+        return render_text(self)
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -172,12 +201,17 @@ def budget_table(rep: Report) -> Table | None:
                          "rho_c": f.rho_c, "ci_low": f.ci_low, "ci_high": f.ci_high,
                          "interval_undetermined": None if f.interval_undetermined is None
                          else f.interval_undetermined.value, "verdict": s.verdict.value})
-        rows.append([cid, labels[cid], "; ".join(points), budget_text(s)])
+        model = rep.extrapolations.get(cid)
+        rows.append([cid, labels[cid], "; ".join(points),
+                     budget_text(s) + (f". {extrapolation_text(model)}" if model else "")])
     tol = next(iter(rep.budgets.values())).tolerance
     return Table("rho_c_by_budget", "ρc against the training budget",
                  f"ρc fitted at every evaluation step all runs of a configuration reached (at most {rep.max_budgets}, "
                  f"evenly spaced). Converged: the intervals at the last two budgets overlap and ρc moved by at most "
-                 f"±{tol:g} (half the similarity margin); otherwise ρc is still rising or falling with training.",
+                 f"±{tol:g} (half the similarity margin); otherwise ρc is still rising or falling with training. "
+                 f"Runs that ended at different steps (a ladder) are fitted at its rungs, each run with its latest "
+                 f"evaluation. With three or more budgets a MODEL ρc(B) = ρ∞ + a·B^−γ is fitted through them "
+                 f"(interval from redrawing each ρc within its interval): an extrapolation, not a measurement.",
                  ["Config", "Configuration", "ρc at step", "Verdict"], rows,
                  pl.DataFrame(data, infer_schema_length=None))
 

@@ -16,52 +16,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from analysis import plots
-from analysis.budget import DEFAULT_MAX_BUDGETS, BudgetSeries, evaluations_query, fit_budgets
-from analysis.compare import DEFAULT_MARGIN, AcrossPair, LatentFamily, compare_across, compare_latent_sizes
-from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs, configurations, final_runs_query,
-                               fit_configurations, mixing_notes, rho_eval_label_column, trial_counts_query)
+from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, extrapolate, fit_budgets
+from analysis.compare import DEFAULT_MARGIN, compare_across, compare_latent_sizes
+from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs,
+                               configurations, final_runs_query, fit_configurations, mixing_notes,
+                               rho_eval_label_column, trial_counts_query)
 from analysis.io import AnalysisError, Results, collect, load_results
-from analysis.render import render_html, render_text, report_tables
-from analysis.storage import ResultsLocation, locate
-from analysis.tables import Table, read_benchmark, summarize_runs, table6, table8, table9, table10
+from analysis.render import Report, render_html, report_tables
+from analysis.storage import locate
+from analysis.tables import read_benchmark, summarize_runs, table6, table8, table9, table10
+from ouvae.atomic import write_atomically
 
 REPORT_NAME = "report.html"
 BENCHMARK_NAME = "benchmark.json"
-
-
-@dataclass
-class Report:
-    """What ``analyze`` produced. ``path`` is the HTML report; ``text()`` is what the CLI prints."""
-
-    location: ResultsLocation
-    out_dir: Path | None
-    path: Path | None
-    critical: CriticalResult
-    latent: list[LatentFamily]  # across latent sizes, per family
-    across: dict[str, list[AcrossPair]]  # key of ACROSS_KEYS -> pairs (across datasets, across readings of T_rho)
-    budgets: dict[str, BudgetSeries]  # config_id -> rho_c against the training budget
-    max_budgets: int
-    tables: list[Table]
-    figures: list[Path]
-    n_rows: int
-    n_files: int
-    n_trials: int
-    sweeps: list[str]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def rho_c(self) -> pl.DataFrame:
-        """The rho_c table: one row per configuration."""
-        return self.critical.table
-
-    def text(self) -> str:
-        return render_text(self)
 
 
 def curves_query(results: Results) -> pl.LazyFrame:
@@ -78,7 +50,7 @@ def order_parameters(critical: CriticalResult) -> pl.DataFrame:
     """Every run's end-of-training order parameters (all seeds kept), per-layer lists bottom to top as strings."""
     runs = critical.runs.join(critical.configs.select("config_id", "label"), on="config_id", how="left")
     return runs.select(
-        "config_id", "label", "sweep_id", "trial_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
+        "config_id", "label", "sweep_id", "run_id", "rho", "seed", "step", "is_final", "top_dim", "top_active_units",
         "active_fraction", "top_kl", "kl_total", "elbo", "iw_bound",
         pl.col("layer_active_units").list.eval(pl.element().cast(pl.String)).list.join(",")
         .alias("layer_active_units_bottom_up"),
@@ -122,14 +94,17 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
             sweeps: list[str] | tuple[str, ...] | None = None, level: float = 0.95, n_boot: int = 500,
             compare_boot: int = 200, seed: int = 0, benchmark: str | os.PathLike[str] | None = None,
             plots_on: bool = True, write: bool = True, include_unfinished: bool = False, drop_nan: bool = False,
-            delta: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS) -> Report:
+            delta: float = DEFAULT_MARGIN, max_budgets: int = DEFAULT_MAX_BUDGETS,
+            budget_steps: list[int] | None = None) -> Report:
     """Analyse a results table and write the report; raise AnalysisError (nothing written) on bad input.
 
     ``results``: a local folder or ``s3://`` URL -- the sweep's storage folder, its Parquet root, or one sweep's
     folder (``analysis.storage``). ``out_dir``: see ``ResultsLocation.default_report_dir``. ``benchmark``: the
     trainer benchmark's JSON; by default ``<results>/benchmark.json`` is used when the results are local and it
     exists. ``delta``: the margin within which two rho_c are called similar (and twice the budget tolerance).
-    ``write=False`` computes everything and writes nothing (for notebooks and benchmarks).
+    ``write=False`` computes everything and writes nothing (for notebooks and benchmarks). ``budget_steps``: the
+    rung steps of a ladder (``sweeps/ladder.py``), the budgets at which configurations whose runs ended at
+    different steps are fitted (analysis/budget.py).
     """
     _check_options(level, n_boot, compare_boot, delta, max_budgets)
     loc = locate(results)
@@ -158,9 +133,11 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                     latent=compare_latent_sizes(critical, margin=delta, n_resamples=compare_boot, seed=seed),
                     across={key: compare_across(critical, key, margin=delta) for key in ACROSS_KEYS},
                     budgets=fit_budgets(critical, frames[2], n_boot=n_boot, seed=seed, margin=delta,
-                                        max_budgets=max_budgets),
+                                        max_budgets=max_budgets, budget_steps=budget_steps),
                     max_budgets=max_budgets, tables=[], figures=[], n_rows=data.n_rows, n_files=data.n_files,
                     n_trials=int(counts["trials"]), sweeps=data.sweeps, notes=notes)
+    report.extrapolations = {cid: e for cid, series in report.budgets.items()
+                             if (e := extrapolate(series, level=level, seed=seed)) is not None}
     summary = summarize_runs(critical.runs.join(configs.select("config_id", "top_dim", "total_latent", "label",
                                                                "family_label"),
                                                 on="config_id", how="left", suffix="_cfg"))
@@ -195,9 +172,8 @@ def _write(report: Report, curves: pl.DataFrame | None, out: Path) -> None:
         order_parameters(report.critical).write_csv(stage / "tables" / "order_parameters.csv")
         report.figures = [out / "figures" / p.name for sec in figures.values() for figs in sec.values()
                           for p, _ in figs]
-        tmp = stage / f".{REPORT_NAME}.tmp"
-        tmp.write_text(render_html(report, figures, report.tables), encoding="utf-8")
-        os.replace(tmp, stage / REPORT_NAME)
+        html = render_html(report, figures, report.tables)
+        write_atomically(stage / REPORT_NAME, lambda tmp: tmp.write_text(html, encoding="utf-8"))
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -229,7 +205,9 @@ def _make_figures(report: Report, curves: pl.DataFrame, folder: Path) -> dict[st
         budget = [(c["latent_dims"], report.budgets[c["config_id"]]) for c in fam.iter_rows(named=True)
                   if c["config_id"] in report.budgets]
         if budget:
-            out["budget"][label] = [save(plots.budget_figure(budget, title=label, level=crit.level),
+            models = {c["latent_dims"]: report.extrapolations[c["config_id"]] for c in fam.iter_rows(named=True)
+                      if c["config_id"] in report.extrapolations}
+            out["budget"][label] = [save(plots.budget_figure(budget, title=label, level=crit.level, models=models),
                                          f"budget_{fam_id}", f"{label}: ρc against the training step")]
         out["latent"][label] = figs
     for key in ACROSS_KEYS:

@@ -1,27 +1,55 @@
 """The results table: one tidy Parquet schema shared by the sweep writer and the analysis reader.
 
 Why it lives here: `analysis` is the consumer that must keep working on a laptop without Ray or torch, so the
-contract sits in a module that imports only pyarrow. `sweeps` imports it to write; nothing here imports Ray.
+contract sits in a module that imports only pyarrow and ``ouvae.config`` (no torch), where each setting's role and
+column are declared. `sweeps` imports it to write; nothing here imports Ray.
+docs/results-schema.md is generated from this module (`python -m analysis.schema > docs/results-schema.md`, or
+`make docs`); a test fails when it is out of date.
 
-Layout on disk (hive-partitioned): ``<root>/sweep_id=<id>/<trial_id>.parquet``; each file holds every
-evaluation row of one trial and is rewritten atomically (temp file + rename) at each evaluation, so a row
-exists exactly once per (trial_id, step) whatever crashes or resumes happen.
+One row per run per evaluation, the same columns whatever the search space (absent values are null). Layout on
+disk (hive-partitioned): ``<root>/sweep_id=<id>/<tune trial id>.parquet``; each file holds every evaluation row of
+one Tune trial (a run alone, or a population of runs) and is rewritten atomically at each evaluation, so a row
+exists exactly once per (run_id, step) whatever crashes or resumes happen (docs/operations.md).
 
 Per-layer values are list columns ordered **bottom to top** (index 0 is z_1, the layer next to x; the last
 element is the top layer, the one whose collapse defines rho_c). The top layer is also given as scalar
 columns (``top_kl``, ``top_active_units``) because almost every query wants exactly that.
+
+A run's final evaluation has ``is_final = true``; a run that never has one was stopped early (ASHA),
+interrupted, or failed -- a member of a population that diverged has a last row whose ``failure`` says why. A
+member of a population trial has the run id ``<Tune trial id>-m<member>`` (stable across retries and
+``--resume``) and ``population_id`` = the Tune trial; ``time_per_epoch_s`` and ``wall_time_s`` are then the
+population's (its members trained together); a run alone has ``population_id`` null and ``member`` 0.
+
+Read it with Polars, no Ray or torch needed::
+
+    import polars as pl
+    df = pl.scan_parquet("results/parquet/**/*.parquet", hive_partitioning=True).collect()
+    final = df.filter(pl.col("is_final"))          # one row per finished run
 """
 
 from __future__ import annotations
 
+import textwrap
+
 import pyarrow as pa
 
+from ouvae.config import MEMBER, SHARED, recorded_columns
+
 SCHEMA_VERSION = 3
-# Versions this code reads. v2 added the population and failure columns; a v1 file simply has them null. v3 made
-# every likelihood a valid bound and named its model (smooth_space, bound_model, smoothed_elbo, smoothed_kl_total):
-# v1/v2 rows are read as the posterior reading, and where their elbo/iw_bound came from smoothed generative maps
-# (not a bound) those values are moved to smoothed_elbo/smoothed_kl_total (analysis.io.upgrade_rows).
+# Versions this code reads, and what each changed. A file of an older version has the newer columns null.
 READABLE_VERSIONS = (1, 2, 3)
+VERSION_HISTORY = {
+    1: "the first table",
+    2: "added population_id, member, population_size, likelihood and failure",
+    3: "every likelihood a valid bound of a named model (smooth_space, bound_model, smoothed_elbo, "
+       "smoothed_kl_total): v1/v2 rows are read as the posterior reading, and where their elbo/iw_bound came from "
+       "smoothed generative maps (not a bound) those values are moved to smoothed_elbo/smoothed_kl_total "
+       "(analysis.io.upgrade_rows); trial_id renamed run_id (it names a run; population_id names the Tune trial)",
+}
+# Columns renamed since an older version: old name -> today's. Older files are read with the old column under the new
+# name (analysis.io), so a v1/v2 table's trial_id is its run_id.
+RENAMED = {"trial_id": "run_id"}
 
 # (name, type, meaning). Order here is the column order on disk.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -29,7 +57,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("schema_version", pa.int32(), "version of this schema"),
     ("ouvae_version", pa.string(), "package version that produced the row"),
     ("sweep_id", pa.string(), "sweep name (also the hive partition)"),
-    ("trial_id", pa.string(), "one training run: the Ray Tune trial id, '<trial id>-m<member>' for a member of a "
+    ("run_id", pa.string(), "one training run: the Ray Tune trial id, '<trial id>-m<member>' for a member of a "
                               "population trial, or the run name outside Tune"),
     ("population_id", pa.string(), "the Tune trial that trained this run inside a population (null: a run alone)"),
     ("member", pa.int64(), "index of the run inside its population (0 for a run alone)"),
@@ -41,8 +69,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("split", pa.string(), "which split the metrics are computed on: validation or test"),
     ("binarization", pa.string(), "dynamic, static or none"),
     ("likelihood", pa.string(), "observation model: bernoulli, discretized_logistic or gaussian"),
-    ("likelihood_variance", pa.float64(), "fixed variance sigma^2 of the gaussian likelihood (null for others)"),
-    ("gaussian_dim", pa.int64(), "generated gaussian data set: dimension (null for other data sets)"),
+    ("likelihood_variance", pa.float64(), "fixed variance sigma^2 of the gaussian likelihood (read by that likelihood only)"),
+    ("gaussian_dim", pa.int64(), "generated gaussian data set: dimension (read by dataset gaussian only)"),
     ("gaussian_eigenvalue", pa.float64(), "generated gaussian data set: largest covariance eigenvalue"),
     ("gaussian_ratio", pa.float64(), "generated gaussian data set: ratio of successive eigenvalues (1 = isotropic)"),
     ("gaussian_samples", pa.int64(), "generated gaussian data set: vectors per split"),
@@ -68,6 +96,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("lr", pa.float64(), "learning rate"),
     ("batch_size", pa.int64(), "training batch size"),
     ("seed", pa.int64(), "random seed"),
+    ("tf32", pa.bool_(), "TF32 matrix products asked for (they apply on CUDA only; they change the numbers)"),
     # progress
     ("epoch", pa.int64(), "epochs completed at this evaluation"),
     ("step", pa.int64(), "optimizer steps completed at this evaluation"),
@@ -100,12 +129,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA: pa.Schema = pa.schema([pa.field(name, typ) for name, typ, _ in COLUMNS])
 # Columns that must be present for the critical-rho analysis to mean anything.
-REQUIRED_FOR_ANALYSIS = ("sweep_id", "trial_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
+REQUIRED_FOR_ANALYSIS = ("sweep_id", "run_id", "dataset", "latent_dims", "n_layers", "rho", "seed", "step",
                          "is_final", "top_kl", "top_active_units")
-# Columns that together name one "configuration" (everything but rho and seed) for grouping.
-CONFIG_KEYS = ("dataset", "architecture", "n_layers", "latent_dims", "hidden_units", "smooth", "smooth_space",
-               "smooth_samples", "objective", "beta_schedule", "free_bits", "likelihood_variance", "gaussian_dim",
-               "gaussian_eigenvalue", "gaussian_ratio", "gaussian_samples", "gaussian_seed")
+# Columns that together name one "configuration": the recorded settings of the roles config_hash hashes
+# (ouvae/config.py), but rho, which is swept; the evaluation rho is a key of its own and the split too (critical.py).
+CONFIG_KEYS = tuple(c for c in recorded_columns(SHARED, MEMBER) if c not in ("rho", "rho_eval", "split"))
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -124,3 +152,24 @@ def conform(table: pa.Table) -> pa.Table:
         else:
             arrays.append(pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def markdown() -> str:
+    """docs/results-schema.md: this module's docstring and every column, so the document cannot drift."""
+    lines = ["# The results table (generated from `analysis/schema.py`: do not edit)", "",
+             f"Schema version {SCHEMA_VERSION}; the analysis reads versions {', '.join(map(str, READABLE_VERSIONS))}.",
+             ""]
+    for paragraph in (__doc__ or "").strip().split("\n\n")[1:]:
+        if paragraph.startswith("    "):  # an indented code block
+            lines += ["```python", textwrap.dedent(paragraph), "```", ""]
+        else:
+            lines += [paragraph.replace("``", "`").removesuffix(":"), ""]
+    lines += ["| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | {typ} | {meaning} |" for name, typ, meaning in COLUMNS]
+    lines += ["", "| version | change |", "|---|---|"]
+    lines += [f"| {v} | {change} |" for v, change in VERSION_HISTORY.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -6,7 +6,7 @@ uniform 0.005 grid over the range, with every seed at every rho, using at most a
 
 Three sources of runs:
 
-* synthetic (default): a noisy logistic transition with seed-level offsets (``analysis/synthetic.py``), several
+* synthetic (default): a noisy logistic transition with seed-level offsets (``testing/synthetic.py``), several
   replicates per scenario, a known truth, so interval coverage is reported too. Fast: it drives the pure policy
   (``sweeps/refine.py``) with simulated asynchronous workers (``--workers`` at once, finishing in random order),
   the same decisions the Ray Tune searcher makes, without Ray.
@@ -19,10 +19,12 @@ Three sources of runs:
   sides (config = group overrides + rho + seed), e.g. a wrapper around ``ouvae.trainer.Trainer``. Results are
   cached per (rho, seed), so a point both sides need is trained once.
 
-    python benchmarks/adaptive_vs_grid.py                       # synthetic scenarios, ~1-2 min on 2 cores
-    python benchmarks/adaptive_vs_grid.py --replicates 50 --seeds 8
-    python benchmarks/adaptive_vs_grid.py --target 0.01 --budget-fraction 0.5   # a fixed target instead
-    python benchmarks/adaptive_vs_grid.py --replay results/parquet --sweep-id digits-grid
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py                   # synthetic scenarios, ~1-2 min on 2 cores
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replicates 50 --seeds 8
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --target 0.01 --budget-fraction 0.5   # a fixed target
+    PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replay results/parquet --sweep-id digits-grid
+
+(from the repository root: ``PYTHONPATH=.`` finds the test-only ``testing`` package)
 
 Measured here (range 0.80-1.00, 10 top units, 4 seeds, 100 replicates; adaptive budget = 41 of the grid's 164
 trials, target = the grid's own width; median widths grid -> adaptive, interval coverage grid / adaptive):
@@ -47,7 +49,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -55,11 +56,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.transition import fit_transition  # noqa: E402
-from sweeps.refine import RefinePolicy, simulate, top_dim_of  # noqa: E402
-from analysis.synthetic import noisy_active_units  # noqa: E402
+from analysis.transition import fit_transition
+from sweeps.refine import RefinePolicy, top_dim_of
+from sweeps.space import rho_grid
+from testing.simulate import simulate
+from testing.synthetic import noisy_active_units
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 
@@ -72,11 +73,6 @@ SCENARIOS: dict[str, dict[str, float]] = {
     "smooth0": {"width": 0.01, "seed_sd": 0.0},
     "step0": {"width": 0.002, "seed_sd": 0.0},
 }
-
-
-def grid_points(lo: float, hi: float, step: float) -> list[float]:
-    n = int(math.floor((hi - lo) / step + 1e-9)) + 1
-    return [round(lo + i * step, 10) for i in range(n)]
 
 
 def run_grid(outcome: Outcome, rhos: list[float], seeds: list[int], top_dim: int, n_boot: int, rng: int):
@@ -110,7 +106,7 @@ def _w(f) -> float:
 def synthetic(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     lo, hi = args.rho_range
-    rhos = grid_points(lo, hi, args.grid_step)
+    rhos = rho_grid(lo, hi, args.grid_step)
     print(f"uniform grid: {len(rhos)} rho values ({lo}..{hi} by {args.grid_step}) x {len(seeds)} seeds = "
           f"{len(rhos) * len(seeds)} trials; adaptive budget {args.budget_fraction:g} of that; top layer "
           f"{args.top_dim} units; {args.workers} workers; {args.replicates} replicates per scenario\n")
@@ -219,7 +215,7 @@ def replay(args: argparse.Namespace, data: Mapping[str, Mapping[tuple[float, int
             rhos = sorted({r for r, _ in table if lo - 1e-9 <= r <= hi + 1e-9})
         else:
             seeds = list(range(args.seeds))
-            rhos = grid_points(lo, hi, args.grid_step)
+            rhos = rho_grid(lo, hi, args.grid_step)
         gf, n_grid = run_grid(outcome, rhos, seeds, top, args.n_boot, 0)
         target = _w(gf) if args.target is None else args.target
         budget = int(math.floor(n_grid * args.budget_fraction))

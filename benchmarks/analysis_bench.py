@@ -1,6 +1,7 @@
 """Benchmark of the analysis on a large synthetic results folder: prints rows per second.
 
-Usage: ``.venv/bin/python benchmarks/analysis_bench.py [--rows 1000000] [--dir PATH] [--threads 2]``
+Usage, from the repository root (``PYTHONPATH=.`` finds the test-only ``testing`` package):
+``PYTHONPATH=. .venv/bin/python benchmarks/analysis_bench.py [--rows 1000000] [--dir PATH] [--threads 2]``
 
 Why synthetic: a million result rows is far more than this machine can train; the generator writes the exact
 on-disk layout of a real sweep (one Parquet file per trial, hive-partitioned by sweep) with a known rho_c, so the
@@ -18,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ["POLARS_MAX_THREADS"] = str(args.threads)  # must be set before polars is imported
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import polars as pl
 
     from analysis.budget import evaluations_query, fit_budgets
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.critical import check_runs, configurations, final_runs_query, fit_configurations, trial_counts_query
     from analysis.io import collect, load_results
     from analysis.report import analyze, curves_query
-    from analysis.synthetic import make_synthetic_results
+    from testing.synthetic import make_synthetic_results
     from analysis.tables import summarize_runs, table6, table8
 
     sizes, rhos, seeds = (10, 20, 40), [round(0.80 + 0.01 * i, 4) for i in range(21)], 8

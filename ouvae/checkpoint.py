@@ -14,7 +14,6 @@ format, from another program, or from ouvae 0.1 (pickled objects) is refused wit
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import write_atomically
 
 FORMAT = "ouvae-checkpoint"
 FORMAT_VERSION = 1
@@ -43,15 +43,9 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def write(state: dict[str, Any], path: Path) -> Path:
-    """Write `state` (plain data only) to `path` atomically: a temp file beside it, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "ouvae_version": __version__, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write `state` (plain data only) to `path` atomically (ouvae/atomic.py)."""
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "ouvae_version": __version__, **state}
+    return write_atomically(path, lambda tmp: torch.save(full, tmp))
 
 
 def read(path: Path) -> dict[str, Any]:

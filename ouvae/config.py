@@ -36,71 +36,119 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field and the allowed values."""
 
 
+# ----- what each setting is: declared once, on the field (its metadata); everything else derives from it -----
+# SHARED: one value for a whole population (what changes tensor shapes, the data, the budget, the optimiser);
+#         part of the configuration (config_hash).
+# MEMBER: may differ between the members of one population (rho, the beta schedule, free bits); part of the
+#         configuration.
+# IDENTITY: names a run within its configuration (seed, preset): may differ per member, not in config_hash.
+# RUNTIME: how and where a run is computed, not what (device, threads, compilation, recomputation, the data
+#          folder): shared by a population, not in config_hash, not recorded.
+# Each field also names the results column that records it (analysis/schema.py): its own name by default, None
+# when the table does not record it, or the derived column(s) it feeds (latent_dims -> latent_dims and n_layers).
+SHARED, MEMBER, IDENTITY, RUNTIME = "shared", "member", "identity", "runtime"
+_OWN_NAME = "<own name>"
+
+
+def _setting(role: str, default: Any, column: str | tuple[str, ...] | None) -> Any:
+    return dataclasses.field(default=default, metadata={"role": role, "column": column})
+
+
+def _shared(default: Any, column: str | tuple[str, ...] | None = _OWN_NAME) -> Any:
+    return _setting(SHARED, default, column)
+
+
+def _member(default: Any, column: str | tuple[str, ...] | None = _OWN_NAME) -> Any:
+    return _setting(MEMBER, default, column)
+
+
+def _identity(default: Any) -> Any:
+    return _setting(IDENTITY, default, _OWN_NAME)
+
+
+def _runtime(default: Any) -> Any:
+    return _setting(RUNTIME, default, None)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything that defines one training run. Latent sizes are listed bottom (next to x) to top."""
 
-    preset: str = "base"
+    preset: str = _identity("base")
     # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    n_train: int | None = None  # cap on training images (None = the whole training split)
+    dataset: str = _shared("digits")
+    data_dir: str | None = _runtime(None)
+    n_train: int | None = _shared(None, column=None)  # cap on training images (None = the whole training split)
     # Your own data (dataset idx or npy; registered sets keep the paper's split and binarization):
-    validation_size: float | None = None  # held out of the end of train: fraction < 1 or count; None = 1/6
-    binarization: str = "auto"  # auto (idx: dynamic, npy: inferred from the arrays), dynamic, static or none
+    # held out of the end of train: fraction < 1 or count; None = 1/6
+    validation_size: float | None = _shared(None, column=None)
+    binarization: str = _shared("auto")  # auto (idx: dynamic, npy: inferred from the arrays), dynamic, static or none
     # The generated Gaussian data set (dataset="gaussian"): gaussian_samples vectors per split from N(0, Sigma) in
     # gaussian_dim dimensions, Sigma's eigenvalues gaussian_eigenvalue * gaussian_ratio^i (ratio 1: isotropic).
-    gaussian_dim: int = 4
-    gaussian_eigenvalue: float = 1.0
-    gaussian_ratio: float = 1.0
-    gaussian_samples: int = 1000
-    gaussian_seed: int = 0
+    gaussian_dim: int = _shared(4)
+    gaussian_eigenvalue: float = _shared(1.0)
+    gaussian_ratio: float = _shared(1.0)
+    gaussian_samples: int = _shared(1000)
+    gaussian_seed: int = _shared(0)
     # model
-    architecture: str = "mlp"
-    latent_dims: tuple[int, ...] = (40, 40, 40, 40)
-    hidden_units: int = 200  # width of each deterministic layer (channels for conv)
-    hidden_layers: int = 2  # deterministic layers per map
-    activation: str = "tanh"
-    likelihood_variance: float = 1.0  # fixed variance sigma^2 of the Gaussian likelihood (real-valued data sets)
+    architecture: str = _shared("mlp")
+    latent_dims: tuple[int, ...] = _shared((40, 40, 40, 40), column=("latent_dims", "n_layers"))
+    hidden_units: int = _shared(200)  # width of each deterministic layer (channels for conv)
+    hidden_layers: int = _shared(2)  # deterministic layers per map
+    activation: str = _shared("tanh")
+    likelihood_variance: float = _shared(1.0)  # fixed variance sigma^2 of the Gaussian likelihood (real-valued data)
     # OU smoothing
-    rho: float = 1.0
-    smooth_samples: int = 5  # K correlated copies per smoothed map
-    smooth: str = "both"
+    rho: float = _member(1.0)
+    smooth_samples: int = _shared(5)  # K correlated copies per smoothed map
+    smooth: str = _shared("both")
     # posterior: copies of a generative map's input in the posterior's coordinates (the appendix's phenomenon; the
     # smoothed objective is no bound, so reported bounds are of the plain HVAE with these weights); prior: in the
     # generative conditional's coordinates (a valid latent-variable model, whose bounds are reported)
-    smooth_space: str = "posterior"
-    rho_eval: float | None = None  # None = evaluate at the training rho
-    smooth_recompute: bool = False  # recompute smoothed maps in backward: less memory, ~one extra forward
+    smooth_space: str = _shared("posterior")
+    rho_eval: float | None = _member(None)  # None = evaluate at the training rho
+    smooth_recompute: bool = _runtime(False)  # recompute smoothed maps in backward: less memory, ~one extra forward
     # objective
-    objective: str = "elbo"
-    iw_samples: int = 1  # k of the IWAE objective
-    beta_schedule: str = "constant"
-    beta_min: float = 0.0  # beta at the start of a warm-up (or of each cycle)
-    beta_max: float = 1.0  # beta after the warm-up; the constant schedule uses beta_max
-    anneal_epochs: float = 10.0  # warm-up length (or cycle length for cyclical)
-    n_cycles: int = 4  # cyclical: number of cycles before beta stays at beta_max
-    cycle_ratio: float = 0.5  # cyclical: fraction of each cycle spent increasing beta
-    sigmoid_steepness: float = 10.0  # sigmoid: slope of the logistic warm-up
-    free_bits: float = 0.0  # nats per layer below which a layer's KL is not penalised (0 = off)
+    objective: str = _shared("elbo")
+    iw_samples: int = _shared(1)  # k of the IWAE objective
+    beta_schedule: str = _member("constant")
+    beta_min: float = _member(0.0, column="beta_params")  # beta at the start of a warm-up (or of each cycle)
+    beta_max: float = _member(1.0, column="beta_params")  # beta after the warm-up; the constant schedule uses beta_max
+    anneal_epochs: float = _member(10.0, column="beta_params")  # warm-up length (or cycle length for cyclical)
+    n_cycles: int = _member(4, column="beta_params")  # cyclical: number of cycles before beta stays at beta_max
+    cycle_ratio: float = _member(0.5, column="beta_params")  # cyclical: fraction of each cycle spent increasing beta
+    sigmoid_steepness: float = _member(10.0, column="beta_params")  # sigmoid: slope of the logistic warm-up
+    free_bits: float = _member(0.0)  # nats per layer below which a layer's KL is not penalised (0 = off)
     # optimisation
-    lr: float = 1e-3
-    batch_size: int = 100
-    epochs: int = 30
-    steps: int | None = None  # if set, the budget in optimizer steps instead of epochs
-    grad_clip: float | None = None
+    lr: float = _shared(1e-3)
+    batch_size: int = _shared(100)
+    epochs: int = _shared(30, column=None)
+    steps: int | None = _shared(None, column=None)  # if set, the budget in optimizer steps instead of epochs
+    grad_clip: float | None = _shared(None, column=None)
     # evaluation
-    eval_every: int = 1  # epochs between evaluations (each one calls the trainer's callback)
-    eval_iw_k: int = 100  # k of the importance-weighted bound L_k on the validation split
-    eval_split: str = "validation"
-    eval_max_examples: int | None = None  # cap on evaluation images (None = the whole split)
-    grad_var_draws: int = 0  # noise draws for the first-encoder-layer gradient variance (0 = off)
+    eval_every: int = _shared(1, column=None)  # epochs between evaluations (each one calls the trainer's callback)
+    eval_iw_k: int = _shared(100, column=None)  # k of the importance-weighted bound L_k on the validation split
+    eval_split: str = _shared("validation", column="split")
+    eval_max_examples: int | None = _shared(None, column=None)  # cap on evaluation images (None = the whole split)
+    # noise draws for the first-encoder-layer gradient variance (0 = off)
+    grad_var_draws: int = _shared(0, column=None)
+    # checkpoints (written by whoever runs the trainer, e.g. the sweep trainable): after this many steps or minutes
+    # of training, whichever comes first, and with the final evaluation; both None = with every evaluation on a
+    # CPU, every 10 minutes on a GPU (where a population's checkpoint can be gigabytes)
+    checkpoint_every_steps: int | None = _runtime(None)
+    checkpoint_every_minutes: float | None = _runtime(None)
     # runtime
-    seed: int = 0
-    device: str = "auto"
-    num_threads: int | None = None  # torch intra-op threads, set by the process that runs the trainer (None = torch's)
-    compile_step: bool = False  # torch.compile the training loss (on CUDA mode "reduce-overhead": CUDA graphs)
-    max_skipped_steps: int = 50  # consecutive non-finite steps before the run fails as stalled
+    seed: int = _identity(0)
+    device: str = _runtime("auto")
+    # torch intra-op threads, set by the process that runs the trainer (None = torch's)
+    num_threads: int | None = _runtime(None)
+    # torch.compile the whole training step (on CUDA mode "reduce-overhead": CUDA graphs)
+    compile_step: bool = _runtime(False)
+    # CUDA: TF32 matrix products (faster on Ampere+, ~1e-3 relative error): it changes the numbers, so it is part of
+    # the configuration and recorded on every row
+    tf32: bool = _shared(False)
+    # steps between reads of the members' skip counters (each read waits for the device)
+    failure_check_steps: int = _runtime(100)
+    max_skipped_steps: int = _member(50, column=None)  # consecutive non-finite steps before the run fails as stalled
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and text ("4x10") for the tuple field, then validate everything.
@@ -133,18 +181,9 @@ class Config:
         return d
 
     def config_hash(self) -> str:
-        """Stable hash of everything but the seed and bookkeeping: equal hash = same configuration."""
-        d = self.to_dict()
-        for key in ("seed", "data_dir", "device", "num_threads", "compile_step", "preset"):
-            d.pop(key)
-        # Unset data options leave the hash as it was before these fields existed (old sweeps keep their hashes).
-        for key, unset in (("validation_size", None), ("binarization", "auto")):
-            if d[key] == unset:
-                d.pop(key)
-        # ... and so do the later fields at their defaults.
-        for f in fields(self):
-            if f.name in (*GAUSSIAN_DATA_FIELDS, "likelihood_variance") and d[f.name] == f.default:
-                d.pop(f.name)
+        """Stable hash of the configuration (the SHARED and MEMBER settings): equal hash = replicates of one
+        configuration, runs that differ only in their seed (and preset name, device, threads ...)."""
+        d = {k: v for k, v in self.to_dict().items() if ROLES[k] in (SHARED, MEMBER)}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -170,6 +209,30 @@ class Config:
             "cyclical": ("beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio"),
         }[self.beta_schedule]
         return {k: getattr(self, k) for k in keys}
+
+
+ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(Config)}
+
+
+def settings_with(*roles: str) -> tuple[str, ...]:
+    """The Config fields of these roles, in declaration order."""
+    return tuple(name for name, role in ROLES.items() if role in roles)
+
+
+def recorded_columns(*roles: str) -> tuple[str, ...]:
+    """The results columns that record the Config fields of these roles (analysis/schema.py), in field order."""
+    out: dict[str, None] = {}
+    for f in fields(Config):
+        column = f.metadata["column"]
+        if f.metadata["role"] in roles and column is not None:
+            out.update(dict.fromkeys((f.name,) if column == _OWN_NAME else (column,) if isinstance(column, str)
+                                     else column))
+    return tuple(out)
+
+
+def own_name_columns() -> tuple[str, ...]:
+    """The fields the results table records verbatim, under their own name."""
+    return tuple(f.name for f in fields(Config) if f.metadata["column"] == _OWN_NAME)
 
 
 def check_keys(keys: Iterable[str]) -> None:
@@ -243,6 +306,11 @@ def _validate(c: Config) -> None:
     _check(c.grad_var_draws >= 0, f"grad_var_draws must be >= 0, got {c.grad_var_draws}")
     _check(c.device in DEVICES, f"device must be one of {DEVICES}, got {c.device!r}")
     _check(c.num_threads is None or c.num_threads >= 1, f"num_threads must be >= 1 or None, got {c.num_threads}")
+    _check(c.checkpoint_every_steps is None or c.checkpoint_every_steps >= 1,
+           f"checkpoint_every_steps must be >= 1 or None, got {c.checkpoint_every_steps}")
+    _check(c.checkpoint_every_minutes is None or c.checkpoint_every_minutes > 0,
+           f"checkpoint_every_minutes must be > 0 or None, got {c.checkpoint_every_minutes}")
+    _check(c.failure_check_steps >= 1, f"failure_check_steps must be >= 1, got {c.failure_check_steps}")
     _check(c.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {c.max_skipped_steps}")
 
 
@@ -252,13 +320,18 @@ def _derive(parent: Config, name: str, **overrides: Any) -> Config:
 
 _BASE = Config()
 PRESETS: dict[str, Config] = {}
+# The paper presets evaluate L_100 every 5 epochs on the first 2,000 validation images: on the whole split every
+# epoch, evaluation took ~75% of a trial's time (benchmarks/eval_cost.py, BENCHMARKS.md "Evaluation cost"); for
+# the full split pass --set eval_max_examples=none.
+_PAPER_EVAL = dict(eval_every=5, eval_max_examples=2000)
 # Appendix Tables 6 and 8: 4 stochastic layers of 40 units, each map two deterministic layers of 200 units.
-PRESETS["paper-mlp-4x40"] = _derive(_BASE, "paper-mlp-4x40", dataset="mnist", latent_dims=(40, 40, 40, 40))
+PRESETS["paper-mlp-4x40"] = _derive(_BASE, "paper-mlp-4x40", dataset="mnist", latent_dims=(40, 40, 40, 40),
+                                    **_PAPER_EVAL)
 # Appendix Table 7: one stochastic layer of 64 units.
 PRESETS["paper-mlp-1x64"] = _derive(PRESETS["paper-mlp-4x40"], "paper-mlp-1x64", latent_dims=(64,))
 # Appendix Table 5: convolutional L=2 model on static MNIST (L=4: override latent_dims).
 PRESETS["paper-conv"] = _derive(_BASE, "paper-conv", dataset="static_mnist", architecture="conv",
-                                latent_dims=(32, 32), hidden_units=64, activation="elu")
+                                latent_dims=(32, 32), hidden_units=64, activation="elu", **_PAPER_EVAL)
 # Appendix Table 10: 4-layer conv model on CIFAR-10, batch 64 for memory.
 PRESETS["paper-conv-cifar"] = _derive(PRESETS["paper-conv"], "paper-conv-cifar", dataset="cifar10",
                                       latent_dims=(64, 64, 64, 64), batch_size=64)

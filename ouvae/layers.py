@@ -1,9 +1,8 @@
 """Layers with a leading member dimension: M independent networks of one architecture evaluated as one.
 
-Why: a sweep trains many small models that differ only in scalars (rho, seed, beta schedule, free bits). Each on
-its own is dominated by per-operation overhead (a GPU runs ~400 tiny kernels per step); stacked along a leading
-member dimension they become a few large batched operations (HFTA, Wang et al., MLSys 2021). A single run is a
-population of one, so there is exactly one model code path (docs/architecture.md, section 3, "Populations").
+Why: a sweep trains many small models that differ only in scalars; stacked along a leading member dimension they
+become a few large batched operations (docs/populations.md). A single run is a population of one, so there is
+exactly one model code path.
 
 Storage: every parameter of every member lives in ONE tensor ``flat`` of shape (M, P), one row per member. A
 forward pass splits it once (``torch.split`` along dim 1: its backward is a single concatenation) and each layer
@@ -86,7 +85,10 @@ def fast_tanh(x: Tensor) -> Tensor:
 
     Why: PyTorch's CPU tanh costs ~2 ns per float32 element here, sigmoid ~0.2 ns, and tanh was ~18% of a
     training step of the MLP models (BENCHMARKS.md). The absolute difference from torch.tanh is below 2.4e-7.
+    Only on a CPU: elsewhere (CUDA) tanh is one kernel and the rewrite would be four.
     """
+    if x.device.type != "cpu":
+        return torch.tanh(x)
     if torch.is_grad_enabled():
         return _FastTanh.apply(x)
     return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)

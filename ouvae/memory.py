@@ -11,7 +11,7 @@ command line, the sweep trainable) calls ``reset_peak_memory`` when the run star
   (glibc's ``malloc_trim``; without it the reset would start from the previous run's retained heap: measured, a
   small run after a 1.3 GB one reported 630 MB instead of 390 MB). This is the whole process's resident memory,
   so it includes the interpreter, torch and the data set, not only the model.
-* Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss`` (README, "Peak memory").
+* Elsewhere (macOS, or /proc not writable): the process lifetime peak ``ru_maxrss`` (docs/operations.md, "Peak memory").
 
 These are process-wide operations: the library's Trainer never calls ``reset_peak_memory`` itself.
 """

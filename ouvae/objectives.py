@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from .config import Config
+from .config import BETA_SCHEDULES, Config
 from .model import HierarchicalVAE, Noise
 
 Tensor = torch.Tensor
@@ -43,6 +44,40 @@ def beta_at(cfg: Config, epoch: float) -> float:
         a, b = 1 / (1 + math.exp(s / 2)), 1 / (1 + math.exp(-s / 2))
         ramp = (1 / (1 + math.exp(-s * (t - 0.5))) - a) / (b - a)
     return lo + (hi - lo) * ramp
+
+
+class MemberSchedules:
+    """Every member's beta schedule as (M,) float64 tensors on the device, so that a training step computes beta
+    from the device's step counter without the host (beta_at's arithmetic, op for op, in float64: the float32
+    result equals ``beta_at`` for every schedule, tests/test_step.py)."""
+
+    def __init__(self, configs: Sequence[Config], device: torch.device):
+        def column(values) -> torch.Tensor:  # noqa: ANN001
+            return torch.tensor(list(values), dtype=torch.float64, device=device)
+
+        self.kind = torch.tensor([BETA_SCHEDULES.index(c.beta_schedule) for c in configs], device=device)
+        self.lo, self.hi = column(c.beta_min for c in configs), column(c.beta_max for c in configs)
+        self.span = column(c.anneal_epochs for c in configs)
+        self.cycles_end = column(c.n_cycles * c.anneal_epochs for c in configs)
+        self.rise = column(c.anneal_epochs * c.cycle_ratio for c in configs)
+        self.steep = column(c.sigmoid_steepness for c in configs)
+        # the sigmoid's end points, from math.exp on the host exactly as beta_at computes them
+        ends = [(1 / (1 + math.exp(c.sigmoid_steepness / 2)), 1 / (1 + math.exp(-c.sigmoid_steepness / 2)))
+                for c in configs]
+        self.sig_a, self.sig_b = column(a for a, _ in ends), column(b for _, b in ends)
+
+    def beta(self, epoch: torch.Tensor) -> torch.Tensor:
+        """(M,) float32 beta of every member after `epoch` (a float64 scalar tensor) epochs."""
+        lo, hi, code = self.lo, self.hi, {name: i for i, name in enumerate(BETA_SCHEDULES)}
+        cyc = torch.clamp(torch.fmod(epoch, self.span) / self.rise, max=1.0)
+        cyclical = torch.where(epoch >= self.cycles_end, hi, lo + (hi - lo) * cyc)
+        t = torch.clamp(epoch / self.span, 0.0, 1.0)
+        cosine = 0.5 * (1.0 - torch.cos(math.pi * t))
+        sigmoid = (1 / (1 + torch.exp(-self.steep * (t - 0.5))) - self.sig_a) / (self.sig_b - self.sig_a)
+        ramp = torch.where(self.kind == code["cosine"], cosine, torch.where(self.kind == code["sigmoid"], sigmoid, t))
+        out = torch.where(self.kind == code["constant"], hi,
+                          torch.where(self.kind == code["cyclical"], cyclical, lo + (hi - lo) * ramp))
+        return out.to(torch.float32)
 
 
 @dataclass

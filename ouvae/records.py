@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from . import __version__
-from .config import GAUSSIAN_DATA_FIELDS, Config, format_latent_dims
+from .config import Config, format_latent_dims, own_name_columns
 from .data import DatasetSplits
 from .smoothing import is_identity
 
@@ -29,43 +29,34 @@ def bound_model(cfg: Config) -> str:
     return "smoothed-prior" if smoothed else "hvae"
 
 
+def results_row(cfg: Config, data: DatasetSplits, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's row at one evaluation: its metrics and the columns that describe it -- the one builder of a row,
+    for the results table (sweeps/trainable.py; the sweep's driver adds sweep_id, run_id, population_id and
+    schema_version, sweeps/table.py) and for ``metrics.json`` (ouvae/train.py)."""
+    return {**metrics, **run_columns(cfg, data)}
+
+
 def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
     """The identity, data and hyperparameter columns of one run's rows.
 
     `dataset` is the loaded data's own name, so two user data sets (e.g. ``idx:kmnist`` and ``idx:emnist``, both
-    loaded with dataset="idx") are told apart, and so is their ``config_hash``. The likelihood variance and the
-    generator settings of the gaussian data set are null for data that do not use them.
+    loaded with dataset="idx") are told apart, and so is their ``config_hash``.
     """
     config_hash = cfg.config_hash()
     if data.name != cfg.dataset:
         config_hash = hashlib.sha1(f"{config_hash}:{data.name}".encode()).hexdigest()[:12]
+    verbatim = {name: getattr(cfg, name) for name in own_name_columns()}  # which fields: their metadata
     return {
+        **verbatim,
         "ouvae_version": __version__,
-        "preset": cfg.preset,
+        # the loaded data's own description, not the config's request (e.g. dataset "idx:kmnist", not "idx")
         "dataset": data.name,
         "binarization": data.binarization,
         "likelihood": data.likelihood,
-        "architecture": cfg.architecture,
         "n_layers": cfg.n_layers,
         "latent_dims": format_latent_dims(cfg.latent_dims),
-        "hidden_units": cfg.hidden_units,
-        "hidden_layers": cfg.hidden_layers,
-        "activation": cfg.activation,
-        "rho": cfg.rho,
         "rho_eval": cfg.effective_rho_eval,
-        "smooth_samples": cfg.smooth_samples,
-        "smooth": cfg.smooth,
-        "smooth_space": cfg.smooth_space,
         "bound_model": bound_model(cfg),
-        "objective": cfg.objective,
-        "iw_samples": cfg.iw_samples,
-        "beta_schedule": cfg.beta_schedule,
         "beta_params": json.dumps(cfg.beta_params, sort_keys=True),
-        "free_bits": cfg.free_bits,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
         "config_hash": config_hash,
-        "likelihood_variance": cfg.likelihood_variance if data.likelihood == "gaussian" else None,
-        **{k: data.params.get(k) for k in GAUSSIAN_DATA_FIELDS},
     }

@@ -52,15 +52,6 @@ def is_identity(rho: float, k: int) -> bool:
     return rho >= 1.0 or k <= 1
 
 
-def correlated(eps: Tensor, rho: Tensor | float, eta: Tensor) -> Tensor:
-    """rho * eps + sqrt(1 - rho^2) * eta: standard-normal coordinates correlated rho with eps.
-
-    `eta` has the copies in a dimension that `eps` lacks (eps is broadcast against it); `rho` broadcasts too.
-    """
-    rho = torch.as_tensor(rho, dtype=eps.dtype, device=eps.device)
-    return rho * eps + (1.0 - rho * rho).clamp_min(0.0).sqrt() * eta
-
-
 def ou_smooth(f: Callable[[Tensor], Tensor], z: Tensor, center: Tensor, scale: Tensor, rho: Tensor,
               eta: Tensor | None, identity: Tensor | None = None, recompute: bool = False) -> Tensor:
     """Monte Carlo T_rho f at the latent `z`, read in the coordinates of N(center, scale^2), per member.
@@ -90,19 +81,3 @@ def ou_smooth(f: Callable[[Tensor], Tensor], z: Tensor, center: Tensor, scale: T
     if recompute and torch.is_grad_enabled():
         return checkpoint(averaged, copies, use_reentrant=False, preserve_rng_state=False)
     return averaged(copies)
-
-
-def ou_noise(eps: Tensor, rho: float, k: int, generator: torch.Generator | None = None) -> Tensor:
-    """K correlated copies of the standard normal `eps`: shape (K, *eps.shape), each copy again N(0, I)."""
-    eta = torch.randn((k, *eps.shape), generator=generator, dtype=eps.dtype, device=eps.device)
-    return correlated(eps.unsqueeze(0), rho, eta)
-
-
-def ou_operator(f: Callable[[Tensor], Tensor], eps: Tensor, rho: float, k: int,
-                generator: torch.Generator | None = None) -> Tensor:
-    """T_rho f(eps) for a function of standard-normal coordinates (no member dimension): the operator's
-    properties are tested on this form."""
-    if is_identity(rho, k):
-        return f(eps)
-    copies = ou_noise(eps, rho, k, generator)
-    return f(copies.flatten(0, 1)).unflatten(0, (k, eps.shape[0])).mean(0)

@@ -23,7 +23,7 @@ from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from .config import Config, ConfigError, PRESETS, add_config_arguments, format_latent_dims, overrides_from_args
 from .data import DataError
 from .memory import reset_peak_memory
-from .records import BOUND_MODEL_NAMES, bound_model, run_columns
+from .records import BOUND_MODEL_NAMES, bound_model, results_row
 from .trainer import Trainer, TrainingStalled, pick_device
 
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrainingStalled, CheckpointFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = {**final, **run_columns(trainer.cfg, trainer.data)}
+    summary = results_row(trainer.cfg, trainer.data, final)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     model = bound_model(trainer.cfg)
     print(f"\nfinal ({final['split']} split, rho_eval={trainer.cfg.effective_rho_eval}): "

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from .config import Config
 from .data import DatasetSplits
@@ -78,8 +80,9 @@ class Trainer:
         """Train to the budget and return the final metrics; TrainingStalled if the run diverged."""
         return self.population.fit()[0]
 
-    def train_step(self) -> float:
-        """One optimizer step; the loss, or NaN if the step was skipped (non-finite loss or gradient)."""
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; the loss as a 0-d tensor on the device (NaN if the step was skipped: non-finite
+        loss or gradient), not waited for."""
         return self.population.train_step()[0]
 
     def evaluate(self) -> dict[str, Any]:

@@ -33,12 +33,13 @@ import copy
 import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ray.tune.search import Searcher
+
+from ouvae.atomic import write_atomically
 
 from sweeps.refine import RefineError, RefinePolicy, group_key, jsonable, top_dim_of
 from sweeps.trainable import POPULATION_KEY, run_specs
@@ -56,8 +57,9 @@ class AdaptiveRhoSearcher(Searcher):
     groups without ``latent_dims`` (else its last entry). ``max_concurrent``: most trials this searcher keeps
     running at once (``None``: as many as Tune will start; ``TuneConfig(max_concurrent_trials=...)`` sets it too).
     ``population``: most runs per trial. Above 1, a trial trains up to that many proposals of one latent
-    configuration as one population (sweeps/trainable.py) -- the coarse pass in chunks, each refinement round (one
-    rho, every seed) at once; at 1 every trial is one run.
+    configuration as one population (sweeps/trainable.py) -- the coarse pass in chunks, each refinement round at
+    once, a round filling the population: population // len(seeds) rho values, each with every seed (one rho when
+    the population holds no more than the seeds); at 1 every trial is one run.
     The remaining keywords are ``RefinePolicy``'s (rho_range, seeds, coarse_points, target_width,
     max_trials_per_group, max_trials, min_spacing, min_pending, rho_limits, level, n_boot, random_state).
     """
@@ -80,16 +82,17 @@ class AdaptiveRhoSearcher(Searcher):
         top_dims = None
         if top_dim is not None:
             top_dims = [top_dim_of(g) or int(top_dim) for g in groups]
+        if int(population) < 1:
+            raise RefineError(f"population must be >= 1 run per trial; got {population}")
         self.policy = RefinePolicy(groups, top_dims=top_dims, rho_range=rho_range, seeds=seeds,
                                    coarse_points=coarse_points, target_width=target_width,
                                    max_trials_per_group=max_trials_per_group, max_trials=max_trials,
                                    min_spacing=min_spacing, min_pending=min_pending, rho_limits=rho_limits,
-                                   level=level, n_boot=n_boot, random_state=random_state)
+                                   level=level, n_boot=n_boot, random_state=random_state,
+                                   rho_per_round=max(1, int(population) // max(1, len(list(seeds)))))
         if max_concurrent is not None and int(max_concurrent) < 1:
             raise RefineError(f"max_concurrent must be >= 1 (or None for no limit); got {max_concurrent}")
         self.max_concurrent = int(max_concurrent) if max_concurrent is not None else None
-        if int(population) < 1:
-            raise RefineError(f"population must be >= 1 run per trial; got {population}")
         self.population = int(population)
         self.active_key = active_key
         self._live: dict[str, list[tuple[int, float, int]]] = {}  # trial id -> its (group, rho, seed) points
@@ -220,17 +223,12 @@ class AdaptiveRhoSearcher(Searcher):
         if state.get("format") != _FORMAT:
             raise RefineError("not an adaptive-rho searcher state (wrong or missing 'format' field)")
         self.policy.load_state_dict(state["policy"])
-        live = state.get("live", {})
-        # states saved before populations hold one [group, rho, seed] per trial
-        live = {t: (pts if pts and isinstance(pts[0], list) else [pts]) for t, pts in live.items()}
-        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in live.items()}
+        self._live = {t: [(int(g), float(r), int(s)) for g, r, s in pts] for t, pts in state.get("live", {}).items()}
 
     def save(self, checkpoint_path: str) -> None:
-        """JSON state, written to a temp file and renamed so a crash never leaves half a file."""
-        tmp = f"{checkpoint_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.get_state(), f)
-        os.replace(tmp, checkpoint_path)
+        """JSON state, written atomically so a crash never leaves half a file."""
+        text = json.dumps(self.get_state())
+        write_atomically(checkpoint_path, lambda tmp: tmp.write_text(text))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

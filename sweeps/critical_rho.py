@@ -6,6 +6,7 @@
         --grid --rho-min 0.80 --rho-max 1.0 --rho-step 0.005 --n-seeds 5 --gpus-per-trial 0.25 \\
         --address auto --storage s3://bucket/ouvae --name mnist-4layer
     python sweeps/critical_rho.py --resume              # continue the newest sweep after a crash / Ctrl-C
+    python sweeps/critical_rho.py --until-converged --epochs 30 --max-epochs 240   # train until rho_c stops moving
 
 Every evaluation of every trial becomes a row of the Parquet table <storage>/parquet/sweep_id=<name>/; at the
 end the analysis fits rho_c per latent configuration (with a seed-bootstrap interval) and writes a report.
@@ -24,6 +25,7 @@ from ouvae.config import SMOOTH_SPACES, Config, format_latent_dims
 from ouvae.population import group_into_populations
 from sweeps import cli, connect, experiment, options, preflight, resume
 from sweeps.cli import CommandLine, SweepError
+from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budgets, summary_lines
 from sweeps.layout import SweepPaths
 from sweeps.refine import RefineError
 from sweeps.space import CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, rho_range, seed_list
@@ -51,7 +53,7 @@ class SweepDefaults:
     population_gpu: int  # ... and when they hold a GPU (--gpus-per-trial > 0)
 
 
-# The no-argument demo (README.md, "Sweeps"): under 300 s on an idle 2-core machine, it must show the phenomenon,
+# The no-argument demo (docs/sweeps.md): under 300 s on an idle 2-core machine, it must show the phenomenon,
 # not noise. Chosen from measured digits runs (BENCHMARKS.md, "The demo"): a grid of 7 rho values over the three
 # transitions (4x5 near 0.94, 4x10 near 0.91, 4x20 near 0.79 at this budget) with 5 seeds, so every 95% interval
 # on rho_c is narrower than 0.06 (two seeds widen an interval x9, five x1.6), trained as populations of 4 runs
@@ -108,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(ouvae/population.py): grid points are grouped, and each adaptive round is one population "
                         f"(default {d.population_cpu} on CPUs, {d.population_gpu} with --gpus-per-trial; 1 = one run "
                         f"per trial)")
+    u = p.add_argument_group("until converged (sweeps/ladder.py)")
+    u.add_argument("--until-converged", action="store_true",
+                   help="train in rungs of growing budget (the first from --epochs/--steps), continuing runs from "
+                        "their checkpoints, until every configuration's rho_c has converged or the maximum is reached")
+    u.add_argument("--max-epochs", type=int, help="the ladder's largest budget in epochs")
+    u.add_argument("--max-steps", type=int, help="the ladder's largest budget in optimizer steps (with --steps)")
+    u.add_argument("--rung-factor", type=float, default=2.0, help="budget factor from one rung to the next (default 2)")
+    u.add_argument("--continue", dest="continue_policy", choices=POLICIES, default="near",
+                   help="which runs continue to the next rung: those whose rho can still matter (default), or all")
     options.add_trainer_arguments(p, default_preset=d.trainer_preset)
     options.add_run_arguments(p)
     return p
@@ -210,20 +221,65 @@ def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int)
 
 
 # ----- running ------------------------------------------------------------------------------------------------------
+def plan_ladder(args: argparse.Namespace, plan: Plan) -> tuple[str, list[int]]:
+    """(budget unit, rung budgets) of --until-converged, validated (SweepError) before Ray starts."""
+    given = [o for o in ("max_epochs", "max_steps") if getattr(args, o) is not None]
+    if not args.until_converged:
+        if given:
+            raise SweepError(f"--{given[0].replace('_', '-')} is the ladder's largest budget: add --until-converged")
+        return "", []
+    if len(given) != 1:
+        raise SweepError("--until-converged needs the largest budget: --max-epochs N (or --max-steps N with --steps)")
+    unit = "steps" if given[0] == "max_steps" else "epochs"
+    first = plan.base.steps if unit == "steps" else plan.base.epochs
+    if unit == "epochs" and plan.base.steps is not None:
+        raise SweepError("--max-epochs with a budget in steps: give --max-steps, or the first rung as --epochs")
+    if unit == "steps" and plan.base.steps is None:
+        raise SweepError("--max-steps needs the first rung in steps: add --steps N")
+    return unit, rung_budgets(first, getattr(args, given[0]), args.rung_factor, cadence_of(plan.base, unit), unit)
+
+
+def ladder_spacing(args: argparse.Namespace) -> float | None:
+    """--until-converged --adaptive: the finest spacing of rho values the ladder adds (sweeps/ladder.py)."""
+    if args.mode != "adaptive":
+        return None
+    return args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing
+
+
 def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
     t_start = time.monotonic()
     options.check_resource_options(cmd.args)
     args, name, paths = resume.open_sweep(cmd, SCRIPT, "critical-rho")
     plan = plan_sweep(args)
+    unit, budgets = plan_ladder(args, plan)
     preflight.check_start(args, paths, plan.base)
     if not args.resume:
         resume.prepare_new(paths, name)
     print(describe_plan(args, name, plan))
+    if budgets:
+        added = (f"; rho values added where rho_c moves (spacing >= {ladder_spacing(args):g})"
+                 if ladder_spacing(args) else "")
+        print(f"  until converged: rungs of {', '.join(map(str, budgets))} {unit} on a grid of "
+              f"{len(plan.grid.rhos)} rho values; runs continue: {args.continue_policy}{added}")
 
     resources = connect.start(args, SCRIPT, name, paths, t_start)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
+
+    if budgets:
+        if not args.resume:
+            resume.save_spec(paths, SCRIPT, args)
+
+        def rung_callbacks(runs: int, earlier: frozenset[str]) -> list[Any]:
+            show = [ProgressLine(show=("latent_dims", "rho", "seed"), total=runs)] if not args.quiet else []
+            return [ParquetSink(paths.results_root, name, earlier=earlier), *show]
+
+        constants = {**plan.grid.trial_space(), "num_threads": plan.param_space["num_threads"]}
+        ladder = Ladder(args, name, paths, plan.grid, constants,
+                        unit, budgets, args.continue_policy, plan.population, ladder_spacing(args), trainable,
+                        trial_label, rung_callbacks, lambda n: connect.concurrent_trials(args, resources, n))
+        return summarize_ladder(ladder.run(), ladder, t_start)
 
     callbacks: list[Any] = [ParquetSink(paths.results_root, name)]
     if not args.quiet:
@@ -248,7 +304,7 @@ def tune_config(args: argparse.Namespace, plan: Plan):
 # ----- wording ----------------------------------------------------------------------------------------------------
 def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
     base, grid = plan.base, plan.grid
-    if plan.searcher is None:
+    if plan.searcher is None or args.until_converged:  # a ladder trains a grid (and may add rho values to it)
         what = grid.describe()
     else:
         latents = ", ".join(f"{format_latent_dims(g['latent_dims'])} {g['smooth_space']}" for g in grid.groups)
@@ -293,6 +349,25 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
     code = 0 if outcome.complete or not (outcome.failed or outcome.cut_short) else 1
     if args.no_report or not outcome.complete:
         return code
+    return report(paths, name, code)
+
+
+def summarize_ladder(state: LadderState, ladder: Ladder, t_start: float) -> int:
+    args, paths, name = ladder.args, ladder.paths, ladder.name
+    if not state.finished:
+        print(f"\nthe ladder stopped inside rung {state.rung} (interrupted): continue with "
+              f"{resume.resume_command(SCRIPT, name, args.storage)}")
+        return 1
+    for line in summary_lines(state, ladder.grid, ladder.unit, time.monotonic() - t_start):
+        print(line)
+    print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment}); the "
+          f"analysis of the rungs: python -m analysis {paths.results_root} --sweep {name} --budget-steps "
+          f"{' '.join(map(str, state.rung_steps))}")
+    return 0 if args.no_report else report(paths, name, 0, budget_steps=state.rung_steps)
+
+
+def report(paths: SweepPaths, name: str, code: int, **analysis: Any) -> int:
+    """Write the analysis report of the sweep (local storage) and print its text; `code` is returned as is."""
     if paths.report_dir is None:
         print(f"report: not written on remote storage; read the table with python -m analysis "
               f"{paths.results_root} --sweep {name}")
@@ -301,7 +376,7 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
     from analysis.report import analyze
 
     try:
-        rep = analyze(paths.results_root, paths.report_dir, sweeps=[name], drop_nan=True)
+        rep = analyze(paths.results_root, paths.report_dir, sweeps=[name], drop_nan=True, **analysis)
     except AnalysisError as e:
         print(f"report: not written: {e}")
         return code

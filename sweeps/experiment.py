@@ -16,26 +16,29 @@ from typing import Any, Callable, Sequence
 from sweeps.connect import with_resources
 from sweeps.failures import SETUP_FAILURE_KEY, FailurePolicy, failure_text, not_retried_reason
 from sweeps.layout import SweepPaths
+from sweeps.storage import join
 from sweeps.trainable import failed_members, run_specs, run_tally
 
 
 def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, name: str, paths: SweepPaths,
         param_space: dict[str, Any], *, tune_config: Any = None, callbacks: Sequence[Any] = (),
-        first_round: int = 1) -> Any:
+        first_round: int = 1, storage_path: str | None = None, restore: bool | None = None) -> Any:
     """Run the sweep's trials; returns Tune's ResultGrid. `tune_config` and `callbacks` are used for a new
-    experiment only; `first_round` is how many trials start at once (FailurePolicy's stop rule)."""
+    experiment only; `first_round` is how many trials start at once (FailurePolicy's stop rule). The experiment is
+    `name` under `storage_path` (default: the sweep's, paths.ray_storage); `restore` (default --resume) restores it."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
     trainable = with_resources(trainable, args)
-    if args.resume:
-        tuner = tune.Tuner.restore(paths.experiment, trainable=trainable, resume_errored=args.retry_failed,
+    storage_path = storage_path or paths.ray_storage
+    if args.resume if restore is None else restore:
+        tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable, resume_errored=args.retry_failed,
                                    param_space=param_space)
     else:
         policy = FailurePolicy(args.max_failures, first_round)
         tuner = tune.Tuner(
             trainable, param_space=param_space, tune_config=tune_config,
-            run_config=tune.RunConfig(name=name, storage_path=paths.ray_storage, verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                       callbacks=[*callbacks, policy, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures)))
     return tuner.fit()

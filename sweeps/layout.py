@@ -2,6 +2,8 @@
 
     <storage>/ray/<name>/                 Ray Tune's experiment folder (trial folders with their checkpoints, state)
     <storage>/ray/<name>/ouvae_sweep.json  the sweep's own options, so ``--resume`` rebuilds the same sweep
+    <storage>/ray/<name>/rung-<k>/        --until-converged: the Tune experiment of each rung (sweeps/ladder.py)
+    <storage>/ray/<name>/ouvae_ladder.json  --until-converged: the ladder's own state
     <storage>/parquet/sweep_id=<name>/    the results table (one <trial_id>.parquet per trial, sweeps/table.py)
     <storage>/reports/<name>/             the analysis report (local storage only)
     <storage>/optuna/<name>.log           anneal_search: the Optuna study (local storage only)
@@ -16,6 +18,7 @@ from sweeps.cli import SweepError
 from sweeps.storage import absolute, is_remote, join
 
 SPEC_FILE = "ouvae_sweep.json"
+LADDER_FILE = "ouvae_ladder.json"
 _BAD_NAME_CHARACTERS = set("/\\= \t\n:*?\"'<>|")
 
 
@@ -30,6 +33,10 @@ class SweepPaths:
     @property
     def spec_file(self) -> str:
         return join(self.experiment, SPEC_FILE)
+
+    @property
+    def ladder_file(self) -> str:
+        return join(self.experiment, LADDER_FILE)
 
 
 def sweep_paths(storage: str, name: str, results_dir: str | None = None) -> SweepPaths:

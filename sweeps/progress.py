@@ -117,11 +117,11 @@ class ProgressLine(Callback):
             self.done += 1
             self._out(f"done   {self._label(runs[0])}: {_result_line(r)}   [{self._count(trials, trial)}]")
             return
-        for row in members:
-            if not row.get("failure"):
-                self.done += 1
-                self._out(f"done   {self._label(runs[row['member']])}: {_result_line(row)}   "
-                          f"[{self._count(trials, trial)}]")
+        finished = [row for row in members if not row.get("failure")]
+        self.done += len(finished)
+        count = self._count(trials, trial)  # once per trial: it walks every trial of the sweep
+        for row in finished:
+            self._out(f"done   {self._label(runs[row['member']])}: {_result_line(row)}   [{count}]")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         announced = sum(1 for tid, _ in self._announced if tid == trial.trial_id)

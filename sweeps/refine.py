@@ -42,18 +42,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ouvae.config import parse_latent_dims
+from sweeps.space import SpaceError, check_seeds
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-# 2: the setting "batch_size" is called "min_pending" (what it is: a threshold on pending trials). Version-1
-# states differ only in that name and are read (``_upgrade``).
+# The form of state_dict(); a state of another version is refused (load_state_dict).
 STATE_VERSION = 2
 
 
@@ -126,7 +126,10 @@ class RefinePolicy:
     max_trials: budget over all groups (default: no limit beyond the per-group budgets).
     min_spacing: proposed rho values are multiples of this (the finest useful resolution).
     min_pending: a new refinement round is planned when fewer than this many of the group's trials are pending
-        (default: max(2, number of seeds), i.e. the next round is queued while the current one runs).
+        (default: max(2, a round's trials), i.e. the next round is queued while the current one runs).
+    rho_per_round: rho values per refinement round, each with every seed (default 1). More fill a population:
+        with populations of 64 runs and 5 seeds, 12 rho values spread over the current interval train as one
+        trial on one GPU, where one rho would leave 59 of its 64 slots empty.
     rho_limits: the sweep may widen up to these (rho must stay in (0, 1]).
     level, n_boot: interval level and seed-bootstrap size of the fits that drive the proposals.
     random_state: seeds the bootstrap, so proposals are reproducible.
@@ -137,15 +140,14 @@ class RefinePolicy:
                  coarse_points: int = 4, target_width: float = 0.01, max_trials_per_group: int | None = None,
                  max_trials: int | None = None, min_spacing: float = 0.001, min_pending: int | None = None,
                  rho_limits: tuple[float, float] = (0.0, 1.0), level: float = 0.95, n_boot: int = 200,
-                 random_state: int = 0) -> None:
+                 random_state: int = 0, rho_per_round: int = 1) -> None:
         groups = list(groups)
         if not groups:
             raise RefineError("groups is empty: give at least one group of overrides, e.g. [{}] for one config")
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise RefineError("seeds is empty: give at least one seed (several, so the interval has seed noise in it)")
-        if len(set(seeds)) != len(seeds):
-            raise RefineError(f"seeds {seeds} contain duplicates: give each seed once")
+        try:
+            seeds = check_seeds(seeds)
+        except SpaceError as e:  # the sweeps' one seed rule
+            raise RefineError(str(e)) from None
         if not (isinstance(min_spacing, (int, float)) and math.isfinite(min_spacing) and min_spacing > 0):
             raise RefineError(f"min_spacing must be a positive number such as 0.001; got {min_spacing}")
         lim_lo, lim_hi = (float(v) for v in rho_limits)
@@ -185,7 +187,10 @@ class RefinePolicy:
         if self.max_trials_per_group < 1:
             raise RefineError(f"max_trials_per_group must be >= 1; got {max_trials_per_group}")
         self.max_trials = int(max_trials) if max_trials else None
-        self.min_pending = int(min_pending) if min_pending else max(2, len(seeds))
+        if int(rho_per_round) < 1:
+            raise RefineError(f"rho_per_round must be >= 1; got {rho_per_round}")
+        self.rho_per_round = int(rho_per_round)
+        self.min_pending = int(min_pending) if min_pending else max(2, self.rho_per_round * len(seeds))
         self.level = float(level)
         self.n_boot = int(n_boot)
         self.random_state = int(random_state)
@@ -341,6 +346,8 @@ class RefinePolicy:
         left = self.max_trials_per_group - g.count()
         if self.max_trials is not None:
             left = min(left, self.max_trials - self.total_trials())
+        if len(picks) > left and len(picks) > len(self.seeds) and left >= len(self.seeds):
+            picks = picks[: left - left % len(self.seeds)]  # fewer rho values, each still with every seed
         if len(picks) > left:
             # a partial round would leave the design unbalanced across seeds for little gain: stop here
             if not pending:
@@ -401,7 +408,8 @@ class RefinePolicy:
         return sum(r <= rho_c for r in levels) >= 2 and sum(r >= rho_c for r in levels) >= 2
 
     def _round(self, g: _Group, window: tuple[int, int]) -> list[tuple[int, int]]:
-        """One round of refinement: the free lattice rho nearest the window's centre, with every seed.
+        """One round of refinement: the free lattice rho nearest the window's centre, with every seed (with
+        ``rho_per_round`` = k > 1: the free lattice rho nearest each of k points spread evenly inside the window).
 
         Why every seed at one rho: the seed bootstrap and the pooled fit both behave best on a balanced design
         (each seed sampled at the same rho values, as on a grid). Spreading seeds over different rho values made
@@ -412,18 +420,22 @@ class RefinePolicy:
         lo_i, hi_i = window
         if hi_i < lo_i:
             return []
-        centre = int(round(0.5 * (lo_i + hi_i)))
+        k = self.rho_per_round
+        full: list[tuple[int, int]] = []
         partial: list[tuple[int, int]] = []
-        for off in _offsets(hi_i - lo_i + 1):
-            i = self._clamp_idx(centre + off)
-            if not lo_i <= i <= hi_i:
-                continue
-            free = [(i, s) for s in self.seeds if (i, s) not in g.points]
-            if len(free) == len(self.seeds):
-                return free
-            if free and not partial:
-                partial = free
-        return partial
+        for j in range(k):
+            target = int(round(lo_i + (hi_i - lo_i) * (j + 1) / (k + 1)))  # k = 1: the centre
+            for off in _offsets(hi_i - lo_i + 1):
+                i = self._clamp_idx(target + off)
+                if not lo_i <= i <= hi_i or any(i == f for f, _ in full):
+                    continue
+                free = [(i, s) for s in self.seeds if (i, s) not in g.points]
+                if len(free) == len(self.seeds):
+                    full += free
+                    break
+                if free and not partial:
+                    partial = free
+        return full or partial
 
     # ----------------------------------------------------------------------------------------------- reports
     def summary(self) -> list[dict[str, Any]]:
@@ -453,7 +465,6 @@ class RefinePolicy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output; refuses a state made for other groups or settings."""
-        state = _upgrade(state)
         if state.get("state_version") != STATE_VERSION:
             raise RefineError(f"adaptive-search state version {state.get('state_version')} is not "
                               f"{STATE_VERSION}: it was written by another version of sweeps/refine.py")
@@ -477,15 +488,9 @@ class RefinePolicy:
                 "rho_limits": list(self.rho_limits), "coarse_points": self.coarse_points,
                 "target_width": self.target_width, "max_trials_per_group": self.max_trials_per_group,
                 "max_trials": self.max_trials, "min_pending": self.min_pending, "level": self.level,
-                "n_boot": self.n_boot, "random_state": self.random_state}
-
-
-def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A version-1 state in the current form (its settings' "batch_size" is today's "min_pending")."""
-    if state.get("state_version") != 1:
-        return state
-    settings = {("min_pending" if k == "batch_size" else k): v for k, v in state.get("settings", {}).items()}
-    return {**state, "state_version": STATE_VERSION, "settings": settings}
+                "n_boot": self.n_boot, "random_state": self.random_state,
+                # only when set: states saved before this setting existed still load
+                **({"rho_per_round": self.rho_per_round} if self.rho_per_round != 1 else {})}
 
 
 def _offsets(limit: int):
@@ -495,24 +500,3 @@ def _offsets(limit: int):
         yield d
         yield -d
 
-
-def simulate(policy: RefinePolicy, outcome: Callable[[Proposal], int | None], *, workers: int = 4,
-             rng: np.random.Generator | None = None, max_trials: int = 100_000) -> RefinePolicy:
-    """Drive `policy` as the Ray Tune searcher does, without Ray: up to `workers` trials in flight, finishing in
-    random order, each recorded with ``outcome(proposal)`` (top-layer active units, or None for a failed trial).
-    For benchmarks and studies of the policy. Raises RuntimeError if the policy neither proposes nor finishes (a deadlock)."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    running: list[Proposal] = []
-    for _ in range(max_trials):
-        while len(running) < workers:
-            p = policy.next_proposal()
-            if p is None:
-                break
-            running.append(p)
-        if not running:
-            if not policy.is_finished():
-                raise RuntimeError("the policy neither proposes nor finishes with nothing running (a deadlock)")
-            return policy
-        p = running.pop(int(rng.integers(len(running))))
-        policy.record(p.group, p.rho, p.seed, outcome(p))
-    raise RuntimeError(f"the policy did not finish within {max_trials} trials")

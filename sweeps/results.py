@@ -10,12 +10,26 @@ that snapshot is created again under a new id, so its old file would double-coun
 first loop step after a restore the sink moves files whose trial id Tune does not know to ``<root>.superseded/``
 (kept, never deleted) before any new row is written.
 
+A ladder (sweeps/ladder.py) runs one Tune experiment per rung into the same table: a trial that continues a run
+writes into that run's file (``results_file_id``), and the files of earlier rungs (``earlier``) are never unknown.
+
+Why large files' writes are coalesced (``flush_every_s``, ``coalesce_rows``): a trial's file is rewritten whole, so
+writing it on every report costs O(evaluations^2 x members) per trial -- a population of 64 evaluated hundreds of
+times on a GPU would rewrite tens of thousands of rows per report. Once a trial has ``coalesce_rows`` rows, its
+reports within ``flush_every_s`` of its last write wait in the sink's cache (smaller files are written at every
+report, so a table watched live stays current); a trial's final result, its end (complete or error) and the end
+of the experiment always flush. Rows cached when the driver dies are not lost:
+a trial that runs again re-sends its history from its checkpoint and recomputes the evaluations after it
+(sweeps/trainable.py), and the sink upserts them.
+
 The callback's ``get_state`` / ``set_state`` carry the sweep id and the results root through Tune's snapshot, so a
 resumed sweep refuses to write into a different table.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +37,7 @@ from ray.tune import Callback
 
 from sweeps.failures import not_retried_reason
 from sweeps.storage import absolute, is_remote
+from sweeps.trainable import results_file_id
 from sweeps.table import (list_trial_files, read_trial_rows, rows_from_result, staging_dir, supersede,
                           superseded_dir, write_trial_file)
 
@@ -33,7 +48,8 @@ class ParquetSink(Callback):
 
     STATE_VERSION = 1
 
-    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False):
+    def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False,
+                 flush_every_s: float = 30.0, coalesce_rows: int = 2000, earlier: frozenset[str] = frozenset()):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = absolute(root)
@@ -43,14 +59,19 @@ class ParquetSink(Callback):
         # snapshot is then a valid result that Tune will not re-run (it samples a new trial instead), so its file
         # stays. False for grids and the adaptive searcher: Tune re-runs that point under a new id.
         self.keep_finished_unknown = keep_finished_unknown
-        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # Tune trial -> (run, step) -> row
+        # Files written by earlier Tune experiments of the same sweep (a ladder's earlier rungs): never unknown.
+        self.earlier = frozenset(earlier)
+        self._rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}  # results file -> (run, step) -> row
+        self.flush_every_s, self.coalesce_rows = flush_every_s, coalesce_rows
+        self._written: dict[str, float] = {}  # results file -> when this sink last wrote it (monotonic clock)
+        self._dirty: set[str] = set()  # results files with cached rows not yet written
         self._reconciled = False
         self.superseded: list[str] = []
 
     # Tune pickles the callback into tuner.pkl; the row cache is rebuilt from the files, never pickled.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_rows"] = {}
+        state["_rows"], state["_written"], state["_dirty"] = {}, {}, set()
         state["_reconciled"] = False
         return state
 
@@ -64,18 +85,40 @@ class ParquetSink(Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._reconciled:
-            self.reconcile({t.trial_id for t in trials})
+            self.reconcile({_file_id(t) for t in trials} | self.earlier)
             self._reconciled = True
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if not_retried_reason(result) is None:  # a failing trial's last word is not an evaluation
-            self.add_result(trial.trial_id, result)
+        if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
+            return
+        tid = _file_id(trial)
+        if result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
+                time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
+            self.add_result(tid, result)
+        else:
+            self._stage(tid, result)
+            self._dirty.add(tid)
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        now = time.monotonic()
+        for tid in [t for t in self._dirty if now - self._written.get(t, -math.inf) >= self.flush_every_s]:
+            self.flush(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._rows.pop(trial.trial_id, None)  # finished: free the cache (the file stays the truth)
+        self._finish(_file_id(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._rows.pop(trial.trial_id, None)
+        self._finish(_file_id(trial))
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        for tid in list(self._dirty):
+            self.flush(tid)
+
+    def _finish(self, trial_id: str) -> None:
+        if trial_id in self._dirty:
+            self.flush(trial_id)
+        self._rows.pop(trial_id, None)  # ended: free the cache (the file stays the truth)
+        self._written.pop(trial_id, None)
 
     def get_state(self) -> dict[str, Any]:
         return {"version": self.STATE_VERSION, "root": self.root, "sweep_id": self.sweep_id,
@@ -106,14 +149,30 @@ class ParquetSink(Callback):
 
     def add_result(self, trial_id: str, result: Mapping[str, Any]) -> str:
         """Upsert the rows of one result (one run, or every member of a population) into the trial's file."""
+        self._stage(trial_id, result)
+        return self.flush(trial_id)
+
+    def flush(self, trial_id: str) -> str | None:
+        """Write the trial's file with every row cached for it (None if it has none)."""
+        self._dirty.discard(trial_id)
+        rows = self._rows.get(trial_id)
+        if not rows:
+            return None
+        self._written[trial_id] = time.monotonic()
+        return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+
+    def _stage(self, trial_id: str, result: Mapping[str, Any]) -> None:
         rows = self._rows.get(trial_id)
         if rows is None:  # first result of this trial in this driver session: start from what is on disk
             rows = {_key(r): r for r in read_trial_rows(self.root, self.sweep_id, trial_id)}
             self._rows[trial_id] = rows
         for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
             rows[_key(row)] = row
-        return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+
+
+def _file_id(trial: Any) -> str:
+    return results_file_id(trial.trial_id, trial.config or {})
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, int]:
-    return str(row["trial_id"]), int(row["step"])
+    return str(row["run_id"]), int(row["step"])

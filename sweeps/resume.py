@@ -84,7 +84,8 @@ def load_spec(paths: SweepPaths, script: str, cmd: CommandLine, name: str) -> ar
     from ray.tune import Tuner
 
     data = read_json(paths.spec_file)
-    if data is None or not Tuner.can_restore(paths.experiment):
+    started = Tuner.can_restore(paths.experiment) or read_json(paths.ladder_file) is not None  # a ladder: its rungs
+    if data is None or not started:
         raise SweepError(f"--resume: no resumable sweep at {paths.experiment} (it needs {SPEC_FILE} and Ray's "
                          f"experiment state; a sweep killed before its first snapshot cannot be resumed -- start "
                          f"it again under a new --name)")

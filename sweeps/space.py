@@ -90,11 +90,16 @@ def latent_configs(sizes: Sequence[int] | None, layers: Sequence[int] | None, ex
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The one seed rule of the sweeps (grid and adaptive): at least one, none negative, each once -- a seed given
+    twice would train the same run twice and count it as two replicates."""
+    seeds = [int(s) for s in seeds]
     if not seeds:
         raise SpaceError("--seeds is empty: give at least one seed (two or more for an interval on rho_c)")
     if any(s < 0 for s in seeds):
-        raise SpaceError(f"--seeds must be >= 0, got {list(seeds)}")
-    return list(dict.fromkeys(int(s) for s in seeds))
+        raise SpaceError(f"--seeds must be >= 0, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise SpaceError(f"--seeds {seeds} contain duplicates: give each seed once")
+    return seeds
 
 
 def seed_list(n_seeds: int | None, seeds: Sequence[int] | None) -> list[int]:

@@ -9,13 +9,13 @@ S3-compatible servers such as MinIO), so the same code serves every kind of stor
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+from ouvae.atomic import write_atomically
 
 
 class StorageUnreachable(RuntimeError):
@@ -52,11 +52,7 @@ def write_json(uri: str, data: Any) -> None:
     fs, path = resolve(uri)
     text = json.dumps(data, indent=2, sort_keys=True).encode()
     if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: tmp.write_bytes(text))
     else:
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:

@@ -3,7 +3,7 @@ analysis/schema.py (no Ray needed: the sink and the resume checks use these func
 docs/architecture.md, section 3 ("Driver -> table").
 
 A Tune trial trains one run, or a population of runs (ouvae/population.py) that report together: its file holds
-the rows of all its runs. A member's run id is ``<tune trial id>-m<member>`` (``member_trial_id``), stable across
+the rows of all its runs. A member's run id is ``<tune trial id>-m<member>`` (``member_run_id``), stable across
 retries and ``--resume`` because Tune keeps its trial ids; ``population_id`` names the Tune trial.
 
 Why a file per Tune trial, rewritten whole: the file *is* the trial's (run, step) -> row map, so
@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
+from ouvae.atomic import write_atomically
 from sweeps.storage import absolute, join, resolve
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)
@@ -53,7 +54,7 @@ def staging_dir(root: str) -> str:
     return str(p.parent / f".{p.name}.staging")
 
 
-def member_trial_id(trial_id: str, member: int) -> str:
+def member_run_id(trial_id: str, member: int) -> str:
     """The run id of member `member` of the population trained by Tune trial `trial_id`."""
     return f"{trial_id}-m{int(member):03d}"
 
@@ -65,14 +66,14 @@ def rows_from_result(result: Mapping[str, Any], *, sweep_id: str, trial_id: str)
     members = result.get("members")
     if members is None:
         return [_row(result, sweep_id, trial_id, None)]
-    return [_row(m, sweep_id, member_trial_id(trial_id, m["member"]), trial_id) for m in members]
+    return [_row(m, sweep_id, member_run_id(trial_id, m["member"]), trial_id) for m in members]
 
 
 def _row(result: Mapping[str, Any], sweep_id: str, run_id: str, population_id: str | None) -> dict[str, Any]:
     row = {k: result[k] for k in SCHEMA_NAMES if k in result}
     if row.get("step") is None:
         raise ValueError(f"result of trial {run_id} has no 'step': it was not reported by sweeps.trainable")
-    row.update(sweep_id=sweep_id, trial_id=run_id, population_id=population_id, schema_version=SCHEMA_VERSION)
+    row.update(sweep_id=sweep_id, run_id=run_id, population_id=population_id, schema_version=SCHEMA_VERSION)
     for key in ("layer_kl", "layer_active_units"):
         if row.get(key) is not None:
             row[key] = list(row[key])
@@ -80,7 +81,7 @@ def _row(result: Mapping[str, Any], sweep_id: str, run_id: str, population_id: s
 
 
 def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    rows = sorted(rows, key=lambda r: (str(r["trial_id"]), int(r["step"])))
+    rows = sorted(rows, key=lambda r: (str(r["run_id"]), int(r["step"])))
     cols = {name: [r.get(name) for r in rows] for name in SCHEMA.names}
     return conform(pa.table({k: pa.array(v, type=SCHEMA.field(k).type) for k, v in cols.items()}))
 
@@ -100,9 +101,7 @@ def write_trial_file(root: str, sweep_id: str, trial_id: str, rows: Iterable[Map
             try:
                 os.replace(tmp, path)
             except OSError:  # staging on another filesystem (EXDEV): fall back to a temp file in place
-                local_tmp = Path(path).with_name(f".{trial_id}.{uuid.uuid4().hex[:8]}.tmp")
-                pq.write_table(table, local_tmp)
-                os.replace(local_tmp, path)
+                write_atomically(path, lambda local_tmp: pq.write_table(table, local_tmp))
         finally:
             tmp.unlink(missing_ok=True)
     else:

@@ -11,17 +11,23 @@ Contract with the rest of `sweeps`:
   override); unknown keys fail the trial with ConfigError before any training. A population trial also has
   ``population``: the overrides its members share (e.g. ``latent_dims``) and ``members``, one dict of overrides
   per member (``rho``, ``seed``, ...); ouvae/population.py trains them as one model;
-* every evaluation is checkpointed (``sweeps/checkpoints.py``: the population's checkpoint -- configs,
-  parameters, optimizer, step, RNG state, every member's history -- in the trial's folder on the sweep's storage)
-  and then reported with ``ray.tune.report``: for a run alone one results-table row minus the identity columns
+* the trial checkpoints at the config's cadence (``checkpoint_every_steps`` / ``_minutes``; by default with every
+  evaluation on a CPU, every 10 minutes on a GPU) and always with its final evaluation, before reporting it
+  (``sweeps/checkpoints.py``: the population's checkpoint -- configs, parameters, optimizer, step, RNG state,
+  every member's history -- in the trial's folder on the sweep's storage). Every evaluation is reported with
+  ``ray.tune.report``: for a run alone one results-table row minus the identity columns
   that the driver-side ``ParquetSink`` adds; for a population ``{"members": [row, ...]}`` with one row per member
   still training (and, once, the last row of a member that failed, with its ``failure``). Both carry two
   Tune-only fields, ``evaluation`` (1, 2, ... : ASHA's clock) and ``restored_from_step`` (0 for a run from scratch);
 * a run of the trial -- the first, a retry after a failure (``FailureConfig``) or a restart by ``--resume`` --
   continues from the trial's newest checkpoint, so it takes exactly the steps it would have taken, and first
   re-reports every evaluation up to that checkpoint (the members' histories; the driver may have died before
-  recording some; the sink upserts the same rows). The checkpoints are the trainable's, not Tune's: see
-  sweeps/checkpoints.py for why.
+  recording some; the sink upserts the same rows). Evaluations reported after that checkpoint are computed and
+  reported again, with the same values (training is deterministic), and upserted alike. The checkpoints are the
+  trainable's, not Tune's: see sweeps/checkpoints.py for why;
+* a ladder trial (sweeps/ladder.py: ``population.ladder``) without a checkpoint of its own continues from the
+  checkpoints of the run's previous trial (``continue_from``) with its larger budget, which ouvae/population.py
+  makes the run trained to that budget in one go; its rows go to the run's results file (``results_file_id``).
 
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
@@ -39,16 +45,18 @@ from typing import Any, Mapping
 import torch
 from ray import tune
 
-from analysis.schema import SCHEMA_VERSION
 from ouvae.config import Config
 from ouvae.data import DatasetSplits, load_config_dataset
 from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
-from ouvae.records import run_columns
-from sweeps.checkpoints import TrialCheckpoints
+from ouvae.records import results_row
+from sweeps.checkpoints import CheckpointError, TrialCheckpoints
 from sweeps.failures import failure_result
 
 POPULATION_KEY = "population"
+# A ladder trial's population entry also holds ``ladder``: {"lineage": the run's results-file id (its first trial),
+# "continue_from": the folder of the checkpoints it continues from} (sweeps/ladder.py). Not a run setting.
+LADDER_KEY = "ladder"
 _DATA_CACHE: "OrderedDict[tuple, DatasetSplits]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
@@ -59,7 +67,19 @@ def run_specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     spec = dict(config)
     population = dict(spec.pop(POPULATION_KEY, None) or {})
     members = population.pop("members", None) or [{}]
+    population.pop(LADDER_KEY, None)
     return [{**spec, **population, **member} for member in members]
+
+
+def ladder_spec(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A ladder trial's ``lineage`` and ``continue_from`` (empty for any other trial)."""
+    return dict((config.get(POPULATION_KEY) or {}).get(LADDER_KEY) or {})
+
+
+def results_file_id(trial_id: str, config: Mapping[str, Any]) -> str:
+    """The id of the results file a trial's rows go to: its own, or for a ladder trial that continues a run, the
+    file of the run's first trial (so a run keeps one file and one run id across rungs)."""
+    return ladder_spec(config).get("lineage") or trial_id
 
 
 def configs_from_trial(config: Mapping[str, Any]) -> list[Config]:
@@ -101,9 +121,9 @@ def _dataset(cfg: Config) -> DatasetSplits:
 
 
 def member_row(population: Population, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row minus sweep_id/trial_id/population_id (the driver knows those)."""
+    """One results row minus sweep_id/run_id/population_id/schema_version (the driver's sink adds those)."""
     cfg = population.members[metrics["member"]].cfg
-    return {**metrics, **run_columns(cfg, population.data), "schema_version": SCHEMA_VERSION}
+    return results_row(cfg, population.data, metrics)
 
 
 def report(population: Population, rows: list[dict[str, Any]], *, as_population: bool, restored_from: int) -> None:
@@ -142,15 +162,21 @@ def _train(config: dict[str, Any]) -> None:
     store = TrialCheckpoints.of_current_trial()
     restored_from = 0
 
-    def checkpoint_and_report(population: Population, rows: list[dict[str, Any]]) -> None:
-        store.save(population)  # before the report: a reported step always has its checkpoint
+    def send(population: Population, rows: list[dict[str, Any]]) -> None:
         report(population, rows, as_population=as_population, restored_from=restored_from)
 
-    # Runtime-only fields follow the current trial config (e.g. restarted on a node with a GPU).
-    population = store.load_newest(callback=checkpoint_and_report, data=data, device=cfg.device,
-                                   num_threads=cfg.num_threads, data_dir=cfg.data_dir)
+    # Runtime-only fields and the budget follow the current trial config (e.g. restarted on a node with a GPU; a
+    # ladder's rung continuing a run to a larger budget: ouvae/population.py makes that the run trained in one go).
+    restore = dict(callback=send, on_checkpoint=store.save, data=data, device=cfg.device,
+                   num_threads=cfg.num_threads, data_dir=cfg.data_dir, epochs=cfg.epochs, steps=cfg.steps)
+    population = store.load_newest(**restore)
+    continue_from = ladder_spec(config).get("continue_from")
+    if population is None and continue_from:
+        population = TrialCheckpoints(store.fs, continue_from).load_newest(**restore)
+        if population is None:
+            raise CheckpointError(f"the ladder continues this run from {continue_from}, which holds no checkpoint")
     if population is None:
-        population = Population(configs, callback=checkpoint_and_report, data=data)
+        population = Population(configs, callback=send, data=data, on_checkpoint=store.save)
     elif population.step:
         restored_from = population.step
         # Re-send every evaluation so far: after a driver crash (or a worker outliving it) some reports may never

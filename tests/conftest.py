@@ -1,5 +1,11 @@
 """Shared pytest fixtures: one local Ray for the whole test session (each ray.init/shutdown costs 3-4 s) and a
-real S3 server on loopback."""
+real S3 server on loopback; the markers that follow from them.
+
+Markers (pyproject.toml): a test that starts Ray -- through ``ray_session`` or by running sweeps in subprocesses
+(``sweeps_run``, tests/test_s3.py) -- is marked ``ray`` here, from the fixtures it uses, so no test can forget it;
+``multinode`` tests (a loopback cluster started with ``ray start``) are ``ray`` too. A test not marked ``ray`` that
+calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray``, ``multinode`` and ``slow``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,27 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+
+RAY_FIXTURES = {"ray_session", "sweeps_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("multinode"):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_marked(request, monkeypatch):
+    """Keeps the `ray` marker true: an unmarked test that starts Ray in this process fails and says so."""
+    if request.node.get_closest_marker("ray"):
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts Ray: use the ray_session fixture (it marks the test ray)")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
-from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy, simulate
+from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
+from testing.simulate import simulate
 from sweeps.trainable import run_specs
-from analysis.synthetic import noisy_active_units
+from testing.synthetic import noisy_active_units
 
 
 def drive(pol: RefinePolicy, outcome, workers: int = 4, seed: int = 0) -> RefinePolicy:
@@ -162,21 +163,18 @@ def test_state_round_trip_through_json_continues_identically():
         other.load_state_dict(state)
 
 
-def test_state_of_version_1_with_batch_size_is_restored():
-    """Version 1 called min_pending "batch_size"; a sweep saved then resumes with the renamed setting."""
+def test_a_state_of_another_version_or_other_settings_is_refused():
     a = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30)
     for _ in range(5):
         p = a.next_proposal()
         a.record(p.group, p.rho, p.seed, 10)
-    old = a.state_dict()
-    old = {**old, "state_version": 1,
-           "settings": {("batch_size" if k == "min_pending" else k): v for k, v in old["settings"].items()}}
+    state = a.state_dict()
     b = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30)
-    b.load_state_dict(old)
-    assert b.state_dict() == a.state_dict()
+    with pytest.raises(RefineError, match="state version 1 is not 2"):
+        b.load_state_dict({**state, "state_version": 1})
     c = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=2, max_trials_per_group=30)
     with pytest.raises(RefineError, match="min_pending"):
-        c.load_state_dict(old)
+        c.load_state_dict(state)
 
 
 def test_min_pending_queues_the_next_round_while_one_runs():
@@ -287,7 +285,7 @@ TRUTH = {10: 0.93, 20: 0.90}
 def test_searcher_drives_a_real_tuner_per_latent_configuration(ray_session, tmp_path):
     from ray import tune
 
-    from sweeps.synthetic import noisy_transition_trainable
+    from testing.synthetic_trainable import noisy_transition_trainable
 
     searcher = AdaptiveRhoSearcher([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[0, 1, 2],
                                    target_width=0.015, max_trials_per_group=36, max_concurrent=4)
@@ -320,13 +318,29 @@ def test_next_proposals_hand_out_one_groups_rounds_as_populations():
     assert pol.pending(first[0].group) == 4
 
 
+def test_a_round_fills_a_population_with_several_rho_values_each_with_every_seed():
+    pol = RefinePolicy([{"latent_dims": [10]}], rho_range=(0.8, 1.0), seeds=[0, 1, 2], coarse_points=5,
+                       min_spacing=0.005, rho_per_round=4, max_trials_per_group=100)
+    coarse = pol.next_proposals(15)
+    for p in coarse:  # a transition between 0.9 and 0.95
+        pol.record(p.group, p.rho, p.seed, 10 if p.rho <= 0.9 + 1e-9 else 0)
+    round_ = pol.next_proposals(64)
+    rhos = sorted({p.rho for p in round_})
+    assert len(round_) == 12 and len(rhos) == 4 and {p.rho for p in coarse}.isdisjoint(rhos)
+    assert all(sorted(p.seed for p in round_ if p.rho == r) == [0, 1, 2] for r in rhos)  # balanced over seeds
+    assert rhos[-1] - rhos[0] >= 3 * 0.005  # spread over the interval, not one rho and its neighbours only
+    groups = [{"latent_dims": [10]}]
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=64).policy.rho_per_round == 12
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=4).policy.rho_per_round == 1
+
+
 def test_searcher_trains_each_round_as_one_population_through_a_real_tuner(ray_session, tmp_path):
     """--population with the adaptive searcher: a trial proposes several runs of one latent configuration; the
     searcher records every member's result, a failing member is counted and left out, and rho_c is found as with
     one run per trial, in far fewer trials."""
     from ray import tune
 
-    from sweeps.synthetic import noisy_transition_trainable
+    from testing.synthetic_trainable import noisy_transition_trainable
 
     searcher = AdaptiveRhoSearcher([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[0, 1, 2],
                                    target_width=0.015, max_trials_per_group=36, max_concurrent=2, population=6)
@@ -375,7 +389,7 @@ def test_interrupted_sweep_with_failing_trials_resumes_and_finishes(ray_session,
     every rho is covered by the pure-policy test above; in Tune each failure costs a new worker process.)"""
     from ray import tune
 
-    from sweeps.synthetic import noisy_transition_trainable
+    from testing.synthetic_trainable import noisy_transition_trainable
 
     truth = 0.95
     failing = [[1.0, 2]]

@@ -30,8 +30,8 @@ from analysis.intervals import Undetermined
 from analysis.io import load_results
 from analysis.render import render_text
 from analysis.report import analyze
-from analysis.schema import SCHEMA_VERSION, conform
-from analysis.synthetic import make_synthetic_results
+from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
+from testing.synthetic import make_synthetic_results
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +55,7 @@ def write_trial(root: Path, sweep: str, trial: str, rows: list[dict]) -> Path:
     folder = root / f"sweep_id={sweep}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{trial}.parquet"
-    pq.write_table(conform(pa.Table.from_pylist([{"sweep_id": sweep, "trial_id": trial, **r} for r in rows])), path)
+    pq.write_table(conform(pa.Table.from_pylist([{"sweep_id": sweep, "run_id": trial, **r} for r in rows])), path)
     return path
 
 
@@ -162,7 +162,7 @@ def test_width_ratio_the_resamples_cannot_bound_is_not_determined_never_0_or_1e1
     seed three times (1 in 27, more than the 2.5% tail) has w at the floor of the fit, so the ratio's interval is
     not bounded; the report says "not determined" and why, with no number standing in for 0 or infinity."""
     from analysis.compare import width_ratio
-    from analysis.synthetic import noisy_runs
+    from testing.synthetic import noisy_runs
     from analysis.transition import fit_transition
 
     grid = np.round(np.linspace(0.8, 1.0, 21), 4)
@@ -273,7 +273,40 @@ def test_budget_with_unequal_run_lengths_uses_the_steps_every_run_reached(tmp_pa
     assert series.steps == [1000, 2000]
 
 
+def test_a_ladders_runs_are_fitted_at_its_rungs_each_with_its_latest_evaluation(tmp_path):
+    """Runs of unequal length with the ladder's rung steps: at a rung a run that stopped earlier contributes its
+    last evaluation, one that went on its evaluation at that step; the last rung is the main fit."""
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_seeds=3, n_evals=3, salt=1)
+    files = sorted(root.glob("sweep_id=*/*.parquet"))
+    stopped = files[:4]  # these runs end at their first evaluation (a ladder stopped them after rung 0)
+    for f in stopped:
+        _rewrite(f, lambda t: _set(t.slice(0, 1), "is_final", [True]))
+    rep = _analyze(root, budget_steps=[1000, 2000, 3000])
+    (series,) = rep.budgets.values()
+    assert series.steps == [1000, 2000, 3000]
+    assert series.fits[-1] is rep.critical.fits[series.config_id]
+    assert [f.n_runs for f in series.fits] == [len(files)] * 3  # every run at every rung, carried forward
+    assert _analyze(root).budgets[series.config_id].steps == [1000]  # without rungs: steps every run reached
+
+
+def test_extrapolation_is_a_model_with_an_interval_through_three_or_more_budgets(tmp_path):
+    from analysis.budget import BudgetSeries, extrapolate, extrapolation_text
+    from analysis.transition import STATUS_OK, TransitionFit
+
+    budgets = [1000, 2000, 4000, 8000]
+    truth = [0.93 - 0.05 * (1000 / b) ** 1.0 for b in budgets]
+    fits = [TransitionFit(STATUS_OK, "", r, r - 0.004, r + 0.004, 0.01, None, None, None, 20, 10, 4) for r in truth]
+    model = extrapolate(BudgetSeries("c01", budgets, fits, BudgetVerdict.RISING, truth[-1] - truth[-2], 0.01))
+    assert model.rho_inf == pytest.approx(0.93, abs=1e-3) and model.gamma == pytest.approx(1.0, abs=0.05)
+    assert model.rho_inf_low < 0.93 < model.rho_inf_high
+    assert extrapolation_text(model).startswith("model, not a measurement: ρc(B) = ρ∞ + a·B^−γ gives ρ∞ = 0.930")
+    two = BudgetSeries("c01", budgets[:2], fits[:2], BudgetVerdict.RISING, 0.0, 0.01)
+    assert extrapolate(two) is None  # three parameters need three budgets
+
+
 # ------------------------------------------------------------------------------------------- what figures show
+@pytest.mark.slow
 def test_transition_figure_plots_the_runs_and_fits_and_user_dataset_names_verbatim(tmp_path):
     root = tmp_path / "res"
     make_synthetic_results(root, latent_sizes=(10,), datasets={"digits": 0.0, "npy:$HOME/my data": 0.03,
@@ -348,14 +381,34 @@ def test_a_population_member_that_failed_is_left_out_and_named(tmp_path):
     folder = next(root.glob("sweep_id=*"))
     ok = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()[0]
     reason = "TrainingStalled: 5 consecutive steps had a non-finite loss or gradient"
-    failed = {**ok, "trial_id": "pop-m003", "population_id": "pop", "member": 3, "is_final": False, "step": 7,
+    failed = {**ok, "run_id": "pop-m003", "population_id": "pop", "member": 3, "is_final": False, "step": 7,
               "top_active_units": 10, "rho": 0.99, "failure": reason}
     pq.write_table(conform(pa.Table.from_pylist([failed])), folder / "pop.parquet")
     for extra in ((), ("--include-unfinished",)):
         rc, stdout, _ = run_cli(root, "--no-plots", *FAST, *extra)
         assert rc == 0 and f"1 run(s) failed during training and are left out (e.g. {reason})" in stdout
         runs = pl.read_csv(root / "report" / "tables" / "order_parameters.csv")
-        assert "pop-m003" not in runs["trial_id"].to_list()
+        assert "pop-m003" not in runs["run_id"].to_list()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_table_of_an_older_version_is_read_with_its_trial_id_as_run_id(tmp_path, version):
+    """Versions 1 and 2 called the run's id trial_id (renamed run_id in 3, analysis.schema.RENAMED): such files are
+    read with that column as run_id, next to files of today's version."""
+    from analysis.io import load_results
+
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
+    folder = next(root.glob("sweep_id=*"))
+    today = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()[0]
+    old_columns = [c for c in today if c not in ("run_id", "smooth_space", "bound_model", "smoothed_elbo",
+                                                 "smoothed_kl_total")]
+    old = {**{c: today[c] for c in old_columns}, "trial_id": "old-run", "schema_version": version}
+    schema = pa.schema([*(SCHEMA.field(c) for c in old_columns), pa.field("trial_id", pa.string())])
+    pq.write_table(pa.Table.from_pylist([old], schema=schema), folder / "old-run.parquet")
+    df = load_results(root).lf.collect()
+    assert "trial_id" not in df.columns and "old-run" in df["run_id"].to_list()
+    assert df["run_id"].null_count() == 0
 
 
 # ---------------------------------------------------------------------------------- tables on a hand fixture
@@ -414,10 +467,10 @@ def test_older_rows_whose_likelihood_was_no_bound_keep_it_only_as_the_smoothed_o
     root = tmp_path / "res"
     for i, (rho, smooth) in enumerate([(0.9, "both"), (0.9, "encoder"), (1.0, "both")]):
         row = _hand_rows("3-3", rho, i, -90.0, 2.0, 5.0, [3, 2], [3.0, 2.0])
-        row.update(schema_version=2, smooth=smooth, trial_id=f"t{i}")
+        row.update(schema_version=2, smooth=smooth)
         del row["smooth_space"], row["bound_model"]
         write_trial(root, "old", f"t{i}", [row])
-    got = {r["trial_id"]: r for r in load_results(root).lf.collect().iter_rows(named=True)}
+    got = {r["run_id"]: r for r in load_results(root).lf.collect().iter_rows(named=True)}
     assert got["t0"]["smooth_space"] == "posterior" and got["t0"]["bound_model"] is None
     assert got["t0"]["iw_bound"] is None and got["t0"]["smoothed_elbo"] == -91.0 and got["t0"]["smoothed_kl_total"] == 5.0
     for kept in ("t1", "t2"):  # generative maps unsmoothed: the plain HVAE's bounds all along
@@ -769,15 +822,19 @@ def test_failed_run_keeps_the_previous_report_intact(small, tmp_path):
     assert not list(tmp_path.glob(".rep.staging-*"))
 
 
-def test_sweeps_pooling_different_settings_are_flagged_and_separable(tmp_path):
+def test_a_different_setting_is_another_configuration_and_a_different_preset_is_flagged(tmp_path):
+    """Every recorded setting of the configuration (ouvae/config.py's roles: what config_hash hashes) separates
+    configurations; runs that differ only in a name outside it (the preset) are pooled, and the report says so."""
     root = tmp_path / "res"
     kw = dict(latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=1)
     make_synthetic_results(root, sweep_id="a", **kw)
     make_synthetic_results(root, sweep_id="b", overrides={"lr": 3e-4}, **kw)
+    make_synthetic_results(root, sweep_id="c", overrides={"preset": "other"}, **kw)
     rc, stdout, _ = run_cli(root, "--no-plots", *FAST)
-    assert rc == 0 and "pools runs with different lr = 0.0003, 0.001" in stdout
-    rc, stdout, _ = run_cli(root, "--no-plots", "--sweep", "b", *FAST)
-    assert rc == 0 and "pools runs" not in stdout and "sweep(s) b" in stdout
+    assert rc == 0 and "lr=0.0003" in stdout and "lr=0.001" in stdout  # two configurations
+    assert "pools runs with different preset = other, synthetic" in stdout
+    rc, stdout, _ = run_cli(root, "--no-plots", "--sweep", "c", *FAST)
+    assert rc == 0 and "pools runs" not in stdout and "sweep(s) c" in stdout
 
 
 # ----------------------------------------------------------------------------------------- packaging / imports
@@ -802,9 +859,9 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 import analysis, analysis.io, analysis.critical, analysis.tables, analysis.plots, analysis.report
-import analysis.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
+import testing.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
 import analysis.compare, analysis.budget, analysis.render, analysis.errors
-from analysis.synthetic import make_synthetic_results
+from testing.synthetic import make_synthetic_results
 make_synthetic_results(sys.argv[1], latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2)
 rc = analysis.__main__.main([sys.argv[1], '--n-boot', '100'])
 assert rc == 0, rc

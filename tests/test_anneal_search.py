@@ -74,12 +74,12 @@ def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_pat
 
     # The Parquet table agrees with the study: PRUNED <=> the trial has no final (full-budget) row.
     df = pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet")
-    assert df.select("trial_id", "step").is_unique().all()
-    finished = set(df.filter(pl.col("is_final"))["trial_id"])
+    assert df.select("run_id", "step").is_unique().all()
+    finished = set(df.filter(pl.col("is_final"))["run_id"])
     for t in study.trials:
         assert (t.state == TS.COMPLETE) == (t.user_attrs["ray_trial_id"] in finished)
         if t.state == TS.COMPLETE:
-            row = df.filter((pl.col("trial_id") == t.user_attrs["ray_trial_id"]) & pl.col("is_final"))
+            row = df.filter((pl.col("run_id") == t.user_attrs["ray_trial_id"]) & pl.col("is_final"))
             assert row["iw_bound"][0] == pytest.approx(t.value)
             assert row["beta_schedule"][0] == t.params["beta_schedule"]
 
@@ -111,7 +111,7 @@ def test_multi_objective_search_tells_optuna_both_objectives_and_prints_the_pare
     assert len(complete) == 3  # no ASHA: every trial ran its budget
     final = pl.read_parquet(tmp_path / "parquet" / "sweep_id=mo" / "*.parquet").filter(pl.col("is_final"))
     for t in complete:
-        row = final.filter(pl.col("trial_id") == t.user_attrs["ray_trial_id"])
+        row = final.filter(pl.col("run_id") == t.user_attrs["ray_trial_id"])
         assert t.values == [pytest.approx(row["iw_bound"][0]), float(row["top_active_units"][0])]
     front = study.best_trials
     assert f"Pareto front (iw_bound, top_active_units), {len(front)} trials" in out
@@ -157,7 +157,7 @@ def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
     # snapshot comes every >= 10 s) is kept as the extra sample it is, in the study and in the table.
     assert 4 <= len(done) <= 4 + finals_before and not [t for t in study.trials if t.state == TS.RUNNING]
     df = pl.read_parquet(part / "*.parquet")
-    assert df.select("trial_id", "step").is_unique().all()
+    assert df.select("run_id", "step").is_unique().all()
     final = df.filter(pl.col("is_final"))
-    assert final.height == len(done) and set(final["trial_id"]) == {t.user_attrs["ray_trial_id"] for t in done}
-    assert set(df.group_by("trial_id").len()["len"]) == {4}  # every trial has all four evaluations
+    assert final.height == len(done) and set(final["run_id"]) == {t.user_attrs["ray_trial_id"] for t in done}
+    assert set(df.group_by("run_id").len()["len"]) == {4}  # every trial has all four evaluations

@@ -1,10 +1,12 @@
 """Config validation, presets, overrides and the command-line parsing of overrides."""
 
 import argparse
+import dataclasses
 
 import pytest
 
-from ouvae.config import PRESETS, Config, ConfigError, add_config_arguments, overrides_from_args
+from ouvae.config import (IDENTITY, MEMBER, PRESETS, ROLES, RUNTIME, SHARED, Config, ConfigError, add_config_arguments,
+                          overrides_from_args, recorded_columns)
 
 
 def test_every_preset_is_valid_and_named():
@@ -51,6 +53,27 @@ def test_config_hash_ignores_the_seed_but_not_rho():
     assert a.config_hash() != a.replace(rho=0.9).config_hash()
 
 
+def test_every_setting_has_one_role_and_the_lists_that_depend_on_it_follow_from_it():
+    """Each field declares its role once (ouvae/config.py); what members may differ in, what config_hash hashes,
+    what the table records and what the analysis calls one configuration all follow from it."""
+    from analysis.critical import OTHER_SETTINGS
+    from analysis.schema import CONFIG_KEYS, SCHEMA
+    from ouvae.population import MEMBER_FIELDS
+
+    assert set(ROLES) == {f.name for f in dataclasses.fields(Config)}
+    assert set(ROLES.values()) == {SHARED, MEMBER, IDENTITY, RUNTIME}
+    assert set(MEMBER_FIELDS) == {n for n, r in ROLES.items() if r in (MEMBER, IDENTITY)}
+    a = Config.from_preset("demo")
+    changed = {"seed": 3, "preset": "other", "device": "cpu", "num_threads": 1, "compile_step": True, "data_dir": "x",
+               "smooth_recompute": True, "rho": 0.5, "free_bits": 0.5, "lr": 0.01, "hidden_units": 7, "n_train": 9}
+    for name, value in changed.items():  # one of each role, and fields the table does not record
+        same = a.config_hash() == a.replace(**{name: value}).config_hash()
+        assert same == (ROLES[name] in (IDENTITY, RUNTIME)), name
+    assert set(recorded_columns(SHARED, MEMBER, IDENTITY)) <= set(SCHEMA.names)
+    assert set(CONFIG_KEYS) | {"rho", "rho_eval", "split"} == set(recorded_columns(SHARED, MEMBER))
+    assert set(OTHER_SETTINGS) | {"seed"} == set(recorded_columns(IDENTITY))
+
+
 def test_command_line_overrides_are_typed():
     p = argparse.ArgumentParser()
     add_config_arguments(p)
@@ -75,7 +98,7 @@ def test_run_columns_carry_the_hyperparameters_and_the_data():
     f = run_columns(Config.from_preset("demo", rho=0.9, seed=3), load_dataset("digits"))
     assert f["latent_dims"] == "10-10-10-10" and f["n_layers"] == 4 and f["rho"] == 0.9 and f["seed"] == 3
     assert f["rho_eval"] == 0.9 and f["binarization"] == "dynamic" and f["beta_params"] == '{"beta_max": 1.0}'
-    assert f["dataset"] == "digits" and f["likelihood"] == "bernoulli"
+    assert f["dataset"] == "digits" and f["likelihood"] == "bernoulli" and f["tf32"] is False
 
 
 def test_one_parser_types_every_field_from_its_real_type_hint():

@@ -9,7 +9,7 @@ writes the Parquet table there.
 What is checked, after (1) one worker node is killed while trials run, and (2) the driver is SIGKILLed mid-sweep and
 the sweep resumed with --resume:
 
-* the Parquet table (analysis/schema.py layout, read with Polars) has exactly one row per (trial_id, step), every
+* the Parquet table (analysis/schema.py layout, read with Polars) has exactly one row per (run_id, step), every
   grid point (latent config, rho, seed) has exactly one final row, and every trial has its full set of steps;
 * trials interrupted by the failure continued from their checkpoints: Tune's own per-trial record (result.json
   in the experiment folder) splits into runs of the trainable (``iterations_since_restore`` back to 1), every
@@ -132,7 +132,7 @@ def read_table(storage: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(storage / "parquet" / f"sweep_id={name}" / "*.parquet")
 
 
-TUNE_TRIAL = pl.col("population_id").fill_null(pl.col("trial_id")).alias("tune_trial")  # a row's Tune trial
+TUNE_TRIAL = pl.col("population_id").fill_null(pl.col("run_id")).alias("tune_trial")  # a row's Tune trial
 
 
 def tune_trial_ids(df: pl.DataFrame) -> set[str]:
@@ -156,12 +156,12 @@ def tune_trials(storage: Path, name: str) -> dict[str, dict]:
 def check_table_exactly_once(df: pl.DataFrame) -> None:
     """One row per (trial, step); one final row per grid point; every trial has all N_EVALS evaluations."""
     assert df.height > 0
-    assert df.select("trial_id", "step").is_unique().all(), "a (trial_id, step) row is duplicated"
+    assert df.select("run_id", "step").is_unique().all(), "a (run_id, step) row is duplicated"
     final = df.filter(pl.col("is_final"))
     points = sorted(zip(final["latent_dims"], final["rho"], final["seed"]))
     assert points == sorted((LATENT, r, s) for r in RHOS for s in SEEDS), points
-    assert final["trial_id"].n_unique() == final.height == df["trial_id"].n_unique()
-    steps = {tid: sorted(g["step"]) for (tid,), g in df.group_by("trial_id")}
+    assert final["run_id"].n_unique() == final.height == df["run_id"].n_unique()
+    steps = {tid: sorted(g["step"]) for (tid,), g in df.group_by("run_id")}
     first = next(iter(steps.values()))
     assert len(first) == N_EVALS and all(s == first for s in steps.values()), steps
     assert df.filter(pl.col("is_final"))["step"].unique().to_list() == [first[-1]]
@@ -303,8 +303,8 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
             df = read_partition(part)
             if df is not None:
                 n_final = df.filter(pl.col("is_final")).height
-                open_rows = df.filter(~pl.col("trial_id").is_in(df.filter(pl.col("is_final"))["trial_id"].implode()))
-                counts = open_rows.group_by("trial_id").len()
+                open_rows = df.filter(~pl.col("run_id").is_in(df.filter(pl.col("is_final"))["run_id"].implode()))
+                counts = open_rows.group_by("run_id").len()
                 if 1 <= n_final <= 3 and counts.height and counts["len"].max() >= 3:
                     armed_at = time.monotonic()
         unrecorded = unrecorded_checkpoints(experiment, read_partition(part)) if armed_at is not None else []
@@ -313,7 +313,7 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             df = read_partition(part)
-            before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+            before = {tid: set(g["step"]) for (tid,), g in df.group_by("run_id")}
         time.sleep(0.002 if armed_at is not None else 0.02)
     finals_before = pl.read_parquet(part / "*.parquet").filter(pl.col("is_final")).height
     assert finals_before < len(RHOS) * len(SEEDS), "the driver was killed too late to test a mid-sweep crash"
@@ -328,7 +328,7 @@ def test_driver_killed_mid_sweep_then_resumed_on_the_cluster(cluster, tmp_path):
     # Nothing written before the crash was lost (files of trials Tune re-created under new ids are moved aside).
     superseded_dir = storage / "parquet.superseded" / f"sweep_id={name}"
     superseded = {p.stem for p in superseded_dir.glob("*.parquet")} if superseded_dir.is_dir() else set()
-    after = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+    after = {tid: set(g["step"]) for (tid,), g in df.group_by("run_id")}
     for run, steps in before.items():
         if run.rsplit("-m", 1)[0] not in superseded:
             assert steps <= after[run], (run, steps, after.get(run))
@@ -382,7 +382,7 @@ def test_unrecorded_checkpoint_probe_compares_checkpoints_with_the_table(tmp_pat
     folder = tmp_path / "train_ouvae_ab123_00001_1_rho=0.7" / "ouvae_checkpoints"
     folder.mkdir(parents=True)
     (folder / "step_000000000016.pt").touch()
-    table = pl.DataFrame({"trial_id": ["ab123_00001-m000", "ab123_00001-m001"], "step": [16, 16],
+    table = pl.DataFrame({"run_id": ["ab123_00001-m000", "ab123_00001-m001"], "step": [16, 16],
                           "population_id": ["ab123_00001"] * 2})
     assert unrecorded_checkpoints(tmp_path, table) == []
     (folder / "step_000000000024.pt").touch()
@@ -391,16 +391,35 @@ def test_unrecorded_checkpoint_probe_compares_checkpoints_with_the_table(tmp_pat
 
 
 def test_table_checks_catch_duplicates_and_missing_grid_points():
-    rows = [{"trial_id": f"t{r}{s}", "step": 8 * i, "is_final": i == N_EVALS, "latent_dims": LATENT, "rho": r,
+    rows = [{"run_id": f"t{r}{s}", "step": 8 * i, "is_final": i == N_EVALS, "latent_dims": LATENT, "rho": r,
              "seed": s} for r in RHOS for s in SEEDS for i in range(1, N_EVALS + 1)]
     good = pl.DataFrame(rows)
     check_table_exactly_once(good)
     with pytest.raises(AssertionError, match="duplicated"):
         check_table_exactly_once(pl.concat([good, good.head(1)]))
     with pytest.raises(AssertionError):  # one grid point lost its trial
-        check_table_exactly_once(good.filter(pl.col("trial_id") != "t0.70"))
+        check_table_exactly_once(good.filter(pl.col("run_id") != "t0.70"))
     with pytest.raises(AssertionError):  # a trial lost a middle evaluation
-        check_table_exactly_once(good.filter(~((pl.col("trial_id") == "t1.00") & (pl.col("step") == 16))))
+        check_table_exactly_once(good.filter(~((pl.col("run_id") == "t1.00") & (pl.col("step") == 16))))
     with pytest.raises(AssertionError):  # a grid point finished twice, under two trial ids
-        again = good.filter(pl.col("trial_id") == "t1.00").with_columns(trial_id=pl.lit("t1.00-rerun"))
+        again = good.filter(pl.col("run_id") == "t1.00").with_columns(run_id=pl.lit("t1.00-rerun"))
         check_table_exactly_once(pl.concat([good, again]))
+
+
+def test_a_ladder_runs_its_rungs_on_the_cluster(cluster, tmp_path):
+    """--until-converged on the cluster: rungs of 5 and 10 epochs, every run continued (--continue all) from its
+    checkpoint on the shared storage by whichever worker takes it; the table has every evaluation once, one final
+    row per grid point at the maximum, and the rung-1 trials continued from where rung 0 ended."""
+    storage = tmp_path / "shared"
+    argv = [sys.executable, str(SCRIPT), *GRID, *BUDGET, "--address", cluster.address, "--storage", str(storage),
+            "--name", "ladder", "--no-report", "--until-converged", "--max-epochs", str(N_EVALS), "--continue", "all"]
+    argv[argv.index("--epochs") + 1] = str(N_EVALS // 2)
+    cluster.ensure_workers(2)
+    log = tmp_path / "ladder.log"
+    out = finish(start_sweep(cluster, argv, log), log, timeout_s=4 * SWEEP_TIMEOUT_S)  # two rungs, a loaded machine
+    assert "rung 1 (10 epochs) 3-3:" in out and "\n  3-3: " in out  # the rung's fit line, the summary's verdict
+    check_table_exactly_once(read_table(storage, "ladder"))
+    ea = tune_trials(storage, "ladder/rung-1")  # the rung-1 experiment: <storage>/ray/ladder/rung-1
+    assert len(ea) == len(RHOS) and all(t["status"] == "TERMINATED" for t in ea.values())
+    first = [t["results"][0] for t in ea.values()]
+    assert {r["restored_from_step"] for r in first} == {read_table(storage, "ladder")["step"].min() * N_EVALS // 2}

@@ -93,10 +93,10 @@ def read_while_written(s3_server, table: str) -> pl.DataFrame | None:
 
 
 def check_exactly_once(df: pl.DataFrame, evaluations: int) -> None:
-    assert df.select("trial_id", "step").is_unique().all(), "a (trial_id, step) row is duplicated"
+    assert df.select("run_id", "step").is_unique().all(), "a (run_id, step) row is duplicated"
     final = df.filter(pl.col("is_final"))
     assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.8, 1.0) for s in (0, 1)]
-    assert df.group_by("trial_id").len()["len"].to_list() == [evaluations] * 4
+    assert df.group_by("run_id").len()["len"].to_list() == [evaluations] * 4
 
 
 # ----- bad storage: one line, before Ray ----------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_driver_killed_mid_sweep_on_s3_then_resumed_loses_and_duplicates_nothing
             df = read_while_written(s3_server, table)
             if df is not None and df.height >= 6:  # trial 1 done (4 rows), trial 2 half way
                 first.send_signal(signal.SIGKILL)
-                before = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+                before = {tid: set(g["step"]) for (tid,), g in df.group_by("run_id")}
         time.sleep(0.2)
     first.communicate(timeout=30)
     assert read_table(s3_server, table).filter(pl.col("is_final")).height < 4, "killed too late"
@@ -186,7 +186,7 @@ def test_driver_killed_mid_sweep_on_s3_then_resumed_loses_and_duplicates_nothing
     assert "4 runs finished, 0 failed" in out
     df = read_table(s3_server, table)
     check_exactly_once(df, evaluations=4)
-    after = {tid: set(g["step"]) for (tid,), g in df.group_by("trial_id")}
+    after = {tid: set(g["step"]) for (tid,), g in df.group_by("run_id")}
     superseded = {Path(k).stem for k in keys(s3_server, bucket, "ouvae/parquet.superseded/")}
     for tid, steps in before.items():  # nothing written before the crash was lost
         assert tid in superseded or steps <= after[tid]

@@ -1,11 +1,16 @@
-"""The OU operator's defining properties, checked by Monte Carlo on Gaussian test functions."""
+"""The OU operator's defining properties, checked by Monte Carlo on the model's own `ou_smooth`.
+
+`T` below applies `ou_smooth` exactly as the model does (one member, a latent read in the coordinates of N(0, 1),
+as the top prior's are, so the copies are rho * eps + sqrt(1 - rho^2) * eta), so the properties hold for the one
+T_rho the product computes.
+"""
 
 import math
 
 import pytest
 import torch
 
-from ouvae.smoothing import GaussianSample, ou_noise, ou_operator, ou_smooth
+from ouvae.smoothing import GaussianSample, ou_smooth
 
 torch.set_num_threads(1)
 
@@ -20,61 +25,72 @@ def hermite(k: int, x: torch.Tensor) -> torch.Tensor:
     return h1
 
 
+def T(f, eps: torch.Tensor, rho: float, k: int, seed: int, center: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """T_rho f at the standard-normal points eps (N, d), by `ou_smooth` with K = k copies (a population of one
+    member): the latent z = center + scale * eps is read in the coordinates of N(center, scale^2), as the model
+    reads a posterior sample, and f sees those coordinates again."""
+    z = (center + scale * eps).unsqueeze(0)
+    eta = torch.randn((1, k, *eps.shape), generator=torch.Generator().manual_seed(seed), dtype=eps.dtype)
+    rho_t = torch.tensor([rho], dtype=eps.dtype)
+    return ou_smooth(lambda c: f((c[0] - center) / scale).unsqueeze(0), z, torch.full_like(z, center),
+                     torch.full_like(z, scale), rho_t, eta, identity=rho_t >= 1.0)[0]
+
+
 EPS = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64).unsqueeze(1)  # 9 points, 1 dimension
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 @pytest.mark.parametrize("rho", [0.3, 0.7, 0.95])
-def test_hermite_component_is_scaled_by_rho_to_the_k(k, rho):
-    torch.manual_seed(k)
-    smoothed = ou_operator(lambda e: hermite(k, e), EPS, rho, 200_000)
+@pytest.mark.parametrize("center, scale", [(0.0, 1.0), (0.5, 2.0)], ids=["prior", "posterior"])
+def test_hermite_component_is_scaled_by_rho_to_the_k(k, rho, center, scale):
+    smoothed = T(lambda e: hermite(k, e), EPS, rho, 200_000, seed=k, center=center, scale=scale)
     expected = rho**k * hermite(k, EPS)
     # Monte Carlo error of the mean of He_k over 2e5 draws is below ~0.02 * sqrt(k!) here
     assert torch.allclose(smoothed, expected, atol=0.03 * math.sqrt(math.factorial(k)))
 
 
 def test_gaussian_mean_is_kept():
-    torch.manual_seed(0)
     f = lambda e: torch.tanh(3 * e) + e**2  # noqa: E731 - not a polynomial: mean E f = 1 + 0
-    eps = torch.randn(20_000, 1, dtype=torch.float64)
-    smoothed = ou_operator(f, eps, 0.6, 64)
+    eps = torch.randn(20_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    smoothed = T(f, eps, 0.6, 64, seed=0)
     assert smoothed.mean().item() == pytest.approx(f(eps).mean().item(), abs=0.03)
     assert smoothed.mean().item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_variance_is_damped_at_least_by_rho_squared():
-    torch.manual_seed(1)
     f = lambda e: torch.tanh(3 * e)  # noqa: E731 - zero mean, many Hermite components
-    eps = torch.randn(20_000, 1, dtype=torch.float64)
+    eps = torch.randn(20_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for rho in (0.5, 0.8):
-        assert ou_operator(f, eps, rho, 256).var().item() <= rho**2 * f(eps).var().item()
+        assert T(f, eps, rho, 256, seed=1).var().item() <= rho**2 * f(eps).var().item()
 
 
 def test_semigroup_property():
-    torch.manual_seed(2)
     rho, sigma = 0.8, 0.6
     f = lambda e: hermite(3, e) + torch.sin(e)  # noqa: E731
-    nested = ou_operator(lambda e: ou_operator(f, e, sigma, 400), EPS, rho, 400)
-    direct = ou_operator(f, EPS, rho * sigma, 160_000)
+    nested = T(lambda e: T(f, e, sigma, 400, seed=3), EPS, rho, 400, seed=2)
+    direct = T(f, EPS, rho * sigma, 160_000, seed=4)
     assert torch.allclose(nested, direct, atol=0.1)
 
 
-def test_rho_one_and_k_one_are_the_identity_exactly():
-    torch.manual_seed(3)
-    f = lambda e: torch.sin(5 * e)  # noqa: E731
-    eps = torch.randn(50, 3)
-    assert torch.equal(ou_operator(f, eps, 1.0, 8), f(eps))
-    assert torch.equal(ou_operator(f, eps, 0.5, 1), f(eps))
+def test_rho_one_is_the_identity_exactly_even_with_copies_formed():
+    """A member at rho = 1 inside a population that smooths (copies formed, noise given): f(z) bit for bit, not
+    the average of K copies equal to z up to rounding."""
+    f = lambda e: torch.sin(5 * e) / 3  # noqa: E731
+    eps = torch.randn(50, 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(T(f, eps, 1.0, 7, seed=5), f(eps))
 
 
 def test_copies_have_the_marginal_of_the_sample():
-    torch.manual_seed(4)
-    eps = torch.randn(200_000, 1)
-    copies = ou_noise(eps, 0.7, 3)
-    assert copies.shape == (3, 200_000, 1)
+    """Each copy is again N(0, 1) and keeps correlation rho with the sample it smooths (f = identity shows them)."""
+    eps = torch.randn(200_000, 1, generator=torch.Generator().manual_seed(4))
+    copies = []
+    z = eps.unsqueeze(0)
+    eta = torch.randn((1, 3, *eps.shape), generator=torch.Generator().manual_seed(5))
+    ou_smooth(lambda c: copies.append(c) or c, z, torch.zeros_like(z), torch.ones_like(z), torch.tensor([0.7]), eta)
+    copies = copies[0].view(3, 200_000)
     assert copies.mean().item() == pytest.approx(0.0, abs=0.01)
     assert copies.std().item() == pytest.approx(1.0, abs=0.01)
-    corr = torch.corrcoef(torch.stack([copies[0, :, 0], eps[:, 0]]))[0, 1].item()
+    corr = torch.corrcoef(torch.stack([copies[0], eps[:, 0]]))[0, 1].item()
     assert corr == pytest.approx(0.7, abs=0.01)  # each copy keeps correlation rho with the original
 
 

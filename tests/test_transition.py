@@ -9,7 +9,7 @@ import pytest
 from scipy import optimize, stats
 
 from analysis.intervals import Undetermined, percentile_interval, small_sample_factor, widen
-from analysis.synthetic import noisy_active_units, noisy_runs, seed_offset
+from testing.synthetic import noisy_active_units, noisy_runs, seed_offset
 from analysis.transition import (STATUS_NO_TRANSITION, STATUS_OK, STATUS_TOO_FEW, Caveat, NoTransition, TransitionFit,
                                  _boot_fits, _mle, fit_transition)
 
@@ -34,6 +34,7 @@ def test_recovers_a_known_rho_c_from_noisy_seeds():
     assert "rho_c = 0.93" in f.message and "seed bootstrap" in f.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("w, seed_sd, n_seeds", [(0.01, 0.003, 4), (0.003, 0.002, 5)], ids=["smooth", "sharp"])
 def test_interval_coverage_is_not_below_the_nominal_95_percent(w, seed_sd, n_seeds):
     """A real coverage estimate: 3 independent batches of 80 data sets (each with its own truth, seed offsets and

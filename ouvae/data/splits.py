@@ -3,8 +3,7 @@ rules that the registered data sets and the user's own data share, so both follo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +34,6 @@ class DatasetSplits:
     run is evaluated on the same binary images; "static" -- all splits are 0/1; "none" -- 8-bit
     intensities / 255 (CIFAR-10), modelled with the discretized logistic, or real values (the generated
     ``gaussian`` set, likelihood "gaussian").
-    params: the generator settings of a generated data set (recorded on every result row); empty otherwise.
     """
 
     name: str
@@ -45,7 +43,6 @@ class DatasetSplits:
     binarization: str
     likelihood: str
     split_note: str
-    params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.binarization not in BINARIZATIONS:

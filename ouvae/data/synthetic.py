@@ -49,4 +49,4 @@ def read_gaussian(spec: DatasetSpec, req: LoadRequest) -> DatasetSplits:
     note = (f"{n}/{n}/{n} (generated: N(0, diag({p['gaussian_eigenvalue']:g} x {p['gaussian_ratio']:g}^i)), "
             f"i < {dim}, each split centred and whitened to exactly these moments, seed {seed})")
     return DatasetSplits(spec.name, splits["train"], splits["validation"], splits["test"], spec.binarization,
-                         spec.likelihood, note, params={k: p[k] for k in spec.config_fields})
+                         spec.likelihood, note)

@@ -5,7 +5,7 @@ Why: the analysis must be checked against a truth we control (does the fitted rh
 benchmarked at sizes no laptop could train; the adaptive searcher must be shown to find rho_c through real Ray
 Tune machinery in seconds. Real sweeps give neither. Everything that needs synthetic runs draws them here:
 ``noisy_active_units`` (one run), ``noisy_runs`` (a grid of runs, for checking the fit), ``make_synthetic_results``
-(a whole results folder) and ``sweeps/synthetic.py``'s Ray trainable.
+(a whole results folder) and ``testing/synthetic_trainable.py``'s Ray trainable.
 
 The model ("noisy logistic across seeds"): seed s has its own critical point ``rho_c + delta_s`` with
 ``delta_s ~ N(0, seed_sd)`` (``seed_offset``: fixed per seed and shared across rho, so seeds differ
@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMA_VERSION, conform
+from ouvae.atomic import write_atomically
 
 DEFAULT_RHOS: tuple[float, ...] = tuple(float(r) for r in np.round(np.linspace(0.80, 1.00, 11), 4))
 # Wider latents collapse at lower rho (the paper's Figure 5): the default truth has that ordering.
@@ -105,9 +106,7 @@ def _per_size(spec: RhoCSpec, size: int, name: str) -> float:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _file_name(text: str) -> str:
@@ -174,7 +173,7 @@ def make_synthetic_results(
                     rng = np.random.default_rng([ds_salt, int(d), int(round(rho * 1e6)), s])
                     cols = {k: [v] * n_evals for k, v in base.items()}
                     cols.update(_run_columns(rng, active, int(d), rho, frac, steps_per_eval))
-                    cols.update({"trial_id": [trial_id] * n_evals, "config_hash": [cfg_hash] * n_evals,
+                    cols.update({"run_id": [trial_id] * n_evals, "config_hash": [cfg_hash] * n_evals,
                                  "rho": [rho] * n_evals, "rho_eval": [rho] * n_evals, "seed": [s] * n_evals})
                     table = conform(pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v))
                                               for k, v in cols.items()}))
