@@ -176,7 +176,7 @@ def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(
     root = tmp_path / "parquet"
     sink = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600, coalesce_rows=1)
     steps = lambda tid: sorted(r["step"] for r in table.read_trial_rows(str(root), "s1", tid))  # noqa: E731
-    a, b = types.SimpleNamespace(trial_id="a"), types.SimpleNamespace(trial_id="b")
+    a, b = types.SimpleNamespace(trial_id="a", config={}), types.SimpleNamespace(trial_id="b", config={})
     sink.on_trial_result(0, [], a, _result(2))
     sink.on_trial_result(0, [], a, _result(4))
     assert steps("a") == [2]  # the first report is written at once, the next waits
@@ -190,7 +190,7 @@ def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(
     sink.on_trial_result(0, [], b, _result(6))
     assert steps("b") == [2, 4, 6]
     small = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600)  # default coalesce_rows
-    c = types.SimpleNamespace(trial_id="c")
+    c = types.SimpleNamespace(trial_id="c", config={})
     for step in (2, 4):
         small.on_trial_result(0, [], c, _result(step))
     assert steps("c") == [2, 4]
