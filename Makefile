@@ -33,7 +33,7 @@ test: $(STAMP)
 
 # The edit-test loop: no Ray, no multi-node cluster, nothing marked slow.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not ray and not multinode"
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not multinode and not cuda"
 
 # docs/results-schema.md is generated from analysis/schema.py (a test fails when it is out of date).
 docs: $(STAMP)
