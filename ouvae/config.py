@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 BETA_SCHEDULES = ("constant", "linear", "cosine", "sigmoid", "cyclical")
 OBJECTIVES = ("elbo", "iwae")
 SMOOTH_CHOICES = ("both", "encoder", "decoder")
-# The Gaussian whose coordinates the generative maps' copies are read in (docs/method.md, "Two readings of T_rho").
+# The Gaussian whose coordinates the generative maps' copies are read in (docs/readings.md).
 SMOOTH_SPACES = ("posterior", "prior")
 ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "softplus")

@@ -9,7 +9,7 @@ are formed (each has the same marginal as z when z ~ N(center, scale^2), so no r
 evaluated on all K copies in ONE batched pass (the copies are folded into the rows, so there is no Python loop over
 K) and its outputs are averaged: a Monte Carlo estimate of T_rho applied to the network.
 
-Which Gaussian the copies are read in is the model's choice (``Config.smooth_space``, docs/method.md): the
+Which Gaussian the copies are read in is the model's choice (``Config.smooth_space``, docs/readings.md): the
 posterior q that produced the sample (the inference maps always; the generative maps in the ``posterior``
 reading), or the generative conditional p(z | parent) (the generative maps in the ``prior`` reading, a valid
 latent-variable model in which eta is more latent noise drawn from its prior).

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explicit latent configurations bottom to top, e.g. 40-20-10 2x64")
     g.add_argument("--smooth-spaces", nargs="+", choices=SMOOTH_SPACES, metavar="SPACE",
                    help="readings of T_rho on the generative maps, one configuration each: posterior (the preset's "
-                        "default) and/or prior (docs/method.md); --set smooth_space=X sweeps one")
+                        "default) and/or prior (docs/readings.md); --set smooth_space=X sweeps one")
     g.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (default 0..n-seeds-1)")
     g.add_argument("--n-seeds", type=int, default=d.n_seeds, help=f"number of seeds (default {d.n_seeds})")
     a = p.add_argument_group("adaptive mode")
