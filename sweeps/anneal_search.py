@@ -199,12 +199,37 @@ def study_counts(storage, study_name: str) -> dict[str, int]:
     return out
 
 
+def objective(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(metric, mode) as Ray's OptunaSearch takes them: one objective, or two with --multi-objective."""
+    if args.multi_objective:
+        return [METRIC, SECOND_METRIC], ["max", "max"]
+    return METRIC, "max"
+
+
+def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: argparse.Namespace) -> None:
+    """Before a resumed search continues: runs the killed driver wrote in full to the table but never told the
+    study are told now (sweeps/optuna_search.settle_from_table says why)."""
+    import optuna
+
+    from sweeps.optuna_search import settle_from_table
+    from sweeps.table import read_trial_rows
+
+    def final_row(trial_id: str) -> dict | None:
+        rows = [r for r in read_trial_rows(paths.results_root, name, trial_id) if r.get("is_final")]
+        return rows[-1] if rows else None
+
+    study = optuna.load_study(study_name=plan.study_name, storage=storage)
+    told = settle_from_table(study, final_row, objective(args)[0])
+    if told and not args.quiet:
+        print(f"[optuna] {len(told)} trial(s) finished in the results table before the driver stopped: "
+              f"recorded in the study ({', '.join(map(str, told))})")
+
+
 def make_searcher(args: argparse.Namespace, plan: SearchPlan, storage):
     from sweeps.optuna_compat import conditional_tpe
     from sweeps.optuna_search import FullBudgetOptunaSearch
 
-    metric: Any = [METRIC, SECOND_METRIC] if args.multi_objective else METRIC
-    mode: Any = ["max", "max"] if args.multi_objective else "max"
+    metric, mode = objective(args)
     return FullBudgetOptunaSearch(space=DefineByRun(plan.space), metric=metric, mode=mode,
                                   study_name=plan.study_name, storage=storage,
                                   sampler=conditional_tpe(args.sampler_seed))
@@ -234,6 +259,8 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         resume.prepare_new(paths, name)
         args.study_name, args.study_storage = plan.study_name, plan.study_storage
     storage = open_study_storage(plan.study_storage)
+    if args.resume:
+        settle_study(storage, plan, paths, name, args)
     print(describe_search(args, name, plan, study_counts(storage, plan.study_name)))
 
     resources = connect.start(args, SCRIPT, name, paths, t_start)

@@ -33,3 +33,11 @@ def conditional_tpe(seed: int) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def trial_of(study: Any, frozen: Any) -> Any:
+    """The writable optuna.Trial of a stored RUNNING trial. Optuna hands a Trial out only from ``ask``; a trial
+    asked by a driver that has since died is reached through FrozenTrial's private ``_trial_id``."""
+    import optuna
+
+    return optuna.trial.Trial(study, frozen._trial_id)

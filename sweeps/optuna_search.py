@@ -16,7 +16,7 @@ optuna-dashboard. Defined at module level so Ray can pickle it into its experime
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -45,6 +45,16 @@ class FullBudgetOptunaSearch(OptunaSearch):
     """See the module docstring. Ray's OptunaSearch keeps its study and trials in private attributes: they are
     reached through sweeps/ray_compat.py."""
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """Optuna's sample, with the Tune trial id stored on the Optuna trial from the start: a driver killed
+        between a trial's final row and the study's tell leaves a RUNNING trial that ``settle_from_table`` can
+        then match to its row."""
+        config = super().suggest(trial_id)
+        ot_trial = ray_compat.optuna_trials(self).get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return config
+
     def _open_trial(self, trial_id: str) -> Any | None:
         """The optuna.Trial of a Tune trial that Optuna has not been told the end of, else None."""
         if trial_id in ray_compat.completed_trial_ids(self):
@@ -59,13 +69,9 @@ class FullBudgetOptunaSearch(OptunaSearch):
         state, value = outcome(result, error, self.metric)
         try:
             ot_trial.set_user_attr("ray_trial_id", trial_id)
-            for key in USER_ATTRS:
-                if result and result.get(key) is not None:
-                    ot_trial.set_user_attr(key, result[key])
+            record_end(ray_compat.optuna_study(self), ot_trial, result, state, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # told to Optuna before a driver crash, after Tune's last snapshot: already recorded
-        ray_compat.optuna_study(self).tell(ot_trial, value if state == TS.COMPLETE else None, state=state,
-                                          skip_if_finished=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
@@ -95,3 +101,32 @@ class FullBudgetOptunaSearch(OptunaSearch):
         for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
             if t.number not in known:
                 study.tell(t.number, state=TS.FAIL, skip_if_finished=True)
+
+
+
+def record_end(study: optuna.Study, ot_trial: optuna.Trial, result: dict | None, state: TS, value: Any) -> None:
+    """Store the result's user attributes on the trial, then tell the study its end."""
+    for key in USER_ATTRS:
+        if result and result.get(key) is not None:
+            ot_trial.set_user_attr(key, result[key])
+    study.tell(ot_trial, value if state == TS.COMPLETE else None, state=state, skip_if_finished=True)
+
+
+def settle_from_table(study: optuna.Study, final_row: Callable[[str], dict | None], metric: Any) -> list[int]:
+    """Tell the study the end of each RUNNING trial whose final row is in the results table.
+
+    Why: the sink writes a trial's final row before Tune tells the searcher the trial ended, so a driver killed
+    in between leaves a full-budget run in the table that the study still calls RUNNING -- and that
+    ``restore`` would close as FAIL. The table is the durable record of what ran; this makes the study agree
+    with it before the search continues. `final_row(ray_trial_id)` is the run's final row, or None. Returns
+    the numbers of the trials told."""
+    told = []
+    for frozen in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
+        ray_id = frozen.user_attrs.get("ray_trial_id")
+        row = final_row(ray_id) if ray_id else None
+        if row is None:
+            continue
+        state, value = outcome(row, False, metric)
+        record_end(study, optuna_compat.trial_of(study, frozen), row, state, value)
+        told.append(frozen.number)
+    return told

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from sweeps import anneal_search
-from sweeps.optuna_search import outcome
+from sweeps.optuna_search import outcome, settle_from_table
 from sweeps.ray_compat import DRIVER_ENV
 
 TS = optuna.trial.TrialState
@@ -35,6 +35,22 @@ def test_only_full_budget_trials_reach_optuna_as_complete():
     both = outcome({"iw_bound": -25.0, "top_active_units": 3, "is_final": True}, False,
                    ["iw_bound", "top_active_units"])
     assert both == (TS.COMPLETE, [-25.0, 3.0])
+
+
+def test_a_running_trial_whose_final_row_is_in_the_table_is_settled_from_it():
+    """The driver died after the sink wrote a trial's final row and before the study was told: the resumed search
+    records that run as the complete trial it is; a RUNNING trial without a final row stays for restore()."""
+    study = optuna.create_study(direction="maximize")
+    for tid in ("a", "b", "c"):
+        study.ask().set_user_attr("ray_trial_id", tid)
+    study.ask()  # asked by an older driver that stored no ray_trial_id: left alone
+    rows = {"a": {"iw_bound": -30.5, "is_final": True, "epoch": 4, "top_active_units": 2},
+            "c": {"iw_bound": math.nan, "is_final": True, "epoch": 4}}
+    assert settle_from_table(study, rows.get, "iw_bound") == [0, 2]
+    states = [(t.state, t.value) for t in study.trials]
+    assert states == [(TS.COMPLETE, -30.5), (TS.RUNNING, None), (TS.FAIL, None), (TS.RUNNING, None)]
+    assert study.trials[0].user_attrs == {"ray_trial_id": "a", "epoch": 4, "is_final": True, "top_active_units": 2}
+    assert settle_from_table(study, rows.get, "iw_bound") == []  # settled once
 
 
 @pytest.mark.parametrize("argv,needle", [

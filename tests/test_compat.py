@@ -149,3 +149,15 @@ def test_a_finished_trial_refuses_updates_and_tell_can_skip_it():
         trial.report(1.0, step=1)
     study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_stored_running_trial_is_reachable_as_a_writable_trial():
+    """sweeps/optuna_search.settle_from_table finishes a trial asked by a driver that has died."""
+    study = optuna.create_study(direction="maximize")
+    study.ask().set_user_attr("ray_trial_id", "t1")
+    (frozen,) = study.get_trials(deepcopy=False)
+    trial = optuna_compat.trial_of(study, frozen)
+    trial.set_user_attr("epoch", 3)
+    study.tell(trial, 2.5)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and study.trials[0].value == 2.5
+    assert study.trials[0].user_attrs == {"ray_trial_id": "t1", "epoch": 3}
