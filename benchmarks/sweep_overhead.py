@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--out", help="also write the numbers as JSON here")
     args = p.parse_args(argv)
-    from sweeps.ray_compat import DRIVER_ENV
+    from sweeps.compat import DRIVER_ENV
 
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)

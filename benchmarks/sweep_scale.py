@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: one size, JSON on stdout
     args = ap.parse_args(argv)
     if args.one is not None:
-        from sweeps.ray_compat import DRIVER_ENV
+        from sweeps.compat import DRIVER_ENV
 
         for key, value in DRIVER_ENV.items():
             os.environ.setdefault(key, value)

@@ -8,7 +8,7 @@ results written where no other node can read them. Everything here runs without 
    written, so unknown keys, missing fields and non-integer resources are caught before Ray's defaults
    are merged in and could hide them.
 2. Ray's own config preparation and checks (``prepare_config`` + ``validate_config``, private to Ray: reached
-   through sweeps/ray_compat.py), the same code ``ray up`` runs before it contacts the cloud.
+   through sweeps/compat.py), the same code ``ray up`` runs before it contacts the cloud.
    The AWS-specific step after that (``bootstrap_aws``) needs boto3 and live AWS calls, so it is not run.
 3. The project's rules: the head runs no trials, every worker type states integer resources, the
    container image is pinned, torch is pinned, results go to shared storage, an idle timeout is set, head
@@ -156,7 +156,7 @@ def check_with_ray(config: dict[str, Any]) -> list[Finding]:
     against the schema plus cross-field rules (head_node_type among available_node_types, the sum of
     min_workers within max_workers). Ray logs progress at INFO; that is silenced here.
     """
-    from sweeps.ray_compat import autoscaler_config_checks
+    from sweeps.compat import autoscaler_config_checks
 
     try:
         prepare_config, validate_config = autoscaler_config_checks()

@@ -226,7 +226,7 @@ def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: 
 
 
 def make_searcher(args: argparse.Namespace, plan: SearchPlan, storage):
-    from sweeps.optuna_compat import conditional_tpe
+    from sweeps.compat import conditional_tpe
     from sweeps.optuna_search import FullBudgetOptunaSearch
 
     metric, mode = objective(args)

@@ -67,7 +67,7 @@ class TrialCheckpoints:
     @classmethod
     def of_current_trial(cls) -> "TrialCheckpoints":
         """The running Tune trial's store, on Tune's storage filesystem (local, NFS, s3:// ...)."""
-        from sweeps.ray_compat import trial_storage
+        from sweeps.compat import trial_storage
 
         fs, trial_folder = trial_storage()
         return cls(fs, f"{trial_folder}/{FOLDER}")

@@ -57,8 +57,8 @@ def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, arg
          extra_errors: tuple[type[Exception], ...] = ()) -> int:
     """A sweep script's main(): parse, run; bad input becomes one line on stderr and exit code 2 (nothing has
     started yet), Ctrl-C exit code 130 with how to resume. Sets the driver's Tune environment
-    (sweeps/ray_compat.py) for this process; importing the sweeps package changes nothing."""
-    from sweeps.ray_compat import DRIVER_ENV
+    (sweeps/compat.py) for this process; importing the sweeps package changes nothing."""
+    from sweeps.compat import DRIVER_ENV
 
     cmd = CommandLine.parse(parser, sys.argv[1:] if argv is None else argv)
     for key, value in DRIVER_ENV.items():

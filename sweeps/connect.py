@@ -16,7 +16,7 @@ from typing import Any, Callable
 from sweeps.cli import SweepError
 from sweeps.layout import SweepPaths
 from sweeps.preflight import is_ray_client
-from sweeps.ray_compat import DRIVER_ENV, init_client
+from sweeps.compat import DRIVER_ENV, init_client
 from sweeps.resume import resume_command
 
 

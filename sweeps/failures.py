@@ -11,7 +11,7 @@ again -- the trainer is deterministic from its checkpoint -- so such a trial fai
   re-raises, so the trial still ends in Tune's ERROR state with its traceback in error.txt (and ``--resume
   --retry-failed`` re-runs it after the cause is fixed);
 * ``FailurePolicy``, a driver-side Tune callback, sees that result before Tune handles the failure (a function
-  trainable's report waits for the driver) and tells Tune not to retry that trial (sweeps/ray_compat.py: Tune's
+  trainable's report waits for the driver) and tells Tune not to retry that trial (sweeps/compat.py: Tune's
   FailureConfig has no per-error policy). When every trial of the first round failed with the same set-up error
   and no trial has produced an evaluation, the remaining trials would fail alike: the policy stops the sweep as
   Ctrl-C does (resumable) and ``stop_reason`` says why.
@@ -28,7 +28,7 @@ from ray.tune import Callback
 from ouvae.config import ConfigError
 from ouvae.data import DataError
 from ouvae.trainer import TrainingStalled
-from sweeps import ray_compat
+from sweeps import compat
 from sweeps.checkpoints import CheckpointError
 from sweeps.storage import StorageUnreachable
 
@@ -78,7 +78,7 @@ class FailurePolicy(Callback):
         if not_retried_reason(result) is None:
             self.evaluated = self.evaluated or "step" in result
             return
-        ray_compat.skip_retries(trial)
+        compat.skip_retries(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.ended.append(None)
@@ -86,13 +86,13 @@ class FailurePolicy(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
         if not_retried_reason(result) is not None:
-            ray_compat.allow_retries(trial, self.max_failures)
+            compat.allow_retries(trial, self.max_failures)
         setup = result.get(SETUP_FAILURE_KEY) and not_retried_reason(result)
         self.ended.append(setup.split(":", 1)[0] if setup else None)
         if self.stop_reason is None and self._first_round_failed_alike():
             self.stop_reason = f"each of the first {self.first_round} trials failed with {not_retried_reason(result)}"
             print(f"stopping the sweep: {self.stop_reason}; the other trials would fail alike", flush=True)
-            ray_compat.interrupt_experiment()
+            compat.interrupt_experiment()
 
     def _first_round_failed_alike(self) -> bool:
         first = self.ended[:self.first_round]

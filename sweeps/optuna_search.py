@@ -21,7 +21,7 @@ from typing import Any, Callable
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps import optuna_compat, ray_compat
+from sweeps import compat
 
 TS = optuna.trial.TrialState
 USER_ATTRS = ("epoch", "step", "is_final", "top_active_units", "top_kl", "elbo", "iw_k")
@@ -43,33 +43,33 @@ def outcome(result: dict | None, error: bool, metric: Any) -> tuple[TS, Any]:
 
 class FullBudgetOptunaSearch(OptunaSearch):
     """See the module docstring. Ray's OptunaSearch keeps its study and trials in private attributes: they are
-    reached through sweeps/ray_compat.py."""
+    reached through sweeps/compat.py."""
 
     def suggest(self, trial_id: str) -> dict | None:
         """Optuna's sample, with the Tune trial id stored on the Optuna trial from the start: a driver killed
         between a trial's final row and the study's tell leaves a RUNNING trial that ``settle_from_table`` can
         then match to its row."""
         config = super().suggest(trial_id)
-        ot_trial = ray_compat.optuna_trials(self).get(trial_id)
+        ot_trial = compat.optuna_trials(self).get(trial_id)
         if ot_trial is not None:
             ot_trial.set_user_attr("ray_trial_id", trial_id)
         return config
 
     def _open_trial(self, trial_id: str) -> Any | None:
         """The optuna.Trial of a Tune trial that Optuna has not been told the end of, else None."""
-        if trial_id in ray_compat.completed_trial_ids(self):
+        if trial_id in compat.completed_trial_ids(self):
             return None
-        return ray_compat.optuna_trials(self).get(trial_id)
+        return compat.optuna_trials(self).get(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._open_trial(trial_id)
         if ot_trial is None:
             return
-        ray_compat.completed_trial_ids(self).add(trial_id)
+        compat.completed_trial_ids(self).add(trial_id)
         state, value = outcome(result, error, self.metric)
         try:
             ot_trial.set_user_attr("ray_trial_id", trial_id)
-            record_end(ray_compat.optuna_study(self), ot_trial, result, state, value)
+            record_end(compat.optuna_study(self), ot_trial, result, state, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # told to Optuna before a driver crash, after Tune's last snapshot: already recorded
 
@@ -84,17 +84,17 @@ class FullBudgetOptunaSearch(OptunaSearch):
         if ot_trial is None:
             return
         try:
-            optuna_compat.report_once(ot_trial, float(result[self.metric]), int(result["step"]))
+            compat.report_once(ot_trial, float(result[self.metric]), int(result["step"]))
         except optuna.exceptions.UpdateFinishedTrialError:
             # Told to Optuna before a driver crash, after Tune's last snapshot: Tune runs it again.
-            ray_compat.completed_trial_ids(self).add(trial_id)
+            compat.completed_trial_ids(self).add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        study, trials = ray_compat.optuna_study(self), ray_compat.optuna_trials(self)
+        study, trials = compat.optuna_study(self), compat.optuna_trials(self)
         # Trials the study already finished (told after Tune's last snapshot) must not be reported to again.
         finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        ray_compat.completed_trial_ids(self).update(tid for tid, t in trials.items() if t.number in finished)
+        compat.completed_trial_ids(self).update(tid for tid, t in trials.items() if t.number in finished)
         # Trials asked after Tune's last snapshot are asked again under new numbers on resume: close the stale
         # ones as FAIL so the study shows no phantom RUNNING trials.
         known = {t.number for t in trials.values()}
@@ -127,6 +127,6 @@ def settle_from_table(study: optuna.Study, final_row: Callable[[str], dict | Non
         if row is None:
             continue
         state, value = outcome(row, False, metric)
-        record_end(study, optuna_compat.trial_of(study, frozen), row, state, value)
+        record_end(study, compat.trial_of(study, frozen), row, state, value)
         told.append(frozen.number)
     return told

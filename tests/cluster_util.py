@@ -224,7 +224,7 @@ class LoopbackCluster:
     def _client_server_args(self) -> list[str]:
         """With ray[client] installed, `ray start --head` binds Ray Client's server on 10001 unless told
         otherwise; a free port avoids clashing with another head on the machine."""
-        from sweeps.ray_compat import ray_client_missing
+        from sweeps.compat import ray_client_missing
 
         if ray_client_missing():
             return []

@@ -11,7 +11,7 @@ import pytest
 
 from sweeps import anneal_search
 from sweeps.optuna_search import outcome, settle_from_table
-from sweeps.ray_compat import DRIVER_ENV
+from sweeps.compat import DRIVER_ENV
 
 TS = optuna.trial.TrialState
 TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5",

@@ -8,7 +8,6 @@ import json
 import math
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from scipy import optimize

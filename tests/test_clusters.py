@@ -22,7 +22,7 @@ import ray
 import ray.autoscaler
 import yaml
 
-from sweeps.ray_compat import autoscaler_config_checks
+from sweeps.compat import autoscaler_config_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ROOT / "clusters"

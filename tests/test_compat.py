@@ -1,8 +1,8 @@
-"""What sweeps/ray_compat.py and sweeps/optuna_compat.py rely on, checked against the installed Ray and Optuna.
+"""What sweeps/compat.py relies on, checked against the installed Ray and Optuna.
 
 Each test names one item of those modules. When a Ray or Optuna upgrade breaks an item, its test fails here (never
-skips), and the fix belongs in the adapter module only. The versions the adapters were checked against are in
-their CHECKED_VERSION.
+skips), and the fix belongs in the adapter module only. The versions it was checked against are its RAY_CHECKED
+and OPTUNA_CHECKED.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import warnings
 import optuna
 import pytest
 
-from sweeps import optuna_compat, ray_compat
+from sweeps import compat
 
 
 # ----- Ray --------------------------------------------------------------------------------------------------------
@@ -22,13 +22,13 @@ def test_driver_environment_variables_are_ray_settings_with_the_meaning_relied_o
     from ray.tune.constants import TUNE_ENV_VARS
     from ray.tune.experimental.output import get_air_verbosity
 
-    assert set(ray_compat.DRIVER_ENV) <= AIR_ENV_VARS | TUNE_ENV_VARS
-    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", ray_compat.DRIVER_ENV["RAY_AIR_NEW_OUTPUT"])
+    assert set(compat.DRIVER_ENV) <= AIR_ENV_VARS | TUNE_ENV_VARS
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", compat.DRIVER_ENV["RAY_AIR_NEW_OUTPUT"])
     assert get_air_verbosity(0) is None  # the legacy engine: verbose=0 prints no tables
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.utils.callback import _create_default_callbacks
 
-    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", ray_compat.DRIVER_ENV["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"])
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", compat.DRIVER_ENV["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"])
     kinds = {type(c) for c in _create_default_callbacks([JsonLoggerCallback()], metric=None)}
     assert JsonLoggerCallback in kinds and not kinds & {CSVLoggerCallback, TBXLoggerCallback}
 
@@ -39,9 +39,9 @@ def test_skip_retries_makes_the_next_failure_final_and_allow_retries_undoes_it()
     trial = Trial("any_trainable", stub=True, max_failures=2)
     trial.run_metadata.num_failures = 1  # what TuneController records before it asks should_recover()
     assert trial.should_recover()
-    ray_compat.skip_retries(trial)
+    compat.skip_retries(trial)
     assert not trial.should_recover()
-    ray_compat.allow_retries(trial, 2)
+    compat.allow_retries(trial, 2)
     assert trial.should_recover() and '"max_failures": 2' in trial.get_json_state()[0]
 
 
@@ -49,11 +49,11 @@ def test_trial_storage_is_the_trial_folder_and_checks_that_the_node_sees_the_sto
     from ray import tune
 
     def trainable(config):
-        fs, folder = ray_compat.trial_storage()
+        fs, folder = compat.trial_storage()
         experiment = folder.rsplit("/", 1)[0]
         fs.delete_file(f"{experiment}/.validate_storage_marker")  # what a node that does not see the storage finds
         try:
-            ray_compat.trial_storage()
+            compat.trial_storage()
             refused = ""
         except RuntimeError as e:
             refused = str(e)
@@ -73,7 +73,7 @@ def test_interrupt_experiment_ends_fit_like_ctrl_c_and_leaves_it_restorable(ray_
 
     with monkeypatch.context() as m:
         m.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)  # as when fit() runs outside the main thread
-        assert ray_compat.interrupt_experiment() is False
+        assert compat.interrupt_experiment() is False
 
     def slow(config):
         for i in range(200):
@@ -85,7 +85,7 @@ def test_interrupt_experiment_ends_fit_like_ctrl_c_and_leaves_it_restorable(ray_
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if self.interrupted is None:
-                type(self).interrupted = ray_compat.interrupt_experiment()
+                type(self).interrupted = compat.interrupt_experiment()
 
     grid = tune.Tuner(slow, run_config=tune.RunConfig(name="stop", storage_path=str(tmp_path), verbose=0,
                                                       callbacks=[InterruptAtFirstResult()])).fit()
@@ -99,14 +99,14 @@ def test_optuna_search_keeps_its_study_trials_and_completed_ids_where_relied_on(
 
     searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max")
     searcher.suggest("t1")
-    assert isinstance(ray_compat.optuna_study(searcher), optuna.Study)
-    assert isinstance(ray_compat.optuna_trials(searcher)["t1"], optuna.Trial)
+    assert isinstance(compat.optuna_study(searcher), optuna.Study)
+    assert isinstance(compat.optuna_trials(searcher)["t1"], optuna.Trial)
     searcher.on_trial_complete("t1", {"m": 1.0})
-    assert "t1" in ray_compat.completed_trial_ids(searcher)
+    assert "t1" in compat.completed_trial_ids(searcher)
 
 
 def test_autoscaler_config_checks_are_importable():
-    prepare_config, validate_config = ray_compat.autoscaler_config_checks()
+    prepare_config, validate_config = compat.autoscaler_config_checks()
     assert callable(prepare_config) and callable(validate_config)
 
 
@@ -115,7 +115,7 @@ def test_ray_client_is_installed_and_reports_a_failed_server_start_as_init_clien
 
     import ray.util.client.worker
 
-    assert ray_compat.ray_client_missing() is None  # ray[client] is a dependency (pyproject.toml)
+    assert compat.ray_client_missing() is None  # ray[client] is a dependency (pyproject.toml)
     source = inspect.getsource(ray.util.client.worker)
     assert "ConnectionAbortedError" in source and "Initialization failure from server" in source
 
@@ -124,17 +124,17 @@ def test_ray_client_is_installed_and_reports_a_failed_server_start_as_init_clien
 def test_a_step_reported_twice_warns_with_the_text_report_once_silences():
     trial = optuna.create_study(direction="maximize").ask()
     trial.report(1.0, step=3)
-    with pytest.warns(UserWarning, match=optuna_compat.DUPLICATE_REPORT):
+    with pytest.warns(UserWarning, match=compat.DUPLICATE_REPORT):
         trial.report(2.0, step=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        optuna_compat.report_once(trial, 2.0, step=3)
+        compat.report_once(trial, 2.0, step=3)
 
 
 def test_conditional_tpe_is_built_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sampler = optuna_compat.conditional_tpe(seed=0)
+        sampler = compat.conditional_tpe(seed=0)
     assert isinstance(sampler, optuna.samplers.TPESampler)
 
 
@@ -156,7 +156,7 @@ def test_a_stored_running_trial_is_reachable_as_a_writable_trial():
     study = optuna.create_study(direction="maximize")
     study.ask().set_user_attr("ray_trial_id", "t1")
     (frozen,) = study.get_trials(deepcopy=False)
-    trial = optuna_compat.trial_of(study, frozen)
+    trial = compat.trial_of(study, frozen)
     trial.set_user_attr("epoch", 3)
     study.tell(trial, 2.5)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and study.trials[0].value == 2.5

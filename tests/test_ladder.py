@@ -39,7 +39,7 @@ TIMING = ("time_per_epoch_s", "wall_time_s", "peak_memory_bytes", "hostname")
 
 @pytest.fixture
 def quiet_env(monkeypatch):
-    from sweeps.ray_compat import DRIVER_ENV
+    from sweeps.compat import DRIVER_ENV
 
     for key, value in DRIVER_ENV.items():
         monkeypatch.setenv(key, value)

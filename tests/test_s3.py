@@ -26,7 +26,7 @@ import pytest
 
 from cluster_util import LoopbackCluster, kill_all, session_pids
 from sweeps import critical_rho
-from sweeps.ray_compat import DRIVER_ENV
+from sweeps.compat import DRIVER_ENV
 from test_sweeps import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

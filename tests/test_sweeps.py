@@ -24,7 +24,7 @@ from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
 from sweeps import critical_rho, failures, results, table
 from sweeps.layout import SPEC_FILE
-from sweeps.ray_compat import DRIVER_ENV
+from sweeps.compat import DRIVER_ENV
 from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
     suggest_schedule
 

@@ -1,19 +1,24 @@
-"""Everything the sweeps take from Ray beyond its public API, in one place. Checked against Ray 2.60.0.
+"""Everything the sweeps take from Ray and Optuna beyond their public APIs, in one place. Checked against Ray
+2.60.0 and Optuna 5.0.0 (``RAY_CHECKED``, ``OPTUNA_CHECKED``).
 
-Why one module: each item below depends on how Ray behaves inside, not on a documented contract, so a Ray
-upgrade can break it silently. tests/test_compat.py checks every item against the installed Ray and fails
-naming the item when one no longer holds; the fix then belongs here only. Each function says what it relies on.
+Why one module: each item below depends on how a library behaves inside, not on a documented contract, so an
+upgrade can break it silently. tests/test_compat.py checks every item against the installed Ray and Optuna and
+fails naming the item when one no longer holds; the fix then belongs here only. Each function says what it relies
+on.
 
-Imports of Ray happen inside the functions: importing this module (e.g. from clusters/validate.py) is free.
+Imports of Ray and Optuna happen inside the functions: importing this module (e.g. from clusters/validate.py) is
+free.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import warnings
 from typing import Any, Callable, Mapping
 
-CHECKED_VERSION = "2.60.0"
+
+RAY_CHECKED = "2.60.0"
 
 # Environment of a sweep driver process (set by sweeps.cli.main, never on import):
 # * RAY_AIR_NEW_OUTPUT=0: Ray's default ("new") output engine prints its status tables whatever `verbose` says; the
@@ -148,3 +153,38 @@ def ray_client_missing() -> str | None:
 
     error = get_ray_client_dependency_error()
     return None if error is None else str(error)
+
+
+# ----- Optuna --------------------------------------------------------------------------------------------------
+OPTUNA_CHECKED = "5.0.0"
+
+# Trial.report() of a step that already has a value keeps the first value and warns with this text (a UserWarning
+# from optuna/trial/_trial.py). A Tune trial restarted from its checkpoint re-sends the evaluations it already had
+# (sweeps/trainable.py): the same measurement, so the warning is noise.
+DUPLICATE_REPORT = r"The reported value is ignored because this `step=\d+` is already reported"
+
+
+def report_once(trial: Any, value: float, step: int) -> None:
+    """``trial.report(value, step)``; a step already reported keeps its value, silently."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DUPLICATE_REPORT, category=UserWarning)
+        trial.report(value, step=step)
+
+
+def conditional_tpe(seed: int) -> Any:
+    """TPE that models the sampled parameters jointly and splits the space by which parameters a trial sampled
+    (``multivariate=True, group=True``): what a define-by-run, conditional space needs. Optuna marks ``group``
+    experimental; its ExperimentalWarning is expected here and nowhere else."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def trial_of(study: Any, frozen: Any) -> Any:
+    """The writable optuna.Trial of a stored RUNNING trial. Optuna hands a Trial out only from ``ask``; a trial
+    asked by a driver that has since died is reached through FrozenTrial's private ``_trial_id``."""
+    import optuna
+
+    return optuna.trial.Trial(study, frozen._trial_id)
