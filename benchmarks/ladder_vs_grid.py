@@ -32,7 +32,7 @@ import polars as pl
 
 from analysis.critical import fit_run_table
 from sweeps import critical_rho
-from sweeps.layout import LADDER_FILE
+from sweeps.storage import LADDER_FILE
 from testing.ladder_synthetic import drifting_trainable, member_row
 
 

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ouvae.config import Config
-from sweeps import cli, connect, experiment, options, preflight, resume
+from sweeps import cli, connect, experiment, preflight
 from sweeps.cli import CommandLine, SweepError
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
 from sweeps.preflight import is_ray_client
 from sweeps.space import AnnealSpace, DefineByRun, check_rho
 from sweeps.storage import is_remote
@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default <storage>/optuna/<name>.log)")
     s.add_argument("--study-name", default=None,
                    help="Optuna study name (default: the sweep --name); an existing study is continued")
-    options.add_trainer_arguments(p, default_preset="demo")
-    options.add_run_arguments(p)
+    cli.add_trainer_arguments(p, default_preset="demo")
+    cli.add_run_arguments(p)
     p.set_defaults(max_concurrent=2)
     return p
 
@@ -107,7 +107,7 @@ class SearchPlan:
 def plan_search(args: argparse.Namespace, name: str, paths: SweepPaths) -> SearchPlan:
     if args.n_trials < 1:
         raise SweepError(f"--n-trials {args.n_trials} must be >= 1")
-    fixed = options.fixed_overrides(args)
+    fixed = cli.fixed_overrides(args)
     searched = set(SCHEDULE_FIELDS)
     searched |= (set() if args.no_free_bits else {"free_bits"}) | ({"rho"} if args.rho_range else set())
     clash = sorted(searched & set(fixed))
@@ -251,12 +251,12 @@ def tune_config(args: argparse.Namespace, plan: SearchPlan, storage):
 # ----- running ------------------------------------------------------------------------------------------------------
 def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
     t_start = time.monotonic()
-    options.check_resource_options(cmd.args)
-    args, name, paths = resume.open_sweep(cmd, SCRIPT, "anneal")
+    cli.check_resource_options(cmd.args)
+    args, name, paths = open_sweep(cmd, SCRIPT, "anneal")
     plan = plan_search(args, name, paths)
     preflight.check_start(args, paths, plan.base)
     if not args.resume:
-        resume.prepare_new(paths, name)
+        prepare_new(paths, name)
         args.study_name, args.study_storage = plan.study_name, plan.study_storage
     storage = open_study_storage(plan.study_storage)
     if args.resume:
@@ -275,8 +275,8 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         callbacks.append(ProgressLine(show=("beta_schedule", "beta_max", "anneal_epochs", "free_bits", "rho"),
                                       total=args.n_trials))
     if not args.resume:
-        resume.save_spec(paths, SCRIPT, args)
-    constants = {"preset": args.preset, **plan.fixed, "num_threads": options.threads_per_trial(args, plan.fixed)}
+        save_spec(paths, SCRIPT, args)
+    constants = {"preset": args.preset, **plan.fixed, "num_threads": cli.threads_per_trial(args, plan.fixed)}
     results = experiment.fit(trainable, args, name, paths, constants, callbacks=callbacks,
                              tune_config=None if args.resume else tune_config(args, plan, storage),
                              first_round=connect.concurrent_trials(args, resources, args.n_trials))
@@ -314,7 +314,7 @@ def summary_text(outcome: experiment.Outcome, storage, plan: SearchPlan, paths: 
     setup = outcome.shared_setup_failure()
     if setup:
         lines.append(f"every failed trial failed with {setup}; the other trials would too. Fix the cause, then "
-                     f"continue: {resume.resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
+                     f"continue: {resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
     study = optuna.load_study(study_name=plan.study_name, storage=storage)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(study_counts(storage, plan.study_name).items()))
     lines.append(f"Optuna study {plan.study_name!r}: {counts} (pruned = stopped early by ASHA)")

@@ -14,10 +14,10 @@ import time
 from typing import Any, Callable
 
 from sweeps.cli import SweepError
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths
 from sweeps.preflight import is_ray_client
 from sweeps.compat import DRIVER_ENV, init_client
-from sweeps.resume import resume_command
+from sweeps.storage import resume_command
 
 
 def start(args: argparse.Namespace, script: str, name: str, paths: SweepPaths, t_start: float) -> dict[str, float]:

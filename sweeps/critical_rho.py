@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 from ouvae.config import SMOOTH_SPACES, Config, format_latent_dims
 from ouvae.population import group_into_populations
-from sweeps import cli, connect, experiment, options, preflight, resume
+from sweeps import cli, connect, experiment, preflight
 from sweeps.cli import CommandLine, SweepError
 from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budgets, summary_lines
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
 from sweeps.refine import RefineError
 from sweeps.space import CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, rho_range, seed_list
 from sweeps.trainable import POPULATION_KEY, run_specs, train_ouvae
@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--rung-factor", type=float, default=2.0, help="budget factor from one rung to the next (default 2)")
     u.add_argument("--continue", dest="continue_policy", choices=POLICIES, default="near",
                    help="which runs continue to the next rung: those whose rho can still matter (default), or all")
-    options.add_trainer_arguments(p, default_preset=d.trainer_preset)
-    options.add_run_arguments(p)
+    cli.add_trainer_arguments(p, default_preset=d.trainer_preset)
+    cli.add_run_arguments(p)
     return p
 
 
@@ -156,10 +156,10 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                          "--rho-step")
     if args.budget is not None and args.budget < 1:
         raise SweepError(f"--budget {args.budget} must be >= 1 trial")
-    fixed = options.fixed_overrides(args)
+    fixed = cli.fixed_overrides(args)
     grid = make_grid(args, fixed)
     size = population_size(args)
-    param_space = {**grid.trial_space(), "num_threads": options.threads_per_trial(args, grid.fixed)}
+    param_space = {**grid.trial_space(), "num_threads": cli.threads_per_trial(args, grid.fixed)}
     searcher = make_searcher(args, grid, size) if adaptive else None
     if searcher is None:
         from ray import tune
@@ -248,13 +248,13 @@ def ladder_spacing(args: argparse.Namespace) -> float | None:
 
 def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ouvae) -> int:
     t_start = time.monotonic()
-    options.check_resource_options(cmd.args)
-    args, name, paths = resume.open_sweep(cmd, SCRIPT, "critical-rho")
+    cli.check_resource_options(cmd.args)
+    args, name, paths = open_sweep(cmd, SCRIPT, "critical-rho")
     plan = plan_sweep(args)
     unit, budgets = plan_ladder(args, plan)
     preflight.check_start(args, paths, plan.base)
     if not args.resume:
-        resume.prepare_new(paths, name)
+        prepare_new(paths, name)
     print(describe_plan(args, name, plan))
     if budgets:
         added = (f"; rho values added where rho_c moves (spacing >= {ladder_spacing(args):g})"
@@ -269,7 +269,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
 
     if budgets:
         if not args.resume:
-            resume.save_spec(paths, SCRIPT, args)
+            save_spec(paths, SCRIPT, args)
 
         def rung_callbacks(runs: int, earlier: frozenset[str]) -> list[Any]:
             show = [ProgressLine(show=("latent_dims", "rho", "seed"), total=runs)] if not args.quiet else []
@@ -285,7 +285,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     if not args.quiet:
         callbacks.append(ProgressLine(show=("latent_dims", "rho", "seed"), total=plan.n_runs))
     if not args.resume:
-        resume.save_spec(paths, SCRIPT, args)
+        save_spec(paths, SCRIPT, args)
     results = experiment.fit(trainable, args, name, paths, plan.param_space, callbacks=callbacks,
                              tune_config=tune_config(args, plan),
                              first_round=connect.concurrent_trials(args, resources, plan.n_trials))
@@ -341,10 +341,10 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
     setup = outcome.shared_setup_failure()
     if setup:
         print(f"every failed trial failed with {setup}; the other trials would too. Fix the cause, then continue: "
-              f"{resume.resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
+              f"{resume_command(SCRIPT, name, args.storage, retry_failed=True)}")
     elif outcome.cut_short:
         print(f"{len(outcome.cut_short)} trials did not finish (interrupted): continue with "
-              f"{resume.resume_command(SCRIPT, name, args.storage)}")
+              f"{resume_command(SCRIPT, name, args.storage)}")
     print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment})")
     code = 0 if outcome.complete or not (outcome.failed or outcome.cut_short) else 1
     if args.no_report or not outcome.complete:
@@ -356,7 +356,7 @@ def summarize_ladder(state: LadderState, ladder: Ladder, t_start: float) -> int:
     args, paths, name = ladder.args, ladder.paths, ladder.name
     if not state.finished:
         print(f"\nthe ladder stopped inside rung {state.rung} (interrupted): continue with "
-              f"{resume.resume_command(SCRIPT, name, args.storage)}")
+              f"{resume_command(SCRIPT, name, args.storage)}")
         return 1
     for line in summary_lines(state, ladder.grid, ladder.unit, time.monotonic() - t_start):
         print(line)

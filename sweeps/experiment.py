@@ -1,7 +1,7 @@
 """The Ray Tune experiment of a sweep -- a new one or the one ``--resume`` restores -- and what became of its trials.
 
 Both scripts run their trials the same way: retries from the trial's own checkpoints (``--max-failures``, for
-crashes only: sweeps/failures.py), Tune's experiment under ``<storage>/ray/<name>`` (sweeps/layout.py), our
+crashes only: sweeps/failures.py), Tune's experiment under ``<storage>/ray/<name>`` (sweeps/storage.py), our
 callbacks instead of Tune's console output. A restored experiment keeps the callbacks, searcher and scheduler it
 was started with (Tune pickled them): only the trainable and the constant part of the parameter space are given
 again.
@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from sweeps.connect import with_resources
 from sweeps.failures import SETUP_FAILURE_KEY, FailurePolicy, failure_text, not_retried_reason
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths
 from sweeps.storage import join
 from sweeps.trainable import failed_members, run_specs, run_tally
 

@@ -63,7 +63,7 @@ from ouvae.population import group_into_populations
 from sweeps import experiment
 from sweeps.checkpoints import FOLDER as CHECKPOINT_FOLDER
 from sweeps.cli import SweepError
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths
 from sweeps.space import CriticalGrid
 from sweeps.storage import join, read_json, write_json
 from sweeps.trainable import LADDER_KEY, POPULATION_KEY

@@ -21,7 +21,7 @@ import socket
 from ouvae.config import Config
 from ouvae.data import DataError, load_config_dataset
 from sweeps.cli import SweepError
-from sweeps.layout import SweepPaths
+from sweeps.storage import SweepPaths
 from sweeps.storage import check_writable, is_remote
 
 ADDRESS_TIMEOUT_S = 5.0

@@ -26,7 +26,7 @@ from analysis.transition import STATUS_OK, TransitionFit
 from sweeps import critical_rho
 from sweeps.cli import SweepError
 from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
-from sweeps.layout import LADDER_FILE
+from sweeps.storage import LADDER_FILE
 from testing.ladder_synthetic import converged_rung, drifting_trainable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ import faults
 from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
 from sweeps import critical_rho, failures, results, table
-from sweeps.layout import SPEC_FILE
+from sweeps.storage import SPEC_FILE
 from sweeps.compat import DRIVER_ENV
 from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
     suggest_schedule
@@ -104,13 +104,13 @@ def test_both_readings_of_t_rho_are_configurations_of_one_sweep():
 
 
 def test_data_dir_is_made_absolute_because_each_trial_runs_in_its_own_folder(tmp_path, monkeypatch):
-    from sweeps import options
+    from sweeps import cli
 
     monkeypatch.chdir(tmp_path)
     args = critical_rho.build_parser().parse_args(["--dataset", "idx", "--data-dir", "my-data"])
-    assert options.fixed_overrides(args)["data_dir"] == str(tmp_path / "my-data")
+    assert cli.fixed_overrides(args)["data_dir"] == str(tmp_path / "my-data")
     args = critical_rho.build_parser().parse_args(["--set", "data_dir=other"])
-    assert options.fixed_overrides(args)["data_dir"] == str(tmp_path / "other")
+    assert cli.fixed_overrides(args)["data_dir"] == str(tmp_path / "other")
 
 
 def test_anneal_space_is_conditional_on_the_schedule():
