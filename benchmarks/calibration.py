@@ -6,7 +6,7 @@ For each configuration -- posterior reading: K in {3, 5, 9} x r = lambda / (beta
 prior reading: K = 5, r in {1.1, 1.5, 3.0} -- it trains the whole rho grid x seeds as ONE population through the
 real trainer (ouvae.population.Population: one stochastic layer, hidden_layers = 0, dataset "gaussian" isotropic
 in the latent directions, Gaussian likelihood of variance 1, beta = 1), writes every evaluation as rows of a
-real results table (sweeps/table.py, the sweep's own writer), and reads them back with the analysis
+real results table (sweeps/results.py, the sweep's own writer), and reads them back with the analysis
 (analysis.report.analyze): the active-unit fit and the KL onset with their 95% intervals, at every evaluation
 step (the budget ladder). It prints and writes, per configuration and estimator: the closed form
 (analysis/closed_form.py), the fitted rho_c, its interval, the error, whether the closed form is inside, and the
@@ -38,7 +38,7 @@ from analysis.transition import ACTIVE_ABOVE, fit_transition
 from ouvae.config import Config
 from ouvae.population import Population
 from ouvae.records import run_columns
-from sweeps.table import rows_from_result, write_trial_file
+from sweeps.results import rows_from_result, write_trial_file
 
 POSTERIOR = [(k, r) for k in (3, 5, 9) for r in (0.5, 0.7, 0.9)]
 PRIOR = [(5, r) for r in (1.1, 1.5, 3.0)]

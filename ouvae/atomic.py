@@ -3,7 +3,7 @@
 Why: a reader (the analysis scanning the results folder, a resume reading a checkpoint, a sweep reading its
 options) must never see half a file, whatever crash happens mid-write. A temp file beside the target (the same
 filesystem, so the rename is atomic) is filled, then ``os.replace``d onto the target. Object stores need no such
-step: an object appears only once its upload completes (sweeps/storage.py, sweeps/table.py).
+step: an object appears only once its upload completes (sweeps/storage.py, sweeps/results.py).
 
 Imports only the standard library, so ``analysis`` (no torch) can use it.
 """

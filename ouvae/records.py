@@ -32,7 +32,7 @@ def bound_model(cfg: Config) -> str:
 def results_row(cfg: Config, data: DatasetSplits, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """One run's row at one evaluation: its metrics and the columns that describe it -- the one builder of a row,
     for the results table (sweeps/trainable.py; the sweep's driver adds sweep_id, run_id, population_id and
-    schema_version, sweeps/table.py) and for ``metrics.json`` (ouvae/train.py)."""
+    schema_version, sweeps/results.py) and for ``metrics.json`` (ouvae/train.py)."""
     return {**metrics, **run_columns(cfg, data)}
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ouvae.config import Config
-from sweeps import cli, connect, experiment, preflight
+from sweeps import cli, experiment, preflight
 from sweeps.cli import CommandLine, SweepError
 from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
 from sweeps.preflight import is_ray_client
@@ -212,7 +212,7 @@ def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: 
     import optuna
 
     from sweeps.optuna_search import settle_from_table
-    from sweeps.table import read_trial_rows
+    from sweeps.results import read_trial_rows
 
     def final_row(trial_id: str) -> dict | None:
         rows = [r for r in read_trial_rows(paths.results_root, name, trial_id) if r.get("is_final")]
@@ -263,7 +263,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         settle_study(storage, plan, paths, name, args)
     print(describe_search(args, name, plan, study_counts(storage, plan.study_name)))
 
-    resources = connect.start(args, SCRIPT, name, paths, t_start)
+    resources = experiment.start(args, SCRIPT, name, paths, t_start)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
@@ -279,7 +279,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     constants = {"preset": args.preset, **plan.fixed, "num_threads": cli.threads_per_trial(args, plan.fixed)}
     results = experiment.fit(trainable, args, name, paths, constants, callbacks=callbacks,
                              tune_config=None if args.resume else tune_config(args, plan, storage),
-                             first_round=connect.concurrent_trials(args, resources, args.n_trials))
+                             first_round=experiment.concurrent_trials(args, resources, args.n_trials))
     outcome = experiment.Outcome.of(results)
     print(summary_text(outcome, storage, plan, paths, name, args, time.monotonic() - t_start))
     return 0 if len(outcome.failed) < len(results) else 1

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from ouvae.config import SMOOTH_SPACES, Config, format_latent_dims
 from ouvae.population import group_into_populations
-from sweeps import cli, connect, experiment, preflight
+from sweeps import cli, experiment, preflight
 from sweeps.cli import CommandLine, SweepError
 from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budgets, summary_lines
 from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
@@ -262,7 +262,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         print(f"  until converged: rungs of {', '.join(map(str, budgets))} {unit} on a grid of "
               f"{len(plan.grid.rhos)} rho values; runs continue: {args.continue_policy}{added}")
 
-    resources = connect.start(args, SCRIPT, name, paths, t_start)
+    resources = experiment.start(args, SCRIPT, name, paths, t_start)
 
     from sweeps.progress import ProgressLine
     from sweeps.results import ParquetSink
@@ -278,7 +278,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         constants = {**plan.grid.trial_space(), "num_threads": plan.param_space["num_threads"]}
         ladder = Ladder(args, name, paths, plan.grid, constants,
                         unit, budgets, args.continue_policy, plan.population, ladder_spacing(args), trainable,
-                        trial_label, rung_callbacks, lambda n: connect.concurrent_trials(args, resources, n))
+                        trial_label, rung_callbacks, lambda n: experiment.concurrent_trials(args, resources, n))
         return summarize_ladder(ladder.run(), ladder, t_start)
 
     callbacks: list[Any] = [ParquetSink(paths.results_root, name)]
@@ -288,7 +288,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
         save_spec(paths, SCRIPT, args)
     results = experiment.fit(trainable, args, name, paths, plan.param_space, callbacks=callbacks,
                              tune_config=tune_config(args, plan),
-                             first_round=connect.concurrent_trials(args, resources, plan.n_trials))
+                             first_round=experiment.concurrent_trials(args, resources, plan.n_trials))
     return summarize(experiment.Outcome.of(results), paths, name, args, t_start)
 
 

@@ -61,7 +61,7 @@ from analysis.transition import STATUS_OK, TransitionFit
 from ouvae.config import Config, format_latent_dims
 from ouvae.population import group_into_populations
 from sweeps import experiment
-from sweeps.checkpoints import FOLDER as CHECKPOINT_FOLDER
+from sweeps.trainable import FOLDER as CHECKPOINT_FOLDER
 from sweeps.cli import SweepError
 from sweeps.storage import SweepPaths
 from sweeps.space import CriticalGrid

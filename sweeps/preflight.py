@@ -38,7 +38,7 @@ def check_start(args: argparse.Namespace, paths: SweepPaths, cfg: Config) -> Non
 
     Through Ray Client (``ray://``) this machine is not part of the cluster: the sweep's driver runs on the head and
     writes the table and Tune's state from there, so the storage must be an object store every machine reaches
-    alike, and the data are the cluster's business (the first round of trials checks them; sweeps/failures.py)."""
+    alike, and the data are the cluster's business (the first round of trials checks them; sweeps/progress.py)."""
     if is_ray_client(args.address):
         for option, uri in (("--storage", paths.storage), ("--results-dir", paths.results_root)):
             if not is_remote(uri):

@@ -1,20 +1,46 @@
-"""A compact live progress line for sweeps (a Tune callback; replaces Tune's wide status tables).
+"""What the driver tells the user and decides as trials end: one line per run, and which failures are retried.
+
+A compact live progress line for sweeps (a Tune callback; replaces Tune's wide status tables).
 
 Why not CLIReporter: Ray 2.60's default output engine ignores a passed reporter unless RAY_AIR_NEW_OUTPUT=0,
 and either engine prints a table per update that scrolls a laptop terminal away. Researchers want one line per
 finished run (what it was, whether the top layer collapsed) and a heartbeat while runs are long.
+
+Which trial failures are retried, how a failure reads in one line, and when a sweep stops itself.
+
+Why: ``FailureConfig(max_failures)`` retries every failure alike, so before this a sweep whose data were missing
+started every trial, let each one fail, retried it twice from nothing, and never said why in one place. Retries
+exist for what may not happen again: a crashed or killed worker (out of memory, a lost node) and transient I/O.
+A configuration or data error, a run that diverged, or checkpoints that cannot be read would fail the same way
+again -- the trainer is deterministic from its checkpoint -- so such a trial fails once, with its reason:
+
+* the trainable (sweeps/trainable.py) catches these errors (``NOT_RETRIED``), reports one last result holding only
+  the reason (``FAILURE_KEY``, and ``SETUP_FAILURE_KEY`` for errors about the set-up every trial shares), then
+  re-raises, so the trial still ends in Tune's ERROR state with its traceback in error.txt (and ``--resume
+  --retry-failed`` re-runs it after the cause is fixed);
+* ``FailurePolicy``, a driver-side Tune callback, sees that result before Tune handles the failure (a function
+  trainable's report waits for the driver) and tells Tune not to retry that trial (sweeps/compat.py: Tune's
+  FailureConfig has no per-error policy). When every trial of the first round failed with the same set-up error
+  and no trial has produced an evaluation, the remaining trials would fail alike: the policy stops the sweep as
+  Ctrl-C does (resumable) and ``stop_reason`` says why.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
 
-from ouvae.config import format_latent_dims
-from sweeps.failures import failure_reason, not_retried_reason
+from ouvae.config import ConfigError, format_latent_dims
+from ouvae.data import DataError
+from ouvae.trainer import TrainingStalled
+from sweeps import compat
+from sweeps.trainable import CheckpointError
+from sweeps.storage import StorageUnreachable
 from sweeps.trainable import failed_members, run_specs, run_tally
 
 
@@ -132,3 +158,131 @@ class ProgressLine(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         self._out(f"retry  {self._trial_label(trial)} from its last checkpoint "
                   f"(failure {trial.num_failures}): {failure_reason(trial)}")
+
+
+# Errors that a retry would meet again (the trainer is deterministic from its checkpoint).
+NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable, TrainingStalled,
+                                                CheckpointError)
+# Of those, the ones about what every trial shares (configuration, data, storage), not about the trial's own values.
+SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable)
+FAILURE_KEY = "not_retried_failure"  # the one-line reason, in the last result of a trial failing for good
+SETUP_FAILURE_KEY = "setup_failure"  # True when that reason is a set-up error
+
+
+def failure_result(error: BaseException) -> dict[str, Any] | None:
+    """The result a trial reports before re-raising `error`, or None if `error` is to be retried."""
+    if not isinstance(error, NOT_RETRIED):
+        return None
+    return {FAILURE_KEY: failure_text(error), SETUP_FAILURE_KEY: isinstance(error, SETUP_ERRORS)}
+
+
+def not_retried_reason(result: Mapping[str, Any] | None) -> str | None:
+    """The reason of a trial that failed for good without retries (its last result), else None."""
+    return (result or {}).get(FAILURE_KEY)
+
+
+class FailurePolicy(Callback):
+    """No retries for trials that report a deterministic failure; stop the sweep when the whole first round
+    failed with the same set-up error (see the module docstring).
+
+    ``max_failures``: the sweep's FailureConfig value (a trial gets it back after its failure is handled).
+    ``first_round``: how many trials run at once at the start (min of the cluster's slots and the sweep's size).
+    """
+
+    def __init__(self, max_failures: int, first_round: int):
+        self.max_failures = max_failures
+        self.first_round = max(1, first_round)
+        self.ended: list[str | None] = []  # per ended trial, in order: its set-up error, or None
+        self.evaluated = False  # some trial reported an evaluation in this session
+        self.stop_reason: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into tuner.pkl; what a session saw does not carry over to a --resume.
+        state = self.__dict__.copy()
+        state.update(ended=[], evaluated=False, stop_reason=None)
+        return state
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if not_retried_reason(result) is None:
+            self.evaluated = self.evaluated or "step" in result
+            return
+        compat.skip_retries(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended.append(None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        result = trial.last_result or {}
+        if not_retried_reason(result) is not None:
+            compat.allow_retries(trial, self.max_failures)
+        setup = result.get(SETUP_FAILURE_KEY) and not_retried_reason(result)
+        self.ended.append(setup.split(":", 1)[0] if setup else None)
+        if self.stop_reason is None and self._first_round_failed_alike():
+            self.stop_reason = f"each of the first {self.first_round} trials failed with {not_retried_reason(result)}"
+            print(f"stopping the sweep: {self.stop_reason}; the other trials would fail alike", flush=True)
+            compat.interrupt_experiment()
+
+    def _first_round_failed_alike(self) -> bool:
+        first = self.ended[:self.first_round]
+        return (not self.evaluated and len(first) == self.first_round and first[0] is not None
+                and all(kind == first[0] for kind in first))
+
+
+# ----- one line per failure -----------------------------------------------------------------------------------
+def failure_reason(trial: Any) -> str:
+    """One line for a failed trial: the exception type and the first line of its message (the full trace
+    stays in the trial's error.txt in Ray's experiment folder)."""
+    reason = not_retried_reason(trial.last_result)
+    if reason is not None:
+        return reason
+    # Tune writes the error to the trial's *local* staging folder first (pickled_error_file / error_file) and syncs
+    # it to storage later, so when the callbacks run only the local copies are sure to exist.
+    readers = (lambda: _load_pickle(trial.pickled_error_file), lambda: _read_text(trial.error_file),
+               trial.get_pickled_error, trial.get_error)
+    for read in readers:
+        try:
+            err = read()
+        except Exception:  # noqa: BLE001 - an unreadable error file must not break the sweep
+            err = None
+        if err:
+            return failure_text(err)
+    return "unknown error"
+
+
+def _load_pickle(path: str | None) -> Any:
+    if not path or not os.path.isfile(path):
+        return None
+    import ray.cloudpickle as cloudpickle
+
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def _read_text(path: str | None) -> str | None:
+    if not path or not os.path.isfile(path):
+        return None
+    return Path(path).read_text(errors="replace")
+
+
+def failure_text(err: Any) -> str:
+    """Exception (Ray wraps the trial's own in RayTaskError; `.cause` is the original) or error text -> one line."""
+    if err is None:
+        return "unknown error"
+    if isinstance(err, BaseException):
+        cause = getattr(err, "cause", None) or err
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
+        name = type(cause).__name__
+        if name in ("RayTaskError", "TuneError") or name.startswith("RayTaskError("):
+            return _last_exception_line(str(cause))
+        return f"{name}: {first}"[:300]
+    return _last_exception_line(str(err))
+
+
+def _last_exception_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # tracebacks end with "ExcType: message"
+        head = ln.split(":", 1)[0]
+        if head and " " not in head and (head.endswith(("Error", "Exception", "Stalled", "Failure"))
+                                         or "." in head):
+            return ln[:300]
+    return (lines[-1] if lines else "unknown error")[:300]

@@ -37,12 +37,12 @@ from ouvae.atomic import write_atomically
 from sweeps.cli import CommandLine, SweepError
 from sweeps.cli import RUNTIME_OPTIONS
 from sweeps.preflight import check_storage
-from sweeps.table import sweep_exists
+from sweeps.results import sweep_exists
 
 
 class StorageUnreachable(RuntimeError):
     """A node of the cluster does not see the sweep's storage (a local path on a multi-node cluster): every trial
-    on that node would fail alike, so it is not retried (sweeps/failures.py)."""
+    on that node would fail alike, so it is not retried (sweeps/progress.py)."""
 
 
 def is_remote(uri: str) -> bool:

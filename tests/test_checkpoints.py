@@ -1,4 +1,4 @@
-"""The trainable's own checkpoint store (sweeps/checkpoints.py) on a real filesystem with real digits trainers.
+"""The trainable's own checkpoint store (sweeps/trainable.py) on a real filesystem with real digits trainers.
 
 What a sweep relies on: the newest complete checkpoint is found by listing alone, only the newest `keep` stay, a
 half-written checkpoint is never picked, a damaged newest one falls back to the one before, and a trial whose
@@ -11,7 +11,7 @@ import torch
 
 from ouvae.config import Config
 from ouvae.population import Population
-from sweeps.checkpoints import CheckpointError, TrialCheckpoints
+from sweeps.trainable import CheckpointError, TrialCheckpoints
 
 torch.set_num_threads(1)
 

@@ -207,7 +207,7 @@ def check_continued_where_it_stopped(start: int, reported: set[int], first_step:
 
 
 def unrecorded_checkpoints(experiment: Path, df: pl.DataFrame | None) -> list[str]:
-    """Checkpoints (sweeps/checkpoints.py layout) of evaluations that the table has no row for yet: a trial
+    """Checkpoints (sweeps/trainable.py layout) of evaluations that the table has no row for yet: a trial
     has saved but its report has not reached the table. A driver dying now is the case the re-sent history of
     sweeps/trainable.py exists for."""
     have = set() if df is None else set(zip(df.select(TUNE_TRIAL)["tune_trial"], df["step"]))

@@ -22,7 +22,7 @@ import pytest
 import faults
 from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
-from sweeps import critical_rho, failures, results, table
+from sweeps import critical_rho, progress, results
 from sweeps.storage import SPEC_FILE
 from sweeps.compat import DRIVER_ENV
 from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
@@ -175,7 +175,7 @@ def test_sink_coalesces_writes_between_flushes_and_always_writes_the_final_rows(
 
     root = tmp_path / "parquet"
     sink = results.ParquetSink(str(root), "s1", verbose=False, flush_every_s=3600, coalesce_rows=1)
-    steps = lambda tid: sorted(r["step"] for r in table.read_trial_rows(str(root), "s1", tid))  # noqa: E731
+    steps = lambda tid: sorted(r["step"] for r in results.read_trial_rows(str(root), "s1", tid))  # noqa: E731
     a, b = types.SimpleNamespace(trial_id="a", config={}), types.SimpleNamespace(trial_id="b", config={})
     sink.on_trial_result(0, [], a, _result(2))
     sink.on_trial_result(0, [], a, _result(4))
@@ -228,10 +228,10 @@ def test_sink_for_sampled_trials_keeps_finished_unknown_trials(tmp_path):
 def test_failure_text_names_the_exception():
     from ouvae.trainer import TrainingStalled
 
-    assert failures.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
+    assert progress.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
         "TrainingStalled: 50 consecutive steps had a non-finite loss"
     trace = "Traceback (most recent call last):\n  File x\nouvae.trainer.TrainingStalled: diverged"
-    assert failures.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
+    assert progress.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
 
 
 # ----- bad input: clear message, exit 2, nothing started ---------------------------------------------------------
@@ -501,7 +501,7 @@ def test_crashed_trial_is_retried_from_its_checkpoint_without_duplicate_rows(ray
         run_config=tune.RunConfig(name="retry", storage_path=str(tmp_path / "ray"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1),
                                   callbacks=[seq, results.ParquetSink(str(tmp_path / "pq"), "retry", verbose=False),
-                                             failures.FailurePolicy(max_failures=1, first_round=2)]))
+                                             progress.FailurePolicy(max_failures=1, first_round=2)]))
     grid = tuner.fit()
     assert not grid.errors
     assert seq.retried == [str(plan)]  # the faulty trial failed once and was retried
@@ -539,12 +539,12 @@ def test_diverging_trial_fails_once_without_retries_while_the_sweep_goes_on(ray_
                                   failure_config=tune.FailureConfig(max_failures=2),
                                   callbacks=[results.ParquetSink(str(tmp_path / "pq"), "nan", verbose=False),
                                              ProgressLine(show=("lr",), total=2),
-                                             failures.FailurePolicy(max_failures=2, first_round=2)]))
+                                             progress.FailurePolicy(max_failures=2, first_round=2)]))
     grid = tuner.fit()
     out = capsys.readouterr().out
     assert len(grid.errors) == 1
     bad = next(r for r in grid if r.error is not None)
-    assert bad.config["lr"] == 1e12 and failures.failure_text(bad.error).startswith("TrainingStalled: ")
+    assert bad.config["lr"] == 1e12 and progress.failure_text(bad.error).startswith("TrainingStalled: ")
     assert "retry  lr=" not in out  # ProgressLine announces every retry
     assert "FAILED lr=1e+12: TrainingStalled: 2 consecutive steps" in out and "(not retried" in out
     trials = {t.config["lr"]: t for t in tune.ExperimentAnalysis(str(tmp_path / "ray" / "nan")).trials}
