@@ -58,7 +58,7 @@ import numpy as np
 
 from analysis.transition import fit_transition
 from sweeps.refine import RefinePolicy, top_dim_of
-from sweeps.space import rho_grid
+from sweeps.plan import rho_grid
 from testing.simulate import simulate
 from testing.synthetic import noisy_active_units
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ladder (``critical_rho.py --until-converged``) against a grid trained to the budget where rho_c converges.
+"""The ladder (``rho_sweep.py --until-converged``) against a grid trained to the budget where rho_c converges.
 
 The claim under test (issue: converged rho_c): on a model whose rho_c drifts with the budget, the ladder finds the
 converged rho_c for at most half the member-steps (runs x optimizer steps) of training every grid point to the
@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from analysis.critical import fit_run_table
-from sweeps import critical_rho
+from sweeps import rho_sweep
 from sweeps.storage import LADDER_FILE
 from testing.ladder_synthetic import drifting_trainable, member_row
 
@@ -54,7 +54,7 @@ def main() -> int:
                 str(args.max), "--set", "eval_every=10", "--storage", storage, "--name", "bench", "--quiet",
                 "--no-report", "--num-cpus", str(args.num_cpus)]
         t0 = time.monotonic()
-        code = critical_rho.main(argv, trainable=drifting_trainable)
+        code = rho_sweep.main(argv, trainable=drifting_trainable)
         wall = time.monotonic() - t0
         if code:
             return code

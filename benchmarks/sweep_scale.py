@@ -4,7 +4,7 @@ synthetic trainable that does no torch work (testing/scale.py), so that only the
     PYTHONPATH=. .venv/bin/python benchmarks/sweep_scale.py --out scale.json [--runs 100 1000 10000]
         [--population 64] [--evaluations 5] [--cpus 2] [--cpus-per-trial 0.25]
 
-Each size is one sweep through ``sweeps/critical_rho.py``'s ``main`` (a grid of one latent size, 5 seeds and
+Each size is one sweep through ``sweeps/rho_sweep.py``'s ``main`` (a grid of one latent size, 5 seeds and
 runs / 5 rho values, in populations of ``--population`` runs, each trial reporting ``--evaluations`` times), in a
 fresh process so that the sizes do not share a driver. Per size it writes a row ``{runs, trials, concurrent,
 reports, reports_per_s, driver_cpu_s_per_report, driver_rss_mb, table_write_s}``: reports are Tune results (one per
@@ -33,7 +33,7 @@ from unittest import mock
 def one_size(runs: int, population: int, evaluations: int, cpus: int, cpus_per_trial: float) -> dict:
     """One sweep of `runs` synthetic runs in this process; its driver's figures."""
     import sweeps.results
-    from sweeps import critical_rho
+    from sweeps import rho_sweep
     from testing.scale import scale_trainable
 
     seeds = 5
@@ -69,7 +69,7 @@ def one_size(runs: int, population: int, evaluations: int, cpus: int, cpus_per_t
         with mock.patch.object(sweeps.results, "write_trial_file", timed_write), \
                 mock.patch.object(sweeps.results.ParquetSink, "on_trial_result", counted_result), \
                 contextlib.redirect_stdout(out):
-            code = critical_rho.main(argv, trainable=scale_trainable)
+            code = rho_sweep.main(argv, trainable=scale_trainable)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if code != 0:
             raise SystemExit(f"the sweep of {runs} runs failed (exit {code}):\n{out.getvalue()[-3000:]}")

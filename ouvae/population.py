@@ -32,7 +32,6 @@ from .metrics import evaluate, gradient_variance
 from .model import HierarchicalVAE, Noise
 from .objectives import MemberSchedules, rows_for, training_loss
 from .optim import MemberAdam
-from .smoothing import is_identity
 
 # Config fields a member may set for itself; every other field must be equal across a population.
 # What members of one population may differ in: the MEMBER and IDENTITY settings (ouvae/config.py).
@@ -94,24 +93,6 @@ def shared_settings(cfg: Config) -> dict[str, Any]:
 def population_key(cfg: Config) -> str:
     """Equal keys = configurations that can train together in one population (the sweeps group by it)."""
     return hashlib.sha1(json.dumps(shared_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Config]]:
-    """Split runs into populations of at most `size` that can train together: equal population_key, and
-    smoothed runs apart from unsmoothed ones. Groups keep the order of first appearance; each group is cut into
-    nearly equal chunks (e.g. 10 runs with size 8 -> 5 + 5, not 8 + 2), so population trials take similar time."""
-    if size < 1:
-        raise ConfigError(f"population size must be >= 1, got {size}")
-    groups: dict[tuple[str, bool], list[Config]] = {}
-    for cfg in configs:
-        # runs that do not smooth take the plain VAE's path (about a third of a smoothed step): group them apart
-        groups.setdefault((population_key(cfg), is_identity(cfg.rho, cfg.smooth_samples)), []).append(cfg)
-    out: list[list[Config]] = []
-    for runs in groups.values():
-        n_chunks = math.ceil(len(runs) / size)
-        bounds = [round(i * len(runs) / n_chunks) for i in range(n_chunks + 1)]
-        out += [runs[a:b] for a, b in zip(bounds, bounds[1:])]
-    return out
 
 
 def check_population(configs: Sequence[Config]) -> None:

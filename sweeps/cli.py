@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ouvae.config import ConfigError, PRESETS, parse_assignment
-from sweeps.space import SpaceError
 
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +25,10 @@ EXIT_INTERRUPTED = 130
 class SweepError(RuntimeError):
     """The sweep cannot start (bad option, missing data, unreachable cluster or storage, name clash ...). The
     message says the fix."""
+
+
+class SpaceError(ValueError):
+    """A sweep specification that cannot run (sweeps/plan.py). The message names the option and how to fix it."""
 
 
 BAD_INPUT: tuple[type[Exception], ...] = (SweepError, SpaceError, ConfigError)

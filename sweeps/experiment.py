@@ -2,7 +2,7 @@
 
 Joining or starting Ray for a sweep, and checking that a trial's resource request fits the cluster.
 
-The address is checked before (sweeps/preflight.py). Workers import the package from the environment (the
+The address is checked before (sweeps/plan.py). Workers import the package from the environment (the
 editable install of the README's set-up, or the cluster image): nothing is pushed onto their path.
 
 The Ray Tune experiment of a sweep -- a new one or the one ``--resume`` restores -- and what became of its trials.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from sweeps.cli import SweepError
 from sweeps.compat import DRIVER_ENV, init_client
-from sweeps.preflight import is_ray_client
+from sweeps.plan import is_ray_client
 from sweeps.progress import FailurePolicy, SETUP_FAILURE_KEY, failure_text, not_retried_reason
 from sweeps.storage import SweepPaths, join, resume_command
 from sweeps.trainable import failed_members, run_specs, run_tally

@@ -59,12 +59,12 @@ from analysis.budget import BudgetSeries, BudgetVerdict, TOLERANCE_OF_MARGIN
 from analysis.compare import DEFAULT_MARGIN
 from analysis.transition import STATUS_OK, TransitionFit
 from ouvae.config import Config, format_latent_dims
-from ouvae.population import group_into_populations
+from sweeps.plan import group_into_populations
 from sweeps import experiment
 from sweeps.trainable import FOLDER as CHECKPOINT_FOLDER
 from sweeps.cli import SweepError
 from sweeps.storage import SweepPaths
-from sweeps.space import CriticalGrid
+from sweeps.plan import CriticalGrid
 from sweeps.storage import join, read_json, write_json
 from sweeps.trainable import LADDER_KEY, POPULATION_KEY
 
@@ -217,7 +217,7 @@ def group_label(group: dict[str, Any], grid: CriticalGrid) -> str:
 
 
 def group_of(trial: dict[str, Any]) -> dict[str, Any]:
-    """The configuration a trial's population belongs to (sweeps.space.CriticalGrid.groups)."""
+    """The configuration a trial's population belongs to (sweeps.plan.CriticalGrid.groups)."""
     return {"latent_dims": list(trial["latent_dims"]), "smooth_space": trial.get("smooth_space")}
 
 

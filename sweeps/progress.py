@@ -35,13 +35,9 @@ from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
 
-from ouvae.config import ConfigError, format_latent_dims
-from ouvae.data import DataError
-from ouvae.trainer import TrainingStalled
+from ouvae.config import format_latent_dims
 from sweeps import compat
-from sweeps.trainable import CheckpointError
-from sweeps.storage import StorageUnreachable
-from sweeps.trainable import failed_members, run_specs, run_tally
+from sweeps.trainable import SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs, run_tally
 
 
 def _fmt_value(key: str, value: Any) -> str:
@@ -160,27 +156,6 @@ class ProgressLine(Callback):
                   f"(failure {trial.num_failures}): {failure_reason(trial)}")
 
 
-# Errors that a retry would meet again (the trainer is deterministic from its checkpoint).
-NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable, TrainingStalled,
-                                                CheckpointError)
-# Of those, the ones about what every trial shares (configuration, data, storage), not about the trial's own values.
-SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable)
-FAILURE_KEY = "not_retried_failure"  # the one-line reason, in the last result of a trial failing for good
-SETUP_FAILURE_KEY = "setup_failure"  # True when that reason is a set-up error
-
-
-def failure_result(error: BaseException) -> dict[str, Any] | None:
-    """The result a trial reports before re-raising `error`, or None if `error` is to be retried."""
-    if not isinstance(error, NOT_RETRIED):
-        return None
-    return {FAILURE_KEY: failure_text(error), SETUP_FAILURE_KEY: isinstance(error, SETUP_ERRORS)}
-
-
-def not_retried_reason(result: Mapping[str, Any] | None) -> str | None:
-    """The reason of a trial that failed for good without retries (its last result), else None."""
-    return (result or {}).get(FAILURE_KEY)
-
-
 class FailurePolicy(Callback):
     """No retries for trials that report a deterministic failure; stop the sweep when the whole first round
     failed with the same set-up error (see the module docstring).
@@ -262,27 +237,3 @@ def _read_text(path: str | None) -> str | None:
     if not path or not os.path.isfile(path):
         return None
     return Path(path).read_text(errors="replace")
-
-
-def failure_text(err: Any) -> str:
-    """Exception (Ray wraps the trial's own in RayTaskError; `.cause` is the original) or error text -> one line."""
-    if err is None:
-        return "unknown error"
-    if isinstance(err, BaseException):
-        cause = getattr(err, "cause", None) or err
-        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
-        name = type(cause).__name__
-        if name in ("RayTaskError", "TuneError") or name.startswith("RayTaskError("):
-            return _last_exception_line(str(cause))
-        return f"{name}: {first}"[:300]
-    return _last_exception_line(str(err))
-
-
-def _last_exception_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # tracebacks end with "ExcType: message"
-        head = ln.split(":", 1)[0]
-        if head and " " not in head and (head.endswith(("Error", "Exception", "Stalled", "Failure"))
-                                         or "." in head):
-            return ln[:300]
-    return (lines[-1] if lines else "unknown error")[:300]

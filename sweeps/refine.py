@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from ouvae.config import parse_latent_dims
-from sweeps.space import SpaceError, check_seeds
+from sweeps.cli import SpaceError
+from sweeps.plan import check_seeds
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ouvae.atomic import write_atomically
-from sweeps.cli import CommandLine, SweepError
-from sweeps.cli import RUNTIME_OPTIONS
-from sweeps.preflight import check_storage
-from sweeps.results import sweep_exists
+from sweeps.cli import RUNTIME_OPTIONS, CommandLine, SweepError
 
 
 class StorageUnreachable(RuntimeError):
@@ -126,6 +124,27 @@ class SweepPaths:
         return join(self.experiment, LADDER_FILE)
 
 
+def check_storage(uri: str, option: str = "--storage") -> None:
+    """The sweep can write under `uri` (for s3://: the bucket exists and the credentials may write to it)."""
+    try:
+        check_writable(uri)
+    except OSError as e:
+        raise SweepError(f"{option} {uri}: cannot write there: {_storage_reason(uri, e)}") from None
+
+
+def _storage_reason(uri: str, error: OSError) -> str:
+    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(error)).strip()
+    if not is_remote(uri):
+        return f"{error.strerror or text}; pick a folder you can write to"
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    if "NO_SUCH_BUCKET" in text:
+        return f"the bucket {bucket!r} does not exist; create it (aws s3 mb s3://{bucket}) or fix the name"
+    if "ACCESS_DENIED" in text or "INVALID_ACCESS_KEY" in text or "SIGNATURE" in text:
+        return (f"access to the bucket {bucket!r} is denied with the credentials this machine has; check "
+                f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy ({text[:160]})")
+    return f"{text[:240]}; check the URL, the credentials and, for an S3-compatible server, AWS_ENDPOINT_URL"
+
+
 def sweep_paths(storage: str, name: str, results_dir: str | None = None) -> SweepPaths:
     storage = absolute(storage)
     ray_storage = join(storage, "ray")
@@ -187,6 +206,8 @@ def newest_sweep(storage: str, script: str) -> str | None:
 def prepare_new(paths: SweepPaths, name: str) -> None:
     """Refuse to start a fresh sweep over an existing one (its rows would be mixed or superseded)."""
     from ray.tune import Tuner
+
+    from sweeps.results import sweep_exists  # the table's module imports this one
 
     if read_json(paths.spec_file) is not None or Tuner.can_restore(paths.experiment):
         raise SweepError(f"a sweep named {name!r} already exists in {paths.ray_storage}: continue it with "

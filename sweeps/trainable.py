@@ -86,11 +86,12 @@ from ray import tune
 
 from ouvae.checkpoint import CHECKPOINT_FILE, CheckpointFormatError
 from ouvae.config import Config, ConfigError
-from ouvae.data import DatasetSplits, load_config_dataset
+from ouvae.data import DataError, DatasetSplits, load_config_dataset
 from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
 from ouvae.records import results_row
-from sweeps.progress import failure_result
+from ouvae.trainer import TrainingStalled
+from sweeps.storage import StorageUnreachable
 
 
 POPULATION_KEY = "population"
@@ -101,6 +102,7 @@ _DATA_CACHE: "OrderedDict[tuple, DatasetSplits]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
 
+# ----- the trial's configuration -------------------------------------------------------------------------------
 def run_specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The flat settings of every run a trial trains: the trial config itself, or for a population trial its
     shared settings plus each member's own (the driver labels runs with these; the trainable builds configs)."""
@@ -313,3 +315,49 @@ class TrialCheckpoints:
         for info in infos:
             if info.base_name.startswith(".staging-"):
                 self.fs.delete_file(info.path)
+
+
+# ----- failures a retry would meet again (the driver's FailurePolicy: sweeps/progress.py) ------------------------
+# Errors that a retry would meet again (the trainer is deterministic from its checkpoint).
+NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable, TrainingStalled,
+                                                CheckpointError)
+# Of those, the ones about what every trial shares (configuration, data, storage), not about the trial's own values.
+SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable)
+FAILURE_KEY = "not_retried_failure"  # the one-line reason, in the last result of a trial failing for good
+SETUP_FAILURE_KEY = "setup_failure"  # True when that reason is a set-up error
+
+
+def failure_result(error: BaseException) -> dict[str, Any] | None:
+    """The result a trial reports before re-raising `error`, or None if `error` is to be retried."""
+    if not isinstance(error, NOT_RETRIED):
+        return None
+    return {FAILURE_KEY: failure_text(error), SETUP_FAILURE_KEY: isinstance(error, SETUP_ERRORS)}
+
+
+def not_retried_reason(result: Mapping[str, Any] | None) -> str | None:
+    """The reason of a trial that failed for good without retries (its last result), else None."""
+    return (result or {}).get(FAILURE_KEY)
+
+
+def failure_text(err: Any) -> str:
+    """Exception (Ray wraps the trial's own in RayTaskError; `.cause` is the original) or error text -> one line."""
+    if err is None:
+        return "unknown error"
+    if isinstance(err, BaseException):
+        cause = getattr(err, "cause", None) or err
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
+        name = type(cause).__name__
+        if name in ("RayTaskError", "TuneError") or name.startswith("RayTaskError("):
+            return _last_exception_line(str(cause))
+        return f"{name}: {first}"[:300]
+    return _last_exception_line(str(err))
+
+
+def _last_exception_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # tracebacks end with "ExcType: message"
+        head = ln.split(":", 1)[0]
+        if head and " " not in head and (head.endswith(("Error", "Exception", "Stalled", "Failure"))
+                                         or "." in head):
+            return ln[:300]
+    return (lines[-1] if lines else "unknown error")[:300]

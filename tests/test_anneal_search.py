@@ -9,8 +9,8 @@ import optuna
 import polars as pl
 import pytest
 
-from sweeps import anneal_search
-from sweeps.optuna_search import outcome, settle_from_table
+from sweeps import anneal
+from sweeps.anneal import outcome, settle_from_table
 from sweeps.compat import DRIVER_ENV
 
 TS = optuna.trial.TrialState
@@ -64,7 +64,7 @@ def test_a_running_trial_whose_final_row_is_in_the_table_is_settled_from_it():
     (["--address", "ray://127.0.0.1:1", "--study-storage", "sqlite:///s.db"], "give a database server's URL"),
 ])
 def test_bad_search_options_fail_before_ray(tmp_path, capsys, quiet_env, argv, needle):
-    assert anneal_search.main([*argv, "--storage", str(tmp_path)]) == 2
+    assert anneal.main([*argv, "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
 
@@ -80,7 +80,7 @@ def _study(tmp_path, name="study"):
 def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_path, capsys, quiet_env):
     common = [*TINY, "--storage", str(tmp_path), "--study-name", "study", "--grace-period", "1",
               "--reduction-factor", "2", "--max-concurrent", "2"]
-    assert anneal_search.main(["--n-trials", "4", "--name", "a1", *common]) == 0
+    assert anneal.main(["--n-trials", "4", "--name", "a1", *common]) == 0
     out = capsys.readouterr().out
     assert "best schedules by iw_bound" in out or "no trial ran its full budget" in out
     study = _study(tmp_path)
@@ -100,7 +100,7 @@ def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_pat
             assert row["beta_schedule"][0] == t.params["beta_schedule"]
 
     # A second sweep on the same stored study continues it: TPE sees the first four trials.
-    assert anneal_search.main(["--n-trials", "2", "--name", "a2", *common]) == 0
+    assert anneal.main(["--n-trials", "2", "--name", "a2", *common]) == 0
     study = _study(tmp_path)
     assert [t.number for t in study.trials] == list(range(6))
     assert {t.number: (t.state, t.params, t.values) for t in study.trials if t.number < 4} == first
@@ -108,7 +108,7 @@ def test_search_persists_its_study_continues_it_and_resumes(ray_session, tmp_pat
 
     # --resume restores Tune's experiment (and the pickled searcher) without re-running or adding trials.
     rows_before = pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height
-    assert anneal_search.main(["--resume", "--name", "a1", "--storage", str(tmp_path)]) == 0
+    assert anneal.main(["--resume", "--name", "a1", "--storage", str(tmp_path)]) == 0
     assert len(_study(tmp_path).trials) == 6
     assert pl.read_parquet(tmp_path / "parquet" / "sweep_id=a1" / "*.parquet").height == rows_before
 
@@ -119,7 +119,7 @@ def test_multi_objective_search_tells_optuna_both_objectives_and_prints_the_pare
     Optuna keeps two maximised objectives, and the summary prints the Pareto front of the complete trials."""
     argv = ["--n-trials", "3", "--multi-objective", "--no-asha", "--name", "mo", *TINY, "--storage", str(tmp_path),
             "--max-concurrent", "2"]
-    assert anneal_search.main(argv) == 0
+    assert anneal.main(argv) == 0
     out = capsys.readouterr().out
     study = _study(tmp_path, "mo")
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
@@ -147,7 +147,7 @@ def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     address = ray_session.get_runtime_context().gcs_address
-    base = [sys.executable, str(root / "sweeps" / "anneal_search.py"), "--storage", str(tmp_path), "--name", "k",
+    base = [sys.executable, str(root / "sweeps" / "anneal.py"), "--storage", str(tmp_path), "--name", "k",
             "--address", address, "--quiet"]
     part = tmp_path / "parquet" / "sweep_id=k"
     with open(tmp_path / "first.log", "w") as log:

@@ -1,4 +1,4 @@
-"""The ladder (``critical_rho.py --until-converged``, sweeps/ladder.py): rungs of growing budget until rho_c stops
+"""The ladder (``rho_sweep.py --until-converged``, sweeps/ladder.py): rungs of growing budget until rho_c stops
 moving by the analysis's rule.
 
 What must hold: the rungs lie on the evaluation cadence (bad budgets fail before Ray starts); on a synthetic model
@@ -23,7 +23,7 @@ import polars as pl
 import pytest
 
 from analysis.transition import STATUS_OK, TransitionFit
-from sweeps import critical_rho
+from sweeps import rho_sweep
 from sweeps.cli import SweepError
 from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
 from sweeps.storage import LADDER_FILE
@@ -103,7 +103,7 @@ def test_adaptive_adds_the_middle_of_the_gap_that_holds_rho_c():
     (["--until-converged", "--max-steps", "60"], "--max-steps needs the first rung in steps"),
 ])
 def test_bad_ladder_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
-    assert critical_rho.main([*argv, "--storage", str(tmp_path), "--name", "bad"]) == 2
+    assert rho_sweep.main([*argv, "--storage", str(tmp_path), "--name", "bad"]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "ray").exists()
 
@@ -143,7 +143,7 @@ def check_rows_exactly_once(df: pl.DataFrame, state: dict) -> None:
 @pytest.mark.slow
 def test_ladder_stops_each_configuration_at_the_right_rung_and_continues_the_runs_its_rule_names(
         ray_session, tmp_path, capsys, quiet_env):
-    assert critical_rho.main([*SYNTHETIC, "--storage", str(tmp_path), "--name", "drift", "--no-report"],
+    assert rho_sweep.main([*SYNTHETIC, "--storage", str(tmp_path), "--name", "drift", "--no-report"],
                              trainable=drifting_trainable) == 0
     out = capsys.readouterr().out
     state = json.loads((tmp_path / "ray" / "drift" / LADDER_FILE).read_text())
@@ -182,7 +182,7 @@ def test_adaptive_ladder_adds_rho_values_where_the_transition_moved_and_trains_t
         ray_session, tmp_path, capsys, quiet_env):
     argv = [a for a in SYNTHETIC if a not in ("--grid", "20", *RHOS) and a != "--rhos"]
     argv[argv.index("--max-epochs") + 1] = "80"
-    assert critical_rho.main([*argv, "--adaptive", "--rho-min", "0.78", "--rho-max", "0.98", "--rho-spacing",
+    assert rho_sweep.main([*argv, "--adaptive", "--rho-min", "0.78", "--rho-max", "0.98", "--rho-spacing",
                               "0.005", "--storage", str(tmp_path), "--name", "add", "--no-report"],
                              trainable=drifting_trainable) == 0
     assert "rho values added where rho_c moves (spacing >= 0.005)" in capsys.readouterr().out
@@ -201,8 +201,8 @@ def test_adaptive_ladder_adds_rho_values_where_the_transition_moved_and_trains_t
 @pytest.mark.slow
 def test_driver_killed_mid_ladder_resumes_at_the_rung_it_reached_with_every_row_once(ray_session, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    code = ("import sys; from sweeps import critical_rho; from testing.ladder_synthetic import drifting_trainable; "
-            "sys.exit(critical_rho.main(sys.argv[1:], trainable=drifting_trainable))")
+    code = ("import sys; from sweeps import rho_sweep; from testing.ladder_synthetic import drifting_trainable; "
+            "sys.exit(rho_sweep.main(sys.argv[1:], trainable=drifting_trainable))")
     argv = [sys.executable, "-c", code, *SYNTHETIC, "--storage", str(tmp_path / "store"), "--name", "kill",
             "--address", address, "--no-report"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -244,10 +244,10 @@ def test_a_ladder_of_the_real_trainer_writes_exactly_the_rows_of_a_grid_trained_
                                                                                          quiet_env):
     """Rungs of 2 and 6 epochs, evaluations every 2nd epoch (the old budget's end on the cadence), every run
     continued (--continue all): the table equals a plain grid's at 6 epochs, row for row, but for the clock."""
-    assert critical_rho.main([*TINY, "--until-converged", "--epochs", "2", "--max-epochs", "6", "--rung-factor",
+    assert rho_sweep.main([*TINY, "--until-converged", "--epochs", "2", "--max-epochs", "6", "--rung-factor",
                               "3", "--continue", "all", "--set", "eval_every=2", "--storage", str(tmp_path),
                               "--name", "ladder"]) == 0
-    assert critical_rho.main([*TINY, "--epochs", "6", "--set", "eval_every=2", "--storage", str(tmp_path),
+    assert rho_sweep.main([*TINY, "--epochs", "6", "--set", "eval_every=2", "--storage", str(tmp_path),
                               "--name", "grid"]) == 0
     keys = ["rho", "seed", "step"]
     drop = [*TIMING, "sweep_id", "run_id", "population_id"]

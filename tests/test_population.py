@@ -16,10 +16,10 @@ import torch
 
 from ouvae.checkpoint import CheckpointFormatError
 from ouvae.config import Config, ConfigError
-from ouvae.population import (Population, TrainingStalled, check_population, group_into_populations,
-                              population_key)
+from ouvae.population import Population, TrainingStalled, check_population, population_key
 from ouvae.train import main as train_main
 from ouvae.trainer import Trainer
+from sweeps.plan import group_into_populations
 
 torch.set_num_threads(1)
 

@@ -25,12 +25,12 @@ import polars as pl
 import pytest
 
 from cluster_util import LoopbackCluster, kill_all, session_pids
-from sweeps import critical_rho
+from sweeps import rho_sweep
 from sweeps.compat import DRIVER_ENV
 from test_sweeps import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "sweeps" / "critical_rho.py")
+SCRIPT = str(ROOT / "sweeps" / "rho_sweep.py")
 GRID = ["--grid", "--latent-dims", "3-3", "--rhos", "0.8", "1.0", "--n-seeds", "2"]
 
 
@@ -106,7 +106,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def test_missing_bucket_is_one_line_before_ray_starts(s3_env, capsys):
-    assert critical_rho.main([*GRID, *TINY, "--storage", "s3://no-such-bucket-ouvae/sweeps"]) == 2
+    assert rho_sweep.main([*GRID, *TINY, "--storage", "s3://no-such-bucket-ouvae/sweeps"]) == 2
     captured = capsys.readouterr()
     assert error_lines(captured.err) == [
         "error: --storage s3://no-such-bucket-ouvae/sweeps: cannot write there: the bucket 'no-such-bucket-ouvae' does "
@@ -124,7 +124,7 @@ def test_bucket_that_denies_access_is_one_line_before_ray_starts(s3_server, s3_e
 
     enforce_auth("0")  # the dummy credentials belong to no user: every request is denied
     try:
-        code = critical_rho.main([*GRID, *TINY, "--storage", f"s3://{bucket}/sweeps"])
+        code = rho_sweep.main([*GRID, *TINY, "--storage", f"s3://{bucket}/sweeps"])
     finally:
         enforce_auth("inf")
     captured = capsys.readouterr()
@@ -213,7 +213,7 @@ def test_sweep_through_ray_client_runs_on_the_cluster_and_writes_to_s3(s3_server
 def test_ray_client_with_local_storage_is_one_line_before_ray_starts(tmp_path, capsys, monkeypatch):
     for key, value in DRIVER_ENV.items():
         monkeypatch.setenv(key, value)
-    assert critical_rho.main([*GRID, "--address", "ray://127.0.0.1:1", "--storage", str(tmp_path)]) == 2
+    assert rho_sweep.main([*GRID, "--address", "ray://127.0.0.1:1", "--storage", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert error_lines(captured.err) == [
         f"error: --address ray://127.0.0.1:1: Ray Client runs the sweep's driver on the head node, which would write "

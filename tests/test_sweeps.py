@@ -22,11 +22,12 @@ import pytest
 import faults
 from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
-from sweeps import critical_rho, progress, results
-from sweeps.storage import SPEC_FILE
+from sweeps import progress, results, rho_sweep
+from sweeps.anneal import AnnealSpace, suggest_schedule
+from sweeps.cli import SpaceError
 from sweeps.compat import DRIVER_ENV
-from sweeps.space import AnnealSpace, CriticalGrid, SpaceError, latent_configs, parse_rho_list, rho_grid, \
-    suggest_schedule
+from sweeps.plan import CriticalGrid, latent_configs, parse_rho_list, rho_grid
+from sweeps.storage import SPEC_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny trainer budget shared by the Ray tests: 200 training images, batch 100 -> 2 steps per epoch.
@@ -86,20 +87,20 @@ def test_latent_configurations_and_grid_validation():
 
 
 def test_both_readings_of_t_rho_are_configurations_of_one_sweep():
-    args = critical_rho.build_parser().parse_args(["--latent-sizes", "4", "--layers", "2", "--rhos", "0.5", "1.0",
+    args = rho_sweep.build_parser().parse_args(["--latent-sizes", "4", "--layers", "2", "--rhos", "0.5", "1.0",
                                                    "--n-seeds", "2", "--smooth-spaces", "posterior", "prior",
                                                    "--population", "8"])
-    plan = critical_rho.plan_sweep(args)
+    plan = rho_sweep.plan_sweep(args)
     assert plan.grid.n_runs == 8 and {c.smooth_space for c in plan.grid.configs()} == {"posterior", "prior"}
     # a population never mixes the readings: each one is its own model
-    pops = plan.param_space[critical_rho.POPULATION_KEY]["grid_search"]
+    pops = plan.param_space[rho_sweep.POPULATION_KEY]["grid_search"]
     assert sorted((p["smooth_space"], len(p["members"])) for p in pops) == \
         [("posterior", 2), ("posterior", 2), ("prior", 2), ("prior", 2)]
-    one = critical_rho.plan_sweep(critical_rho.build_parser().parse_args(
+    one = rho_sweep.plan_sweep(rho_sweep.build_parser().parse_args(
         ["--latent-sizes", "4", "--rhos", "0.5", "--set", "smooth_space=prior", "--population", "1"]))
     assert one.param_space["smooth_space"] == {"grid_search": ["prior"]}
     with pytest.raises(SpaceError, match="--smooth-spaces"):
-        critical_rho.plan_sweep(critical_rho.build_parser().parse_args(
+        rho_sweep.plan_sweep(rho_sweep.build_parser().parse_args(
             ["--smooth-spaces", "prior", "--set", "smooth_space=prior"]))
 
 
@@ -107,9 +108,9 @@ def test_data_dir_is_made_absolute_because_each_trial_runs_in_its_own_folder(tmp
     from sweeps import cli
 
     monkeypatch.chdir(tmp_path)
-    args = critical_rho.build_parser().parse_args(["--dataset", "idx", "--data-dir", "my-data"])
+    args = rho_sweep.build_parser().parse_args(["--dataset", "idx", "--data-dir", "my-data"])
     assert cli.fixed_overrides(args)["data_dir"] == str(tmp_path / "my-data")
-    args = critical_rho.build_parser().parse_args(["--set", "data_dir=other"])
+    args = rho_sweep.build_parser().parse_args(["--set", "data_dir=other"])
     assert cli.fixed_overrides(args)["data_dir"] == str(tmp_path / "other")
 
 
@@ -255,7 +256,7 @@ def test_failure_text_names_the_exception():
     (["--seeds", "0", "1", "1"], "--seeds [0, 1, 1] contain duplicates: give each seed once"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
-    code = critical_rho.main([*argv, "--storage", str(tmp_path), "--grid"])
+    code = rho_sweep.main([*argv, "--storage", str(tmp_path), "--grid"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("error: ") and needle in err
@@ -269,14 +270,14 @@ def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, nee
     (["--adaptive", "--rho-step", "0.01"], "--rho-spacing"),
 ])
 def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
-    assert critical_rho.main([*argv, "--storage", str(tmp_path)]) == 2
+    assert rho_sweep.main([*argv, "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
 
 
 @pytest.mark.slow
 def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
-    """The measured complaint: `critical_rho.py --dataset mnist` offline, without the files, used to start Ray and
+    """The measured complaint: `rho_sweep.py --dataset mnist` offline, without the files, used to start Ray and
     every trial. Now the driver resolves the data first: one line naming the file and the fix, exit code 2, Ray
     never started, nothing written. Offline is made certain here: an empty $OUVAE_DATA cache and HTTP(S) proxies
     on a closed port, so a download attempt is refused at once."""
@@ -285,7 +286,7 @@ def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
            "http_proxy": dead_proxy, "https_proxy": dead_proxy}
     for key in ("no_proxy", "NO_PROXY"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--dataset", "mnist",
+    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "rho_sweep.py"), "--dataset", "mnist",
                            "--storage", str(tmp_path / "store")], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -298,7 +299,7 @@ def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
 
 def test_existing_sweep_name_is_refused(tmp_path, capsys, quiet_env):
     results.ParquetSink(str(tmp_path / "parquet"), "taken", verbose=False).add_result("t", _result(2))
-    assert critical_rho.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
+    assert rho_sweep.main(["--grid", "--storage", str(tmp_path), "--name", "taken"]) == 2
     assert "already has rows" in capsys.readouterr().err
 
 
@@ -306,16 +307,16 @@ def test_resume_refuses_options_that_differ_from_the_sweeps(ray_session, tmp_pat
     where = ["--storage", str(tmp_path), "--name", "r"]
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.9", "--n-seeds", "1", "--epochs", "1", *TINY, *where,
             "--no-report", "--quiet"]
-    assert critical_rho.main(argv) == 0
+    assert rho_sweep.main(argv) == 0
     capsys.readouterr()
     for extra, needle in [(["--n-seeds", "2"], "n_seeds 2 (the sweep has 1)"),  # 2 is the default: named all the same
                           (["--adaptive"], "mode 'adaptive' (the sweep has 'grid')"),
                           (["--set", "eval_iw_k=6"], "overrides ['eval_iw_k=6']")]:
-        assert critical_rho.main(["--resume", *where, *extra]) == 2
+        assert rho_sweep.main(["--resume", *where, *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: --resume cannot change the sweep's options: ") and needle in err, err
     # The sweep's own values and per-invocation options are accepted; the finished sweep has nothing left to run.
-    assert critical_rho.main(["--resume", *where, "--n-seeds", "1", "--grid", "--quiet", "--no-report"]) == 0
+    assert rho_sweep.main(["--resume", *where, "--n-seeds", "1", "--grid", "--quiet", "--no-report"]) == 0
     assert "1 runs finished, 0 failed" in capsys.readouterr().out
 
 
@@ -329,21 +330,21 @@ def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_fin
     where = ["--storage", str(tmp_path), "--name", "nodata"]
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.6", "0.7", "0.8", "0.9", "--n-seeds", "2", "--epochs", "1",
             *TINY, "--max-concurrent", "2", "--population", "1", *where, "--no-report"]
-    assert critical_rho.main(argv, trainable=faults.train_without_data) == 1
+    assert rho_sweep.main(argv, trainable=faults.train_without_data) == 1
     out = capsys.readouterr().out
     assert "retry  " not in out
     assert f"stopping the sweep: each of the first 2 trials failed with DataError: {faults.MISSING_DATA}" in out
     assert f"every failed trial failed with DataError: {faults.MISSING_DATA}" in out
-    assert "python sweeps/critical_rho.py --resume --retry-failed --name nodata" in out
+    assert "python sweeps/rho_sweep.py --resume --retry-failed --name nodata" in out
     trials = tune.ExperimentAnalysis(str(tmp_path / "ray" / "nodata")).trials
     failed = [t for t in trials if t.status == "ERROR"]
     assert 2 <= len(failed) <= 4 and all(t.run_metadata.num_failures == 1 for t in failed)  # not retried
     assert not (tmp_path / "parquet" / "sweep_id=nodata").exists()  # no evaluation, no row
 
-    assert critical_rho.main(["--resume", *where, "--quiet"]) == 0  # the data are back: the rest runs
+    assert rho_sweep.main(["--resume", *where, "--quiet"]) == 0  # the data are back: the rest runs
     out = capsys.readouterr().out
     assert f"{8 - len(failed)} runs finished, {len(failed)} failed" in out and "(not retried)" in out
-    assert critical_rho.main(["--resume", "--retry-failed", *where, "--quiet"]) == 0
+    assert rho_sweep.main(["--resume", "--retry-failed", *where, "--quiet"]) == 0
     assert "8 runs finished, 0 failed" in capsys.readouterr().out
     final = read_table(tmp_path / "parquet", "nodata").filter(pl.col("is_final"))
     assert sorted(zip(final["rho"], final["seed"])) == [(r, s) for r in (0.6, 0.7, 0.8, 0.9) for s in (0, 1)]
@@ -355,7 +356,7 @@ def test_grid_sweep_end_to_end_writes_the_documented_table(ray_session, tmp_path
     rho = 1 runs), one file per population trial, one row per run and evaluation."""
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.5", "0.9", "1.0", "--n-seeds", "2", "--epochs", "2",
             *TINY, "--storage", str(tmp_path), "--name", "e2e"]
-    assert critical_rho.main(argv) == 0
+    assert rho_sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert "6 runs finished, 0 failed" in out and "populations of up to 4 runs per trial (2 trials)" in out
     root = tmp_path / "parquet"
@@ -392,7 +393,7 @@ def test_a_sweep_on_your_own_numpy_images_records_which_data_it_was(ray_session,
     argv = ["--grid", "--latent-dims", "3-3", "--rhos", "0.8", "1.0", "--n-seeds", "1", "--epochs", "1", *TINY,
             "--dataset", "npy", "--data-dir", str(tmp_path / "faces.npz"), "--storage", str(tmp_path / "out"),
             "--name", "own", "--no-report"]
-    assert critical_rho.main(argv) == 0
+    assert rho_sweep.main(argv) == 0
     assert "2 runs finished, 0 failed" in capsys.readouterr().out
     df = read_table(tmp_path / "out" / "parquet", "own")
     assert set(df["dataset"]) == {"npy:faces"} and set(df["binarization"]) == {"dynamic"}
@@ -403,7 +404,7 @@ def test_adaptive_sweep_runs_the_searcher_end_to_end(ray_session, tmp_path, caps
     argv = ["--adaptive", "--latent-dims", "3-3", "--rho-min", "0.5", "--rho-max", "1.0", "--coarse-points", "3",
             "--n-seeds", "2", "--budget", "8", "--epochs", "1", *TINY, "--storage", str(tmp_path), "--name", "ad",
             "--no-report"]
-    assert critical_rho.main(argv) == 0
+    assert rho_sweep.main(argv) == 0
     out = capsys.readouterr().out
     assert "(adaptive)" in out and "0 failed" in out
     final = read_table(tmp_path / "parquet", "ad").filter(pl.col("is_final"))
@@ -559,7 +560,7 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
     --resume: one final row per grid point, every evaluation of every run once, nothing written before lost."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "store"
-    argv = [sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--grid", "--latent-dims", "3-3",
+    argv = [sys.executable, str(ROOT / "sweeps" / "rho_sweep.py"), "--grid", "--latent-dims", "3-3",
             "--rhos", "0.6", "0.7", "0.8", "1.0", "--n-seeds", "2", "--epochs", "5", *TINY, "--max-concurrent", "1",
             "--population", "4", "--storage", str(storage), "--name", "crash", "--address", address, "--no-report",
             "--quiet"]

@@ -1,25 +1,44 @@
-"""Search-space construction and validation for the sweeps (no Ray import here).
+"""Everything a sweep decides before Ray starts: the rho grid, latent sizes and seeds, how runs group into populations, and the checks that must pass first.
+
+Search-space construction and validation for the sweeps (no Ray import here).
 
 Why a module of its own: every way a sweep can be asked for something impossible (rho outside (0, 1], an empty
 grid, a step larger than the range, duplicate grid points, a config value the trainer rejects) must fail with a
 plain message *before* Ray starts and before any trial runs. Keeping these pure functions free of Ray also lets
 them be tested in milliseconds. The Optuna define-by-run space for the annealing search lives here too, so the
 whole "what is searched" question has one home.
+
+What a sweep checks before Ray starts, so that a mistake costs seconds and one line, not a cluster's time.
+
+Measured before these checks: ``critical_rho.py --dataset mnist`` on a machine without the MNIST files and without
+internet started Ray and all 42 trials, each of which tried to download, failed and was retried; after 6.5
+minutes there were 98 tracebacks and no result. Now the driver resolves the data itself
+(``ouvae.data.load_config_dataset`` locates the files, downloads them once into the cache and verifies them, with
+the sweep's validation size and binarization), writes a probe file where the sweep
+will write, and connects to the cluster address with a short timeout; each failure is a SweepError naming the
+problem and the fix (sweeps/cli.py prints it and exits with code 2), and nothing has been written.
+
+On a multi-node cluster the workers still load the data themselves (into each node's cache): the driver's check
+proves the files exist and are intact, which is what a typo or an offline machine gets wrong.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ouvae.config import BETA_SCHEDULES, Config, format_latent_dims, parse_latent_dims
+from ouvae.config import Config, ConfigError, format_latent_dims, parse_latent_dims
+from ouvae.data import DataError, load_config_dataset
+from ouvae.population import population_key
+from ouvae.smoothing import is_identity
+from sweeps.cli import SpaceError, SweepError
+from sweeps.storage import SweepPaths, check_storage, is_remote
+
 
 RHO_DECIMALS = 10  # grid values are rounded so 0.8 + 7 * 0.02 prints (and hashes) as 0.94, not 0.9400000000000001
-
-
-class SpaceError(ValueError):
-    """A sweep specification that cannot run. The message names the option and how to fix it."""
 
 
 # ----- rho grids ----------------------------------------------------------------------------------------------
@@ -177,112 +196,77 @@ class CriticalGrid:
                 f"{len(self.seeds)} seeds ({', '.join(map(str, self.seeds))})")
 
 
-# ----- the KL-annealing search space (Optuna define-by-run) ----------------------------------------------------
-@dataclass(frozen=True)
-class AnnealSpace:
-    """Which schedule parameters the Optuna search may vary, and over what ranges.
-
-    Conditional by construction: a trial first picks the schedule, then only the parameters that schedule
-    reads (constant reads beta_max; linear/cosine add beta_min and anneal_epochs; sigmoid adds the steepness;
-    cyclical adds n_cycles and cycle_ratio). Parameters a schedule does not read are not sampled, so Optuna's
-    TPE does not learn from irrelevant dimensions.
-    """
-
-    schedules: tuple[str, ...] = BETA_SCHEDULES
-    beta_max: tuple[float, float] = (0.5, 1.0)
-    beta_min: tuple[float, float] = (0.0, 0.5)
-    anneal_epochs: tuple[float, float] | None = None  # None = (1, the training budget in epochs)
-    n_cycles: tuple[int, int] = (1, 8)
-    cycle_ratio: tuple[float, float] = (0.2, 1.0)
-    sigmoid_steepness: tuple[float, float] = (2.0, 20.0)
-    free_bits: tuple[float, float] | None = (0.0, 0.5)  # None = do not search free bits
-    rho: tuple[float, float] | None = None  # None = keep the config's rho fixed
-
-    def __post_init__(self) -> None:
-        if not self.schedules:
-            raise SpaceError("--schedules is empty: pick one or more of " + ", ".join(BETA_SCHEDULES))
-        unknown = [s for s in self.schedules if s not in BETA_SCHEDULES]
-        if unknown:
-            raise SpaceError(f"unknown schedule(s) {unknown}: choose from {list(BETA_SCHEDULES)}")
-        for name in ("beta_max", "beta_min", "anneal_epochs", "n_cycles", "cycle_ratio", "sigmoid_steepness",
-                     "free_bits", "rho"):
-            rng = getattr(self, name)
-            if rng is None:
-                continue
-            lo, hi = rng
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                raise SpaceError(f"--{name.replace('_', '-')} range {lo}..{hi} is empty or reversed: give LOW HIGH "
-                                 f"with LOW <= HIGH")
-        if self.beta_min[0] < 0 or self.beta_max[0] < 0:
-            raise SpaceError("beta ranges must be >= 0")
-        if self.beta_min[1] > self.beta_max[0] + 1e-12 and any(s != "constant" for s in self.schedules):
-            # Keep beta_min <= beta_max for every sample (Config requires it) without rejection sampling.
-            raise SpaceError(f"--beta-min range {self.beta_min} overlaps --beta-max range {self.beta_max}: need the "
-                             f"upper end of beta_min <= the lower end of beta_max")
-        if self.cycle_ratio[0] <= 0 or self.cycle_ratio[1] > 1:
-            raise SpaceError(f"--cycle-ratio range {self.cycle_ratio} must lie inside (0, 1]")
-        if self.n_cycles[0] < 1:
-            raise SpaceError(f"--n-cycles range {self.n_cycles} must start at >= 1")
-        if self.sigmoid_steepness[0] <= 0:
-            raise SpaceError(f"--sigmoid-steepness range {self.sigmoid_steepness} must be > 0")
-        if self.anneal_epochs is not None and self.anneal_epochs[0] <= 0:
-            raise SpaceError(f"--anneal-epochs range {self.anneal_epochs} must be > 0")
-        if self.free_bits is not None and self.free_bits[0] < 0:
-            raise SpaceError(f"--free-bits range {self.free_bits} must be >= 0 nats")
-        if self.rho is not None:
-            check_rho(self.rho[0], "--rho-range low")
-            check_rho(self.rho[1], "--rho-range high")
-
-    def with_budget(self, epochs: float) -> "AnnealSpace":
-        """Fill the default warm-up range from the training budget (1 .. the whole run)."""
-        if self.anneal_epochs is not None:
-            return self
-        import dataclasses
-
-        return dataclasses.replace(self, anneal_epochs=(min(1.0, float(epochs)), max(1.0, float(epochs))))
-
-
-def suggest_schedule(trial: Any, space: AnnealSpace) -> dict[str, Any]:
-    """Define-by-run body: sample one schedule and only its parameters; returns the Config overrides.
-
-    `trial` is an optuna.Trial (or Ray's suggest-captor around one). Kept free of optuna imports so the space
-    can be unit-tested with any object that has suggest_* methods.
-    """
-    out: dict[str, Any] = {}
-    schedule = trial.suggest_categorical("beta_schedule", list(space.schedules))
-    out["beta_schedule"] = schedule
-    out["beta_max"] = _suggest_float(trial, "beta_max", space.beta_max)
-    if schedule != "constant":
-        out["beta_min"] = _suggest_float(trial, "beta_min", space.beta_min)
-        assert space.anneal_epochs is not None, "call AnnealSpace.with_budget(epochs) first"
-        out["anneal_epochs"] = _suggest_float(trial, "anneal_epochs", space.anneal_epochs)
-    if schedule == "sigmoid":
-        out["sigmoid_steepness"] = _suggest_float(trial, "sigmoid_steepness", space.sigmoid_steepness, log=True)
-    if schedule == "cyclical":
-        lo, hi = space.n_cycles
-        out["n_cycles"] = trial.suggest_int("n_cycles", lo, hi) if lo < hi else lo
-        out["cycle_ratio"] = _suggest_float(trial, "cycle_ratio", space.cycle_ratio)
-    if space.free_bits is not None:
-        out["free_bits"] = _suggest_float(trial, "free_bits", space.free_bits)
-    if space.rho is not None:
-        out["rho"] = _suggest_float(trial, "rho", space.rho)
+# ----- populations ------------------------------------------------------------------------------------------
+def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Config]]:
+    """Split runs into populations of at most `size` that can train together: equal population_key, and
+    smoothed runs apart from unsmoothed ones. Groups keep the order of first appearance; each group is cut into
+    nearly equal chunks (e.g. 10 runs with size 8 -> 5 + 5, not 8 + 2), so population trials take similar time."""
+    if size < 1:
+        raise ConfigError(f"population size must be >= 1, got {size}")
+    groups: dict[tuple[str, bool], list[Config]] = {}
+    for cfg in configs:
+        # runs that do not smooth take the plain VAE's path (about a third of a smoothed step): group them apart
+        groups.setdefault((population_key(cfg), is_identity(cfg.rho, cfg.smooth_samples)), []).append(cfg)
+    out: list[list[Config]] = []
+    for runs in groups.values():
+        n_chunks = math.ceil(len(runs) / size)
+        bounds = [round(i * len(runs) / n_chunks) for i in range(n_chunks + 1)]
+        out += [runs[a:b] for a, b in zip(bounds, bounds[1:])]
     return out
 
 
-def _suggest_float(trial: Any, name: str, rng: tuple[float, float], log: bool = False) -> float:
-    lo, hi = float(rng[0]), float(rng[1])
-    if lo == hi:
-        return lo  # a fixed value: nothing to search
-    return trial.suggest_float(name, lo, hi, log=log and lo > 0)
+ADDRESS_TIMEOUT_S = 5.0
 
 
-class DefineByRun:
-    """Picklable define-by-run callable for OptunaSearch (Ray pickles the searcher into its experiment state,
-    so a closure would break --resume). Returns only the sampled overrides: Tune merges them into the
-    constant part of the param space."""
+def is_ray_client(address: str | None) -> bool:
+    """A ray:// address: Ray Client, which runs the sweep's driver on the head node."""
+    return bool(address) and address.startswith("ray://")
 
-    def __init__(self, space: AnnealSpace):
-        self.space = space
 
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        return suggest_schedule(trial, self.space)
+def check_start(args: argparse.Namespace, paths: SweepPaths, cfg: Config) -> None:
+    """Every check a sweep passes before Ray starts, cheapest mistakes first: the data, the storage (a resumed
+    sweep's was checked when it was opened), a separate --results-dir, the cluster address.
+
+    Through Ray Client (``ray://``) this machine is not part of the cluster: the sweep's driver runs on the head and
+    writes the table and Tune's state from there, so the storage must be an object store every machine reaches
+    alike, and the data are the cluster's business (the first round of trials checks them; sweeps/progress.py)."""
+    if is_ray_client(args.address):
+        for option, uri in (("--storage", paths.storage), ("--results-dir", paths.results_root)):
+            if not is_remote(uri):
+                raise SweepError(f"--address {args.address}: Ray Client runs the sweep's driver on the head node, "
+                                 f"which would write to its own {uri}; give {option} an object store "
+                                 f"(s3://bucket/prefix), or run this script on a node of the cluster with "
+                                 f"--address host:6379")
+    else:
+        check_data(cfg)
+    if not args.resume:
+        check_storage(paths.storage)
+    if args.results_dir:
+        check_storage(paths.results_root, "--results-dir")
+    if args.address:
+        check_address(args.address)
+
+
+def check_data(cfg: Config) -> None:
+    """The dataset every trial of `cfg`'s sweep loads is present and intact (downloaded once if missing), with the
+    sweep's validation size and binarization."""
+    try:
+        load_config_dataset(cfg)
+    except DataError as e:
+        raise SweepError(f"dataset {cfg.dataset}: {e}") from None
+
+
+def check_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """Fail fast on an unreachable --address (ray.init would otherwise retry for minutes)."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise SweepError(f"--address {address!r}: expected host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise SweepError(f"--address {address}: cannot reach a Ray head at {host}:{port} ({e.strerror or e}); start "
+                         f"one with `ray start --head` or check the address/firewall") from None
