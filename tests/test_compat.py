@@ -139,7 +139,7 @@ def test_conditional_tpe_is_built_without_warnings():
 
 
 def test_a_finished_trial_refuses_updates_and_tell_can_skip_it():
-    """sweeps/optuna_search.py tells Optuna about trials a crashed driver may have told already."""
+    """sweeps/anneal.py tells Optuna about trials a crashed driver may have told already."""
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     study.tell(trial, 1.0)
