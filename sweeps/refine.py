@@ -50,7 +50,7 @@ import numpy as np
 
 from ouvae.config import parse_latent_dims
 from sweeps.cli import SpaceError
-from sweeps.plan import check_seeds
+from sweeps.plan import check_seeds, rho_grid
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 
 PENDING, DONE, ERROR = "pending", "done", "error"
@@ -212,12 +212,14 @@ class RefinePolicy:
         return min(max(i, i_lo), i_hi)
 
     def coarse_grid(self) -> list[float]:
-        """The coarse rho values (snapped inward to the lattice so they stay inside rho_range)."""
+        """The coarse rho values: `coarse_points` evenly spread over the lattice's points inside rho_range (the
+        one grid builder, sweeps/plan.py: rho_grid, between the range's ends snapped inward to the lattice)."""
         lo, hi = self.rho_range
         i_lo = int(math.ceil(lo / self.min_spacing - 1e-9))
         i_hi = int(math.floor(hi / self.min_spacing + 1e-9))
-        idx = sorted({int(round(v)) for v in np.linspace(i_lo, i_hi, self.coarse_points)})
-        return [self._rho(i) for i in idx]
+        lattice = rho_grid(self._rho(i_lo), self._rho(i_hi), self.min_spacing)  # lattice[k] = rho of i_lo + k
+        picks = sorted({int(round(v)) for v in np.linspace(i_lo, i_hi, self.coarse_points)})
+        return [lattice[i - i_lo] for i in picks]
 
     # ----------------------------------------------------------------------------------------------- results
     def record(self, group: int, rho: float, seed: int, active_units: int | None) -> None:
