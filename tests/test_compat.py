@@ -152,7 +152,7 @@ def test_a_finished_trial_refuses_updates_and_tell_can_skip_it():
 
 
 def test_a_stored_running_trial_is_reachable_as_a_writable_trial():
-    """sweeps/optuna_search.settle_from_table finishes a trial asked by a driver that has died."""
+    """sweeps/anneal.py: settle_from_table finishes a trial asked by a driver that has died."""
     study = optuna.create_study(direction="maximize")
     study.ask().set_user_attr("ray_trial_id", "t1")
     (frozen,) = study.get_trials(deepcopy=False)
