@@ -199,6 +199,14 @@ class Config:
         return self.rho if self.rho_eval is None else self.rho_eval
 
     @property
+    def bound_smooths_generative(self) -> bool:
+        """Whether the model that reported bounds are of has smoothed generative maps: only in the prior reading.
+        In the posterior reading the smoothed objective bounds no model, so bounds are taken with the generative
+        maps unsmoothed: the plain hierarchical VAE with the trained weights (the smoothed encoder, which may
+        depend on x, stays the proposal). ouvae/metrics.py evaluates by this; ouvae/records.py names the model."""
+        return self.smooth_space == "prior"
+
+    @property
     def beta_params(self) -> dict[str, float]:
         """The parameters the chosen schedule actually reads (recorded on every result row)."""
         keys = {

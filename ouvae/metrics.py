@@ -94,7 +94,7 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
     device = params.device
     m, n, n_layers = params.shape[0], data.shape[0], len(model.cfg.latent_dims)
     rho_t = torch.tensor(list(rho), dtype=params.dtype, device=device)
-    generative = model.bound_smooths_generative
+    generative = model.cfg.bound_smooths_generative
     # the smoothed objective differs from the bound's ELBO only when the bound leaves smoothed generative maps out
     separate_objective = model.smoothed_maps(rho)[1] and not generative
     smoothed_log_w = torch.zeros(m, dtype=torch.float64, device=device)

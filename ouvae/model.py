@@ -121,14 +121,6 @@ class HierarchicalVAE(nn.Module):
         return self.flat.shape[0]
 
     # ----- noise ------------------------------------------------------------------------------------------------
-    @property
-    def bound_smooths_generative(self) -> bool:
-        """Whether the model that reported bounds are of has smoothed generative maps: only in the prior reading.
-        In the posterior reading the smoothed objective bounds no model, so bounds are taken with the generative
-        maps unsmoothed: the plain hierarchical VAE with the trained weights (the smoothed encoder, which may
-        depend on x, stays the proposal)."""
-        return self.cfg.smooth_space == "prior"
-
     def smoothed_maps(self, rho: Sequence[float], generative: bool = True) -> tuple[bool, bool]:
         """(encoder maps smoothed, decoder maps smoothed) for these members' rho: a host-side decision on the
         configuration (no tensor is looked at), so a population with no smoothed member never forms copies.

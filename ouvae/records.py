@@ -24,7 +24,7 @@ BOUND_MODEL_NAMES = {"hvae": "the plain hierarchical VAE with these weights (gen
 def bound_model(cfg: Config) -> str:
     """The model whose log p(x) the reported elbo / iw_bound bound (metrics.py): the smoothed generative model in
     the prior reading when its generative maps are smoothed at evaluation, else the plain hierarchical VAE."""
-    smoothed = (cfg.smooth_space == "prior" and cfg.smooth in ("both", "decoder")
+    smoothed = (cfg.bound_smooths_generative and cfg.smooth in ("both", "decoder")
                 and not is_identity(cfg.effective_rho_eval, cfg.smooth_samples))
     return "smoothed-prior" if smoothed else "hvae"
 
