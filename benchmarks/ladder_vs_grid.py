@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ladder (``rho_sweep.py --until-converged``) against a grid trained to the budget where rho_c converges.
+"""The ladder (``critical_rho.py --until-converged``) against a grid trained to the budget where rho_c converges.
 
 The claim under test (issue: converged rho_c): on a model whose rho_c drifts with the budget, the ladder finds the
 converged rho_c for at most half the member-steps (runs x optimizer steps) of training every grid point to the

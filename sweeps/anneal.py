@@ -433,7 +433,7 @@ def objective(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: argparse.Namespace) -> None:
     """Before a resumed search continues: runs the killed driver wrote in full to the table but never told the
-    study are told now (sweeps/anneal.py: settle_from_table says why)."""
+    study are told now (settle_from_table says why)."""
     import optuna
     from sweeps.results import read_trial_rows
 

@@ -147,7 +147,7 @@ def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     address = ray_session.get_runtime_context().gcs_address
-    base = [sys.executable, str(root / "sweeps" / "anneal.py"), "--storage", str(tmp_path), "--name", "k",
+    base = [sys.executable, str(root / "sweeps" / "anneal_search.py"), "--storage", str(tmp_path), "--name", "k",
             "--address", address, "--quiet"]
     part = tmp_path / "parquet" / "sweep_id=k"
     with open(tmp_path / "first.log", "w") as log:

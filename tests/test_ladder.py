@@ -1,4 +1,4 @@
-"""The ladder (``rho_sweep.py --until-converged``, sweeps/ladder.py): rungs of growing budget until rho_c stops
+"""The ladder (``critical_rho.py --until-converged``, sweeps/ladder.py): rungs of growing budget until rho_c stops
 moving by the analysis's rule.
 
 What must hold: the rungs lie on the evaluation cadence (bad budgets fail before Ray starts); on a synthetic model

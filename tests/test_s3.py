@@ -30,7 +30,7 @@ from sweeps.compat import DRIVER_ENV
 from test_sweeps import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "sweeps" / "rho_sweep.py")
+SCRIPT = str(ROOT / "sweeps" / "critical_rho.py")
 GRID = ["--grid", "--latent-dims", "3-3", "--rhos", "0.8", "1.0", "--n-seeds", "2"]
 
 

@@ -277,7 +277,7 @@ def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env,
 
 @pytest.mark.slow
 def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
-    """The measured complaint: `rho_sweep.py --dataset mnist` offline, without the files, used to start Ray and
+    """The measured complaint: `critical_rho.py --dataset mnist` offline, without the files, used to start Ray and
     every trial. Now the driver resolves the data first: one line naming the file and the fix, exit code 2, Ray
     never started, nothing written. Offline is made certain here: an empty $OUVAE_DATA cache and HTTP(S) proxies
     on a closed port, so a download attempt is refused at once."""
@@ -286,7 +286,7 @@ def test_offline_sweep_without_the_data_is_one_line_before_ray_starts(tmp_path):
            "http_proxy": dead_proxy, "https_proxy": dead_proxy}
     for key in ("no_proxy", "NO_PROXY"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "rho_sweep.py"), "--dataset", "mnist",
+    proc = subprocess.run([sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--dataset", "mnist",
                            "--storage", str(tmp_path / "store")], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -335,7 +335,7 @@ def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_fin
     assert "retry  " not in out
     assert f"stopping the sweep: each of the first 2 trials failed with DataError: {faults.MISSING_DATA}" in out
     assert f"every failed trial failed with DataError: {faults.MISSING_DATA}" in out
-    assert "python sweeps/rho_sweep.py --resume --retry-failed --name nodata" in out
+    assert "python sweeps/critical_rho.py --resume --retry-failed --name nodata" in out
     trials = tune.ExperimentAnalysis(str(tmp_path / "ray" / "nodata")).trials
     failed = [t for t in trials if t.status == "ERROR"]
     assert 2 <= len(failed) <= 4 and all(t.run_metadata.num_failures == 1 for t in failed)  # not retried
@@ -560,7 +560,7 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
     --resume: one final row per grid point, every evaluation of every run once, nothing written before lost."""
     address = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "store"
-    argv = [sys.executable, str(ROOT / "sweeps" / "rho_sweep.py"), "--grid", "--latent-dims", "3-3",
+    argv = [sys.executable, str(ROOT / "sweeps" / "critical_rho.py"), "--grid", "--latent-dims", "3-3",
             "--rhos", "0.6", "0.7", "0.8", "1.0", "--n-seeds", "2", "--epochs", "5", *TINY, "--max-concurrent", "1",
             "--population", "4", "--storage", str(storage), "--name", "crash", "--address", address, "--no-report",
             "--quiet"]
