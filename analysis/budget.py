@@ -205,26 +205,42 @@ _GAMMA_BOUNDS = (0.05, 4.0)  # a decay slower than B^-0.05 is no approach at all
 
 
 def _power_law_fit(budgets: np.ndarray, rho_c: np.ndarray, sigma: np.ndarray) -> tuple[float, float, float] | None:
-    import warnings
+    """Weighted least squares of rho_inf + a * B^-gamma, gamma within _GAMMA_BOUNDS (None if nothing fits).
 
-    from scipy.optimize import OptimizeWarning, curve_fit
+    Why profiled: for a fixed gamma the model is linear in (rho_inf, a), which have a closed form; only gamma is
+    searched -- on a log grid over its bounds, then refined by SciPy's bounded scalar minimiser. That finds the
+    global optimum (a general curve fit from a start point may stop at a local one) and costs about a
+    millisecond, so the extrapolation's parametric bootstrap and the ladder's fit after every rung stay cheap."""
+    from scipy.optimize import minimize_scalar
 
     scale = budgets[-1]
     x = budgets / scale  # B in units of the largest budget: a is then the distance from rho_inf at that budget
+    w = 1.0 / np.square(sigma)
 
-    def model(b, rho_inf, a, gamma):
-        return rho_inf + a * b ** (-gamma)
+    def profile(gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weighted squared error, rho_inf, a) at each gamma."""
+        f = x[None, :] ** -np.atleast_1d(gamma)[:, None]
+        sw, sf, sff = w.sum(), f @ w, (f * f) @ w
+        sy, sfy = w @ rho_c, f @ (w * rho_c)
+        det = sw * sff - sf * sf
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(det > 1e-12 * sw * sff, (sw * sfy - sf * sy) / det, 0.0)
+        rho_inf = (sy - a * sf) / sw
+        sse = np.square(rho_c[None, :] - rho_inf[:, None] - a[:, None] * f) @ w
+        return sse, rho_inf, a
 
-    a0 = rho_c[0] - rho_c[-1]
-    try:
-        with warnings.catch_warnings():  # three budgets fit exactly: no covariance, and none is used
-            warnings.simplefilter("ignore", OptimizeWarning)
-            (rho_inf, a, gamma), _ = curve_fit(model, x, rho_c, p0=(rho_c[-1], a0 or 1e-3, 1.0), sigma=sigma,
-                                                bounds=([-np.inf, -np.inf, _GAMMA_BOUNDS[0]],
-                                                        [np.inf, np.inf, _GAMMA_BOUNDS[1]]), maxfev=2000)
-    except (RuntimeError, ValueError):
+    grid = np.geomspace(*_GAMMA_BOUNDS, 161)
+    sse, _, _ = profile(grid)
+    if not np.isfinite(sse).any():
         return None
-    return float(rho_inf), float(a) * scale ** float(gamma), float(gamma)
+    k = int(np.nanargmin(sse))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+    gamma = float(minimize_scalar(lambda g: float(profile(g)[0][0]), bounds=(lo, hi), method="bounded",
+                                  options={"xatol": 1e-7}).x)
+    _, rho_inf, a = profile(gamma)
+    if not (np.isfinite(rho_inf[0]) and np.isfinite(a[0])):
+        return None
+    return float(rho_inf[0]), float(a[0]) * scale ** gamma, gamma
 
 
 def extrapolate(series: BudgetSeries, *, level: float = 0.95, n_draws: int = 300,

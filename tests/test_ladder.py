@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RHOS = [f"{0.78 + 0.02 * i:.2f}" for i in range(10)]
 BUDGETS = [10, 20, 40, 80, 160]
 SYNTHETIC = ["--until-converged", "--grid", "--latent-dims", "10", "20", "--rhos", *RHOS, "--n-seeds", "5",
-             "--population", "5", "--epochs", "10", "--max-epochs", "160", "--set", "eval_every=10", "--quiet"]
+             "--population", "25", "--epochs", "10", "--max-epochs", "160", "--set", "eval_every=10", "--quiet"]
 TIMING = ("time_per_epoch_s", "wall_time_s", "peak_memory_bytes", "hostname")
 
 
