@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 # The whole suite (CI: .ci/run).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The edit-test loop: no Ray, no multi-node cluster, nothing marked slow.
 test-fast: $(STAMP)
