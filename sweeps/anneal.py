@@ -213,7 +213,7 @@ class FullBudgetOptunaSearch(OptunaSearch):
         """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
         again at 1 when a trial continues from its checkpoint). A step already reported -- the evaluation a
         restarted trial re-sends -- keeps its value: it is the same measurement. Results without the metric (a
-        failing trial's last word, sweeps/progress.py) are not evaluations."""
+        failing trial's last word, sweeps/trainable.py: failure_result) are not evaluations."""
         if isinstance(self.metric, list) or self.metric not in result:
             return  # Optuna takes no intermediate values for several objectives
         ot_trial = self._open_trial(trial_id)

@@ -25,7 +25,7 @@ RAY_CHECKED = "2.60.0"
 #   legacy engine honours verbose=0, so our one-line progress (sweeps/progress.py) is the only output. Listed in
 #   ray.air.constants.AIR_ENV_VARS, read by ray.tune.experimental.output.get_air_verbosity.
 # * TUNE_DISABLE_STRICT_METRIC_CHECKING=1: a trial that fails deterministically first reports a result that holds
-#   only its failure (sweeps/progress.py) -- no metric. Tune would otherwise reject that result because a scheduler
+#   only its failure (sweeps/trainable.py: failure_result) -- no metric. Tune would otherwise reject that result because a scheduler
 #   or searcher names a metric (ASHA, Optuna: iw_bound). Documented in ray.tune.constants.TUNE_ENV_VARS; ASHA and
 #   our searchers skip results without their metric.
 # * TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: Tune adds CSV and TensorBoardX loggers beside its JSON one unless this is

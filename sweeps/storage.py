@@ -40,7 +40,7 @@ from sweeps.cli import RUNTIME_OPTIONS, CommandLine, SweepError
 
 class StorageUnreachable(RuntimeError):
     """A node of the cluster does not see the sweep's storage (a local path on a multi-node cluster): every trial
-    on that node would fail alike, so it is not retried (sweeps/progress.py)."""
+    on that node would fail alike, so it is not retried (sweeps/trainable.py: NOT_RETRIED)."""
 
 
 def is_remote(uri: str) -> bool:

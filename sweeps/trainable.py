@@ -34,7 +34,7 @@ Contract with the rest of `sweeps`:
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
 every member diverged, or unreadable checkpoints are not retried: the trial reports the reason and re-raises
-(sweeps/progress.py). With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn;
+(``failure_result`` below; the driver's FailurePolicy, sweeps/progress.py, then turns its retries off). With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn;
 the dataset cache below then saves reloading the data for every trial.
 
 Per-trial checkpoints kept by the trainable itself, in the trial's folder on the sweep's storage.
@@ -62,7 +62,7 @@ final checkpoint still matters: a trial the driver never recorded as done re-sen
 
 Failures: an I/O error (listing or reading the folder) propagates as OSError -- transient, Tune retries the
 trial; a checkpoint that was read but cannot be loaded is damaged and the one before is tried; when none can be
-loaded, CheckpointError (deterministic: a retry would read the same files; sweeps/progress.py does not retry it).
+loaded, CheckpointError (deterministic: a retry would read the same files; it is one of ``NOT_RETRIED``).
 
 Layout: ``<trial folder>/ouvae_checkpoints/step_<step, 12 digits>.pt`` (``Population.save_checkpoint``'s file: a
 trial trains a run alone, which is a population of one, or a population of runs).
@@ -183,7 +183,7 @@ def report(population: Population, rows: list[dict[str, Any]], *, as_population:
 
 def train_ouvae(config: dict[str, Any]) -> None:
     """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint.
-    An error that a retry would meet again is reported (sweeps/progress.py) before it is raised."""
+    An error that a retry would meet again is reported (``failure_result``) before it is raised."""
     try:
         _train(config)
     except Exception as e:
