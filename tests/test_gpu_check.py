@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("ray", "optuna", "polars", "pooch", "sklearn")
 
 
+@pytest.mark.slow  # three subprocess stages: ~20 s on a loaded 2-core machine
 def test_gpu_check_runs_every_stage_and_writes_the_summary_without_the_sweep_libraries(tmp_path):
     blocked = tmp_path / "blocked"
     for name in ABSENT:
