@@ -115,8 +115,13 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
     trainable = with_resources(trainable, args)
     storage_path = storage_path or paths.ray_storage
     if args.resume if restore is None else restore:
-        tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable, resume_errored=args.retry_failed,
-                                   param_space=param_space)
+        try:
+            tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable,
+                                       resume_errored=args.retry_failed, param_space=param_space)
+        except (ModuleNotFoundError, AttributeError) as e:  # Tune's state pickles our callbacks by module path
+            raise SweepError(f"--resume {name}: Tune's saved state names code this version of ouvae does not have "
+                             f"({e}); the sweep was started by an older version. Its results table stays readable "
+                             f"(python -m analysis); continue measuring in a new sweep (another --name)") from None
     else:
         policy = FailurePolicy(args.max_failures, first_round)
         tuner = tune.Tuner(

@@ -607,3 +607,27 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
         if run.rsplit("-m", 1)[0] in superseded:
             continue
         assert steps <= after[run]
+
+def test_resume_of_a_sweep_whose_saved_state_names_code_that_is_gone_is_one_line(tmp_path, monkeypatch):
+    """Tune pickles our searcher and callbacks by module path: a sweep started by a version whose modules have
+    since moved cannot be restored, and says so in one line (with what still works) instead of a traceback."""
+    import argparse
+    import importlib
+    import pickle
+    import sys
+
+    from sweeps import experiment
+    from sweeps.cli import SweepError
+    from sweeps.storage import sweep_paths
+
+    (tmp_path / "gone_module.py").write_text("class Policy:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = pickle.dumps(importlib.import_module("gone_module").Policy())
+    del sys.modules["gone_module"]
+    (tmp_path / "gone_module.py").unlink()
+    paths = sweep_paths(str(tmp_path / "store"), "old", None)
+    Path(paths.experiment).mkdir(parents=True)
+    (Path(paths.experiment) / "tuner.pkl").write_bytes(state)
+    args = argparse.Namespace(resume=True, retry_failed=False, cpus_per_trial=1, gpus_per_trial=0, max_failures=0)
+    with pytest.raises(SweepError, match=r"--resume old: Tune's saved state names code .*gone_module.* new sweep"):
+        experiment.fit(lambda config: None, args, "old", paths, {})
