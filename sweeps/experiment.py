@@ -27,9 +27,10 @@ from typing import Any, Callable, Sequence
 from sweeps.cli import SweepError
 from sweeps.compat import DRIVER_ENV, init_client
 from sweeps.plan import is_ray_client
-from sweeps.progress import FailurePolicy, SETUP_FAILURE_KEY, failure_text, not_retried_reason
+from sweeps.progress import FailurePolicy
 from sweeps.storage import SweepPaths, join, resume_command
-from sweeps.trainable import failed_members, run_specs, run_tally
+from sweeps.trainable import (SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs,
+                              run_tally)
 
 
 def start(args: argparse.Namespace, script: str, name: str, paths: SweepPaths, t_start: float) -> dict[str, float]:
@@ -59,11 +60,21 @@ def connect(args: argparse.Namespace) -> str:
             else:
                 ray.init(address=args.address, **quiet)
         except Exception as e:  # noqa: BLE001 - any connection failure becomes one clear message
-            last = next((line.strip() for line in reversed(str(e).splitlines()) if line.strip()), type(e).__name__)
-            raise SweepError(f"--address {args.address}: could not join the Ray cluster: {last[:300]}") from None
+            raise SweepError(f"--address {args.address}: could not join the Ray cluster: {_last_line(e)}") from None
         return f"joined Ray cluster at {args.address}"
-    ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False, **quiet)
+    try:
+        ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False, **quiet)
+    except Exception as e:  # noqa: BLE001 - e.g. its processes did not come up in time on a loaded machine
+        raise SweepError(f"could not start a local Ray: {_last_line(e)}; nothing was written: run the same command "
+                         f"again (a loaded machine starts Ray slowly), or join a running Ray with --address") from None
     return "started a local Ray"
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an exception's text (Ray's start-up errors end with their cause), at most 300
+    characters."""
+    return next((line.strip() for line in reversed(str(error).splitlines()) if line.strip()),
+                type(error).__name__)[:300]
 
 
 def cluster_resources(args: argparse.Namespace) -> dict[str, float]:

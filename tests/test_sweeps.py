@@ -631,3 +631,24 @@ def test_resume_of_a_sweep_whose_saved_state_names_code_that_is_gone_is_one_line
     args = argparse.Namespace(resume=True, retry_failed=False, cpus_per_trial=1, gpus_per_trial=0, max_failures=0)
     with pytest.raises(SweepError, match=r"--resume old: Tune's saved state names code .*gone_module.* new sweep"):
         experiment.fit(lambda config: None, args, "old", paths, {})
+
+
+def test_a_local_ray_that_does_not_start_is_one_line(monkeypatch):
+    """On a loaded machine Ray's own processes may not come up in time: the sweep says so in one line, with what to
+    do, instead of Ray's traceback."""
+    import argparse
+
+    import ray
+
+    from sweeps import experiment
+    from sweeps.cli import SweepError
+
+    def no_ray(**kwargs):
+        raise RuntimeError("Failed to start the raylet.\nThe GCS did not answer within 60 s (TimeoutError)")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    args = argparse.Namespace(address=None, num_cpus=None, num_gpus=None)
+    with pytest.raises(SweepError, match=r"^could not start a local Ray: The GCS did not answer within 60 s "
+                                         r"\(TimeoutError\); nothing was written: run the same command again"):
+        experiment.connect(args)
