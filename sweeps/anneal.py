@@ -159,6 +159,7 @@ class DefineByRun:
         return suggest_schedule(trial, self.space)
 
 
+# ----- the searcher: only full-budget trials are COMPLETE -----------------------------------------------------------
 TS = optuna.trial.TrialState
 USER_ATTRS = ("epoch", "step", "is_final", "top_active_units", "top_kl", "elbo", "iw_k")
 
@@ -267,6 +268,7 @@ def settle_from_table(study: optuna.Study, final_row: Callable[[str], dict | Non
     return told
 
 
+# ----- the search: options ------------------------------------------------------------------------------------------
 SCRIPT = "anneal_search"
 DESCRIPTION = ("Search KL-annealing schedules with Optuna (TPE) through Ray Tune, pruning poor runs early with ASHA.\n"
                "The objective, the searched space, the study and --resume: docs/sweeps.md.")

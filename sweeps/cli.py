@@ -78,6 +78,7 @@ def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, arg
         return EXIT_INTERRUPTED
 
 
+# ----- the options both scripts share -------------------------------------------------------------------------------
 # Options that belong to *this invocation*, not to the sweep: they may differ on --resume.
 # --results-dir is *not* one of them: the restored sink keeps writing where the sweep started.
 RUNTIME_OPTIONS = ("address", "num_cpus", "num_gpus", "resume", "retry_failed", "no_report", "quiet", "storage",

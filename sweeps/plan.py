@@ -215,6 +215,7 @@ def group_into_populations(configs: Sequence[Config], size: int) -> list[list[Co
     return out
 
 
+# ----- checks before Ray starts -------------------------------------------------------------------------------------
 ADDRESS_TIMEOUT_S = 5.0
 
 

@@ -38,6 +38,7 @@ from ouvae.atomic import write_atomically
 from sweeps.cli import RUNTIME_OPTIONS, CommandLine, SweepError
 
 
+# ----- local, NFS and S3 locations ----------------------------------------------------------------------------------
 class StorageUnreachable(RuntimeError):
     """A node of the cluster does not see the sweep's storage (a local path on a multi-node cluster): every trial
     on that node would fail alike, so it is not retried (sweeps/trainable.py: NOT_RETRIED)."""
@@ -102,6 +103,7 @@ def check_writable(uri: str) -> None:
     fs.delete_file(probe)
 
 
+# ----- where a sweep's files go -------------------------------------------------------------------------------------
 SPEC_FILE = "ouvae_sweep.json"
 LADDER_FILE = "ouvae_ladder.json"
 _BAD_NAME_CHARACTERS = set("/\\= \t\n:*?\"'<>|")
@@ -166,6 +168,7 @@ def check_name(name: str) -> str:
     return name
 
 
+# ----- a sweep across invocations: new or --resume ------------------------------------------------------------------
 def open_sweep(cmd: CommandLine, script: str, prefix: str) -> tuple[argparse.Namespace, str, SweepPaths]:
     """(args, name, paths) of the sweep to run: a new one named --name (or a dated default), or with --resume
     the named (default: newest) sweep of `script` in --storage, with the options it was started with."""
