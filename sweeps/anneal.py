@@ -33,17 +33,23 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ouvae.config import BETA_SCHEDULES, Config
 from sweeps import cli, compat, experiment
 from sweeps.cli import CommandLine, SpaceError, SweepError
 from sweeps.plan import check_rho, check_start, is_ray_client
+from sweeps.progress import ProgressLine
+from sweeps.results import ParquetSink, read_trial_rows
 from sweeps.storage import SweepPaths, is_remote, open_sweep, prepare_new, resume_command, save_spec
 from sweeps.trainable import train_ouvae
 
@@ -108,9 +114,7 @@ class AnnealSpace:
         """Fill the default warm-up range from the training budget (1 .. the whole run)."""
         if self.anneal_epochs is not None:
             return self
-        import dataclasses
-
-        return dataclasses.replace(self, anneal_epochs=(min(1.0, float(epochs)), max(1.0, float(epochs))))
+        return replace(self, anneal_epochs=(min(1.0, float(epochs)), max(1.0, float(epochs))))
 
 
 def suggest_schedule(trial: Any, space: AnnealSpace) -> dict[str, Any]:
@@ -205,7 +209,6 @@ class FullBudgetOptunaSearch(OptunaSearch):
         compat.completed_trial_ids(self).add(trial_id)
         state, value = outcome(result, error, self.metric)
         try:
-            ot_trial.set_user_attr("ray_trial_id", trial_id)
             record_end(compat.optuna_study(self), ot_trial, result, state, value)
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # told to Optuna before a driver crash, after Tune's last snapshot: already recorded
@@ -401,10 +404,6 @@ def check_study_storage(uri: str, address: str | None) -> None:
 
 def open_study_storage(uri: str):
     """The Optuna storage at `uri` (a journal file is created with its folder)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     if is_remote(uri):
         return optuna.storages.RDBStorage(uri)
     path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
@@ -414,8 +413,6 @@ def open_study_storage(uri: str):
 
 def study_counts(storage, study_name: str) -> dict[str, int]:
     """Trials of the stored study by state name (empty if there is no such study yet)."""
-    import optuna
-
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -436,9 +433,6 @@ def objective(args: argparse.Namespace) -> tuple[Any, Any]:
 def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: argparse.Namespace) -> None:
     """Before a resumed search continues: runs the killed driver wrote in full to the table but never told the
     study are told now (settle_from_table says why)."""
-    import optuna
-    from sweeps.results import read_trial_rows
-
     def final_row(trial_id: str) -> dict | None:
         rows = [r for r in read_trial_rows(paths.results_root, name, trial_id) if r.get("is_final")]
         return rows[-1] if rows else None
@@ -451,18 +445,13 @@ def settle_study(storage, plan: SearchPlan, paths: SweepPaths, name: str, args: 
 
 
 def make_searcher(args: argparse.Namespace, plan: SearchPlan, storage):
-    from sweeps.compat import conditional_tpe
-
     metric, mode = objective(args)
     return FullBudgetOptunaSearch(space=DefineByRun(plan.space), metric=metric, mode=mode,
                                   study_name=plan.study_name, storage=storage,
-                                  sampler=conditional_tpe(args.sampler_seed))
+                                  sampler=compat.conditional_tpe(args.sampler_seed))
 
 
 def tune_config(args: argparse.Namespace, plan: SearchPlan, storage):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     scheduler = None
     if args.asha:
         scheduler = ASHAScheduler(time_attr="evaluation", metric=METRIC, mode="max", max_t=plan.max_evaluations,
@@ -488,9 +477,6 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     print(describe_search(args, name, plan, study_counts(storage, plan.study_name)))
 
     resources = experiment.start(args, SCRIPT, name, paths, t_start)
-
-    from sweeps.progress import ProgressLine
-    from sweeps.results import ParquetSink
 
     # Each trial is its own Optuna sample: one that finished after Tune's last snapshot stays in the study and in
     # the table (Tune samples a new trial in its place on --resume).
@@ -530,8 +516,6 @@ def trial_label(config: dict[str, Any]) -> str:
 
 def summary_text(outcome: experiment.Outcome, storage, plan: SearchPlan, paths: SweepPaths, name: str,
                  args: argparse.Namespace, seconds: float) -> str:
-    import optuna
-
     n_ok = len(outcome.complete) + len(outcome.cut_short)
     lines = [f"\n{n_ok} trials finished, {len(outcome.failed)} failed, in {seconds:.0f} s",
              *outcome.failure_lines(trial_label)]

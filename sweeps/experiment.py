@@ -130,6 +130,8 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
             tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable,
                                        resume_errored=args.retry_failed, param_space=param_space)
         except (ModuleNotFoundError, AttributeError) as e:  # Tune's state pickles our callbacks by module path
+            if isinstance(e, AttributeError) and "Can't get attribute" not in str(e):
+                raise  # not pickle's "this class is gone from its module": a bug, with its traceback
             raise SweepError(f"--resume {name}: Tune's saved state names code this version of ouvae does not have "
                              f"({e}); the sweep was started by an older version. Its results table stays readable "
                              f"(python -m analysis); continue measuring in a new sweep (another --name)") from None

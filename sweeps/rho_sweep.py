@@ -20,7 +20,9 @@ from sweeps.cli import CommandLine, SpaceError, SweepError
 from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budgets, summary_lines
 from sweeps.plan import (CriticalGrid, check_start, group_into_populations, latent_configs, parse_rho_list, rho_grid,
                          rho_range, seed_list)
+from sweeps.progress import ProgressLine
 from sweeps.refine import RefineError
+from sweeps.results import ParquetSink
 from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
 from sweeps.trainable import POPULATION_KEY, run_specs, train_ouvae
 
@@ -259,9 +261,6 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
               f"{len(plan.grid.rhos)} rho values; runs continue: {args.continue_policy}{added}")
 
     resources = experiment.start(args, SCRIPT, name, paths, t_start)
-
-    from sweeps.progress import ProgressLine
-    from sweeps.results import ParquetSink
 
     if budgets:
         if not args.resume:
