@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -567,8 +568,11 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
     part = storage / "parquet" / "sweep_id=crash"
 
     def runs_now() -> dict[str, set[int]]:
+        # Each file is read in one read(): the driver replaces files (atomically) while we read, and a reader that
+        # opens a file twice (footer, then pages) may pair one version's footer with the next version's pages.
         files = list(part.glob("*.parquet")) if part.is_dir() else []
-        rows = [r for f in files for r in pq.read_table(f, columns=["run_id", "step"]).to_pylist()]
+        tables = [pq.read_table(pa.BufferReader(f.read_bytes()), columns=["run_id", "step"]) for f in files]
+        rows = [r for t in tables for r in t.to_pylist()]
         out: dict[str, set[int]] = {}
         for r in rows:
             out.setdefault(r["run_id"], set()).add(r["step"])
