@@ -49,7 +49,7 @@ def base_config(args: argparse.Namespace) -> Config:
     return Config(dataset="gaussian", latent_dims=(LATENT,), hidden_layers=0, gaussian_dim=LATENT,
                   gaussian_samples=args.samples, batch_size=args.batch, steps=args.steps, epochs=1,
                   eval_every=max(1, args.steps // args.budgets // max(1, args.samples // args.batch)), eval_iw_k=1,
-                  lr=args.lr, num_threads=1, preset="calibration")
+                  lr=args.lr, lr_decay_steps=args.lr_decay_steps, num_threads=1, preset="calibration")
 
 
 def rho_grid(rc: float, args: argparse.Namespace) -> list[float]:
@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1000, help="vectors per split of the gaussian data set")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr-decay-steps", type=int, default=2000, help="the k-th update uses lr / (1 + k/d); 0: a "
+                   "constant lr, whose stationary noise leaves collapsed units a KL floor that blurs rho_c")
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--results", default=None, help="results-table folder to write (default: a temporary one); a "
                                                    "configuration already there is analysed again, not retrained")

@@ -120,6 +120,11 @@ class Config:
     free_bits: float = _member(0.0)  # nats per layer below which a layer's KL is not penalised (0 = off)
     # optimisation
     lr: float = _shared(1e-3)
+    # 0: a constant lr. d > 0: a member's k-th update uses lr / (1 + k/d) (Robbins-Monro). It depends on the member's
+    # own step count only, so a run continued from its checkpoint takes exactly the steps of a run trained in one go
+    # (the ladder needs that), and the stationary SGD noise around the optimum dies out, which a constant lr never
+    # lets happen: a collapsed unit then keeps a KL floor that blurs rho_c (docs/calibration.md, "learning rate").
+    lr_decay_steps: int = _shared(0)
     batch_size: int = _shared(100)
     epochs: int = _shared(30, column=None)
     steps: int | None = _shared(None, column=None)  # if set, the budget in optimizer steps instead of epochs
@@ -295,6 +300,7 @@ def _validate(c: Config) -> None:
     _check(c.sigmoid_steepness > 0, f"sigmoid_steepness must be > 0, got {c.sigmoid_steepness}")
     _check(c.free_bits >= 0.0, f"free_bits must be >= 0 nats, got {c.free_bits}")
     _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    _check(c.lr_decay_steps >= 0, f"lr_decay_steps must be >= 0 (0 = a constant lr), got {c.lr_decay_steps}")
     _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}")
     _check(c.epochs >= 1 or c.steps is not None, f"epochs must be >= 1, got {c.epochs}")
     _check(c.steps is None or c.steps >= 1, f"steps must be >= 1 or None, got {c.steps}")

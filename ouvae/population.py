@@ -171,7 +171,7 @@ class Population:
         self.train_x, self.eval_x = train.to(self.device), evals.to(self.device)  # kept on the device
         seeds = [c.seed for c in configs]
         self.model = HierarchicalVAE(cfg, self.data.image_shape, self.data.likelihood, seeds).to(self.device)
-        self.optimizer = MemberAdam(self.model.flat, cfg.lr)
+        self.optimizer = MemberAdam(self.model.flat, cfg.lr, decay_steps=cfg.lr_decay_steps)
         # members per pass: a fixed function of the device (so the same population gives the same numbers)
         self.chunk = chunk if chunk is not None else (CPU_MEMBER_CHUNK if self.device.type == "cpu" else None)
         self._chunks = member_slices(len(configs), self.chunk)

@@ -411,6 +411,24 @@ def test_a_table_of_an_older_version_is_read_with_its_trial_id_as_run_id(tmp_pat
     assert df["run_id"].null_count() == 0
 
 
+def test_rows_from_before_the_lr_decay_read_as_a_constant_lr(tmp_path):
+    """Version 4 added lr_decay_steps; a v3 file has no such column: its runs trained at a constant lr (0), and
+    they stay in the configuration of today's constant-lr runs."""
+    from analysis.io import load_results
+
+    root = tmp_path / "res"
+    make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
+    folder = next(root.glob("sweep_id=*"))
+    today = pq.read_table(next(folder.glob("*.parquet")))
+    v3 = today.drop_columns(["lr_decay_steps"]).to_pylist()
+    v3 = [{**row, "run_id": f"v3-{i}", "schema_version": 3} for i, row in enumerate(v3)]
+    schema = pa.schema([f for f in SCHEMA if f.name != "lr_decay_steps"])
+    pq.write_table(pa.Table.from_pylist(v3, schema=schema), folder / "v3.parquet")
+    df = load_results(root).lf.collect()
+    assert df.filter(pl.col("run_id").str.starts_with("v3-")).height == len(v3)
+    assert df["lr_decay_steps"].null_count() == 0 and set(df["lr_decay_steps"]) == {0}
+
+
 # ---------------------------------------------------------------------------------- tables on a hand fixture
 def _hand_rows(dims: str, rho: float, seed: int, iw: float, top_kl: float, kl_total: float, au: list[int],
                lkl: list[float]) -> dict:

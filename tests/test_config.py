@@ -31,6 +31,7 @@ def test_presets_are_built_from_each_other():
     ({"beta_schedule": "exp"}, "beta_schedule must be one of"),
     ({"iw_samples": 5}, "needs objective='iwae'"),
     ({"beta_min": 2.0}, "beta_min <= beta_max"),
+    ({"lr_decay_steps": -1}, "lr_decay_steps must be >= 0 (0 = a constant lr)"),
 ])
 def test_out_of_range_values_are_refused_with_a_message(overrides, fragment):
     with pytest.raises(ConfigError) as e:

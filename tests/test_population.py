@@ -142,16 +142,18 @@ def measured(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
-@pytest.mark.parametrize("first, budget, second", [
-    ({"epochs": 2}, "epochs", {"epochs": 4}),  # the old end is on the evaluation cadence: it stays, not final
-    ({"epochs": 1}, "epochs", {"epochs": 4}),  # ... off the cadence (every 2nd epoch): the one-go run has no row
-    ({"steps": 5}, "steps", {"steps": 12}),  # mid-epoch: likewise dropped
+@pytest.mark.parametrize("first, budget, second, decay", [
+    ({"epochs": 2}, "epochs", {"epochs": 4}, 0),  # the old end is on the evaluation cadence: it stays, not final
+    ({"epochs": 1}, "epochs", {"epochs": 4}, 0),  # ... off the cadence (every 2nd epoch): the one-go run has no row
+    ({"steps": 5}, "steps", {"steps": 12}, 0),  # mid-epoch: likewise dropped
+    ({"steps": 5}, "steps", {"steps": 12}, 3),  # a decaying lr continues its schedule where it stopped
 ])
 def test_a_finished_run_continued_to_a_larger_budget_is_the_run_trained_to_it_in_one_go(digits, tmp_path, first,
-                                                                                        budget, second):
+                                                                                        budget, second, decay):
     """The ladder's contract (sweeps/ladder.py): rows, parameters and optimizer state bit for bit equal, with the
     old budget's final evaluation turned into what the one-go run has at that step."""
-    configs = [quick(rho=r, seed=s, eval_every=2, steps=None, epochs=1) for r, s in ((0.8, 0), (0.95, 1))]
+    configs = [quick(rho=r, seed=s, eval_every=2, steps=None, epochs=1, lr_decay_steps=decay)
+               for r, s in ((0.8, 0), (0.95, 1))]
     configs = [c.replace(**({"steps": None} if budget == "epochs" else {})) for c in configs]
     one_go = Population([c.replace(**second) for c in configs], data=digits)
     one_go.fit()

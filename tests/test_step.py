@@ -140,6 +140,30 @@ def test_member_adam_is_adam_for_the_members_that_step_and_leaves_the_others_bit
     assert torch.equal(adam.exp_avg[1:], torch.zeros(2, 50))
 
 
+def test_member_adam_decays_each_members_lr_by_its_own_step_count():
+    """lr / (1 + k/d) at a member's k-th update, as torch's Adam under that LambdaLR schedule: a member that sat
+    out steps continues its own schedule where it stopped (so does a run continued from its checkpoint)."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(2, 30))
+    references = [torch.nn.Parameter(param.detach()[i].clone()) for i in range(2)]
+    adam = MemberAdam(param, lr=1e-1, decay_steps=2)  # ignoring the decay would be ~1e-2 off
+    torch_adams = [torch.optim.Adam([r], lr=1e-1) for r in references]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(a, lambda t: 1.0 / (1.0 + (t + 1) / 2)) for a in torch_adams]
+    plan = [(True, True), (True, False), (True, False), (True, True), (False, True), (True, True)]
+    for update in plan:
+        grad = torch.randn(2, 30)
+        adam.grad.copy_(grad * torch.tensor(update).unsqueeze(1))
+        adam.step(torch.tensor(update))
+        for i in (0, 1):
+            if update[i]:
+                references[i].grad = grad[i].clone()
+                torch_adams[i].step()
+                schedules[i].step()
+    for i in (0, 1):  # float32 rounding of 6 steps of size <= 0.05 is ~1e-6; a step off schedule moves ~1e-2
+        torch.testing.assert_close(param.detach()[i], references[i].detach(), rtol=0, atol=1e-5)
+    assert adam.steps.tolist() == [5.0, 4.0]
+
+
 def compiled_equals_eager(device: str, images: DatasetSplits, tol: float) -> None:
     configs = [quick(seed=s, rho=r, steps=6, device=device) for s, r in ((0, 0.8), (1, 1.0), (2, 0.6))]
     eager = Population(configs, data=images, chunk=len(configs))
