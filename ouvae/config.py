@@ -123,7 +123,7 @@ class Config:
     # 0: a constant lr. d > 0: a member's k-th update uses lr / (1 + k/d) (Robbins-Monro). It depends on the member's
     # own step count only, so a run continued from its checkpoint takes exactly the steps of a run trained in one go
     # (the ladder needs that), and the stationary SGD noise around the optimum dies out, which a constant lr never
-    # lets happen: a collapsed unit then keeps a KL floor that blurs rho_c (docs/calibration.md, "learning rate").
+    # lets happen: a collapsed unit then keeps a KL floor that blurs rho_c (docs/calibration.md, "The learning rate").
     lr_decay_steps: int = _shared(0)
     batch_size: int = _shared(100)
     epochs: int = _shared(30, column=None)
