@@ -93,9 +93,12 @@ def optimum(ratio: float, k: int, rho: float | np.ndarray, reading: str = "poste
     if r <= 0:
         raise ValueError(f"ratio lambda / (beta sigma^2) must be > 0, got {ratio}")
     v = _optimal_v(np.full_like(rho, r), rho, k, reading)
-    mean_var = r * v / (1.0 + v) ** 2
-    return Optimum(rho=rho, v=v, mean_variance=mean_var, kl=_kl(mean_var, _noise_factor(rho, k, reading) * v),
+    return Optimum(rho=rho, v=v, mean_variance=_mean_variance(r, v), kl=kl_at(r, k, rho, v, reading),
                    loss=loss(r, k, rho, v, reading))
+
+
+def _mean_variance(ratio: float, v: np.ndarray) -> np.ndarray:
+    return ratio * v / (1.0 + v) ** 2
 
 
 def _noise_factor(rho: np.ndarray, k: int, reading: str) -> np.ndarray:
@@ -103,9 +106,12 @@ def _noise_factor(rho: np.ndarray, k: int, reading: str) -> np.ndarray:
     return rho**2 + (1.0 - rho**2) / k if reading == "posterior" else np.ones_like(rho)
 
 
-def _kl(mean_variance: np.ndarray, cv: np.ndarray) -> np.ndarray:
-    s2 = 1.0 / (1.0 + cv)
-    return 0.5 * (mean_variance + s2 - 1.0 - np.log(s2))
+def kl_at(ratio: float, k: int, rho: np.ndarray, v: np.ndarray, reading: str = "posterior") -> np.ndarray:
+    """The KL of one direction at decoder weight v with the encoder optimised for it (``loss``'s companion: with
+    both, a KL can be averaged over decoder weights, e.g. the Gibbs state exp(-loss / T) of noisy training)."""
+    rho, v = np.asarray(rho, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    s2 = 1.0 / (1.0 + _noise_factor(rho, k, reading) * v)
+    return 0.5 * (_mean_variance(ratio, v) + s2 - 1.0 - np.log(s2))
 
 
 def loss(ratio: float, k: int, rho: np.ndarray, v: np.ndarray, reading: str = "posterior") -> np.ndarray:

@@ -4,25 +4,43 @@ Why a second estimator next to the active-unit fit (``analysis/transition.py``):
 thresholds the posterior-mean variance at 0.01 (Burda et al. 2016). Where that variance vanishes continuously at
 rho_c -- a second-order transition, as in the linear-Gaussian model whose rho_c is known exactly
 (``analysis/closed_form.py``) -- the units stop counting as active *before* rho_c, so the active-unit fit sits
-below it: by 0.007 to 0.024 in rho on the calibration model (docs/calibration.md). The KL itself vanishes at
+below it: by 0.007 to 0.025 in rho on the calibration model (docs/calibration.md). The KL itself vanishes at
 rho_c, linearly in |rho - rho_c|, so a fit of the KL to a hinge locates rho_c without that bias:
 
-    top_kl(rho) = b + a t,   t = (rho_c - rho)_+  (units active below rho_c; (rho - rho_c)_+ above), a > 0,
+    top_kl(rho) = b + a h + q h^2,   h = (t)_+ (width 0) or width * g(t / width),
+    t = rho_c - rho  (units active below rho_c; rho - rho_c for units active above),
 
-least squares over the runs within ``ONSET_WINDOW`` of rho_c (first located with every run): the floor b takes
-the small KL that training noise leaves in a collapsed layer. The window is short so that the curvature of the
-KL near rho_c costs little: on the exact optimum of the calibration model sampled every 0.025 the estimate is
-within 0.004 of the closed form (a quadratic term would remove that, but on noisy runs it trades the hinge for a
-curve and the fit becomes unstable). rho_c is profiled on a grid of the swept range (``ONSET_GRID`` points); the
-interval is the seed bootstrap of ``analysis.intervals``, widened for few seeds like the active-unit fit's.
+least squares over the runs within ``ONSET_WINDOW`` of rho_c (first located with every run), profiled over rho_c
+and the width (``FLUCTUATION_WIDTHS``; 0 is the sharp hinge). The floor b takes the small KL that training noise
+leaves in a collapsed layer. The other two terms each remove a bias measured on the calibration model
+(docs/calibration.md):
+
+* q, the KL's curvature near rho_c: a straight hinge fitted to the exact optimum sampled every 0.025 lands 0.001 to
+  0.003 on the collapsed side of the closed form, as much as a converged run's seed interval is wide; with q, at
+  most 0.0005 (0.0014 in the steepest prior-reading case). Only mildly curved hinges are fitted: a > 0, and the
+  slope a + 2 q h stays within (0, 2a) over the window's active side, so the fitted KL rises all the way and a
+  noisy KL is not fitted by a steep curve that starts late.
+* the width, the rounding of the corner by training noise. Noisy training settles near the Gibbs state
+  exp(-loss / T) of its objective, T set by the step size and the gradient noise. Near a second-order transition the
+  loss along the order parameter w is Landau's -alpha w^2 + beta w^4 with alpha proportional to t, and the mean of
+  w^2 -- to which the KL is proportional there -- is sqrt(T / beta) g(alpha / sqrt(beta T)), with g(y) = 2 E[w^2]
+  under exp(y w^2 - w^4): y - 1/y on the active side, 1/|y| on the collapsed side, 0.68 at rho_c. So the KL is
+  positive at rho_c and just outside it and below the optimum just inside it, which pulls a sharp hinge off rho_c:
+  by up to 0.008 on the exact linear model averaged at T = 1e-4, against 0.001 with the width fitted (tests).
+
+rho_c is profiled on a grid of the swept range (``ONSET_GRID`` points); the interval is the seed bootstrap of
+``analysis.intervals`` (each replicate refits every term), widened for few seeds like the active-unit fit's.
 
 When it does not apply: a transition that is not continuous in the KL (a jump), or a crossover broader than
 the window (deep networks on real data, where units leave one by one). There the active-unit fit with its width
-is the right description; this estimator is meant for models with a sharp, continuous onset.
+is the right description; this estimator is meant for models with a sharp, continuous onset. It also needs
+runs near convergence: near rho_c the restoring force vanishes, so the runs within a few hundredths of rho_c
+converge last and move the onset while they do (docs/calibration.md, "The budget").
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +51,15 @@ from analysis.intervals import (MIN_SEEDS, UNDETERMINED_TEXT, Interval, Undeterm
                                 seed_bootstrap, small_sample_factor, widen)
 from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, DIRECTIONS
 
-ONSET_WINDOW = 0.075  # runs within this distance in rho of rho_c enter the fit
-ONSET_GRID = 2001  # candidate rho_c values over the swept range
-MIN_ACTIVE_LEVELS = 2  # distinct rho on the active side of a candidate
+ONSET_WINDOW = 0.1  # runs within this distance in rho of rho_c enter the fit
+ONSET_GRID = 1001  # candidate rho_c values over the swept range (0.0002 apart in a 0.2-wide window)
+MIN_ACTIVE_LEVELS = 3  # distinct rho on the active side of a candidate: b, a and q need three
 # The fitted KL must rise over the window's active side by at least this fraction of the largest KL in the window:
 # a flat KL (no onset in the window) fits any hinge position with a slope of ~0.
 MIN_RISE_FRACTION = 0.1
+FLUCTUATION_WIDTHS = (0.0, 0.002, 0.004, 0.006, 0.008)  # in rho: the rounding of the corner by training noise
+FLUCTUATION_Y_MAX = 20.0  # the fluctuation curve is tabulated on |t / width| <= this, its tails used beyond
+BOOT_CHUNK = 50  # bootstrap replicates per profile: bounds the (replicates x candidates x 3 x 3) systems' memory
 
 
 @dataclass(frozen=True)
@@ -55,33 +76,67 @@ class OnsetFit:
     message: str
 
 
-def _design(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """(G, R, 2): [1, t] of every run for every candidate, t = (candidate - x)_+."""
-    t = np.clip(grid[:, None] - x[None, :], 0.0, None)
-    return np.stack([np.ones_like(t), t], axis=-1)
+@functools.cache
+def _fluctuation_table() -> tuple[np.ndarray, np.ndarray]:
+    """g(y) = 2 E[w^2] for w with density proportional to exp(y w^2 - w^4), tabulated on |y| <= FLUCTUATION_Y_MAX
+    (trapezoid rule on a w grid that reaches past the density's peak at w^2 = y / 2)."""
+    y = np.linspace(-FLUCTUATION_Y_MAX, FLUCTUATION_Y_MAX, 801)
+    w = np.linspace(0.0, 1.0, 4001)[None, :] * np.sqrt(np.maximum(y, 0.0)[:, None] / 2.0 + 12.0)
+    log_density = y[:, None] * w**2 - w**4
+    density = np.exp(log_density - log_density.max(axis=1, keepdims=True))
+    return y, 2.0 * np.trapezoid(w**2 * density, w, axis=1) / np.trapezoid(density, w, axis=1)
+
+
+def _hinge(t: np.ndarray | float, width: float) -> np.ndarray:
+    """The KL's shape against t = rho_c - rho (signed): the sharp hinge (t)_+ at width 0, else width * g(t / width)
+    with g of ``_fluctuation_table``, whose tails are y - 1/y (active side) and 1/|y| (collapsed side)."""
+    t = np.asarray(t, dtype=np.float64)
+    if width == 0:
+        return np.clip(t, 0.0, None)
+    y = t / width
+    ys, gs = _fluctuation_table()
+    far = np.where(np.abs(y) > FLUCTUATION_Y_MAX, y, 1.0)
+    return width * np.where(y > FLUCTUATION_Y_MAX, y - 1.0 / far,
+                            np.where(y < -FLUCTUATION_Y_MAX, -1.0 / far, np.interp(y, ys, gs)))
 
 
 def _profile(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(best candidate index, the coefficients (b, a) there) per replicate (weights: replicates x runs) by weighted
-    least squares of the hinge at every candidate; candidates with fewer than MIN_ACTIVE_LEVELS active-side rho or
-    a slope a <= 0 are skipped (index -1 when none is left). Every sum over runs is one matrix product
-    (replicates x runs) @ (runs x candidates), and the 2 x 2 normal equations are solved in closed form."""
-    d = _design(x, grid)  # (G, R, 2)
-    s00, s01, s11 = (weights @ (d[..., i] * d[..., j]).T for i, j in ((0, 0), (0, 1), (1, 1)))
-    r0, r1 = (weights @ (d[..., i] * y).T for i in (0, 1))
-    det = s00 * s11 - s01**2
-    ok = det > 1e-12 * np.maximum(s00 * s11, 1e-300)
-    det = np.where(ok, det, 1.0)
-    b = (s11 * r0 - s01 * r1) / det
-    a = (s00 * r1 - s01 * r0) / det
-    sse = (weights @ (y * y))[:, None] - b * r0 - a * r1
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(best candidate index, its corner width, the coefficients (b, a, q) there) per replicate (weights: replicates
+    x runs) by weighted least squares of the hinge at every candidate and corner width. Candidates with fewer than
+    MIN_ACTIVE_LEVELS active-side rho, a singular fit, or a curve that is not a mildly curved hinge (slope a > 0 at
+    rho_c, changed by less than a over the active side) are skipped (index -1 when none is left). Every sum over
+    runs is one matrix product (replicates x runs) @ (runs x candidates); the 3 x 3 normal equations of all
+    replicates and candidates are solved in one call per width."""
+    n = weights.shape[0]
+    rows = np.arange(n)
     active_levels = (grid[:, None] > np.unique(x)[None, :]).sum(1)
-    sse = np.where(ok & (a > 0) & (active_levels >= MIN_ACTIVE_LEVELS)[None, :], sse, np.inf)
-    best = np.argmin(sse, axis=1)
-    rows = np.arange(weights.shape[0])
-    best = np.where(np.isfinite(sse[rows, best]), best, -1)
-    return best, np.stack([b[rows, best], a[rows, best]], axis=1)
+    best_sse, best, best_width, best_coef = np.full(n, np.inf), np.full(n, -1), np.zeros(n), np.zeros((n, 3))
+    for width in FLUCTUATION_WIDTHS:
+        h = _hinge(grid[:, None] - x[None, :], width)
+        basis = (np.ones_like(h), h, h * h)
+        moments = np.empty((n, grid.size, 3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                moments[..., i, j] = moments[..., j, i] = weights @ (basis[i] * basis[j]).T
+        rhs = np.stack([weights @ (f * y).T for f in basis], axis=-1)  # (B, G, 3)
+        scale = np.sqrt(np.einsum("...ii->...i", moments))  # solve the equilibrated system: h^2 is ~1e-4 of 1
+        scale = np.where(scale > 0, scale, 1.0)
+        normed = moments / (scale[..., :, None] * scale[..., None, :])
+        ok = np.abs(np.linalg.det(normed)) > 1e-10
+        normed[~ok] = np.eye(3)
+        coef = np.linalg.solve(normed, (rhs / scale)[..., None])[..., 0] / scale  # (B, G, 3)
+        sse = (weights @ (y * y))[:, None] - np.einsum("bgp,bgp->bg", coef, rhs)
+        _, a, q = np.moveaxis(coef, -1, 0)
+        h_max = _hinge(grid - x.min(), width)  # the active side's far end in the window, per candidate
+        mild = np.abs(2.0 * q * h_max[None, :]) < a  # the slope stays within (0, 2a) over the active side
+        sse = np.where(ok & mild & (active_levels >= MIN_ACTIVE_LEVELS)[None, :], sse, np.inf)
+        g = np.argmin(sse, axis=1)
+        better = sse[rows, g] < best_sse
+        best_sse = np.where(better, sse[rows, g], best_sse)
+        best, best_width = np.where(better, g, best), np.where(better, width, best_width)
+        best_coef = np.where(better[:, None], coef[rows, g], best_coef)
+    return best, best_width, best_coef
 
 
 def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BELOW, level: float = 0.95,
@@ -103,7 +158,7 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     if np.unique(x).size < MIN_ACTIVE_LEVELS + 1:
         return OnsetFit(**none, n_runs=int(r.size), message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values")
     grid = np.linspace(x.min(), x.max(), ONSET_GRID)
-    best, _ = _profile(x, y, np.ones((1, x.size)), grid)
+    best, _, _ = _profile(x, y, np.ones((1, x.size)), grid)
     if best[0] < 0:
         return OnsetFit(**none, n_runs=int(r.size), message="no KL onset located: the KL does not rise on either "
                                                             "side of any rho in the range")
@@ -114,9 +169,11 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
         return OnsetFit(**none, n_runs=int(inside.sum()),
                         message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values within {window:g} of the onset")
     grid = np.linspace(xw.min(), xw.max(), ONSET_GRID)
-    best, coef = _profile(xw, yw, np.ones((1, xw.size)), grid)
-    est, a = float(grid[best[0]]), float(coef[0, 1])
-    if best[0] < 0 or a * (est - xw.min()) <= MIN_RISE_FRACTION * np.abs(yw).max() or best[0] == grid.size - 1:
+    best, width, coef = _profile(xw, yw, np.ones((1, xw.size)), grid)
+    est, (_, a, q) = float(grid[best[0]]), coef[0]
+    h = _hinge(est - xw.min(), float(width[0]))
+    rise = a * h + q * h**2  # the fitted KL's rise over the active side
+    if best[0] < 0 or rise <= MIN_RISE_FRACTION * np.abs(yw).max() or best[0] == grid.size - 1:
         why = ("the onset lies at the edge of the window" if best[0] == grid.size - 1
                else "the KL does not rise on the active side")
         return OnsetFit(**none, n_runs=int(inside.sum()), message=f"no KL onset located: {why}")
@@ -126,7 +183,7 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     pct = f"{int(round(100 * level))}%"
     ci = (f"{pct} interval [{lo:.4f}, {hi:.4f}] by seed bootstrap ({n_boot} resamples of {n_seeds} seeds)"
           if interval.determined else f"{pct} interval not determined: {UNDETERMINED_TEXT[interval.undetermined]}")
-    return OnsetFit(rho_c=rho_c, ci_low=lo, ci_high=hi, interval_undetermined=interval.undetermined, slope=a,
+    return OnsetFit(rho_c=rho_c, ci_low=lo, ci_high=hi, interval_undetermined=interval.undetermined, slope=float(a),
                     n_runs=int(inside.sum()), direction=direction,
                     message=f"KL onset rho_c = {rho_c:.4f} from {int(inside.sum())} runs within {window:g}; {ci}.")
 
@@ -145,7 +202,8 @@ def _interval(x: np.ndarray, y: np.ndarray, seed_idx: np.ndarray, grid: np.ndarr
     _, seed_idx = np.unique(seed_idx, return_inverse=True)
 
     def statistic(mult: np.ndarray) -> np.ndarray:
-        best, _ = _profile(x, y, mult[:, seed_idx].astype(np.float64), grid)
+        best = np.concatenate([_profile(x, y, mult[i:i + BOOT_CHUNK, seed_idx].astype(np.float64), grid)[0]
+                               for i in range(0, mult.shape[0], BOOT_CHUNK)])
         return np.where(best < 0, np.nan, np.where(best == grid.size - 1, np.inf, grid[best]))
 
     boot = seed_bootstrap(statistic, [n_seeds], n_resamples=n_boot, rng=rng)
