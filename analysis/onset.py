@@ -29,7 +29,10 @@ leaves in a collapsed layer. The other two terms each remove a bias measured on 
   by up to 0.008 on the exact linear model averaged at T = 1e-4, against 0.001 with the width fitted (tests).
 
 rho_c is profiled on a grid of the swept range (``ONSET_GRID`` points); the interval is the seed bootstrap of
-``analysis.intervals`` (each replicate refits every term), widened for few seeds like the active-unit fit's.
+``analysis.intervals`` (each replicate refits every term), widened for few seeds like the active-unit fit's, and
+at least +-``SHAPE_FLOOR`` of the gap between the sampled rho around the onset: there the fitted shape alone places
+it, and its error in that gap is a systematic one the seeds cannot show (the calibration's narrowest intervals,
+0.0003 wide at 8 seeds, missed the closed form by the shape's 0.0014 without it).
 
 When it does not apply: a transition that is not continuous in the KL (a jump), or a crossover broader than
 the window (deep networks on real data, where units leave one by one). There the active-unit fit with its width
@@ -59,6 +62,11 @@ MIN_ACTIVE_LEVELS = 3  # distinct rho on the active side of a candidate: b, a an
 MIN_RISE_FRACTION = 0.1
 FLUCTUATION_WIDTHS = (0.0, 0.002, 0.004, 0.006, 0.008)  # in rho: the rounding of the corner by training noise
 FLUCTUATION_Y_MAX = 20.0  # the fluctuation curve is tabulated on |t / width| <= this, its tails used beyond
+# The interval is at least +-SHAPE_FLOOR x the gap between the sampled rho around the onset: inside that gap the
+# onset is placed by the fitted shape alone (no run samples it), and on the calibration model the shape's error there
+# is up to 1/18 of the gap (the exact optimum, noise-free: 0.0014 at a 0.025 spacing; the KL at T = 1e-4: 0.0011),
+# which seed resampling cannot see once the runs agree closely.
+SHAPE_FLOOR = 0.1
 BOOT_CHUNK = 50  # bootstrap replicates per profile: bounds the (replicates x candidates x 3 x 3) systems' memory
 
 
@@ -178,14 +186,26 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
                else "the KL does not rise on the active side")
         return OnsetFit(**none, n_runs=int(inside.sum()), message=f"no KL onset located: {why}")
     interval = _interval(xw, yw, sw, grid, est, level=level, n_boot=n_boot, rng=gen)
+    floor = SHAPE_FLOOR * _gap(xw, est)
+    floored = interval.determined and (interval.low > est - floor or interval.high < est + floor)
+    if interval.determined:
+        interval = Interval(min(interval.low, est - floor), max(interval.high, est + floor))
     lo, hi = (interval.low, interval.high) if sign > 0 else (_neg(interval.high), _neg(interval.low))
     rho_c = sign * est
     pct = f"{int(round(100 * level))}%"
     ci = (f"{pct} interval [{lo:.4f}, {hi:.4f}] by seed bootstrap ({n_boot} resamples of {n_seeds} seeds)"
+          + (f", at least +-{floor:.4f} (a tenth of the gap between the sampled rho around it)" if floored else "")
           if interval.determined else f"{pct} interval not determined: {UNDETERMINED_TEXT[interval.undetermined]}")
     return OnsetFit(rho_c=rho_c, ci_low=lo, ci_high=hi, interval_undetermined=interval.undetermined, slope=float(a),
                     n_runs=int(inside.sum()), direction=direction,
                     message=f"KL onset rho_c = {rho_c:.4f} from {int(inside.sum())} runs within {window:g}; {ci}.")
+
+
+def _gap(x: np.ndarray, est: float) -> float:
+    """The distance between the sampled levels on either side of the estimate (0 where it is not between two)."""
+    levels = np.unique(x)
+    below, above = levels[levels <= est], levels[levels > est]
+    return float(above.min() - below.max()) if below.size and above.size else 0.0
 
 
 def _neg(v: float | None) -> float | None:

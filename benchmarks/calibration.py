@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
               f"active units {_f(au['fitted'])} [{_f(au['ci_low'])}, {_f(au['ci_high'])}] "
               f"err {_f(au['error'], '+.4f')} in={au['inside']} | {_f(seconds, '.0f')} s", flush=True)
     total = time.perf_counter() - t_all
+    for name in ("kl_onset", "active_units"):
+        fits = [res[name] for res in results if res[name]["fitted"] is not None]
+        print(f"{name}: within 0.01 of the closed form in {sum(abs(f['error']) <= 0.01 for f in fits)} of "
+              f"{len(results)}, inside its interval in {sum(bool(f['inside']) for f in fits)} of {len(results)}")
     for n in notes:
         print(n)
     meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

@@ -223,6 +223,19 @@ def test_kl_onset_sees_through_the_rounding_that_training_noise_gives_the_corner
     assert abs(sharp.rho_c - rc) > 1.5e-3
 
 
+def test_kl_onset_interval_holds_the_shape_error_that_agreeing_seeds_cannot_show():
+    """Prior reading, r = 3 (the steepest KL): the fitted shape places the onset 0.0014 off between the sampled rho;
+    seeds that agree exactly give a bootstrap of one point, and the interval's floor still holds rho_c."""
+    rc = float(critical_rho(3.0, 5, "prior"))
+    grid = np.round(np.arange(0.2, 0.4001, 0.025), 4)
+    rho, seed = np.repeat(grid, 4), np.tile(np.arange(4), grid.size)
+    onset = fit_kl_onset(rho, seed, 2 * optimum(3.0, 5, rho, "prior").kl, direction=ACTIVE_ABOVE, n_boot=100, rng=0)
+    assert 1e-3 < abs(onset.rho_c - rc) < 2e-3
+    assert onset.ci_low <= rc <= onset.ci_high
+    assert onset.ci_high - onset.ci_low == pytest.approx(2 * onset_module.SHAPE_FLOOR * 0.025)
+    assert "a tenth of the gap" in onset.message
+
+
 def test_kl_onset_without_an_onset_says_so():
     rho = np.repeat(np.linspace(0.5, 1.0, 11), 3)
     fit = fit_kl_onset(rho, np.tile(np.arange(3), 11), np.full(rho.size, 0.2), n_boot=0)
