@@ -257,9 +257,10 @@ def test_closed_form_case_is_recognised_from_the_recorded_columns():
 # ----- the whole pipeline, small: a population on the synthetic model recovers rho_c ---------------------------------
 def test_a_small_population_recovers_the_closed_form_rho_c():
     """K = 5, r = 0.7 (rho_c = 0.7906), four latent directions: 8 rho values x 3 seeds trained as one population
-    for 800 steps, then the KL onset with its seed-bootstrap interval."""
+    for 2,000 steps at a decaying lr, then the KL onset with its seed-bootstrap interval. (800 steps at a constant
+    lr left errors up to 0.018 across seed sets; this budget, up to 0.0097 on three seed sets.)"""
     cfg = gaussian_config(latent_dims=(4,), gaussian_dim=4, gaussian_samples=400, gaussian_eigenvalue=0.7,
-                          smooth_samples=5, batch_size=100, steps=800, lr=1e-2)
+                          smooth_samples=5, batch_size=100, steps=2000, lr=1e-2, lr_decay_steps=500)
     rhos = [0.70, 0.725, 0.75, 0.775, 0.80, 0.825, 0.85, 0.875]
     configs = [cfg.replace(rho=r, seed=s) for r in rhos for s in range(3)]
     final = Population(configs, chunk=None).fit()
