@@ -52,7 +52,7 @@ import numpy as np
 
 from analysis.intervals import (MIN_SEEDS, UNDETERMINED_TEXT, Interval, Undetermined, percentile_interval,
                                 seed_bootstrap, small_sample_factor, widen)
-from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, DIRECTIONS
+from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, DIRECTIONS, gap_around
 
 ONSET_WINDOW = 0.1  # runs within this distance in rho of rho_c enter the fit
 ONSET_GRID = 1001  # candidate rho_c values over the swept range (0.0002 apart in a 0.2-wide window)
@@ -186,7 +186,8 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
                else "the KL does not rise on the active side")
         return OnsetFit(**none, n_runs=int(inside.sum()), message=f"no KL onset located: {why}")
     interval = _interval(xw, yw, sw, grid, est, level=level, n_boot=n_boot, rng=gen)
-    floor = SHAPE_FLOOR * _gap(xw, est)
+    gap = gap_around(np.unique(xw), est)
+    floor = 0.0 if gap is None else SHAPE_FLOOR * (gap[1] - gap[0])
     floored = interval.determined and (interval.low > est - floor or interval.high < est + floor)
     if interval.determined:
         interval = Interval(min(interval.low, est - floor), max(interval.high, est + floor))
@@ -199,13 +200,6 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     return OnsetFit(rho_c=rho_c, ci_low=lo, ci_high=hi, interval_undetermined=interval.undetermined, slope=float(a),
                     n_runs=int(inside.sum()), direction=direction,
                     message=f"KL onset rho_c = {rho_c:.4f} from {int(inside.sum())} runs within {window:g}; {ci}.")
-
-
-def _gap(x: np.ndarray, est: float) -> float:
-    """The distance between the sampled levels on either side of the estimate (0 where it is not between two)."""
-    levels = np.unique(x)
-    below, above = levels[levels <= est], levels[levels > est]
-    return float(above.min() - below.max()) if below.size and above.size else 0.0
 
 
 def _neg(v: float | None) -> float | None:

@@ -408,7 +408,7 @@ def _interval(resampler: Resampler, rho_c: float, *, level: float, n_boot: int, 
     return Interval(*widen(rho_c, q_lo, q_hi, small_sample_factor(resampler.n_seeds, level)))
 
 
-def _gap_around(levels: np.ndarray, rho_c: float) -> tuple[float, float] | None:
+def gap_around(levels: np.ndarray, rho_c: float) -> tuple[float, float] | None:
     """The two sampled rho values enclosing rho_c (None at the edge of the sweep)."""
     left, right = levels[levels <= rho_c], levels[levels > rho_c]
     return (float(left[-1]), float(right[0])) if left.size and right.size else None
@@ -511,7 +511,7 @@ def _fit(r: np.ndarray, seed_idx: np.ndarray, k: np.ndarray, n: np.ndarray, *, l
         ci = Interval.not_determined(Undetermined.WIDTH_AT_LIMIT)
     else:
         ci = _interval(resampler, rho_c, level=level, n_boot=n_boot, rng=rng)
-    gap = _gap_around(levels, rho_c)
+    gap = gap_around(levels, rho_c)
     if ci.determined and gap is not None:
         # Resolution floor: a transition whose 12-88 % rise (4 w) fits inside the gap between the sampled rho
         # around rho_c has no sampled point on its slope, so the data locate it only to within that gap.
