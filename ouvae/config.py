@@ -32,6 +32,30 @@ BINARIZATIONS = ("dynamic", "static", "none")
 GAUSSIAN_DATA_FIELDS = ("gaussian_dim", "gaussian_eigenvalue", "gaussian_ratio", "gaussian_samples", "gaussian_seed")
 
 
+# ----- stable digests: the one way the project names a value by a hash (config_hash, population keys, seeds) -----
+def stable_digest(value: Any, algorithm: str = "sha1") -> bytes:
+    """The digest of `value`, equal on every machine, process and Python version (unlike hash()).
+
+    Text is hashed as its UTF-8 bytes; anything else as its JSON with sorted keys (values JSON cannot write as
+    their str()). Why the algorithm is a parameter: the hashes already stored in results tables and Parquet
+    files (config_hash, population keys) are SHA-1 and the random streams already drawn (member seeds,
+    the adaptive search's bootstrap) come from SHA-256; changing either would change recorded results.
+    """
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.new(algorithm, text.encode()).digest()
+
+
+def short_hash(value: Any, length: int = 12) -> str:
+    """The first `length` hex digits of stable_digest(value) (SHA-1): config_hash, population_key."""
+    return stable_digest(value).hex()[:length]
+
+
+def digest_seed(value: Any) -> int:
+    """A 64-bit unsigned integer from stable_digest(value, "sha256") (its first 8 bytes, little-endian): a seed
+    for a random stream that must be the same wherever and whenever it is drawn."""
+    return int.from_bytes(stable_digest(value, "sha256")[:8], "little")
+
+
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field and the allowed values."""
 
@@ -188,8 +212,7 @@ class Config:
     def config_hash(self) -> str:
         """Stable hash of the configuration (the SHARED and MEMBER settings): equal hash = replicates of one
         configuration, runs that differ only in their seed (and preset name, device, threads ...)."""
-        d = {k: v for k, v in self.to_dict().items() if ROLES[k] in (SHARED, MEMBER)}
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return short_hash({k: v for k, v in self.to_dict().items() if ROLES[k] in (SHARED, MEMBER)})
 
     @property
     def n_layers(self) -> int:

@@ -10,7 +10,6 @@ resuming from a checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import socket
@@ -24,7 +23,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
-from .config import IDENTITY, MEMBER, Config, ConfigError, settings_with
+from .config import IDENTITY, MEMBER, Config, ConfigError, digest_seed, settings_with, short_hash
 from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .layers import member_slices
@@ -92,7 +91,7 @@ def shared_settings(cfg: Config) -> dict[str, Any]:
 
 def population_key(cfg: Config) -> str:
     """Equal keys = configurations that can train together in one population (the sweeps group by it)."""
-    return hashlib.sha1(json.dumps(shared_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return short_hash(shared_settings(cfg))
 
 
 def check_population(configs: Sequence[Config]) -> None:
@@ -112,8 +111,7 @@ def check_population(configs: Sequence[Config]) -> None:
 
 def derived_seed(*parts: Any) -> int:
     """A 63-bit seed from any parts (member seeds, a step, a purpose), stable across machines and versions."""
-    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return digest_seed(list(parts)) >> 1
 
 
 @dataclass

@@ -7,12 +7,11 @@ command line and the sweep trainable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Mapping
 
 from . import __version__
-from .config import Config, format_latent_dims, own_name_columns
+from .config import Config, format_latent_dims, own_name_columns, short_hash
 from .data import DatasetSplits
 from .smoothing import is_identity
 
@@ -44,7 +43,7 @@ def run_columns(cfg: Config, data: DatasetSplits) -> dict[str, Any]:
     """
     config_hash = cfg.config_hash()
     if data.name != cfg.dataset:
-        config_hash = hashlib.sha1(f"{config_hash}:{data.name}".encode()).hexdigest()[:12]
+        config_hash = short_hash(f"{config_hash}:{data.name}")
     verbatim = {name: getattr(cfg, name) for name in own_name_columns()}  # which fields: their metadata
     return {
         **verbatim,

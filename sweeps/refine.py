@@ -39,7 +39,6 @@ The whole state is JSON (``state_dict`` / ``load_state_dict``) so a crashed swee
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ouvae.config import parse_latent_dims
+from ouvae.config import digest_seed, parse_latent_dims
 from sweeps.cli import SpaceError
 from sweeps.plan import check_seeds, rho_grid
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
@@ -252,8 +251,7 @@ class RefinePolicy:
         rho = [self._rho(i) for i, _, _ in done]
         seed = [s for _, s, _ in done]
         act = [a for _, _, a in done]
-        digest = hashlib.sha256(f"{self.random_state}|{g.key}|{g.version}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        rng = np.random.default_rng(digest_seed(f"{self.random_state}|{g.key}|{g.version}"))
         f = fit_transition(rho, seed, act, g.top_dim, level=self.level, n_boot=self.n_boot, rng=rng)
         g._fit = (g.version, f)
         return f

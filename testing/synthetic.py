@@ -22,8 +22,6 @@ draws its own counts around rho_c at that point of training (``rho_c_drift`` mak
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import pyarrow.parquet as pq
 
 from analysis.schema import SCHEMA_VERSION, conform
 from ouvae.atomic import write_atomically
+from ouvae.config import short_hash
 
 DEFAULT_RHOS: tuple[float, ...] = tuple(float(r) for r in np.round(np.linspace(0.80, 1.00, 11), 4))
 # Wider latents collapse at lower rho (the paper's Figure 5): the default truth has that ordering.
@@ -161,8 +160,7 @@ def make_synthetic_results(
             truth[(dataset, dims)] = rc
             base = _base_columns(sweep_id, dataset, n_layers, dims, overrides)
             for rho in rhos:
-                cfg_hash = hashlib.sha1(json.dumps({**base, "rho": rho}, sort_keys=True, default=str)
-                                        .encode()).hexdigest()[:12]
+                cfg_hash = short_hash({**base, "rho": rho})
                 for s in range(n_seeds):
                     # rho_c per evaluation (drift) and layer (lower layers collapse later), bottom to top
                     truth_now = (rc + rho_c_drift * (1.0 - frac)[:, None]
