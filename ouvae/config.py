@@ -17,7 +17,17 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping, Sequence
 
-BETA_SCHEDULES = ("constant", "linear", "cosine", "sigmoid", "cyclical")
+# The one table of which Config fields each beta schedule reads (ouvae/objectives.py computes beta from them): the
+# parameters recorded on every row (Config.beta_params) and the ones the annealing search samples per schedule
+# (sweeps/anneal.py), in the order it samples them.
+SCHEDULE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "constant": ("beta_max",),
+    "linear": ("beta_max", "beta_min", "anneal_epochs"),
+    "cosine": ("beta_max", "beta_min", "anneal_epochs"),
+    "sigmoid": ("beta_max", "beta_min", "anneal_epochs", "sigmoid_steepness"),
+    "cyclical": ("beta_max", "beta_min", "anneal_epochs", "n_cycles", "cycle_ratio"),
+}
+BETA_SCHEDULES = tuple(SCHEDULE_PARAMETERS)
 OBJECTIVES = ("elbo", "iwae")
 SMOOTH_CHOICES = ("both", "encoder", "decoder")
 # The Gaussian whose coordinates the generative maps' copies are read in (docs/readings.md).
@@ -236,15 +246,8 @@ class Config:
 
     @property
     def beta_params(self) -> dict[str, float]:
-        """The parameters the chosen schedule actually reads (recorded on every result row)."""
-        keys = {
-            "constant": ("beta_max",),
-            "linear": ("beta_min", "beta_max", "anneal_epochs"),
-            "cosine": ("beta_min", "beta_max", "anneal_epochs"),
-            "sigmoid": ("beta_min", "beta_max", "anneal_epochs", "sigmoid_steepness"),
-            "cyclical": ("beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio"),
-        }[self.beta_schedule]
-        return {k: getattr(self, k) for k in keys}
+        """The parameters the chosen schedule actually reads (SCHEDULE_PARAMETERS; recorded on every result row)."""
+        return {k: getattr(self, k) for k in SCHEDULE_PARAMETERS[self.beta_schedule]}
 
 
 ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(Config)}

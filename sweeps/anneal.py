@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +44,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ouvae.config import BETA_SCHEDULES, Config
+from ouvae.config import BETA_SCHEDULES, SCHEDULE_PARAMETERS, Config
 from sweeps import cli, compat, experiment
 from sweeps.cli import CommandLine, SpaceError, SweepError
 from sweeps.plan import check_rho, check_start, is_ray_client
@@ -60,8 +60,7 @@ class AnnealSpace:
     """Which schedule parameters the Optuna search may vary, and over what ranges.
 
     Conditional by construction: a trial first picks the schedule, then only the parameters that schedule
-    reads (constant reads beta_max; linear/cosine add beta_min and anneal_epochs; sigmoid adds the steepness;
-    cyclical adds n_cycles and cycle_ratio). Parameters a schedule does not read are not sampled, so Optuna's
+    reads (ouvae.config.SCHEDULE_PARAMETERS). Parameters a schedule does not read are not sampled, so Optuna's
     TPE does not learn from irrelevant dimensions.
     """
 
@@ -81,8 +80,7 @@ class AnnealSpace:
         unknown = [s for s in self.schedules if s not in BETA_SCHEDULES]
         if unknown:
             raise SpaceError(f"unknown schedule(s) {unknown}: choose from {list(BETA_SCHEDULES)}")
-        for name in ("beta_max", "beta_min", "anneal_epochs", "n_cycles", "cycle_ratio", "sigmoid_steepness",
-                     "free_bits", "rho"):
+        for name in (f.name for f in fields(self) if f.name != "schedules"):  # every range
             rng = getattr(self, name)
             if rng is None:
                 continue
@@ -117,26 +115,26 @@ class AnnealSpace:
         return replace(self, anneal_epochs=(min(1.0, float(epochs)), max(1.0, float(epochs))))
 
 
+# How a schedule parameter is sampled where the default (uniform float) does not fit it.
+_INTEGER_PARAMETERS = frozenset({"n_cycles"})
+_LOG_SCALE_PARAMETERS = frozenset({"sigmoid_steepness"})
+
+
 def suggest_schedule(trial: Any, space: AnnealSpace) -> dict[str, Any]:
     """Define-by-run body: sample one schedule and only its parameters; returns the Config overrides.
 
     `trial` is an optuna.Trial (or Ray's suggest-captor around one). Kept free of optuna imports so the space
     can be unit-tested with any object that has suggest_* methods.
     """
-    out: dict[str, Any] = {}
     schedule = trial.suggest_categorical("beta_schedule", list(space.schedules))
-    out["beta_schedule"] = schedule
-    out["beta_max"] = _suggest_float(trial, "beta_max", space.beta_max)
-    if schedule != "constant":
-        out["beta_min"] = _suggest_float(trial, "beta_min", space.beta_min)
-        assert space.anneal_epochs is not None, "call AnnealSpace.with_budget(epochs) first"
-        out["anneal_epochs"] = _suggest_float(trial, "anneal_epochs", space.anneal_epochs)
-    if schedule == "sigmoid":
-        out["sigmoid_steepness"] = _suggest_float(trial, "sigmoid_steepness", space.sigmoid_steepness, log=True)
-    if schedule == "cyclical":
-        lo, hi = space.n_cycles
-        out["n_cycles"] = trial.suggest_int("n_cycles", lo, hi) if lo < hi else lo
-        out["cycle_ratio"] = _suggest_float(trial, "cycle_ratio", space.cycle_ratio)
+    out: dict[str, Any] = {"beta_schedule": schedule}
+    for name in SCHEDULE_PARAMETERS[schedule]:
+        rng = getattr(space, name)
+        assert rng is not None, "call AnnealSpace.with_budget(epochs) first"
+        if name in _INTEGER_PARAMETERS:
+            out[name] = trial.suggest_int(name, *rng) if rng[0] < rng[1] else rng[0]
+        else:
+            out[name] = _suggest_float(trial, name, rng, log=name in _LOG_SCALE_PARAMETERS)
     if space.free_bits is not None:
         out["free_bits"] = _suggest_float(trial, "free_bits", space.free_bits)
     if space.rho is not None:
@@ -278,8 +276,7 @@ DESCRIPTION = ("Search KL-annealing schedules with Optuna (TPE) through Ray Tune
 METRIC = "iw_bound"
 SECOND_METRIC = "top_active_units"
 # Config fields the search samples: --set may not fix them.
-SCHEDULE_FIELDS = frozenset({"beta_schedule", "beta_min", "beta_max", "anneal_epochs", "n_cycles", "cycle_ratio",
-                             "sigmoid_steepness"})
+SCHEDULE_FIELDS = frozenset({"beta_schedule", *(p for params in SCHEDULE_PARAMETERS.values() for p in params)})
 
 
 def _pair(kind=float):
@@ -375,13 +372,8 @@ def corner_configs(space: AnnealSpace) -> list[dict[str, Any]]:
     out = []
     for sched in space.schedules:
         for pick in (0, 1):
-            c: dict[str, Any] = {"beta_schedule": sched, "beta_max": space.beta_max[pick]}
-            if sched != "constant":
-                c.update(beta_min=space.beta_min[pick], anneal_epochs=space.anneal_epochs[pick])
-            if sched == "sigmoid":
-                c["sigmoid_steepness"] = space.sigmoid_steepness[pick]
-            if sched == "cyclical":
-                c.update(n_cycles=space.n_cycles[pick], cycle_ratio=space.cycle_ratio[pick])
+            c: dict[str, Any] = {"beta_schedule": sched}
+            c.update({name: getattr(space, name)[pick] for name in SCHEDULE_PARAMETERS[sched]})
             if space.free_bits is not None:
                 c["free_bits"] = space.free_bits[pick]
             if space.rho is not None:

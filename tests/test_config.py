@@ -153,3 +153,22 @@ def test_stable_digests_are_the_ones_already_recorded(monkeypatch):
             policy.record(0, rho, seed, min(10, active + seed % 2))
     policy.fit(0)  # the seed of its bootstrap stream: digest_seed("5|<group key>|16")
     assert seen == [1720570038810585497]
+
+
+def test_the_schedule_table_names_exactly_the_fields_each_schedule_reads():
+    """SCHEDULE_PARAMETERS is the one list of what each schedule reads (recorded as beta_params, sampled by the
+    annealing search): changing a field it lists changes that schedule's beta, changing any other does not."""
+    from ouvae.config import SCHEDULE_PARAMETERS
+    from ouvae.objectives import beta_at
+
+    changed = {"beta_max": 0.7, "beta_min": 0.2, "anneal_epochs": 6.0, "sigmoid_steepness": 4.0, "n_cycles": 2,
+               "cycle_ratio": 0.9}
+    assert set(changed) == {p for params in SCHEDULE_PARAMETERS.values() for p in params}
+    for schedule, params in SCHEDULE_PARAMETERS.items():
+        cfg = Config(beta_schedule=schedule, beta_min=0.1, beta_max=0.9, anneal_epochs=4.0, n_cycles=3,
+                     cycle_ratio=0.5, sigmoid_steepness=10.0)
+        assert tuple(cfg.beta_params) == params
+        curve = [beta_at(cfg, e) for e in (0.5, 1.3, 2.9, 4.4, 7.1, 9.5, 13.0)]
+        for name, value in changed.items():
+            other = [beta_at(cfg.replace(**{name: value}), e) for e in (0.5, 1.3, 2.9, 4.4, 7.1, 9.5, 13.0)]
+            assert (other != curve) == (name in params), (schedule, name)
