@@ -41,7 +41,7 @@ from ray.tune.search import Searcher
 
 from ouvae.atomic import write_atomically
 
-from sweeps.refine import RefineError, RefinePolicy, group_key, jsonable, top_dim_of
+from sweeps.refine import RefineError, RefinePolicy, RefineSettings, group_key, jsonable, top_dim_of
 from sweeps.trainable import POPULATION_KEY, run_specs
 
 logger = logging.getLogger(__name__)
@@ -60,18 +60,13 @@ class AdaptiveRhoSearcher(Searcher):
     configuration as one population (sweeps/trainable.py) -- the coarse pass in chunks, each refinement round at
     once, a round filling the population: population // len(seeds) rho values, each with every seed (one rho when
     the population holds no more than the seeds); at 1 every trial is one run.
-    The remaining keywords are ``RefinePolicy``'s (rho_range, seeds, coarse_points, target_width,
-    max_trials_per_group, max_trials, min_spacing, min_pending, rho_limits, level, n_boot, random_state).
+    The remaining keywords are ``RefineSettings``' fields (sweeps/refine.py: rho_range, seeds, coarse_points,
+    target_width, ...) but rho_per_round, which follows from ``population``.
     """
 
-    def __init__(self, groups: Sequence[Mapping[str, Any]] | None = None, *,
-                 rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3),
-                 coarse_points: int = 4, target_width: float = 0.01,
-                 max_trials_per_group: int | None = None, max_trials: int | None = None,
-                 max_concurrent: int | None = None, min_pending: int | None = None, min_spacing: float = 0.001,
-                 rho_limits: tuple[float, float] = (0.0, 1.0), active_key: str = "top_active_units",
-                 top_dim: int | None = None, level: float = 0.95, n_boot: int = 200, random_state: int = 0,
-                 population: int = 1) -> None:
+    def __init__(self, groups: Sequence[Mapping[str, Any]] | None = None, *, max_concurrent: int | None = None,
+                 active_key: str = "top_active_units", top_dim: int | None = None, population: int = 1,
+                 **settings: Any) -> None:
         super().__init__(metric=None, mode=None)
         groups = [dict(g) for g in (groups if groups is not None else [{}])]
         for g in groups:
@@ -84,12 +79,9 @@ class AdaptiveRhoSearcher(Searcher):
             top_dims = [top_dim_of(g) or int(top_dim) for g in groups]
         if int(population) < 1:
             raise RefineError(f"population must be >= 1 run per trial; got {population}")
-        self.policy = RefinePolicy(groups, top_dims=top_dims, rho_range=rho_range, seeds=seeds,
-                                   coarse_points=coarse_points, target_width=target_width,
-                                   max_trials_per_group=max_trials_per_group, max_trials=max_trials,
-                                   min_spacing=min_spacing, min_pending=min_pending, rho_limits=rho_limits,
-                                   level=level, n_boot=n_boot, random_state=random_state,
-                                   rho_per_round=max(1, int(population) // max(1, len(list(seeds)))))
+        seeds = list(settings.pop("seeds", RefineSettings.seeds))
+        self.policy = RefinePolicy(groups, top_dims=top_dims, seeds=seeds,
+                                   rho_per_round=max(1, int(population) // max(1, len(seeds))), **settings)
         if max_concurrent is not None and int(max_concurrent) < 1:
             raise RefineError(f"max_concurrent must be >= 1 (or None for no limit); got {max_concurrent}")
         self.max_concurrent = int(max_concurrent) if max_concurrent is not None else None
@@ -109,7 +101,7 @@ class AdaptiveRhoSearcher(Searcher):
                              f"must hold constants only, but {names} are search spaces: make them constants or groups")
         n = spec.get("num_samples")
         if n is not None and n != -1 and n < sys.maxsize:  # Tune turns num_samples=-1 into sys.maxsize
-            coarse = len(self.policy.coarse_grid()) * len(self.policy.seeds) * len(self.policy.groups)
+            coarse = len(self.policy.coarse_grid()) * len(self.policy.settings.seeds) * len(self.policy.groups)
             if n < coarse:
                 raise ValueError(f"num_samples={n} stops Tune before the coarse grid ({coarse} trials) is done: pass "
                                  f"TuneConfig(num_samples=-1); the searcher ends the sweep itself")

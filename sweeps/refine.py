@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -111,13 +111,11 @@ class _Group:
         return sum(1 for p in self.points.values() if p["state"] == state)
 
 
-class RefinePolicy:
-    """Adaptive rho proposals for one or more groups (latent configurations); see the module docstring.
+@dataclass(frozen=True)
+class RefineSettings:
+    """The adaptive policy's settings, validated and with their defaults resolved on construction; a saved state
+    loads only into a policy with equal settings (``state``).
 
-    Parameters
-    ----------
-    groups: one mapping of fixed config overrides per latent configuration, e.g. ``{"latent_dims": (10,) * 4}``.
-    top_dims: the top layer size per group; default: the last entry of each group's ``latent_dims``.
     rho_range: (low, high) of the coarse grid and of the first fits.
     seeds: the seeds every rho may be run with (all of them on the coarse grid).
     coarse_points: rho values of the coarse grid (>= 3: a fit needs three).
@@ -135,35 +133,89 @@ class RefinePolicy:
     random_state: seeds the bootstrap, so proposals are reproducible.
     """
 
+    rho_range: tuple[float, float] = (0.8, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    coarse_points: int = 4
+    target_width: float = 0.01
+    max_trials_per_group: int | None = None
+    max_trials: int | None = None
+    min_spacing: float = 0.001
+    min_pending: int | None = None
+    rho_limits: tuple[float, float] = (0.0, 1.0)
+    level: float = 0.95
+    n_boot: int = 200
+    random_state: int = 0
+    rho_per_round: int = 1
+
+    def __post_init__(self) -> None:
+        def resolve(name: str, value: Any) -> None:  # a frozen dataclass sets its own fields this way
+            object.__setattr__(self, name, value)
+
+        try:
+            resolve("seeds", tuple(check_seeds(self.seeds)))
+        except SpaceError as e:  # the sweeps' one seed rule
+            raise RefineError(str(e)) from None
+        min_spacing = self.min_spacing
+        if not (isinstance(min_spacing, (int, float)) and math.isfinite(min_spacing) and min_spacing > 0):
+            raise RefineError(f"min_spacing must be a positive number such as 0.001; got {min_spacing}")
+        lim_lo, lim_hi = (float(v) for v in self.rho_limits)
+        if not (0.0 <= lim_lo < lim_hi <= 1.0):
+            raise RefineError(f"rho_limits {self.rho_limits} must satisfy 0 <= low < high <= 1")
+        lo, hi = (float(v) for v in self.rho_range)
+        if not (lim_lo <= lo < hi <= lim_hi) or lo <= 0:
+            raise RefineError(f"rho_range {self.rho_range} must satisfy 0 < low < high and lie inside rho_limits "
+                              f"{self.rho_limits}")
+        if self.coarse_points < 3:
+            raise RefineError(f"coarse_points={self.coarse_points}: a transition fit needs at least 3 rho values")
+        if (hi - lo) / min_spacing < self.coarse_points - 1 - 1e-9:
+            raise RefineError(f"min_spacing {min_spacing} is too coarse for {self.coarse_points} points in "
+                              f"[{lo}, {hi}]: lower coarse_points or min_spacing")
+        if not (isinstance(self.target_width, (int, float)) and self.target_width > 0):
+            raise RefineError(f"target_width must be a positive number such as 0.01; got {self.target_width}")
+        resolve("min_spacing", float(min_spacing))
+        resolve("rho_limits", (lim_lo, lim_hi))
+        resolve("rho_range", (lo, hi))
+        resolve("coarse_points", int(self.coarse_points))
+        resolve("target_width", float(self.target_width))
+        given = self.max_trials_per_group
+        resolve("max_trials_per_group", int(given) if given else 2 * self.coarse_points * len(self.seeds))
+        if self.max_trials_per_group < 1:
+            raise RefineError(f"max_trials_per_group must be >= 1; got {given}")
+        resolve("max_trials", int(self.max_trials) if self.max_trials else None)
+        if int(self.rho_per_round) < 1:
+            raise RefineError(f"rho_per_round must be >= 1; got {self.rho_per_round}")
+        resolve("rho_per_round", int(self.rho_per_round))
+        resolve("min_pending",
+                int(self.min_pending) if self.min_pending else max(2, self.rho_per_round * len(self.seeds)))
+        resolve("level", float(self.level))
+        resolve("n_boot", int(self.n_boot))
+        resolve("random_state", int(self.random_state))
+
+    def state(self, groups: Sequence[_Group]) -> dict[str, Any]:
+        """These settings as JSON, with the groups they drive: what a saved state must match to load."""
+        out: dict[str, Any] = {"groups": [g.key for g in groups], "top_dims": [g.top_dim for g in groups]}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        if self.rho_per_round == 1:  # written only when set: states saved before it existed still load
+            del out["rho_per_round"]
+        return out
+
+
+class RefinePolicy:
+    """Adaptive rho proposals for one or more groups (latent configurations); see the module docstring.
+
+    groups: one mapping of fixed config overrides per latent configuration, e.g. ``{"latent_dims": (10,) * 4}``.
+    top_dims: the top layer size per group; default: the last entry of each group's ``latent_dims``.
+    settings: RefineSettings' fields (rho_range=..., seeds=..., target_width=..., ...).
+    """
+
     def __init__(self, groups: Sequence[Mapping[str, Any]], *, top_dims: Sequence[int] | None = None,
-                 rho_range: tuple[float, float] = (0.8, 1.0), seeds: Sequence[int] = (0, 1, 2, 3),
-                 coarse_points: int = 4, target_width: float = 0.01, max_trials_per_group: int | None = None,
-                 max_trials: int | None = None, min_spacing: float = 0.001, min_pending: int | None = None,
-                 rho_limits: tuple[float, float] = (0.0, 1.0), level: float = 0.95, n_boot: int = 200,
-                 random_state: int = 0, rho_per_round: int = 1) -> None:
+                 **settings: Any) -> None:
         groups = list(groups)
         if not groups:
             raise RefineError("groups is empty: give at least one group of overrides, e.g. [{}] for one config")
-        try:
-            seeds = check_seeds(seeds)
-        except SpaceError as e:  # the sweeps' one seed rule
-            raise RefineError(str(e)) from None
-        if not (isinstance(min_spacing, (int, float)) and math.isfinite(min_spacing) and min_spacing > 0):
-            raise RefineError(f"min_spacing must be a positive number such as 0.001; got {min_spacing}")
-        lim_lo, lim_hi = (float(v) for v in rho_limits)
-        if not (0.0 <= lim_lo < lim_hi <= 1.0):
-            raise RefineError(f"rho_limits {rho_limits} must satisfy 0 <= low < high <= 1")
-        lo, hi = (float(v) for v in rho_range)
-        if not (lim_lo <= lo < hi <= lim_hi) or lo <= 0:
-            raise RefineError(f"rho_range {rho_range} must satisfy 0 < low < high and lie inside rho_limits "
-                              f"{rho_limits}")
-        if coarse_points < 3:
-            raise RefineError(f"coarse_points={coarse_points}: a transition fit needs at least 3 rho values")
-        if (hi - lo) / min_spacing < coarse_points - 1 - 1e-9:
-            raise RefineError(f"min_spacing {min_spacing} is too coarse for {coarse_points} points in "
-                              f"[{lo}, {hi}]: lower coarse_points or min_spacing")
-        if not (isinstance(target_width, (int, float)) and target_width > 0):
-            raise RefineError(f"target_width must be a positive number such as 0.01; got {target_width}")
+        self.settings = RefineSettings(**settings)
         if top_dims is None:
             top_dims = [top_dim_of(g) for g in groups]
         top_dims = list(top_dims)
@@ -176,48 +228,30 @@ class RefinePolicy:
         keys = [group_key(g) for g in groups]
         if len(set(keys)) != len(keys):
             raise RefineError("two groups have the same overrides: give each latent configuration once")
-        self.seeds = seeds
-        self.min_spacing = float(min_spacing)
-        self.rho_limits = (lim_lo, lim_hi)
-        self.rho_range = (lo, hi)
-        self.coarse_points = int(coarse_points)
-        self.target_width = float(target_width)
-        coarse_trials = self.coarse_points * len(seeds)
-        self.max_trials_per_group = int(max_trials_per_group) if max_trials_per_group else 2 * coarse_trials
-        if self.max_trials_per_group < 1:
-            raise RefineError(f"max_trials_per_group must be >= 1; got {max_trials_per_group}")
-        self.max_trials = int(max_trials) if max_trials else None
-        if int(rho_per_round) < 1:
-            raise RefineError(f"rho_per_round must be >= 1; got {rho_per_round}")
-        self.rho_per_round = int(rho_per_round)
-        self.min_pending = int(min_pending) if min_pending else max(2, self.rho_per_round * len(seeds))
-        self.level = float(level)
-        self.n_boot = int(n_boot)
-        self.random_state = int(random_state)
         self.groups = [_Group(g, d) for g, d in zip(groups, top_dims)]
         self._rr = 0  # round-robin start over groups
 
     # ----------------------------------------------------------------------------------------- rho lattice
     def lattice_index(self, rho: float) -> int:
         """The rho value as a whole number of min_spacing steps (how points are keyed: no float equality)."""
-        return int(round(rho / self.min_spacing))
+        return int(round(rho / self.settings.min_spacing))
 
     def _rho(self, i: int) -> float:
-        return round(i * self.min_spacing, 12)
+        return round(i * self.settings.min_spacing, 12)
 
     def _clamp_idx(self, i: int) -> int:
-        i_lo = max(int(math.ceil(self.rho_limits[0] / self.min_spacing - 1e-9)), 1)  # rho > 0
-        i_hi = int(math.floor(self.rho_limits[1] / self.min_spacing + 1e-9))
+        i_lo = max(int(math.ceil(self.settings.rho_limits[0] / self.settings.min_spacing - 1e-9)), 1)  # rho > 0
+        i_hi = int(math.floor(self.settings.rho_limits[1] / self.settings.min_spacing + 1e-9))
         return min(max(i, i_lo), i_hi)
 
     def coarse_grid(self) -> list[float]:
         """The coarse rho values: `coarse_points` evenly spread over the lattice's points inside rho_range (the
         one grid builder, sweeps/plan.py: rho_grid, between the range's ends snapped inward to the lattice)."""
-        lo, hi = self.rho_range
-        i_lo = int(math.ceil(lo / self.min_spacing - 1e-9))
-        i_hi = int(math.floor(hi / self.min_spacing + 1e-9))
-        lattice = rho_grid(self._rho(i_lo), self._rho(i_hi), self.min_spacing)  # lattice[k] = rho of i_lo + k
-        picks = sorted({int(round(v)) for v in np.linspace(i_lo, i_hi, self.coarse_points)})
+        lo, hi = self.settings.rho_range
+        i_lo = int(math.ceil(lo / self.settings.min_spacing - 1e-9))
+        i_hi = int(math.floor(hi / self.settings.min_spacing + 1e-9))
+        lattice = rho_grid(self._rho(i_lo), self._rho(i_hi), self.settings.min_spacing)  # lattice[k] = rho of i_lo + k
+        picks = sorted({int(round(v)) for v in np.linspace(i_lo, i_hi, self.settings.coarse_points)})
         return [lattice[i - i_lo] for i in picks]
 
     # ----------------------------------------------------------------------------------------------- results
@@ -251,8 +285,8 @@ class RefinePolicy:
         rho = [self._rho(i) for i, _, _ in done]
         seed = [s for _, s, _ in done]
         act = [a for _, _, a in done]
-        rng = np.random.default_rng(digest_seed(f"{self.random_state}|{g.key}|{g.version}"))
-        f = fit_transition(rho, seed, act, g.top_dim, level=self.level, n_boot=self.n_boot, rng=rng)
+        rng = np.random.default_rng(digest_seed(f"{self.settings.random_state}|{g.key}|{g.version}"))
+        f = fit_transition(rho, seed, act, g.top_dim, level=self.settings.level, n_boot=self.settings.n_boot, rng=rng)
         g._fit = (g.version, f)
         return f
 
@@ -309,23 +343,23 @@ class RefinePolicy:
         if g.done_reason is not None:
             return []
         pending = g.count(PENDING)
-        if g.count() >= self.max_trials_per_group:
+        if g.count() >= self.settings.max_trials_per_group:
             if not pending:
-                g.done_reason = f"budget of {self.max_trials_per_group} trials spent"
+                g.done_reason = f"budget of {self.settings.max_trials_per_group} trials spent"
             return []
-        if self.max_trials is not None and self.total_trials() >= self.max_trials:
+        if self.settings.max_trials is not None and self.total_trials() >= self.settings.max_trials:
             if not pending:
-                g.done_reason = f"total budget of {self.max_trials} trials (all groups) spent"
+                g.done_reason = f"total budget of {self.settings.max_trials} trials (all groups) spent"
             return []
         # 1. the coarse grid, all seeds
-        coarse = [(self.lattice_index(r), s) for s in self.seeds for r in self.coarse_grid()]
+        coarse = [(self.lattice_index(r), s) for s in self.settings.seeds for r in self.coarse_grid()]
         todo = [c for c in coarse if c not in g.points]
         if todo:
             return todo
         g.queue = [q for q in g.queue if q not in g.points]
         if g.queue:
             return list(g.queue)
-        if pending >= self.min_pending:
+        if pending >= self.settings.min_pending:
             return []
         # 2. refine from the fit on finished runs
         fit = self.fit(gi)
@@ -341,19 +375,19 @@ class RefinePolicy:
             picks = self._round(g, wider)
         if not picks:
             if not pending:
-                g.done_reason = (f"every (rho, seed) pair at spacing {self.min_spacing:g} around the transition "
-                                 f"has been run; the interval cannot narrow further at this resolution")
+                g.done_reason = (f"every (rho, seed) pair at spacing {self.settings.min_spacing:g} around the "
+                                 f"transition has been run; the interval cannot narrow further at this resolution")
             return []
-        left = self.max_trials_per_group - g.count()
-        if self.max_trials is not None:
-            left = min(left, self.max_trials - self.total_trials())
-        if len(picks) > left and len(picks) > len(self.seeds) and left >= len(self.seeds):
-            picks = picks[: left - left % len(self.seeds)]  # fewer rho values, each still with every seed
+        left = self.settings.max_trials_per_group - g.count()
+        if self.settings.max_trials is not None:
+            left = min(left, self.settings.max_trials - self.total_trials())
+        if len(picks) > left and len(picks) > len(self.settings.seeds) and left >= len(self.settings.seeds):
+            picks = picks[: left - left % len(self.settings.seeds)]  # fewer rho values, each still with every seed
         if len(picks) > left:
             # a partial round would leave the design unbalanced across seeds for little gain: stop here
             if not pending:
                 g.done_reason = (f"budget: {left} trial(s) left, fewer than a round of {len(picks)} "
-                                 f"(budget {self.max_trials_per_group} per group)")
+                                 f"(budget {self.settings.max_trials_per_group} per group)")
             return []
         g.queue = picks
         return list(g.queue)
@@ -363,20 +397,21 @@ class RefinePolicy:
         done = [(self._rho(i), p["active"] / g.top_dim) for (i, _), p in g.points.items() if p["state"] == DONE]
         if fit.status == STATUS_OK and fit.ci_low is not None and fit.ci_high is not None \
                 and math.isfinite(fit.ci_low) and math.isfinite(fit.ci_high):
-            if fit.ci_high - fit.ci_low <= self.target_width and self._resolved(done, fit.rho_c):
+            if fit.ci_high - fit.ci_low <= self.settings.target_width and self._resolved(done, fit.rho_c):
                 return None, (f"converged: rho_c {fit.rho_c:.4f}, interval [{fit.ci_low:.4f}, {fit.ci_high:.4f}] "
-                              f"(width {fit.ci_high - fit.ci_low:.4f} <= target {self.target_width:g})")
-            lo_i = self._clamp_idx(int(math.floor(fit.ci_low / self.min_spacing)))
-            hi_i = self._clamp_idx(int(math.ceil(fit.ci_high / self.min_spacing)))
-            span_i = self.lattice_index(self.rho_range[1] - self.rho_range[0])
+                              f"(width {fit.ci_high - fit.ci_low:.4f} <= target {self.settings.target_width:g})")
+            lo_i = self._clamp_idx(int(math.floor(fit.ci_low / self.settings.min_spacing)))
+            hi_i = self._clamp_idx(int(math.ceil(fit.ci_high / self.settings.min_spacing)))
+            span_i = self.lattice_index(self.settings.rho_range[1] - self.settings.rho_range[0])
             if hi_i - lo_i <= 2 * span_i:  # an interval wider than twice the range says little: bisect instead
                 return (lo_i, hi_i), None
         levels = sorted({r for r, _ in done})
         if not levels:  # every finished run errored: try the whole range again (at new lattice points)
-            return (self.lattice_index(self.rho_range[0]), self.lattice_index(self.rho_range[1])), None
+            lo, hi = self.settings.rho_range
+            return (self.lattice_index(lo), self.lattice_index(hi)), None
         mean_m = {r: float(np.mean([m for rr, m in done if rr == r])) for r in levels}
         if fit.status == STATUS_NO_TRANSITION or mean_m[levels[-1]] >= 0.5 or mean_m[levels[0]] < 0.5:
-            span = self.lattice_index(self.rho_range[1] - self.rho_range[0])
+            span = self.lattice_index(self.settings.rho_range[1] - self.settings.rho_range[0])
             top, bottom = self.lattice_index(levels[-1]), self.lattice_index(levels[0])
             if mean_m[levels[-1]] >= 0.5:  # still mostly active at the top: the transition is higher
                 hi_lim = self._clamp_idx(10**9)
@@ -404,7 +439,7 @@ class RefinePolicy:
         narrower than the target, while a 0.005 grid put it at 0.908 [0.898, 0.914]; the order parameter is
         smooth but not logistic there. Requiring local support made the search end at 0.906-0.909 with
         intervals that contain the grid's estimate, at 0.20-0.22 of the grid's trials."""
-        reach = max(self.target_width, 2 * self.min_spacing) + 1e-9
+        reach = max(self.settings.target_width, 2 * self.settings.min_spacing) + 1e-9
         levels = {r for r, _ in done if abs(r - rho_c) <= reach}
         return sum(r <= rho_c for r in levels) >= 2 and sum(r >= rho_c for r in levels) >= 2
 
@@ -421,7 +456,7 @@ class RefinePolicy:
         lo_i, hi_i = window
         if hi_i < lo_i:
             return []
-        k = self.rho_per_round
+        k = self.settings.rho_per_round
         full: list[tuple[int, int]] = []
         partial: list[tuple[int, int]] = []
         for j in range(k):
@@ -430,8 +465,8 @@ class RefinePolicy:
                 i = self._clamp_idx(target + off)
                 if not lo_i <= i <= hi_i or any(i == f for f, _ in full):
                     continue
-                free = [(i, s) for s in self.seeds if (i, s) not in g.points]
-                if len(free) == len(self.seeds):
+                free = [(i, s) for s in self.settings.seeds if (i, s) not in g.points]
+                if len(free) == len(self.settings.seeds):
                     full += free
                     break
                 if free and not partial:
@@ -456,7 +491,7 @@ class RefinePolicy:
         """Everything needed to continue: settings (to check the restored policy matches) and each group's points."""
         return {
             "state_version": STATE_VERSION,
-            "settings": self._settings(),
+            "settings": self.settings.state(self.groups),
             "rr": self._rr,
             "groups": [{"key": g.key, "top_dim": g.top_dim, "done_reason": g.done_reason, "version": g.version,
                         "points": [[self._rho(i), s, p["state"], p["active"]] for (i, s), p in g.points.items()],
@@ -469,7 +504,7 @@ class RefinePolicy:
         if state.get("state_version") != STATE_VERSION:
             raise RefineError(f"adaptive-search state version {state.get('state_version')} is not "
                               f"{STATE_VERSION}: it was written by another version of sweeps/refine.py")
-        mine = self._settings()
+        mine = self.settings.state(self.groups)
         theirs = state.get("settings", {})
         diff = sorted(k for k in set(mine) | set(theirs) if jsonable(mine.get(k)) != jsonable(theirs.get(k)))
         if diff:
@@ -482,16 +517,6 @@ class RefinePolicy:
             g.done_reason = sg["done_reason"]
             g.version = int(sg["version"])
             g._fit = None
-
-    def _settings(self) -> dict[str, Any]:
-        return {"groups": [g.key for g in self.groups], "top_dims": [g.top_dim for g in self.groups],
-                "seeds": list(self.seeds), "min_spacing": self.min_spacing, "rho_range": list(self.rho_range),
-                "rho_limits": list(self.rho_limits), "coarse_points": self.coarse_points,
-                "target_width": self.target_width, "max_trials_per_group": self.max_trials_per_group,
-                "max_trials": self.max_trials, "min_pending": self.min_pending, "level": self.level,
-                "n_boot": self.n_boot, "random_state": self.random_state,
-                # only when set: states saved before this setting existed still load
-                **({"rho_per_round": self.rho_per_round} if self.rho_per_round != 1 else {})}
 
 
 def _offsets(limit: int):

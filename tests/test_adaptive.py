@@ -92,7 +92,7 @@ def test_widens_the_range_towards_the_transition(truth, rho_range):
     s = pol.summary()[0]
     # Found outside the starting range, to within the target (single-run interval coverage is the benchmark's
     # business: a 95% interval misses one run in twenty).
-    assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < pol.target_width, s
+    assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < pol.settings.target_width, s
     assert all(0 < r <= 1.0 for r, _, _, _ in points(pol))
 
 
@@ -175,6 +175,24 @@ def test_a_state_of_another_version_or_other_settings_is_refused():
     c = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=2, max_trials_per_group=30)
     with pytest.raises(RefineError, match="min_pending"):
         c.load_state_dict(state)
+
+
+def test_the_saved_settings_are_those_states_were_saved_with():
+    """RefineSettings writes the settings a saved state is checked against: these were written by the policy
+    before its settings were one dataclass, so states saved then still load."""
+    two = RefinePolicy([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[3, 1], rho_range=(0.7, 0.95),
+                       rho_per_round=3)
+    assert two.state_dict()["settings"] == {
+        "coarse_points": 4, "groups": ['{"latent_dims": [10, 10]}', '{"latent_dims": [20, 20]}'], "level": 0.95,
+        "max_trials": None, "max_trials_per_group": 16, "min_pending": 6, "min_spacing": 0.001, "n_boot": 200,
+        "random_state": 0, "rho_limits": [0.0, 1.0], "rho_per_round": 3, "rho_range": [0.7, 0.95], "seeds": [3, 1],
+        "target_width": 0.01, "top_dims": [10, 20]}
+    one = RefinePolicy([{"latent_dims": [10]}])
+    assert one.state_dict()["settings"] == {
+        "coarse_points": 4, "groups": ['{"latent_dims": [10]}'], "level": 0.95, "max_trials": None,
+        "max_trials_per_group": 32, "min_pending": 4, "min_spacing": 0.001, "n_boot": 200, "random_state": 0,
+        "rho_limits": [0.0, 1.0], "rho_range": [0.8, 1.0], "seeds": [0, 1, 2, 3], "target_width": 0.01,
+        "top_dims": [10]}
 
 
 def test_min_pending_queues_the_next_round_while_one_runs():
@@ -274,7 +292,8 @@ def test_searcher_protocol_without_a_cluster(tmp_path):
 def test_make_critical_searcher_splits_the_budget_between_groups():
     s = make_critical_searcher([{"latent_dims": [5] * 4}, {"latent_dims": [10] * 4}], rho_range=(0.86, 1.0),
                                rho_step=0.005, seeds=[0, 1], target_width=0.02, budget=100, max_concurrent=4)
-    assert s.policy.max_trials_per_group == 50 and s.policy.max_trials == 100 and s.policy.min_spacing == 0.005
+    assert s.policy.settings.max_trials_per_group == 50 and s.policy.settings.max_trials == 100
+    assert s.policy.settings.min_spacing == 0.005
     assert s.policy.coarse_grid()[0] == 0.86 and s.policy.coarse_grid()[-1] == 1.0
 
 
@@ -330,8 +349,8 @@ def test_a_round_fills_a_population_with_several_rho_values_each_with_every_seed
     assert all(sorted(p.seed for p in round_ if p.rho == r) == [0, 1, 2] for r in rhos)  # balanced over seeds
     assert rhos[-1] - rhos[0] >= 3 * 0.005  # spread over the interval, not one rho and its neighbours only
     groups = [{"latent_dims": [10]}]
-    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=64).policy.rho_per_round == 12
-    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=4).policy.rho_per_round == 1
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=64).policy.settings.rho_per_round == 12
+    assert AdaptiveRhoSearcher(groups, seeds=range(5), population=4).policy.settings.rho_per_round == 1
 
 
 def test_searcher_trains_each_round_as_one_population_through_a_real_tuner(ray_session, tmp_path):

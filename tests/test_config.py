@@ -149,7 +149,7 @@ def test_stable_digests_are_the_ones_already_recorded(monkeypatch):
     monkeypatch.setattr(sweeps.refine, "fit_transition", fit_noting_the_seed)
     policy = RefinePolicy([{"latent_dims": (10,) * 4}], seeds=(0, 1, 2, 3), random_state=5)
     for rho, active in zip(policy.coarse_grid(), (10, 8, 3, 0)):
-        for seed in policy.seeds:
+        for seed in policy.settings.seeds:
             policy.record(0, rho, seed, min(10, active + seed % 2))
     policy.fit(0)  # the seed of its bootstrap stream: digest_seed("5|<group key>|16")
     assert seen == [1720570038810585497]
