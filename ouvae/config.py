@@ -84,110 +84,134 @@ SHARED, MEMBER, IDENTITY, RUNTIME = "shared", "member", "identity", "runtime"
 _OWN_NAME = "<own name>"
 
 
-def _setting(role: str, default: Any, column: str | tuple[str, ...] | None) -> Any:
-    return dataclasses.field(default=default, metadata={"role": role, "column": column})
+def _setting(role: str, default: Any, help: str, column: str | tuple[str, ...] | None,
+             choices: Sequence[str] | None) -> Any:
+    return dataclasses.field(default=default, metadata={"role": role, "column": column, "help": help,
+                                                        "choices": tuple(choices) if choices else None})
 
 
-def _shared(default: Any, column: str | tuple[str, ...] | None = _OWN_NAME) -> Any:
-    return _setting(SHARED, default, column)
+def _shared(default: Any, help: str, column: str | tuple[str, ...] | None = _OWN_NAME,
+            choices: Sequence[str] | None = None) -> Any:
+    return _setting(SHARED, default, help, column, choices)
 
 
-def _member(default: Any, column: str | tuple[str, ...] | None = _OWN_NAME) -> Any:
-    return _setting(MEMBER, default, column)
+def _member(default: Any, help: str, column: str | tuple[str, ...] | None = _OWN_NAME,
+            choices: Sequence[str] | None = None) -> Any:
+    return _setting(MEMBER, default, help, column, choices)
 
 
-def _identity(default: Any) -> Any:
-    return _setting(IDENTITY, default, _OWN_NAME)
+def _identity(default: Any, help: str) -> Any:
+    return _setting(IDENTITY, default, help, _OWN_NAME, None)
 
 
-def _runtime(default: Any) -> Any:
-    return _setting(RUNTIME, default, None)
+def _runtime(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    return _setting(RUNTIME, default, help, None, choices)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines one training run. Latent sizes are listed bottom (next to x) to top."""
+    """Everything that defines one training run. Latent sizes are listed bottom (next to x) to top.
 
-    preset: str = _identity("base")
+    Each field's metadata holds its role, its results column, its `help` (what it means, in which units; shown
+    by `--help`, FIELD_HELP) and, for a field with a fixed set of text values, its `choices`."""
+
+    preset: str = _identity("base", "the preset this configuration was built from (a name of PRESETS)")
     # data
-    dataset: str = _shared("digits")
-    data_dir: str | None = _runtime(None)
-    n_train: int | None = _shared(None, column=None)  # cap on training images (None = the whole training split)
+    dataset: str = _shared("digits", "the data set: a registered one (digits, mnist, fashion_mnist, static_mnist, "
+                                      "omniglot, cifar10, gaussian) or idx / npy for your own files "
+                                      "(docs/datasets.md)")
+    data_dir: str | None = _runtime(None, "the folder data sets are found in or downloaded to (None = the default "
+                                          "cache, docs/datasets.md)")
+    n_train: int | None = _shared(None, "cap on training images (None = the whole training split)", column=None)
     # Your own data (dataset idx or npy; registered sets keep the paper's split and binarization):
-    # held out of the end of train: fraction < 1 or count; None = 1/6
-    validation_size: float | None = _shared(None, column=None)
-    binarization: str = _shared("auto")  # auto (idx: dynamic, npy: inferred from the arrays), dynamic, static or none
+    validation_size: float | None = _shared(
+        None, "your own data: held out of the end of the training images as validation, a fraction < 1 or a count "
+              "(None = 1/6)", column=None)
+    binarization: str = _shared("auto", "how pixels become binary: dynamic (resampled every epoch), static (once), "
+                                        "none (real values); auto = idx: dynamic, npy: inferred from the arrays",
+                                choices=("auto", *BINARIZATIONS))
     # The generated Gaussian data set (dataset="gaussian"): gaussian_samples vectors per split from N(0, Sigma) in
     # gaussian_dim dimensions, Sigma's eigenvalues gaussian_eigenvalue * gaussian_ratio^i (ratio 1: isotropic).
-    gaussian_dim: int = _shared(4)
-    gaussian_eigenvalue: float = _shared(1.0)
-    gaussian_ratio: float = _shared(1.0)
-    gaussian_samples: int = _shared(1000)
-    gaussian_seed: int = _shared(0)
+    gaussian_dim: int = _shared(4, "dataset gaussian: dimension of the data vectors")
+    gaussian_eigenvalue: float = _shared(1.0, "dataset gaussian: the largest eigenvalue of the data covariance")
+    gaussian_ratio: float = _shared(1.0, "dataset gaussian: ratio of successive covariance eigenvalues, in (0, 1] "
+                                         "(1 = isotropic)")
+    gaussian_samples: int = _shared(1000, "dataset gaussian: vectors per split")
+    gaussian_seed: int = _shared(0, "dataset gaussian: seed of the generated vectors")
     # model
-    architecture: str = _shared("mlp")
-    latent_dims: tuple[int, ...] = _shared((40, 40, 40, 40), column=("latent_dims", "n_layers"))
-    hidden_units: int = _shared(200)  # width of each deterministic layer (channels for conv)
-    hidden_layers: int = _shared(2)  # deterministic layers per map
-    activation: str = _shared("tanh")
-    likelihood_variance: float = _shared(1.0)  # fixed variance sigma^2 of the Gaussian likelihood (real-valued data)
+    architecture: str = _shared("mlp", "the maps' network type", choices=ARCHITECTURES)
+    latent_dims: tuple[int, ...] = _shared((40, 40, 40, 40), "latent units per stochastic layer, bottom (next to x) "
+                                                             "to top: 10-10-10-10 or 4x10",
+                                           column=("latent_dims", "n_layers"))
+    hidden_units: int = _shared(200, "width of each deterministic layer (channels for conv)")
+    hidden_layers: int = _shared(2, "deterministic layers per map (0 = linear maps)")
+    activation: str = _shared("tanh", "nonlinearity of the deterministic layers", choices=ACTIVATIONS)
+    likelihood_variance: float = _shared(1.0, "fixed variance sigma^2 of the Gaussian likelihood (real-valued data)")
     # OU smoothing
-    rho: float = _member(1.0)
-    smooth_samples: int = _shared(5)  # K correlated copies per smoothed map
-    smooth: str = _shared("both")
-    # posterior: copies of a generative map's input in the posterior's coordinates (the appendix's phenomenon; the
-    # smoothed objective is no bound, so reported bounds are of the plain HVAE with these weights); prior: in the
-    # generative conditional's coordinates (a valid latent-variable model, whose bounds are reported)
-    smooth_space: str = _shared("posterior")
-    rho_eval: float | None = _member(None)  # None = evaluate at the training rho
-    smooth_recompute: bool = _runtime(False)  # recompute smoothed maps in backward: less memory, ~one extra forward
+    rho: float = _member(1.0, "the OU smoothing parameter of training, in (0, 1] (1 = no smoothing)")
+    smooth_samples: int = _shared(5, "K: correlated copies per smoothed map")
+    smooth: str = _shared("both", "which maps are smoothed", choices=SMOOTH_CHOICES)
+    # posterior: the smoothed objective is no bound, so reported bounds are of the plain HVAE with these weights;
+    # prior: the bounds of the smoothed model itself are reported
+    smooth_space: str = _shared("posterior", "the coordinates the generative maps' copies are drawn in "
+                                             "(docs/readings.md): posterior (the appendix's transition; its "
+                                             "objective is no bound) or prior (a valid latent-variable model)",
+                                choices=SMOOTH_SPACES)
+    rho_eval: float | None = _member(None, "rho at evaluation, in (0, 1] (None = the training rho)")
+    smooth_recompute: bool = _runtime(False, "recompute smoothed maps in the backward pass: less memory, about one "
+                                             "extra forward pass")
     # objective
-    objective: str = _shared("elbo")
-    iw_samples: int = _shared(1)  # k of the IWAE objective
-    beta_schedule: str = _member("constant")
-    beta_min: float = _member(0.0, column="beta_params")  # beta at the start of a warm-up (or of each cycle)
-    beta_max: float = _member(1.0, column="beta_params")  # beta after the warm-up; the constant schedule uses beta_max
-    anneal_epochs: float = _member(10.0, column="beta_params")  # warm-up length (or cycle length for cyclical)
-    n_cycles: int = _member(4, column="beta_params")  # cyclical: number of cycles before beta stays at beta_max
-    cycle_ratio: float = _member(0.5, column="beta_params")  # cyclical: fraction of each cycle spent increasing beta
-    sigmoid_steepness: float = _member(10.0, column="beta_params")  # sigmoid: slope of the logistic warm-up
-    free_bits: float = _member(0.0)  # nats per layer below which a layer's KL is not penalised (0 = off)
+    objective: str = _shared("elbo", "the training objective", choices=OBJECTIVES)
+    iw_samples: int = _shared(1, "k of the IWAE objective (objective iwae)")
+    beta_schedule: str = _member("constant", "the KL weight's schedule (the fields each reads: "
+                                             "SCHEDULE_PARAMETERS, docs/method.md)", choices=BETA_SCHEDULES)
+    beta_min: float = _member(0.0, "beta at the start of a warm-up (or of each cycle)", column="beta_params")
+    beta_max: float = _member(1.0, "beta after the warm-up; the constant schedule's beta", column="beta_params")
+    anneal_epochs: float = _member(10.0, "warm-up length in epochs (cycle length for cyclical)",
+                                   column="beta_params")
+    n_cycles: int = _member(4, "cyclical: cycles before beta stays at beta_max", column="beta_params")
+    cycle_ratio: float = _member(0.5, "cyclical: fraction of each cycle spent increasing beta, in (0, 1]",
+                                 column="beta_params")
+    sigmoid_steepness: float = _member(10.0, "sigmoid: slope of the logistic warm-up", column="beta_params")
+    free_bits: float = _member(0.0, "nats per layer below which a layer's KL is not penalised (0 = off)")
     # optimisation
-    lr: float = _shared(1e-3)
+    lr: float = _shared(1e-3, "Adam's learning rate")
     # 0: a constant lr. d > 0: a member's k-th update uses lr / (1 + k/d) (Robbins-Monro). It depends on the member's
     # own step count only, so a run continued from its checkpoint takes exactly the steps of a run trained in one go
     # (the ladder needs that), and the stationary SGD noise around the optimum dies out, which a constant lr never
     # lets happen: a collapsed unit then keeps a KL floor that blurs rho_c (docs/calibration.md, "The learning rate").
-    lr_decay_steps: int = _shared(0)
-    batch_size: int = _shared(100)
-    epochs: int = _shared(30, column=None)
-    steps: int | None = _shared(None, column=None)  # if set, the budget in optimizer steps instead of epochs
-    grad_clip: float | None = _shared(None, column=None)
+    lr_decay_steps: int = _shared(0, "d: the k-th update uses lr / (1 + k/d), steps (0 = a constant lr; "
+                                     "docs/calibration.md)")
+    batch_size: int = _shared(100, "training images per step")
+    epochs: int = _shared(30, "the training budget in epochs", column=None)
+    steps: int | None = _shared(None, "the training budget in optimizer steps instead of epochs (None = epochs)",
+                                column=None)
+    grad_clip: float | None = _shared(None, "clip each run's gradient to this norm (None = no clipping)", column=None)
     # evaluation
-    eval_every: int = _shared(1, column=None)  # epochs between evaluations (each one calls the trainer's callback)
-    eval_iw_k: int = _shared(100, column=None)  # k of the importance-weighted bound L_k on the validation split
-    eval_split: str = _shared("validation", column="split")
-    eval_max_examples: int | None = _shared(None, column=None)  # cap on evaluation images (None = the whole split)
-    # noise draws for the first-encoder-layer gradient variance (0 = off)
-    grad_var_draws: int = _shared(0, column=None)
+    eval_every: int = _shared(1, "epochs between evaluations", column=None)
+    eval_iw_k: int = _shared(100, "k of the importance-weighted bound L_k at evaluation", column=None)
+    eval_split: str = _shared("validation", "the split evaluations use", column="split",
+                              choices=("validation", "test"))
+    eval_max_examples: int | None = _shared(None, "cap on evaluation images (None = the whole split)", column=None)
+    grad_var_draws: int = _shared(0, "noise draws for the first encoder layer's gradient variance (0 = off)",
+                                  column=None)
     # checkpoints (written by whoever runs the trainer, e.g. the sweep trainable): after this many steps or minutes
     # of training, whichever comes first, and with the final evaluation; both None = with every evaluation on a
     # CPU, every 10 minutes on a GPU (where a population's checkpoint can be gigabytes)
-    checkpoint_every_steps: int | None = _runtime(None)
-    checkpoint_every_minutes: float | None = _runtime(None)
+    checkpoint_every_steps: int | None = _runtime(None, "checkpoint after this many training steps (None: with "
+                                                        "every evaluation on a CPU, every 10 minutes on a GPU)")
+    checkpoint_every_minutes: float | None = _runtime(None, "checkpoint after this many minutes of training, or "
+                                                            "the steps, whichever comes first")
     # runtime
-    seed: int = _identity(0)
-    device: str = _runtime("auto")
-    # torch intra-op threads, set by the process that runs the trainer (None = torch's)
-    num_threads: int | None = _runtime(None)
-    # torch.compile the whole training step (on CUDA mode "reduce-overhead": CUDA graphs)
-    compile_step: bool = _runtime(False)
-    # CUDA: TF32 matrix products (faster on Ampere+, ~1e-3 relative error): it changes the numbers, so it is part of
-    # the configuration and recorded on every row
-    tf32: bool = _shared(False)
-    # steps between reads of the members' skip counters (each read waits for the device)
-    failure_check_steps: int = _runtime(100)
-    max_skipped_steps: int = _member(50, column=None)  # consecutive non-finite steps before the run fails as stalled
+    seed: int = _identity(0, "the run's seed (initialisation, data order, noise)")
+    device: str = _runtime("auto", "where to train (auto = CUDA when torch sees a GPU)", choices=DEVICES)
+    num_threads: int | None = _runtime(None, "torch intra-op threads of the process that trains (None = torch's)")
+    compile_step: bool = _runtime(False, "torch.compile the whole training step (CUDA: with CUDA graphs)")
+    # CUDA: TF32 matrix products change the numbers, so it is part of the configuration and recorded on every row
+    tf32: bool = _shared(False, "CUDA: TF32 matrix products (faster on Ampere+, about 1e-3 relative error)")
+    failure_check_steps: int = _runtime(100, "steps between reads of the members' skip counters (each read waits "
+                                             "for the device)")
+    max_skipped_steps: int = _member(50, "consecutive non-finite steps before a run fails as stalled", column=None)
 
     def __post_init__(self) -> None:
         # Accept lists (JSON) and text ("4x10") for the tuple field, then validate everything.
@@ -250,7 +274,8 @@ class Config:
         return {k: getattr(self, k) for k in SCHEDULE_PARAMETERS[self.beta_schedule]}
 
 
-ROLES: dict[str, str] = {f.name: f.metadata["role"] for f in fields(Config)}
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Config)}
+ROLES: dict[str, str] = {name: f.metadata["role"] for name, f in FIELDS.items()}
 
 
 def settings_with(*roles: str) -> tuple[str, ...]:
@@ -476,10 +501,16 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             flags.append(f"--{f.name}")
-        kind, optional = _value_type(f.name)
-        label = getattr(kind, "__name__", "dims") + (" or none" if optional else "")
         group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=f.name.upper(),
-                           help=f"(default from preset) {label}")
+                           help=field_help(f.name))
+
+
+def field_help(name: str) -> str:
+    """What Config field `name` means, its type and its choices: the help of its command-line option."""
+    meta = FIELDS[name].metadata
+    kind, optional = _value_type(name)
+    label = f"one of {', '.join(meta['choices'])}" if meta["choices"] else getattr(kind, "__name__", "dims")
+    return f"{meta['help']} ({label}{' or none' if optional else ''}; default from the preset)"
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

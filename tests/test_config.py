@@ -172,3 +172,24 @@ def test_the_schedule_table_names_exactly_the_fields_each_schedule_reads():
         for name, value in changed.items():
             other = [beta_at(cfg.replace(**{name: value}), e) for e in (0.5, 1.3, 2.9, 4.4, 7.1, 9.5, 13.0)]
             assert (other != curve) == (name in params), (schedule, name)
+
+
+def test_every_field_says_what_it_means_and_its_choices_are_the_accepted_values():
+    """Each field's metadata carries its help (shown by --help) and, for fixed text values, its choices: every
+    choice makes a valid Config and a value outside them is refused."""
+    from ouvae.config import FIELDS
+
+    for name, f in FIELDS.items():
+        assert len(f.metadata["help"].strip()) > 10, name
+        for choice in f.metadata["choices"] or ():
+            overrides = {name: choice, **({"architecture": "conv"} if choice == "conv" else {})}
+            assert getattr(Config.from_preset("demo", **overrides), name) == choice
+        if f.metadata["choices"]:
+            with pytest.raises(ConfigError, match=name):
+                Config.from_preset("demo", **{name: "not-a-choice"})
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert "the coordinates the generative maps' copies are drawn in" in text
+    assert "(one of posterior, prior; default from the preset)" in text
+    assert "(float or none; default from the preset)" in text
