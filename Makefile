@@ -35,9 +35,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not ray and not multinode and not cuda"
 
-# docs/results-schema.md is generated from analysis/schema.py (a test fails when it is out of date).
+# docs/results-schema.md is generated from analysis/schema.py, docs/options.md from the commands' parsers and the
+# Config fields (tests/test_docs.py fails when either is out of date).
 docs: $(STAMP)
 	$(BIN)/python -m analysis.schema > docs/results-schema.md
+	$(BIN)/python -m sweeps.options_doc > docs/options.md
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python benchmarks/trainer_bench.py

@@ -505,12 +505,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                            help=field_help(f.name))
 
 
-def field_help(name: str) -> str:
-    """What Config field `name` means, its type and its choices: the help of its command-line option."""
-    meta = FIELDS[name].metadata
+def field_values(name: str) -> str:
+    """The values Config field `name` takes, in words: its type or its choices, and whether none is allowed."""
+    choices = FIELDS[name].metadata["choices"]
     kind, optional = _value_type(name)
-    label = f"one of {', '.join(meta['choices'])}" if meta["choices"] else getattr(kind, "__name__", "dims")
-    return f"{meta['help']} ({label}{' or none' if optional else ''}; default from the preset)"
+    label = (f"one of {', '.join(choices)}" if choices else "dims" if typing.get_origin(kind) is tuple
+             else kind.__name__)
+    return label + (" or none" if optional else "")
+
+
+def field_help(name: str) -> str:
+    """What Config field `name` means and the values it takes: the help of its command-line option."""
+    return f"{FIELDS[name].metadata['help']} ({field_values(name)}; default from the preset)"
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

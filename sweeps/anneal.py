@@ -283,21 +283,34 @@ def _pair(kind=float):
     return dict(nargs=2, type=kind, metavar=("LOW", "HIGH"))
 
 
+def _read_by(parameter: str) -> str:
+    """Which schedules read `parameter` (SCHEDULE_PARAMETERS), for the help of its range."""
+    readers = [name for name, params in SCHEDULE_PARAMETERS.items() if parameter in params]
+    return "read by " + ("every schedule" if len(readers) == len(SCHEDULE_PARAMETERS) else ", ".join(readers))
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = AnnealSpace()
     p = argparse.ArgumentParser(prog="python sweeps/anneal_search.py", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("search")
     s.add_argument("--n-trials", type=int, default=20, help="trials in this search (default 20)")
-    s.add_argument("--schedules", nargs="+", default=list(d.schedules), help="schedules to consider (default all)")
-    s.add_argument("--beta-max", **_pair(), default=list(d.beta_max), help=f"range of beta_max (default {d.beta_max})")
-    s.add_argument("--beta-min", **_pair(), default=list(d.beta_min), help=f"range of beta_min (default {d.beta_min})")
+    s.add_argument("--schedules", nargs="+", default=list(d.schedules),
+                   help=f"schedules to consider, of {', '.join(BETA_SCHEDULES)} (default all)")
+    s.add_argument("--beta-max", **_pair(), default=list(d.beta_max),
+                   help=f"range of beta_max, {_read_by('beta_max')} (default {d.beta_max})")
+    s.add_argument("--beta-min", **_pair(), default=list(d.beta_min),
+                   help=f"range of beta_min, {_read_by('beta_min')} (default {d.beta_min})")
     s.add_argument("--anneal-epochs", **_pair(), default=None,
-                   help="range of the warm-up (cycle) length in epochs (default 1..the training budget)")
-    s.add_argument("--n-cycles", **_pair(int), default=list(d.n_cycles), help=f"cyclical (default {d.n_cycles})")
-    s.add_argument("--cycle-ratio", **_pair(), default=list(d.cycle_ratio), help=f"cyclical (default {d.cycle_ratio})")
+                   help=f"range of the warm-up (cycle) length in epochs, {_read_by('anneal_epochs')} (default "
+                        f"1..the training budget)")
+    s.add_argument("--n-cycles", **_pair(int), default=list(d.n_cycles),
+                   help=f"range of n_cycles, {_read_by('n_cycles')} (default {d.n_cycles})")
+    s.add_argument("--cycle-ratio", **_pair(), default=list(d.cycle_ratio),
+                   help=f"range of cycle_ratio, {_read_by('cycle_ratio')} (default {d.cycle_ratio})")
     s.add_argument("--sigmoid-steepness", **_pair(), default=list(d.sigmoid_steepness),
-                   help=f"sigmoid, log scale (default {d.sigmoid_steepness})")
+                   help=f"range of sigmoid_steepness, {_read_by('sigmoid_steepness')}, log scale "
+                        f"(default {d.sigmoid_steepness})")
     s.add_argument("--free-bits", **_pair(), default=list(d.free_bits),
                    help=f"free bits per layer, nats (default {d.free_bits})")
     s.add_argument("--no-free-bits", action="store_true", help="do not search free bits (keep the config's)")

@@ -98,7 +98,7 @@ def add_trainer_arguments(p: argparse.ArgumentParser, *, default_preset: str) ->
     g.add_argument("--n-train", type=int, help="cap on training images (default: the preset's)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any trainer Config field, repeatable: --set eval_iw_k=100 --set smooth=encoder "
-                        "--set hidden_units=100 (see ouvae/config.py for every field)")
+                        "--set hidden_units=100 (every field: docs/options.md, 'Config fields')")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
