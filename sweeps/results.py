@@ -1,12 +1,8 @@
 """The results table: its files (one per Tune trial, upserted by step) and the driver-side sink that writes them.
 
-The results table's files: ``<root>/sweep_id=<id>/<trial_id>.parquet``, one per Tune trial, in the schema of
-analysis/schema.py (no Ray needed: the sink and the resume checks use these functions). The contract:
-docs/architecture.md, section 3 ("Driver -> table").
-
-A Tune trial trains one run, or a population of runs (ouvae/population.py) that report together: its file holds
-the rows of all its runs. A member's run id is ``<tune trial id>-m<member>`` (``member_run_id``), stable across
-retries and ``--resume`` because Tune keeps its trial ids; ``population_id`` names the Tune trial.
+The files, their rows and run ids (``member_run_id``) are the contract of analysis/schema.py
+(docs/results-schema.md); what the user is promised, exactly-once rows, is docs/operations.md's. The functions
+need no Ray: the sink and the resume checks use them.
 
 Why a file per Tune trial, rewritten whole: the file *is* the trial's (run, step) -> row map, so
 

@@ -4,15 +4,8 @@ Storage is a local path, an NFS mount, or an object store URL (``s3://bucket/pre
 sink and the resume logic all turn ``--storage`` into files, and must agree on what is remote, how paths join and
 how a small file is written without ever leaving half of it. PyArrow's filesystems do the I/O (S3 through the
 standard AWS variables: credentials, AWS_REGION, AWS_ENDPOINT_URL for S3-compatible servers such as MinIO), so the
-same code serves every kind of storage. Where each file goes::
-
-    <storage>/ray/<name>/                 Ray Tune's experiment folder (trial folders with their checkpoints, state)
-    <storage>/ray/<name>/ouvae_sweep.json  the sweep's own options, so ``--resume`` rebuilds the same sweep
-    <storage>/ray/<name>/rung-<k>/        --until-converged: the Tune experiment of each rung (sweeps/ladder.py)
-    <storage>/ray/<name>/ouvae_ladder.json  --until-converged: the ladder's own state
-    <storage>/parquet/sweep_id=<name>/    the results table (one <trial>.parquet per trial, sweeps/results.py)
-    <storage>/reports/<name>/             the analysis report (local storage only)
-    <storage>/optuna/<name>.log           anneal_search: the Optuna study (local storage only)
+same code serves every kind of storage. Where each file goes (``SweepPaths``): docs/operations.md, "Storage
+layout", the one description of it.
 
 A sweep's identity across invocations: a new sweep starts under a free name and saves its options (every option
 but those of ``RUNTIME_OPTIONS``) in ``ouvae_sweep.json``; ``--resume`` reads them back, so the resumed sweep is the
