@@ -6,7 +6,7 @@ uniform 0.005 grid over the range, with every seed at every rho, using at most a
 
 Three sources of runs:
 
-* synthetic (default): a noisy logistic transition with seed-level offsets (``testing/synthetic.py``), several
+* synthetic (default): a noisy logistic transition with seed-level offsets (``analysis/testing/synthetic.py``), several
   replicates per scenario, a known truth, so interval coverage is reported too. Fast: it drives the pure policy
   (``sweeps/refine.py``) with simulated asynchronous workers (``--workers`` at once, finishing in random order),
   the same decisions the Ray Tune searcher makes, without Ray.
@@ -23,8 +23,6 @@ Three sources of runs:
     PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replicates 50 --seeds 8
     PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --target 0.01 --budget-fraction 0.5   # a fixed target
     PYTHONPATH=. python benchmarks/adaptive_vs_grid.py --replay results/parquet --sweep-id digits-grid
-
-(from the repository root: ``PYTHONPATH=.`` finds the test-only ``testing`` package)
 
 Measured here (range 0.80-1.00, 10 top units, 4 seeds, 100 replicates; adaptive budget = 41 of the grid's 164
 trials, target = the grid's own width; median widths grid -> adaptive, interval coverage grid / adaptive):
@@ -56,11 +54,11 @@ from typing import Any
 
 import numpy as np
 
+from analysis.testing.synthetic import noisy_active_units
 from analysis.transition import fit_transition
 from sweeps.refine import RefinePolicy, top_dim_of
 from sweeps.plan import rho_grid
-from testing.simulate import simulate
-from testing.synthetic import noisy_active_units
+from sweeps.testing.simulate import simulate
 
 Outcome = Callable[[float, int], "int | None"]  # (rho, seed) -> active units, None = failed run
 

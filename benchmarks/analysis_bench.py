@@ -1,6 +1,6 @@
 """Benchmark of the analysis on a large synthetic results folder: prints rows per second.
 
-Usage, from the repository root (``PYTHONPATH=.`` finds the test-only ``testing`` package):
+Usage, from the repository root:
 ``PYTHONPATH=. .venv/bin/python benchmarks/analysis_bench.py [--rows 1000000] [--dir PATH] [--threads 2]``
 
 Why synthetic: a million result rows is far more than this machine can train; the generator writes the exact
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.critical import check_runs, configurations, final_runs_query, fit_configurations, trial_counts_query
     from analysis.io import collect, load_results
     from analysis.report import analyze, curves_query
-    from testing.synthetic import make_synthetic_results
+    from analysis.testing.synthetic import make_synthetic_results
     from analysis.tables import summarize_runs, table6, table8
 
     sizes, rhos, seeds = (10, 20, 40), [round(0.80 + 0.01 * i, 4) for i in range(21)], 8

@@ -6,7 +6,7 @@ converged rho_c for at most half the member-steps (runs x optimizer steps) of tr
 budget at which rho_c has converged -- a budget the grid would have had to guess, and which is handed to it here --
 with its rho_c inside the grid's interval.
 
-The model: testing/ladder_synthetic.py, top layer of 10 units, rho_c(B) = 0.93 - 0.096 (10 / B)^2 (epochs; one
+The model: sweeps/testing/ladder_synthetic.py, top layer of 10 units, rho_c(B) = 0.93 - 0.096 (10 / B)^2 (epochs; one
 step per epoch). The ladder runs through real Ray Tune (a local Ray of --num-cpus); the grid side needs no
 training: its runs' counts at a budget are the synthetic model's (deterministic per rho, seed and budget), fitted
 with the analysis's own fit (analysis.critical.fit_run_table).
@@ -33,7 +33,7 @@ import polars as pl
 from analysis.critical import fit_run_table
 from sweeps import rho_sweep
 from sweeps.storage import LADDER_FILE
-from testing.ladder_synthetic import drifting_trainable, member_row
+from sweeps.testing.ladder_synthetic import drifting_trainable, member_row
 
 
 def main() -> int:

@@ -1,5 +1,5 @@
 """How the sweep driver scales with the number of runs: the real Tune driver, Parquet sink and progress line, with a
-synthetic trainable that does no torch work (testing/scale.py), so that only the driver's own cost is measured.
+synthetic trainable that does no torch work (sweeps/testing/scale.py), so that only the driver's own cost is measured.
 
     PYTHONPATH=. .venv/bin/python benchmarks/sweep_scale.py --out scale.json [--runs 100 1000 10000]
         [--population 64] [--evaluations 5] [--cpus 2] [--cpus-per-trial 0.25]
@@ -34,7 +34,7 @@ def one_size(runs: int, population: int, evaluations: int, cpus: int, cpus_per_t
     """One sweep of `runs` synthetic runs in this process; its driver's figures."""
     import sweeps.results
     from sweeps import rho_sweep
-    from testing.scale import scale_trainable
+    from sweeps.testing.scale import scale_trainable
 
     seeds = 5
     rhos = [f"{0.5 + 0.5 * i / (runs // seeds):.6f}" for i in range(1, runs // seeds + 1)]

@@ -10,11 +10,11 @@ import signal
 import numpy as np
 import pytest
 
+from analysis.testing.synthetic import noisy_active_units
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
 from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
-from testing.simulate import simulate
+from sweeps.testing.simulate import simulate
 from sweeps.trainable import run_specs
-from testing.synthetic import noisy_active_units
 
 
 def drive(pol: RefinePolicy, outcome, workers: int = 4, seed: int = 0) -> RefinePolicy:
@@ -304,7 +304,7 @@ TRUTH = {10: 0.93, 20: 0.90}
 def test_searcher_drives_a_real_tuner_per_latent_configuration(ray_session, tmp_path):
     from ray import tune
 
-    from testing.synthetic_trainable import noisy_transition_trainable
+    from sweeps.testing.synthetic_trainable import noisy_transition_trainable
 
     searcher = AdaptiveRhoSearcher([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[0, 1, 2],
                                    target_width=0.015, max_trials_per_group=36, max_concurrent=4)
@@ -359,7 +359,7 @@ def test_searcher_trains_each_round_as_one_population_through_a_real_tuner(ray_s
     one run per trial, in far fewer trials."""
     from ray import tune
 
-    from testing.synthetic_trainable import noisy_transition_trainable
+    from sweeps.testing.synthetic_trainable import noisy_transition_trainable
 
     searcher = AdaptiveRhoSearcher([{"latent_dims": [10, 10]}, {"latent_dims": [20, 20]}], seeds=[0, 1, 2],
                                    target_width=0.015, max_trials_per_group=36, max_concurrent=2, population=6)
@@ -408,7 +408,7 @@ def test_interrupted_sweep_with_failing_trials_resumes_and_finishes(ray_session,
     every rho is covered by the pure-policy test above; in Tune each failure costs a new worker process.)"""
     from ray import tune
 
-    from testing.synthetic_trainable import noisy_transition_trainable
+    from sweeps.testing.synthetic_trainable import noisy_transition_trainable
 
     truth = 0.95
     failing = [[1.0, 2]]

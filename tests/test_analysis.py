@@ -31,7 +31,7 @@ from analysis.io import load_results
 from analysis.render import render_text
 from analysis.report import analyze
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
-from testing.synthetic import make_synthetic_results
+from analysis.testing.synthetic import make_synthetic_results
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -162,7 +162,7 @@ def test_width_ratio_the_resamples_cannot_bound_is_not_determined_never_0_or_1e1
     seed three times (1 in 27, more than the 2.5% tail) has w at the floor of the fit, so the ratio's interval is
     not bounded; the report says "not determined" and why, with no number standing in for 0 or infinity."""
     from analysis.compare import width_ratio
-    from testing.synthetic import noisy_runs
+    from analysis.testing.synthetic import noisy_runs
     from analysis.transition import fit_transition
 
     grid = np.round(np.linspace(0.8, 1.0, 21), 4)
@@ -877,9 +877,9 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 import analysis, analysis.io, analysis.critical, analysis.tables, analysis.plots, analysis.report
-import testing.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
+import analysis.testing.synthetic, analysis.transition, analysis.__main__, analysis.storage, analysis.intervals
 import analysis.compare, analysis.budget, analysis.render, analysis.errors
-from testing.synthetic import make_synthetic_results
+from analysis.testing.synthetic import make_synthetic_results
 make_synthetic_results(sys.argv[1], latent_sizes=(10,), rhos=(0.9, 0.95, 1.0), n_seeds=2, n_evals=2)
 rc = analysis.__main__.main([sys.argv[1], '--n-boot', '100'])
 assert rc == 0, rc

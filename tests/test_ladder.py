@@ -2,17 +2,16 @@
 moving by the analysis's rule.
 
 What must hold: the rungs lie on the evaluation cadence (bad budgets fail before Ray starts); on a synthetic model
-whose rho_c drifts and converges (testing/ladder_synthetic.py) the ladder stops that configuration at the rung where
-the truth stops moving, keeps a never-converging one to the maximum with "rising", and continues exactly the runs
-its rule names, each from its own checkpoint; a driver SIGKILLed mid-ladder resumes at the rung it reached with
-every row once and the same answer; with the real trainer a ladder's table holds exactly the rows of a grid trained
-to the final budget in one go.
+whose rho_c drifts and converges (sweeps/testing/ladder_synthetic.py) the ladder stops that configuration at the
+rung where the truth stops moving, keeps a never-converging one to the maximum with "rising", and continues exactly
+the runs its rule names, each from its own checkpoint; a driver SIGKILLed mid-ladder resumes at the rung it reached
+with every row once and the same answer; with the real trainer a ladder's table holds exactly the rows of a grid
+trained to the final budget in one go.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,9 +26,8 @@ from sweeps import rho_sweep
 from sweeps.cli import SweepError
 from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
 from sweeps.storage import LADDER_FILE
-from testing.ladder_synthetic import converged_rung, drifting_trainable
+from sweeps.testing.ladder_synthetic import converged_rung, drifting_trainable
 
-ROOT = Path(__file__).resolve().parents[1]
 RHOS = [f"{0.78 + 0.02 * i:.2f}" for i in range(10)]
 BUDGETS = [10, 20, 40, 80, 160]
 SYNTHETIC = ["--until-converged", "--grid", "--latent-dims", "10", "20", "--rhos", *RHOS, "--n-seeds", "5",
@@ -201,15 +199,16 @@ def test_adaptive_ladder_adds_rho_values_where_the_transition_moved_and_trains_t
 @pytest.mark.slow
 def test_driver_killed_mid_ladder_resumes_at_the_rung_it_reached_with_every_row_once(ray_session, tmp_path):
     address = ray_session.get_runtime_context().gcs_address
-    code = ("import sys; from sweeps import rho_sweep; from testing.ladder_synthetic import drifting_trainable; "
+    code = ("import sys; from sweeps import rho_sweep; "
+            "from sweeps.testing.ladder_synthetic import drifting_trainable; "
             "sys.exit(rho_sweep.main(sys.argv[1:], trainable=drifting_trainable))")
     synthetic = [a for a in SYNTHETIC if a != "20"]  # latent size 10 alone: it converges at rung 3
     argv = [sys.executable, "-c", code, *synthetic, "--storage", str(tmp_path / "store"), "--name", "kill",
             "--address", address, "--no-report"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     state_file = tmp_path / "store" / "ray" / "kill" / LADDER_FILE
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    # started outside the repository: the driver and the workers import the trainable by its module's name
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 240
     reached = None
     while time.monotonic() < deadline and proc.poll() is None:
@@ -225,7 +224,7 @@ def test_driver_killed_mid_ladder_resumes_at_the_rung_it_reached_with_every_row_
     assert reached is not None and reached >= 2, (tmp_path / "first.log").read_text()
     assert not json.loads(state_file.read_text())["finished"]
 
-    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"\nrung {reached}:" in resumed.stdout and "\nrung 0:" not in resumed.stdout
     state = json.loads(state_file.read_text())

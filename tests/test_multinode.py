@@ -1,4 +1,4 @@
-"""The sweep on a real multi-node Ray cluster, simulated on one machine over loopback (tests/cluster_util.py).
+"""The sweep on a real multi-node Ray cluster, simulated on one machine over loopback (sweeps/testing/cluster.py).
 
 A head with 0 CPUs (it runs no trials, as in clusters/aws.yaml) and two worker nodes with 1 CPU each, every one a
 separate `ray start` with its own address (127.0.0.x), temp dir, ports and the cluster's own auth token. The sweep
@@ -43,7 +43,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cluster_util import LoopbackCluster
+from sweeps.testing.cluster import LoopbackCluster
 
 pytestmark = [
     pytest.mark.multinode,

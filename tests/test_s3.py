@@ -24,9 +24,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cluster_util import LoopbackCluster, kill_all, session_pids
 from sweeps import rho_sweep
 from sweeps.compat import DRIVER_ENV
+from sweeps.testing.cluster import LoopbackCluster, kill_all, session_pids
 from test_sweeps import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_driver_killed_mid_sweep_on_s3_then_resumed_loses_and_duplicates_nothing
 # ----- Ray Client ------------------------------------------------------------------------------------------------
 def test_sweep_through_ray_client_runs_on_the_cluster_and_writes_to_s3(s3_server, s3_env, sweeps_run, tmp_path):
     """`--address ray://head:port`: this machine only submits; Tune's loop and our callbacks run on the head (a
-    loopback head with 2 CPUs and the S3 environment, tests/cluster_util.py), the results land in the bucket."""
+    loopback head with 2 CPUs and the S3 environment, sweeps/testing/cluster.py), the results land in the bucket."""
     bucket = s3_server.make_bucket()
     storage = f"s3://{bucket}/ouvae"
     with LoopbackCluster(head_cpus=2) as cluster:

@@ -20,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import faults
 from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
 from sweeps import progress, results, rho_sweep
@@ -29,6 +28,7 @@ from sweeps.cli import SpaceError
 from sweeps.compat import DRIVER_ENV
 from sweeps.plan import CriticalGrid, latent_configs, parse_rho_list, rho_grid
 from sweeps.storage import SPEC_FILE
+from sweeps.testing import faults
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny trainer budget shared by the Ray tests: 200 training images, batch 100 -> 2 steps per epoch.
@@ -323,7 +323,7 @@ def test_resume_refuses_options_that_differ_from_the_sweeps(ray_session, tmp_pat
 
 def test_missing_data_fails_each_trial_once_stops_the_sweep_and_retry_failed_finishes_it(ray_session, tmp_path,
                                                                                         capsys, quiet_env):
-    """Workers without the data files (tests/faults.py): each trial fails once, without retries; once the first
+    """Workers without the data files (sweeps/testing/faults.py): each trial fails once, without retries; once the first
     round (2 trials at a time here) has failed alike the sweep stops and says why. After the data are back,
     --resume runs the trials that never ran and --resume --retry-failed the failed ones."""
     from ray import tune
@@ -475,7 +475,7 @@ def test_peak_memory_is_each_trials_own_in_a_reused_worker(ray_session, tmp_path
 @pytest.mark.parametrize("failure", ["crash", "killed worker process"])
 def test_crashed_trial_is_retried_from_its_checkpoint_without_duplicate_rows(ray_session, tmp_path, failure):
     """A trial crashes -- or its worker process is SIGKILLed, as the out-of-memory killer does -- right after
-    its first checkpoint (tests/faults.py); Tune retries it, and it continues from that checkpoint."""
+    its first checkpoint (sweeps/testing/faults.py); Tune retries it, and it continues from that checkpoint."""
     from ray import tune
 
     marker = str(tmp_path / "markers")

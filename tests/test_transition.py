@@ -9,7 +9,7 @@ import pytest
 from scipy import optimize, stats
 
 from analysis.intervals import Undetermined, percentile_interval, small_sample_factor, widen
-from testing.synthetic import noisy_active_units, noisy_runs, seed_offset
+from analysis.testing.synthetic import noisy_active_units, noisy_runs, seed_offset
 from analysis.transition import (STATUS_NO_TRANSITION, STATUS_OK, STATUS_TOO_FEW, Caveat, NoTransition, TransitionFit,
                                  _boot_fits, _mle, fit_transition)
 

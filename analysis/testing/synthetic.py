@@ -5,7 +5,7 @@ Why: the analysis must be checked against a truth we control (does the fitted rh
 benchmarked at sizes no laptop could train; the adaptive searcher must be shown to find rho_c through real Ray
 Tune machinery in seconds. Real sweeps give neither. Everything that needs synthetic runs draws them here:
 ``noisy_active_units`` (one run), ``noisy_runs`` (a grid of runs, for checking the fit), ``make_synthetic_results``
-(a whole results folder) and ``testing/synthetic_trainable.py``'s Ray trainable.
+(a whole results folder) and ``sweeps/testing/synthetic_trainable.py``'s Ray trainable.
 
 The model ("noisy logistic across seeds"): seed s has its own critical point ``rho_c + delta_s`` with
 ``delta_s ~ N(0, seed_sd)`` (``seed_offset``: fixed per seed and shared across rho, so seeds differ

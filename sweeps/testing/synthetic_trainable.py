@@ -1,31 +1,22 @@
 """A synthetic critical-rho "training run" for Ray Tune: the order parameter drawn from a known noisy transition.
 
 Why: the adaptive searcher must be shown to find rho_c where we put it, through real Ray Tune machinery, in
-seconds. Real training takes 3-9 s per run on digits; this takes microseconds and has a truth. Ray workers import
-trainables by module name, and this test-only package is not installed: so this module and the generator it calls
-are registered with cloudpickle to travel *by value* (as tests/faults.py does), and workers need not import them.
-The draws come from the project's one noisy-logistic generator, ``testing.synthetic.noisy_active_units`` (its
-docstring has the model):
-a deterministic function of (rho, seed, salt), so rerunning a point gives the same count, like a deterministic
-trainer would.
+seconds. Real training takes 3-9 s per run on digits; this takes microseconds and has a truth. The draws come from
+the project's one noisy-logistic generator, ``analysis.testing.synthetic.noisy_active_units`` (its docstring has
+the model): a deterministic function of (rho, seed, salt), so rerunning a point gives the same count, like a
+deterministic trainer would.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-import ray.cloudpickle
 from ray import tune
 
-import testing.synthetic
+from analysis.testing.synthetic import noisy_active_units
 from sweeps.refine import top_dim_of
 from sweeps.trainable import POPULATION_KEY, run_specs
-from testing.synthetic import noisy_active_units
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(testing.synthetic)
 
 DEFAULTS: dict[str, Any] = {"true_rho_c": 0.93, "true_width": 0.01, "seed_sd": 0.004, "salt": 0}
 

@@ -7,28 +7,20 @@ the scripts' ``main(argv, trainable=...)``.
   the kernel's out-of-memory killer does) -- each the first time a trial id has reported its first checkpointed
   evaluation (a marker file per trial id in `folder` remembers it across retries and processes);
 * ``train_without_data`` fails every trial as a worker without the data files does (ouvae.data.DataError).
-
-Ray workers import trainables by module name, and this module is imported by the tests as ``faults`` (pytest puts
-tests/ on the driver's sys.path only; Ray gives workers the driver's working folder instead). So it is registered
-with cloudpickle to travel *by value*: workers need not import it, wherever pytest was started.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 from unittest import mock
 
-import ray.cloudpickle
 from ray import tune
 
 import sweeps.trainable
 from ouvae.data import DataError
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FAULT = "fault"
 MISSING_DATA = "mnist: the file(s) train-images-idx3-ubyte.gz were not found on this worker (injected by the tests)"
@@ -64,8 +56,9 @@ def train_without_data(config: dict[str, Any]) -> None:
 
 
 # Tune records the trainable's name and restores a sweep only with a trainable of that name: a sweep started
-# without data can then be resumed with the real trainable, as after the user fixed the data.
-train_without_data.__name__ = train_without_data.__qualname__ = sweeps.trainable.train_ouvae.__name__
+# without data can then be resumed with the real trainable, as after the user fixed the data. (The qualified name
+# stays: workers find the function by it, sweeps.testing.faults.train_without_data.)
+train_without_data.__name__ = sweeps.trainable.train_ouvae.__name__
 
 
 @contextmanager

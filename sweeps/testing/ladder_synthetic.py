@@ -2,7 +2,8 @@
 
 Why: the ladder must be shown to stop at the right rung, continue the right runs and say the right verdict, through
 real Ray Tune machinery, in seconds -- with a truth to compare against. Each run is a noisy logistic
-(``testing.synthetic.noisy_active_units``) around rho_c(B), the truth at budget B (epochs; one step per epoch):
+(``analysis.testing.synthetic.noisy_active_units``) around rho_c(B), the truth at budget B (epochs; one step per
+epoch):
 
 * top layer of 10 units (e.g. ``--latent-dims 10``): rho_c(B) = 0.93 - 0.096 (10 / B)^2 -- 0.834, 0.906, 0.924,
   0.9285, ... at 10, 20, 40, 80 epochs: it moves by 0.018 from 20 to 40 and by 0.0045 from 40 to 80, so the
@@ -22,19 +23,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import ray.cloudpickle
-
-import testing.synthetic
-from testing.synthetic import noisy_active_units
-
-# workers need not import these modules (testing/ is not installed): they travel by value
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(testing.synthetic)
+from analysis.testing.synthetic import noisy_active_units
 
 WIDTH, SEED_SD = 0.005, 0.002
 STATE = "ouvae_checkpoints/state.json"
