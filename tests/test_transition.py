@@ -218,6 +218,52 @@ def test_mle_matches_an_independent_scipy_binomial_fit():
     assert rho_c[0] == pytest.approx(f.rho_c, abs=1e-6) and math.exp(log_w[0]) == pytest.approx(f.width, rel=1e-4)
 
 
+def _agreement_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(rho, active units of 10) of data sets from easy to hard for the likelihood's maximiser."""
+    steps = np.repeat(np.round(np.arange(0.80, 1.0001, 0.01), 4), 3)  # 3 seeds, 0.01 apart
+    step = np.where(steps <= 0.94, 10, 0)
+    near = step.copy()
+    near[np.flatnonzero(steps == 0.95)[0]] = 1  # one unit left just past the step: separated but for one run
+    leak = np.where(steps <= 0.94, 10, 0)
+    leak[steps == 0.94], leak[steps == 0.95] = 9, 1  # a step with a little spill: w just above its floor
+    broad = np.repeat(GRID, 3)
+    sets = {
+        "smooth": noisy_runs(GRID, 6, rho_c=0.93, width=0.01, seed_sd=0.003, salt=11),
+        "sharp": noisy_runs(GRID, 5, rho_c=0.913, width=0.003, seed_sd=0.002, salt=4),
+        "near-separated": (steps, None, near),
+        "leaky step": (steps, None, leak),
+        "perfect step": (steps, None, step),
+        "broader than the range": (broad, None, np.where(broad < 0.9, 6, 5)),
+        "few points": (np.array([0.80, 0.80, 0.88, 0.88, 0.92, 0.92, 0.94, 0.94, 0.96, 0.96, 0.98, 0.98, 1.0, 1.0]),
+                       None, np.array([10, 10, 10, 10, 10, 10, 7, 7, 3, 4, 0, 2, 0, 0])),
+    }
+    return {name: (r, k) for name, (r, _, k) in sets.items()}
+
+
+AGREEMENT_SETS = _agreement_sets()
+
+
+@pytest.mark.parametrize("name", list(AGREEMENT_SETS))
+def test_point_estimate_and_bootstrap_fitter_agree_on_the_original_sample(name):
+    """The bootstrap's fitter given the original sample (every seed drawn once) from a neutral start reaches the
+    maximum the point estimate reaches: the same likelihood, the same (x_c, log w) -- also where that maximum lies
+    on the box (w at its floor for a step, at its ceiling for a crossover broader than the range)."""
+    rho, k = AGREEMENT_SETS[name]
+    levels = np.unique(rho)
+    x = (rho - levels[0]) / (levels[-1] - levels[0])
+    n = np.full(k.size, 10)
+    bounds = ((-1.0, 2.0), (math.log(0.1 * np.diff(levels).min() / np.ptp(levels)), 0.0))  # as fit_transition's
+    xc, s = _mle(x, k, n, bounds, 0.5)
+    xb, sb = _boot_fits(x, k, n, np.ones((1, k.size)), (0.5, math.log(0.05)), bounds)
+
+    def loglik(xc_, s_):
+        p = 1.0 / (1.0 + np.exp(np.clip((x - xc_) / math.exp(s_), -700, 700)))
+        return float(np.sum(stats.binom.logpmf(k, n, np.clip(p, 1e-300, 1 - 1e-16))))
+
+    assert loglik(xb[0], sb[0]) == pytest.approx(loglik(xc, s), abs=1e-7)
+    assert xb[0] == pytest.approx(xc, abs=1e-6) and sb[0] == pytest.approx(s, abs=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(rho=[0.9, 0.95], seed=[0], active_units=[1, 2], top_dim=10), "seed has 1 entries"),
     (dict(rho=[0.9, 0.95, 1.0], seed=[0, 0, 0], active_units=[1, 11, 0], top_dim=10), "run 1 has 11 of 10"),
