@@ -175,6 +175,30 @@ def test_a_state_of_another_version_or_other_settings_is_refused():
     c = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=2, max_trials_per_group=30)
     with pytest.raises(RefineError, match="min_pending"):
         c.load_state_dict(state)
+    # a version-2 state saved before rho_per_round existed (2026-11-30 to 12-04, never released) has no such setting
+    older = {**state, "settings": {k: v for k, v in state["settings"].items() if k != "rho_per_round"}}
+    assert "rho_per_round" in state["settings"] and older["state_version"] == 2
+    with pytest.raises(RefineError, match=r"other settings \(rho_per_round\)"):
+        b.load_state_dict(older)
+
+
+def test_is_finished_changes_no_state_and_is_the_verdict_after_an_empty_proposal():
+    """is_finished is a question: it neither plans a round nor marks a group done. The planning happens where
+    proposals are made; once next_proposal comes back empty with nothing pending, is_finished says so."""
+    pol = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1], coarse_points=4, max_trials_per_group=10)
+    outcome = synthetic(0.93)
+    for _ in range(8):  # the coarse grid, every result in: the next round is not planned yet
+        p = pol.next_proposal()
+        pol.record(p.group, p.rho, p.seed, outcome(p))
+    before = json.dumps(pol.state_dict())
+    assert not pol.is_finished() and not pol.is_finished(0)
+    assert json.dumps(pol.state_dict()) == before  # no round queued, no reason set
+    rest = [pol.next_proposal(), pol.next_proposal()]  # the budget's last round of one rho x 2 seeds
+    assert None not in rest and not pol.is_finished()  # pending
+    for p in rest:
+        pol.record(p.group, p.rho, p.seed, outcome(p))
+    assert pol.next_proposal() is None and pol.is_finished() and pol.summary()[0]["finished"]
+    assert "budget" in pol.summary()[0]["reason"]
 
 
 def test_min_pending_queues_the_next_round_while_one_runs():
