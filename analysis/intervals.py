@@ -18,7 +18,7 @@ few seeds a sweep has -- and each idea is written once here.
   finite number makes the interval ``Undetermined`` -- printed as "not determined" with the reason.
 * ``small_sample_factor`` widens a seed-bootstrap interval for G seeds; ``widen`` applies it about the estimate.
   Below ``MIN_SEEDS`` seeds the factor is no longer a correction but the whole interval (x9.2 at two seeds: two
-  seeds that disagree by 0.01 give rho_c +- 0.08), so no interval is given there.
+  seeds whose rho_c differ by 0.01 give rho_c +- 0.046), so no interval is given there.
 """
 
 from __future__ import annotations

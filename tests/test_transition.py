@@ -73,7 +73,7 @@ def test_smooth_crossover_like_the_measured_digits_runs():
     assert (f.bracket_low, f.bracket_high) == (0.96, 1.00)
     assert 0.94 <= f.changepoint <= 0.97
     # two seeds cannot estimate the seed-to-seed spread: a t-widened interval would be x9.2 the bootstrap's
-    # (rho_c +- 0.08 here); the fit says "not determined" and why instead
+    # (rho_c -0.027 / +0.028 here); the fit says "not determined" and why instead
     assert f.ci_low is None and f.ci_high is None and f.interval_undetermined is Undetermined.TOO_FEW_SEEDS
     assert "interval not determined: fewer than 3 seeds" in f.message
 
