@@ -8,9 +8,9 @@ few seeds a sweep has -- and each idea is written once here.
 
 * ``seed_bootstrap`` draws the seed resamples with ``scipy.stats.bootstrap`` (its resampling, batching and random
   generator). The statistic sees the resample as multiplicities of the seeds (replicates x seeds), which is what a
-  weighted fit needs: ``analysis/transition.py`` solves every replicate at once with a vectorised Fisher scoring
-  (hundreds of replicates for the price of a few scipy fits), ``analysis/critical.py`` refits the width per
-  distinct resample.
+  weighted fit needs: ``analysis/transition.py`` solves every replicate at once with the vectorised Fisher scoring
+  that also makes its point estimate (hundreds of replicates in a fraction of a second), and
+  ``analysis/compare.py`` takes each replicate's width from the same refits for the ratio of widths.
 * The interval ends are order statistics of the replicates (``percentile_interval``), not scipy's interpolated
   percentiles: a replicate the data cannot bound (rho_c beyond the search range, a width at its limit) is +-inf,
   and one with no value at all is NaN; interpolating across them gives NaN or 1e12-sized numbers. Here an
@@ -18,7 +18,7 @@ few seeds a sweep has -- and each idea is written once here.
   finite number makes the interval ``Undetermined`` -- printed as "not determined" with the reason.
 * ``small_sample_factor`` widens a seed-bootstrap interval for G seeds; ``widen`` applies it about the estimate.
   Below ``MIN_SEEDS`` seeds the factor is no longer a correction but the whole interval (x9.2 at two seeds: two
-  seeds that disagree by 0.01 give rho_c +- 0.08), so no interval is given there.
+  seeds whose rho_c differ by 0.01 give rho_c +- 0.046), so no interval is given there.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Why a second estimator next to the active-unit fit (``analysis/transition.py``):
 thresholds the posterior-mean variance at 0.01 (Burda et al. 2016). Where that variance vanishes continuously at
 rho_c -- a second-order transition, as in the linear-Gaussian model whose rho_c is known exactly
 (``analysis/closed_form.py``) -- the units stop counting as active *before* rho_c, so the active-unit fit sits
-below it: by 0.007 to 0.025 in rho on the calibration model (docs/calibration.md). The KL itself vanishes at
+below it: by 0.005 to 0.025 in rho on the calibration model (docs/calibration.md). The KL itself vanishes at
 rho_c, linearly in |rho - rho_c|, so a fit of the KL to a hinge locates rho_c without that bias:
 
     top_kl(rho) = b + a h + q h^2,   h = (t)_+ (width 0) or width * g(t / width),
@@ -15,8 +15,8 @@ and the width (``FLUCTUATION_WIDTHS``; 0 is the sharp hinge). The floor b takes 
 leaves in a collapsed layer. The other two terms each remove a bias measured on the calibration model
 (docs/calibration.md):
 
-* q, the KL's curvature near rho_c: a straight hinge fitted to the exact optimum sampled every 0.025 lands 0.001 to
-  0.003 on the collapsed side of the closed form, as much as a converged run's seed interval is wide; with q, at
+* q, the KL's curvature near rho_c: a straight hinge fitted to the exact optimum sampled every 0.025 lands 0.0004 to
+  0.0033 on the collapsed side of the closed form, as much as a converged run's seed interval is wide; with q, at
   most 0.0005 (0.0014 in the steepest prior-reading case). Only mildly curved hinges are fitted: a > 0, and the
   slope a + 2 q h stays within (0, 2a) over the window's active side, so the fitted KL rises all the way and a
   noisy KL is not fitted by a steep curve that starts late.
@@ -26,13 +26,14 @@ leaves in a collapsed layer. The other two terms each remove a bias measured on 
   w^2 -- to which the KL is proportional there -- is sqrt(T / beta) g(alpha / sqrt(beta T)), with g(y) = 2 E[w^2]
   under exp(y w^2 - w^4): y - 1/y on the active side, 1/|y| on the collapsed side, 0.68 at rho_c. So the KL is
   positive at rho_c and just outside it and below the optimum just inside it, which pulls a sharp hinge off rho_c:
-  by up to 0.008 on the exact linear model averaged at T = 1e-4, against 0.001 with the width fitted (tests).
+  by up to 0.008 on the exact linear model averaged at T = 1e-4, against 0.0011 with the width fitted (tests).
 
-rho_c is profiled on a grid of the swept range (``ONSET_GRID`` points); the interval is the seed bootstrap of
-``analysis.intervals`` (each replicate refits every term), widened for few seeds like the active-unit fit's, and
-at least +-``SHAPE_FLOOR`` of the gap between the sampled rho around the onset: there the fitted shape alone places
-it, and its error in that gap is a systematic one the seeds cannot show (the calibration's narrowest intervals,
-0.0003 wide at 8 seeds, missed the closed form by the shape's 0.0014 without it).
+rho_c is profiled on a grid of ``ONSET_GRID`` points, over the swept range and then over the window; the interval
+is the seed bootstrap of ``analysis.intervals`` (each replicate refits every term), widened for few seeds like the
+active-unit fit's, and at least +-``SHAPE_FLOOR`` of the gap between the sampled rho around the onset: there the
+fitted shape alone places it, and its error in that gap is a systematic one the seeds cannot show (the
+calibration's narrowest interval, 0.0003 wide at 8 seeds, missed the closed form by 0.0020 without it; the shape's
+own error there: 0.0014).
 
 When it does not apply: a transition that is not continuous in the KL (a jump), or a crossover broader than
 the window (deep networks on real data, where units leave one by one). There the active-unit fit with its width

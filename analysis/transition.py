@@ -11,14 +11,16 @@ step or a crossover. Everything else here exists to keep that number honest:
 
 * The interval comes from a bootstrap that resamples whole seeds (``analysis.intervals.seed_bootstrap``: runs of
   one seed share initialisation and data order, so they are not independent), widened for few seeds
-  (``analysis.intervals.small_sample_factor``). Each replicate is a weighted refit; ``_boot_fits`` solves all
-  replicates at once by vectorised Fisher scoring, which is what makes 500 replicates cost about as much as a
-  few scipy fits (the adaptive searcher refits after every batch of trials). With fewer than three seeds, or
-  when the resamples cannot bound rho_c, the interval is not determined and the fit says why
+  (``analysis.intervals.small_sample_factor``). Each replicate is a weighted refit. One optimiser,
+  ``_weighted_mle`` (projected Fisher scoring, vectorised over fits), makes the point estimate and solves all
+  replicates at once: 500 replicates of 8 seeds x 21 rho take about a tenth of a second, which is what lets the
+  adaptive searcher refit after every batch of trials. With fewer than three seeds, when the resamples cannot
+  bound rho_c, or when w sits at its upper bound, the interval is not determined and the fit says why
   (``TransitionFit.interval_undetermined``) instead of printing a number the data do not support.
 * A perfect step makes the maximum-likelihood w go to 0 (separation). w is bounded below by a fraction of the
-  grid spacing, and when the fitted w is smaller than the gap between the sampled rho values around rho_c, the
-  data cannot say where in that gap rho_c lies: the interval is widened to the whole gap.
+  grid spacing, and when w is at that bound or the fitted rise (12 % to 88 % of the units, 4 w) fits inside the
+  gap between the sampled rho values around rho_c, the data cannot say where in that gap rho_c lies: the
+  interval is widened to the whole gap.
 * A model-free bracket (from the raw active/collapsed pattern) and a change-point of the mean order parameter
   are reported next to the fit, as cross-checks that need no model.
 * When the swept range contains no transition, or the fit puts rho_c outside it, the status says so plainly
@@ -37,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 
 from analysis.intervals import (MIN_SEEDS, UNDETERMINED_TEXT, Interval, Undetermined, percentile_interval,
                                 seed_bootstrap, small_sample_factor, widen)
@@ -96,6 +97,8 @@ W_MIN_FRACTION_OF_GAP = 0.1
 W_MAX_FRACTION_OF_SPAN = 1.0
 # rho_c is searched within this many spans beyond either end of the sweep (then reported as outside).
 RHO_C_MARGIN_SPANS = 1.0
+# A parameter this close to a bound of the fit's box (standardised x_c, log w) is on that face for the optimiser.
+BOX_TOL = 1e-7
 
 
 @dataclass(frozen=True)
@@ -257,103 +260,102 @@ def _loglik_terms(xc: np.ndarray, s: np.ndarray, x: np.ndarray, k: np.ndarray, n
 
 def _mle(x: np.ndarray, k: np.ndarray, n: np.ndarray, bounds: tuple[tuple[float, float], tuple[float, float]],
          start_xc: float) -> tuple[float, float]:
-    """Binomial maximum likelihood of (x_c, log w) by L-BFGS-B in the box ``bounds``.
+    """Binomial maximum likelihood of (x_c, log w) in the box ``bounds``: ``_weighted_mle`` with every run weighted
+    once, from four starts at once (the best is kept).
 
     The log-likelihood is concave in (logit intercept, slope), and (x_c, log w) maps the decreasing half-plane
     onto itself one-to-one, so there is one interior optimum (or the optimum lies on the box, e.g. w at its
-    lower bound for a perfect step). A few starts guard against slow progress from a poor start.
+    lower bound for a perfect step). The starts (``start_xc`` and the box's middle, each with w = 0.05 of the span
+    and with the box's middle log w) cost one vectorised solve; they guard against slow progress from a poor start.
     """
-    def negll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        xc, s = np.asarray(theta[0]), np.asarray(theta[1])
-        ll, eta, p = _loglik_terms(xc, s, x, k, n)
-        resid = k - n * p
-        g_xc = np.sum(resid) * math.exp(-theta[1])
-        g_s = -np.sum(resid * eta)
-        return -float(np.sum(ll)), -np.array([g_xc, g_s])
-
-    best = None
     (xlo, xhi), (slo, shi) = bounds
-    for xc0 in (start_xc, 0.5 * (xlo + xhi)):
-        for s0 in (math.log(0.05), 0.5 * (slo + shi)):
-            x0 = np.array([min(max(xc0, xlo), xhi), min(max(s0, slo), shi)])
-            res = optimize.minimize(negll, x0, jac=True, method="TNC", bounds=bounds,
-                                    options={"maxfun": 500, "ftol": 1e-13, "gtol": 1e-9})
-            if best is None or res.fun < best.fun:
-                best = res
-    return float(best.x[0]), float(best.x[1])
+    xc0 = np.clip([start_xc, start_xc, 0.5 * (xlo + xhi), 0.5 * (xlo + xhi)], xlo, xhi)
+    s0 = np.clip([math.log(0.05), 0.5 * (slo + shi)] * 2, slo, shi)
+    xc, s = _weighted_mle(x, k, n, np.ones((xc0.size, x.size)), (xc0, s0), bounds)
+    best = int(np.argmax(np.sum(_loglik_terms(xc, s, x, k, n)[0], axis=1)))
+    return float(xc[best]), float(s[best])
 
 
-def _boot_fits(x: np.ndarray, k: np.ndarray, n: np.ndarray, weights: np.ndarray, start: tuple[float, float],
-               bounds: tuple[tuple[float, float], tuple[float, float]], iters: int = 100
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(x_c, log w) of every bootstrap replicate at once (weights: replicates x runs, the seed multiplicities;
-    k: the counts, one row for all replicates or one row per replicate).
+def _weighted_mle(x: np.ndarray, k: np.ndarray, n: np.ndarray, weights: np.ndarray, start: tuple[Any, Any],
+                  bounds: tuple[tuple[float, float], tuple[float, float]], iters: int = 100
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(x_c, log w) maximising each row's weighted log-likelihood in the box ``bounds``, all rows at once: the one
+    optimiser of the fit (the point estimate, ``_mle``, and every bootstrap replicate, ``Resampler.refit``).
 
-    Projected Fisher scoring with step halving, vectorised over replicates: a few hundred replicates cost about
-    as much as one scipy fit each would cost per replicate, which is what makes coverage checks and the adaptive
-    searcher's per-batch refits cheap. Replicates with no transition at all (every weighted run fully active, or
-    every one collapsed) have no finite optimum; their x_c is returned as +inf / -inf (rho_c beyond the range)
-    and their log w as NaN.
+    x, k, n: one entry per run; weights: rows x runs (a bootstrap replicate's row holds the seed multiplicities);
+    start: (x_c, log w), each one number for every row or one per row. Projected Fisher scoring with step
+    halving, vectorised over rows (each iteration works on the rows not yet converged): a few hundred replicates
+    cost about as much as a few single fits, which is what makes coverage checks and the adaptive searcher's
+    per-batch refits cheap. A parameter on a face of the box whose gradient points out of it is held there and
+    the step is taken in the other alone (a 1-D scoring step); the joint step clipped to the box is often not an
+    ascent direction, and halving it would crawl. Rows with no transition at all (every weighted run fully
+    active, or every one collapsed) have no finite optimum; their x_c is returned as +inf / -inf (rho_c beyond
+    the range) and their log w as NaN.
     """
     (xlo, xhi), (slo, shi) = bounds
     n_rep = weights.shape[0]
     used = weights > 0
     full = np.all(np.where(used, k == n, True), axis=1)
     none = np.all(np.where(used, k == 0, True), axis=1)
-    xc = np.full(n_rep, start[0])
-    s = np.full(n_rep, start[1])
+    xc = np.broadcast_to(np.asarray(start[0], dtype=np.float64), (n_rep,)).copy()
+    s = np.broadcast_to(np.asarray(start[1], dtype=np.float64), (n_rep,)).copy()
 
-    def objective(xc_: np.ndarray, s_: np.ndarray) -> np.ndarray:
-        ll, _, _ = _loglik_terms(xc_, s_, x, k, n)
-        return np.sum(weights * ll, axis=1)
+    def objective(xc_: np.ndarray, s_: np.ndarray, w_: np.ndarray) -> np.ndarray:
+        return np.sum(w_ * _loglik_terms(xc_, s_, x, k, n)[0], axis=1)
 
-    cur = objective(xc, s)
+    cur = objective(xc, s, weights)
     active = ~(full | none)
     for _ in range(iters):
-        if not np.any(active):
+        rows = np.flatnonzero(active)
+        if not rows.size:
             break
-        ll, eta, p = _loglik_terms(xc, s, x, k, n)
-        inv_w = np.exp(-s)
-        resid = weights * (k - n * p)
-        g = np.stack([resid.sum(axis=1) * inv_w, -(resid * eta).sum(axis=1)], axis=1)
-        info = weights * n * p * (1.0 - p)
+        w, r_xc, r_s, r_cur = weights[rows], xc[rows], s[rows], cur[rows]
+        _, eta, p = _loglik_terms(r_xc, r_s, x, k, n)
+        inv_w = np.exp(-r_s)
+        resid = w * (k - n * p)
+        g_xc, g_s = resid.sum(axis=1) * inv_w, -(resid * eta).sum(axis=1)
+        info = w * n * p * (1.0 - p)
         i11 = info.sum(axis=1) * inv_w**2
         i12 = -(info * eta).sum(axis=1) * inv_w
         i22 = (info * eta**2).sum(axis=1)
         ridge = 1e-9 * (i11 + i22) + 1e-12
         det = (i11 + ridge) * (i22 + ridge) - i12**2
-        d_xc = ((i22 + ridge) * g[:, 0] - i12 * g[:, 1]) / det
-        d_s = ((i11 + ridge) * g[:, 1] - i12 * g[:, 0]) / det
-        # On a face of the box with the step pointing out of it, move along the face only (1-D scoring step):
-        # clipping the joint step instead is often not an ascent direction, and halving would crawl.
-        s_out = ((s <= slo) & (d_s < 0)) | ((s >= shi) & (d_s > 0))
-        d_s = np.where(s_out, 0.0, d_s)
-        d_xc = np.where(s_out, g[:, 0] / (i11 + ridge), d_xc)
-        x_out = ((xc <= xlo) & (d_xc < 0)) | ((xc >= xhi) & (d_xc > 0))
-        d_xc = np.where(x_out, 0.0, d_xc)
-        d_s = np.where(x_out & ~s_out, g[:, 1] / (i22 + ridge), d_s)
-        step = np.ones(n_rep)
-        accepted = np.zeros(n_rep, dtype=bool)
-        new_xc, new_s = xc.copy(), s.copy()
+        d_xc = ((i22 + ridge) * g_xc - i12 * g_s) / det
+        d_s = ((i11 + ridge) * g_s - i12 * g_xc) / det
+        # Held on a face: at (or within a hair of) a bound with the gradient pointing out of the box.
+        x_held = ((r_xc <= xlo + BOX_TOL) & (g_xc < 0)) | ((r_xc >= xhi - BOX_TOL) & (g_xc > 0))
+        s_held = ((r_s <= slo + BOX_TOL) & (g_s < 0)) | ((r_s >= shi - BOX_TOL) & (g_s > 0))
+        d_xc = np.where(x_held, 0.0, np.where(s_held, g_xc / (i11 + ridge), d_xc))
+        d_s = np.where(s_held, 0.0, np.where(x_held, g_s / (i22 + ridge), d_s))
+        r_xc = np.where(x_held, np.where(g_xc < 0, xlo, xhi), r_xc)
+        r_s = np.where(s_held, np.where(g_s < 0, slo, shi), r_s)
+        # Far from every run's slope the information vanishes and the scoring step is enormous: cap it (half the
+        # sweep in x_c, a factor e in w) so that step halving reaches a useful length.
+        cap = np.minimum(1.0, np.minimum(0.5 / np.maximum(np.abs(d_xc), 1e-300),
+                                         1.0 / np.maximum(np.abs(d_s), 1e-300)))
+        d_xc, d_s = d_xc * cap, d_s * cap
+        moving = ~(x_held & s_held)  # a corner with the gradient pointing out of the box: optimal
+        step = np.ones(rows.size)
+        accepted = np.zeros(rows.size, dtype=bool)
+        converged = ~moving
+        new_xc, new_s = r_xc.copy(), r_s.copy()
         for _half in range(30):
-            todo = active & ~accepted
-            if not np.any(todo):
+            todo = np.flatnonzero(moving & ~accepted)
+            if not todo.size:
                 break
-            cand_xc = np.clip(xc + step * d_xc, xlo, xhi)
-            cand_s = np.clip(s + step * d_s, slo, shi)
-            val = objective(cand_xc, cand_s)
-            ok = todo & (val >= cur - 1e-12 * np.abs(cur))
-            new_xc[ok], new_s[ok] = cand_xc[ok], cand_s[ok]
-            gained = np.where(ok, val - cur, 0.0)
-            cur = np.where(ok, val, cur)
-            accepted |= ok
-            step = np.where(todo & ~ok, step * 0.5, step)
-            # converged replicates stop iterating: tiny change of parameters and of likelihood
-            done_now = ok & (np.abs(new_xc - xc) < 1e-10) & (np.abs(new_s - s) < 1e-8) & (gained < 1e-10)
-            active &= ~done_now
-        active &= accepted  # no ascent possible from here: at a (box-)optimum
-        xc, s = new_xc, new_s
-    xc, s = xc.astype(np.float64), s.astype(np.float64)
+            cand_xc = np.clip(r_xc[todo] + step[todo] * d_xc[todo], xlo, xhi)
+            cand_s = np.clip(r_s[todo] + step[todo] * d_s[todo], slo, shi)
+            val = objective(cand_xc, cand_s, w[todo])
+            ok = val >= r_cur[todo] - 1e-12 * np.abs(r_cur[todo])
+            hit = todo[ok]
+            # converged rows stop iterating: tiny change of parameters and of likelihood
+            converged[hit] = ((np.abs(cand_xc[ok] - r_xc[hit]) < 1e-10) & (np.abs(cand_s[ok] - r_s[hit]) < 1e-8)
+                              & (val[ok] - r_cur[hit] < 1e-10))
+            new_xc[hit], new_s[hit], r_cur[hit] = cand_xc[ok], cand_s[ok], val[ok]
+            accepted[hit] = True
+            step[todo[~ok]] *= 0.5
+        xc[rows], s[rows], cur[rows] = new_xc, new_s, r_cur
+        active[rows] = accepted & ~converged  # no ascent possible from here: at a (box-)optimum
     xc[full] = np.inf
     xc[none] = -np.inf
     s[full | none] = np.nan
@@ -362,7 +364,7 @@ def _boot_fits(x: np.ndarray, k: np.ndarray, n: np.ndarray, weights: np.ndarray,
 
 @dataclass(frozen=True, eq=False)
 class Resampler:
-    """The weighted refits of one configuration's runs, vectorised over seed resamples (``_boot_fits``).
+    """The weighted refits of one configuration's runs, vectorised over seed resamples (``_weighted_mle``).
 
     Why an object: the rho_c interval needs rho_c per resample and the across-latent-size comparison needs w per
     resample; both come from the same refits, so both use this (with ``analysis.intervals.seed_bootstrap``).
@@ -387,7 +389,8 @@ class Resampler:
         rho_span: x runs along -rho.)
         """
         (xlo, xhi), (slo, shi) = self.bounds
-        xc, s = _boot_fits(self.x, self.k, self.n, mult[:, self.seed_idx].astype(np.float64), self.start, self.bounds)
+        weights = mult[:, self.seed_idx].astype(np.float64)
+        xc, s = _weighted_mle(self.x, self.k, self.n, weights, self.start, self.bounds)
         xc = np.where(xc <= xlo + 1e-9, -np.inf, np.where(xc >= xhi - 1e-9, np.inf, xc))
         s = np.where(s <= slo + 1e-6, -np.inf, np.where(s >= shi - 1e-6, np.inf, s))
         s = np.where(np.isfinite(xc), s, np.nan)

@@ -299,15 +299,17 @@ class RefinePolicy:
         return sum(g.count(PENDING) for g in gs)
 
     def is_finished(self, group: int | None = None) -> bool:
-        """True when the group (or every group) has stopped and has nothing pending."""
+        """True when the group (or every group) has stopped and has nothing pending.
+
+        A question, not a step: the policy changes no state here. Whether a group is done is decided by its
+        planning (``_plan``), which ``next_proposal`` runs for every group before it answers None; a group with
+        nothing pending is then either given a proposal or marked done. So ask for a proposal first, as the Tune
+        searcher and ``testing/simulate.py`` do: is_finished() after an empty ``next_proposal(s)`` is the verdict.
+        """
         if group is None:
             return all(self.is_finished(i) for i in range(len(self.groups)))
         g = self.groups[group]
-        if g.count(PENDING):
-            return False
-        if g.done_reason is None:
-            self._plan(group)  # may conclude that the group is done
-        return g.done_reason is not None
+        return g.done_reason is not None and not g.count(PENDING)
 
     def next_proposal(self) -> Proposal | None:
         """The next trial to run, registered as pending; None when every group is waiting or finished."""
@@ -481,7 +483,7 @@ class RefinePolicy:
             f = self.fit(gi)
             out.append({"group": gi, "overrides": jsonable(g.overrides), "top_dim": g.top_dim,
                         "trials": g.count(), "done": g.count(DONE), "errored": g.count(ERROR),
-                        "pending": g.count(PENDING), "finished": g.done_reason is not None and not g.count(PENDING),
+                        "pending": g.count(PENDING), "finished": self.is_finished(gi),
                         "reason": g.done_reason, "status": f.status, "rho_c": f.rho_c, "ci_low": f.ci_low,
                         "ci_high": f.ci_high, "message": f.message})
         return out

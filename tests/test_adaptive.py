@@ -175,6 +175,33 @@ def test_a_state_of_another_version_or_other_settings_is_refused():
     c = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=2, max_trials_per_group=30)
     with pytest.raises(RefineError, match="min_pending"):
         c.load_state_dict(state)
+    # rho_per_round is saved only when it is not 1, so a state saved before the setting existed (and every state of
+    # the default, one rho per round) loads into a policy of one rho per round, and only into one
+    assert "rho_per_round" not in state["settings"]
+    b.load_state_dict(state)
+    d = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30,
+                     rho_per_round=2)
+    with pytest.raises(RefineError, match=r"other settings \(rho_per_round\)"):
+        d.load_state_dict(state)
+
+
+def test_is_finished_changes_no_state_and_is_the_verdict_after_an_empty_proposal():
+    """is_finished is a question: it neither plans a round nor marks a group done. The planning happens where
+    proposals are made; once next_proposal comes back empty with nothing pending, is_finished says so."""
+    pol = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1], coarse_points=4, max_trials_per_group=10)
+    outcome = synthetic(0.93)
+    for _ in range(8):  # the coarse grid, every result in: the next round is not planned yet
+        p = pol.next_proposal()
+        pol.record(p.group, p.rho, p.seed, outcome(p))
+    before = json.dumps(pol.state_dict())
+    assert not pol.is_finished() and not pol.is_finished(0)
+    assert json.dumps(pol.state_dict()) == before  # no round queued, no reason set
+    rest = [pol.next_proposal(), pol.next_proposal()]  # the budget's last round of one rho x 2 seeds
+    assert None not in rest and not pol.is_finished()  # pending
+    for p in rest:
+        pol.record(p.group, p.rho, p.seed, outcome(p))
+    assert pol.next_proposal() is None and pol.is_finished() and pol.summary()[0]["finished"]
+    assert "budget" in pol.summary()[0]["reason"]
 
 
 def test_the_saved_settings_are_those_states_were_saved_with():
