@@ -30,6 +30,7 @@ from typing import Any
 import ray.cloudpickle
 
 import testing.synthetic
+from sweeps.protocol import ladder_spec, run_specs
 from testing.synthetic import noisy_active_units
 
 # workers need not import these modules (testing/ is not installed): they travel by value
@@ -73,8 +74,6 @@ def member_row(spec: Mapping[str, Any], member: int, epoch: int, final: bool) ->
 def drifting_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable of a ladder trial (a population entry; budget ``epochs``; ``eval_every``)."""
     from ray import tune
-
-    from sweeps.trainable import ladder_spec, run_specs
 
     specs = run_specs(config)
     budget, every = int(config["epochs"]), int(config.get("eval_every") or 10)

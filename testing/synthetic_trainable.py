@@ -20,8 +20,8 @@ import ray.cloudpickle
 from ray import tune
 
 import testing.synthetic
+from sweeps.protocol import POPULATION_KEY, run_specs
 from sweeps.refine import top_dim_of
-from sweeps.trainable import POPULATION_KEY, run_specs
 from testing.synthetic import noisy_active_units
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

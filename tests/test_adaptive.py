@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
+from sweeps.protocol import run_specs
 from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
 from testing.simulate import simulate
-from sweeps.trainable import run_specs
 from testing.synthetic import noisy_active_units
 
 
