@@ -36,8 +36,9 @@ Contract with the rest of `sweeps`:
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
 every member diverged, or unreadable checkpoints are not retried: the trial reports the reason and re-raises
-(sweeps/protocol.py: ``failure_result``; ``NOT_RETRIED`` below; the driver's FailurePolicy, sweeps/progress.py, then turns its retries off). With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn;
-the dataset cache below then saves reloading the data for every trial.
+(``NOT_RETRIED`` below; the result: sweeps/protocol.py, ``failure_result``; the driver's FailurePolicy,
+sweeps/progress.py, then turns its retries off). With ``reuse_actors=True`` (the sweeps' default) one worker
+process runs many trials in turn; the dataset cache below then saves reloading the data for every trial.
 
 Per-trial checkpoints kept by the trainable itself, in the trial's folder on the sweep's storage.
 
