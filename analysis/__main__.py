@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # deferred: Polars and matplotlib load only once the arguments parse (``--help`` and bad options stay instant)
     from analysis.io import AnalysisError
     from analysis.report import analyze
 

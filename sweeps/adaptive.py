@@ -41,8 +41,8 @@ from ray.tune.search import Searcher
 
 from ouvae.atomic import write_atomically
 
+from sweeps.protocol import POPULATION_KEY, run_specs
 from sweeps.refine import RefineError, RefinePolicy, RefineSettings, group_key, jsonable, top_dim_of
-from sweeps.trainable import POPULATION_KEY, run_specs
 
 logger = logging.getLogger(__name__)
 

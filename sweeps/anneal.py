@@ -46,11 +46,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ouvae.config import BETA_SCHEDULES, SCHEDULE_PARAMETERS, Config
 from sweeps import cli, compat, experiment
-from sweeps.cli import CommandLine, SpaceError, SweepError
+from sweeps.cli import CommandLine
+from sweeps.errors import SpaceError, SweepError
 from sweeps.plan import check_rho, check_start, is_ray_client
 from sweeps.progress import ProgressLine
 from sweeps.results import ParquetSink, read_trial_rows
-from sweeps.storage import SweepPaths, is_remote, open_sweep, prepare_new, resume_command, save_spec
+from sweeps.resume import open_sweep, prepare_new, resume_command, save_spec
+from sweeps.storage import SweepPaths, is_remote
 from sweeps.trainable import train_ouvae
 
 
@@ -215,7 +217,7 @@ class FullBudgetOptunaSearch(OptunaSearch):
         """The intermediate value at the evaluation's optimizer step (Ray uses training_iteration, which starts
         again at 1 when a trial continues from its checkpoint). A step already reported -- the evaluation a
         restarted trial re-sends -- keeps its value: it is the same measurement. Results without the metric (a
-        failing trial's last word, sweeps/trainable.py: failure_result) are not evaluations."""
+        failing trial's last word, sweeps/protocol.py: failure_result) are not evaluations."""
         if isinstance(self.metric, list) or self.metric not in result:
             return  # Optuna takes no intermediate values for several objectives
         ot_trial = self._open_trial(trial_id)

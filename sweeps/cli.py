@@ -2,8 +2,9 @@
 
 Why shared: ``critical_rho.py`` and ``anneal_search.py`` must accept the same trainer overrides, resources, cluster,
 storage, resume and output options, and must refuse the same bad input the same way: every way a sweep can be
-asked for something impossible (here, sweeps/plan.py, sweeps/storage.py ...) raises one of ``BAD_INPUT`` *before*
-Ray starts or any trial runs, and ``main`` turns it into one line on stderr and exit code 2.
+asked for something impossible (here, sweeps/plan.py, sweeps/resume.py ...) raises one of ``BAD_INPUT`` *before*
+Ray starts or any trial runs, and ``main`` turns it into one line on stderr and exit code 2 (the errors and exit
+codes: sweeps/errors.py).
 """
 
 from __future__ import annotations
@@ -16,22 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ouvae.config import ConfigError, PRESETS, parse_assignment
-
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot start (bad option, missing data, unreachable cluster or storage, name clash ...). The
-    message says the fix."""
-
-
-class SpaceError(ValueError):
-    """A sweep specification that cannot run (sweeps/plan.py). The message names the option and how to fix it."""
-
-
-BAD_INPUT: tuple[type[Exception], ...] = (SweepError, SpaceError, ConfigError)
+from sweeps.compat import DRIVER_ENV
+from sweeps.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_INTERRUPTED, SweepError
 
 
 @dataclass(frozen=True)
@@ -64,8 +51,6 @@ def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, arg
     """A sweep script's main(): parse, run; bad input becomes one line on stderr and exit code 2 (nothing has
     started yet), Ctrl-C exit code 130 with how to resume. Sets the driver's Tune environment
     (sweeps/compat.py) for this process; importing the sweeps package changes nothing."""
-    from sweeps.compat import DRIVER_ENV
-
     cmd = CommandLine.parse(parser, sys.argv[1:] if argv is None else argv)
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)

@@ -7,7 +7,7 @@ fails naming the item when one no longer holds; the fix then belongs here only. 
 on.
 
 Imports of Ray and Optuna happen inside the functions: importing this module (e.g. from clusters/validate.py) is
-free.
+free (it imports only sweeps/errors.py of the project).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import threading
 import warnings
 from typing import Any, Callable, Mapping
 
+from sweeps.errors import StorageUnreachable
+
 
 RAY_CHECKED = "2.60.0"
 
@@ -25,7 +27,7 @@ RAY_CHECKED = "2.60.0"
 #   legacy engine honours verbose=0, so our one-line progress (sweeps/progress.py) is the only output. Listed in
 #   ray.air.constants.AIR_ENV_VARS, read by ray.tune.experimental.output.get_air_verbosity.
 # * TUNE_DISABLE_STRICT_METRIC_CHECKING=1: a trial that fails deterministically first reports a result that holds
-#   only its failure (sweeps/trainable.py: failure_result) -- no metric. Tune would otherwise reject that result because a scheduler
+#   only its failure (sweeps/protocol.py: failure_result) -- no metric. Tune would otherwise reject that result because a scheduler
 #   or searcher names a metric (ASHA, Optuna: iw_bound). Documented in ray.tune.constants.TUNE_ENV_VARS; ASHA and
 #   our searchers skip results without their metric.
 # * TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: Tune adds CSV and TensorBoardX loggers beside its JSON one unless this is
@@ -49,8 +51,6 @@ def trial_storage() -> tuple[Any, str]:
     explanation (use NFS or S3) instead of writing checkpoints no other node can read.
     """
     from ray import tune
-
-    from sweeps.storage import StorageUnreachable
 
     storage = tune.get_context().get_storage()
     try:

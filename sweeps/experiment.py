@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sweeps.cli import SweepError
 from sweeps.compat import DRIVER_ENV, init_client
+from sweeps.errors import SweepError
 from sweeps.plan import is_ray_client
 from sweeps.progress import FailurePolicy
-from sweeps.storage import SweepPaths, join, resume_command
-from sweeps.trainable import (SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs,
-                              run_tally)
+from sweeps.protocol import SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs, run_tally
+from sweeps.resume import resume_command
+from sweeps.storage import SweepPaths, join
 
 
 def start(args: argparse.Namespace, script: str, name: str, paths: SweepPaths, t_start: float) -> dict[str, float]:

@@ -57,16 +57,15 @@ from typing import Any, Callable
 
 from analysis.budget import BudgetSeries, BudgetVerdict, TOLERANCE_OF_MARGIN
 from analysis.compare import DEFAULT_MARGIN
+from analysis.errors import AnalysisError
 from analysis.transition import STATUS_OK, TransitionFit
 from ouvae.config import Config, format_latent_dims
-from sweeps.plan import group_into_populations
+from ouvae.data import load_config_dataset
 from sweeps import experiment
-from sweeps.trainable import FOLDER as CHECKPOINT_FOLDER
-from sweeps.cli import SweepError
-from sweeps.storage import SweepPaths
-from sweeps.plan import CriticalGrid
-from sweeps.storage import join, read_json, write_json
-from sweeps.trainable import LADDER_KEY, POPULATION_KEY
+from sweeps.errors import SweepError
+from sweeps.plan import CriticalGrid, group_into_populations
+from sweeps.protocol import CHECKPOINT_FOLDER, LADDER_KEY, POPULATION_KEY
+from sweeps.storage import SweepPaths, join, read_json, write_json
 
 FORMAT = "ouvae-ladder"
 STATE_VERSION = 1
@@ -96,8 +95,6 @@ def cadence_of(base: Config, unit: str) -> int:
     """The evaluation cadence in `unit`: every eval_every epochs (in steps: that many epochs of batches)."""
     if unit == "epochs":
         return base.eval_every
-    from ouvae.data import load_config_dataset
-
     data = load_config_dataset(base)
     n = data.train.shape[0] if base.n_train is None else min(base.n_train, data.train.shape[0])
     return math.ceil(n / base.batch_size) * base.eval_every
@@ -323,8 +320,7 @@ class Ladder:
 
     def fit_rung(self, state: LadderState, outcome: experiment.Outcome) -> None:
         """Fit every configuration at this rung with the analysis, decide which stop, plan the next rung."""
-        from analysis.io import AnalysisError
-        from analysis.report import analyze
+        from analysis.report import analyze  # deferred: it loads matplotlib (the report's figures)
 
         rung = state.rung
         for line in outcome.failure_lines(self.label):

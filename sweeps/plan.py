@@ -34,7 +34,7 @@ from ouvae.config import Config, ConfigError, format_latent_dims, parse_latent_d
 from ouvae.data import DataError, load_config_dataset
 from ouvae.population import population_key
 from ouvae.smoothing import is_identity
-from sweeps.cli import SpaceError, SweepError
+from sweeps.errors import SpaceError, SweepError
 from sweeps.storage import SweepPaths, check_storage, is_remote
 
 

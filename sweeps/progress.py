@@ -15,9 +15,9 @@ A configuration or data error, a run that diverged, or checkpoints that cannot b
 again -- the trainer is deterministic from its checkpoint -- so such a trial fails once, with its reason:
 
 * the trainable (sweeps/trainable.py) catches these errors (``NOT_RETRIED``), reports one last result holding only
-  the reason (``FAILURE_KEY``, and ``SETUP_FAILURE_KEY`` for errors about the set-up every trial shares), then
-  re-raises, so the trial still ends in Tune's ERROR state with its traceback in error.txt (and ``--resume
-  --retry-failed`` re-runs it after the cause is fixed);
+  the reason (sweeps/protocol.py: ``FAILURE_KEY``, and ``SETUP_FAILURE_KEY`` for errors about the set-up every
+  trial shares), then re-raises, so the trial still ends in Tune's ERROR state with its traceback in error.txt
+  (and ``--resume --retry-failed`` re-runs it after the cause is fixed);
 * ``FailurePolicy``, a driver-side Tune callback, sees that result before Tune handles the failure (a function
   trainable's report waits for the driver) and tells Tune not to retry that trial (sweeps/compat.py: Tune's
   FailureConfig has no per-error policy). When every trial of the first round failed with the same set-up error
@@ -37,7 +37,7 @@ from ray.tune import Callback
 
 from ouvae.config import format_latent_dims
 from sweeps import compat
-from sweeps.trainable import SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs, run_tally
+from sweeps.protocol import SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs, run_tally
 
 
 def _fmt_value(key: str, value: Any) -> str:

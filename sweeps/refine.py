@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ouvae.config import digest_seed, parse_latent_dims
-from sweeps.cli import SpaceError
+from sweeps.errors import SpaceError
 from sweeps.plan import check_seeds, rho_grid
 from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
 

@@ -58,8 +58,8 @@ from ray.tune import Callback
 
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
 from ouvae.atomic import write_atomically
+from sweeps.protocol import not_retried_reason, results_file_id
 from sweeps.storage import absolute, is_remote, join, resolve
-from sweeps.trainable import not_retried_reason, results_file_id
 
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)

@@ -14,17 +14,22 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from analysis.errors import AnalysisError
 from ouvae.config import Config, SMOOTH_SPACES, format_latent_dims
 from sweeps import cli, experiment
-from sweeps.cli import CommandLine, SpaceError, SweepError
+from sweeps.adaptive import make_critical_searcher
+from sweeps.cli import CommandLine
+from sweeps.errors import SpaceError, SweepError
 from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budgets, summary_lines
 from sweeps.plan import (CriticalGrid, check_start, group_into_populations, latent_configs, parse_rho_list, rho_grid,
                          rho_range, seed_list)
 from sweeps.progress import ProgressLine
 from sweeps.refine import RefineError
+from sweeps.protocol import POPULATION_KEY, run_specs
 from sweeps.results import ParquetSink
-from sweeps.storage import SweepPaths, open_sweep, prepare_new, resume_command, save_spec
-from sweeps.trainable import POPULATION_KEY, run_specs, train_ouvae
+from sweeps.resume import open_sweep, prepare_new, resume_command, save_spec
+from sweeps.storage import SweepPaths
+from sweeps.trainable import train_ouvae
 
 
 SCRIPT = "critical_rho"
@@ -209,8 +214,6 @@ def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
 
 def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int):
     """The adaptive searcher; it validates its own settings (RefineError) and needs no Ray runtime."""
-    from sweeps.adaptive import make_critical_searcher
-
     return make_critical_searcher(
         groups=grid.groups, rho_range=rho_range(args.rho_min, args.rho_max),
         rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
@@ -367,8 +370,7 @@ def report(paths: SweepPaths, name: str, code: int, **analysis: Any) -> int:
         print(f"report: not written on remote storage; read the table with python -m analysis "
               f"{paths.results_root} --sweep {name}")
         return code
-    from analysis.io import AnalysisError
-    from analysis.report import analyze
+    from analysis.report import analyze  # deferred: it loads matplotlib, for a report the sweep may not write
 
     try:
         rep = analyze(paths.results_root, paths.report_dir, sweeps=[name], drop_nan=True, **analysis)

@@ -2,7 +2,9 @@
 
 The Ray Tune function trainable: one trial trains one run, or a population of runs as one batched model.
 
-The contract with the driver is docs/architecture.md, section 3 ("Trainable -> driver").
+The contract with the driver is docs/architecture.md, section 3 ("Trainable -> driver"); what the driver reads of
+it (the trial config's keys, the runs of a trial, a failure's last result) is sweeps/protocol.py, which imports no
+torch: the driver's callbacks read a trial without loading the worker.
 
 Why it lives in the package: Ray workers import the trainable by module path, so it must be importable on
 every node (a function defined in a script is not).
@@ -34,8 +36,9 @@ Contract with the rest of `sweeps`:
 The trainable owns its worker process while it runs: it sets torch's thread count and starts the run's memory
 peak (ouvae/memory.py), which the trainer itself never does. A configuration or data error, a population whose
 every member diverged, or unreadable checkpoints are not retried: the trial reports the reason and re-raises
-(``failure_result`` below; the driver's FailurePolicy, sweeps/progress.py, then turns its retries off). With ``reuse_actors=True`` (the sweeps' default) one worker process runs many trials in turn;
-the dataset cache below then saves reloading the data for every trial.
+(``NOT_RETRIED`` below; the result: sweeps/protocol.py, ``failure_result``; the driver's FailurePolicy,
+sweeps/progress.py, then turns its retries off). With ``reuse_actors=True`` (the sweeps' default) one worker
+process runs many trials in turn; the dataset cache below then saves reloading the data for every trial.
 
 Per-trial checkpoints kept by the trainable itself, in the trial's folder on the sweep's storage.
 
@@ -91,39 +94,16 @@ from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
 from ouvae.records import results_row
 from ouvae.trainer import TrainingStalled
-from sweeps.storage import StorageUnreachable
+from sweeps.compat import trial_storage
+from sweeps.errors import StorageUnreachable
+from sweeps.protocol import CHECKPOINT_FOLDER, POPULATION_KEY, failure_result, ladder_spec, run_specs
 
 
-POPULATION_KEY = "population"
-# A ladder trial's population entry also holds ``ladder``: {"lineage": the run's results-file id (its first trial),
-# "continue_from": the folder of the checkpoints it continues from} (sweeps/ladder.py). Not a run setting.
-LADDER_KEY = "ladder"
 _DATA_CACHE: "OrderedDict[tuple, DatasetSplits]" = OrderedDict()
 _DATA_CACHE_SIZE = 2
 
 
 # ----- the trial's configuration -------------------------------------------------------------------------------
-def run_specs(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The flat settings of every run a trial trains: the trial config itself, or for a population trial its
-    shared settings plus each member's own (the driver labels runs with these; the trainable builds configs)."""
-    spec = dict(config)
-    population = dict(spec.pop(POPULATION_KEY, None) or {})
-    members = population.pop("members", None) or [{}]
-    population.pop(LADDER_KEY, None)
-    return [{**spec, **population, **member} for member in members]
-
-
-def ladder_spec(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A ladder trial's ``lineage`` and ``continue_from`` (empty for any other trial)."""
-    return dict((config.get(POPULATION_KEY) or {}).get(LADDER_KEY) or {})
-
-
-def results_file_id(trial_id: str, config: Mapping[str, Any]) -> str:
-    """The id of the results file a trial's rows go to: its own, or for a ladder trial that continues a run, the
-    file of the run's first trial (so a run keeps one file and one run id across rungs)."""
-    return ladder_spec(config).get("lineage") or trial_id
-
-
 def configs_from_trial(config: Mapping[str, Any]) -> list[Config]:
     """The trainer configs of one trial -- one, or one per member of a population trial -- each the preset plus
     the trial's overrides (unknown keys raise ConfigError)."""
@@ -132,21 +112,6 @@ def configs_from_trial(config: Mapping[str, Any]) -> list[Config]:
         preset = spec.pop("preset", "base")
         configs.append(Config.from_preset(preset, **spec))
     return configs
-
-
-def failed_members(result: Mapping[str, Any] | None) -> list[tuple[int, str]]:
-    """(member, reason) of the members of a population trial that failed while the others trained on."""
-    return [(int(m), str(why)) for m, why in (result or {}).get("failed_members", [])]
-
-
-def run_tally(config: Mapping[str, Any], result: Mapping[str, Any] | None, *, finished: bool,
-              errored: bool) -> tuple[int, int]:
-    """(runs done, runs failed) of one trial from its config and last result: an errored trial failed every run;
-    a finished one completed all but the members that failed inside it."""
-    runs, failed = len(run_specs(config)), len(failed_members(result))
-    if errored:
-        return 0, runs
-    return (runs - failed if finished else 0), failed
 
 
 def _dataset(cfg: Config) -> DatasetSplits:
@@ -186,10 +151,9 @@ def train_ouvae(config: dict[str, Any]) -> None:
     An error that a retry would meet again is reported (``failure_result``) before it is raised."""
     try:
         _train(config)
-    except Exception as e:
-        last_word = failure_result(e)
-        if last_word is not None:
-            tune.report(last_word)  # returns once the driver has seen it: before Tune handles the failure
+    except NOT_RETRIED as e:
+        # returns once the driver has seen it: before Tune handles the failure
+        tune.report(failure_result(e, setup=isinstance(e, SETUP_ERRORS)))
         raise
 
 
@@ -236,7 +200,6 @@ def _train(config: dict[str, Any]) -> None:
 
 logger = logging.getLogger(__name__)
 
-FOLDER = "ouvae_checkpoints"
 KEEP = 2  # the newest checkpoint plus one spare, in case the newest cannot be read
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -256,10 +219,8 @@ class TrialCheckpoints:
     @classmethod
     def of_current_trial(cls) -> "TrialCheckpoints":
         """The running Tune trial's store, on Tune's storage filesystem (local, NFS, s3:// ...)."""
-        from sweeps.compat import trial_storage
-
         fs, trial_folder = trial_storage()
-        return cls(fs, f"{trial_folder}/{FOLDER}")
+        return cls(fs, f"{trial_folder}/{CHECKPOINT_FOLDER}")
 
     def path(self, step: int) -> str:
         return f"{self.folder}/step_{step:012d}.pt"
@@ -323,41 +284,3 @@ NOT_RETRIED: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageU
                                                 CheckpointError)
 # Of those, the ones about what every trial shares (configuration, data, storage), not about the trial's own values.
 SETUP_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StorageUnreachable)
-FAILURE_KEY = "not_retried_failure"  # the one-line reason, in the last result of a trial failing for good
-SETUP_FAILURE_KEY = "setup_failure"  # True when that reason is a set-up error
-
-
-def failure_result(error: BaseException) -> dict[str, Any] | None:
-    """The result a trial reports before re-raising `error`, or None if `error` is to be retried."""
-    if not isinstance(error, NOT_RETRIED):
-        return None
-    return {FAILURE_KEY: failure_text(error), SETUP_FAILURE_KEY: isinstance(error, SETUP_ERRORS)}
-
-
-def not_retried_reason(result: Mapping[str, Any] | None) -> str | None:
-    """The reason of a trial that failed for good without retries (its last result), else None."""
-    return (result or {}).get(FAILURE_KEY)
-
-
-def failure_text(err: Any) -> str:
-    """Exception (Ray wraps the trial's own in RayTaskError; `.cause` is the original) or error text -> one line."""
-    if err is None:
-        return "unknown error"
-    if isinstance(err, BaseException):
-        cause = getattr(err, "cause", None) or err
-        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), "")
-        name = type(cause).__name__
-        if name in ("RayTaskError", "TuneError") or name.startswith("RayTaskError("):
-            return _last_exception_line(str(cause))
-        return f"{name}: {first}"[:300]
-    return _last_exception_line(str(err))
-
-
-def _last_exception_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # tracebacks end with "ExcType: message"
-        head = ln.split(":", 1)[0]
-        if head and " " not in head and (head.endswith(("Error", "Exception", "Stalled", "Failure"))
-                                         or "." in head):
-            return ln[:300]
-    return (lines[-1] if lines else "unknown error")[:300]

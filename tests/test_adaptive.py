@@ -12,9 +12,10 @@ import pytest
 
 from analysis.testing.synthetic import noisy_active_units
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
+from sweeps.protocol import run_specs
 from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
+from sweeps.protocol import run_specs
 from sweeps.testing.simulate import simulate
-from sweeps.trainable import run_specs
 
 
 def drive(pol: RefinePolicy, outcome, workers: int = 4, seed: int = 0) -> RefinePolicy:

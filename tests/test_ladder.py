@@ -23,7 +23,7 @@ import pytest
 
 from analysis.transition import STATUS_OK, TransitionFit
 from sweeps import rho_sweep
-from sweeps.cli import SweepError
+from sweeps.errors import SweepError
 from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
 from sweeps.storage import LADDER_FILE
 from sweeps.testing.ladder_synthetic import converged_rung, drifting_trainable

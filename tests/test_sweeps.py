@@ -24,9 +24,10 @@ from analysis.schema import SCHEMA
 from ouvae.config import ConfigError, parse_latent_dims
 from sweeps import progress, results, rho_sweep
 from sweeps.anneal import AnnealSpace, suggest_schedule
-from sweeps.cli import SpaceError
 from sweeps.compat import DRIVER_ENV
+from sweeps.errors import SpaceError
 from sweeps.plan import CriticalGrid, latent_configs, parse_rho_list, rho_grid
+from sweeps.protocol import POPULATION_KEY, failure_text
 from sweeps.storage import SPEC_FILE
 from sweeps.testing import faults
 
@@ -94,7 +95,7 @@ def test_both_readings_of_t_rho_are_configurations_of_one_sweep():
     plan = rho_sweep.plan_sweep(args)
     assert plan.grid.n_runs == 8 and {c.smooth_space for c in plan.grid.configs()} == {"posterior", "prior"}
     # a population never mixes the readings: each one is its own model
-    pops = plan.param_space[rho_sweep.POPULATION_KEY]["grid_search"]
+    pops = plan.param_space[POPULATION_KEY]["grid_search"]
     assert sorted((p["smooth_space"], len(p["members"])) for p in pops) == \
         [("posterior", 2), ("posterior", 2), ("prior", 2), ("prior", 2)]
     one = rho_sweep.plan_sweep(rho_sweep.build_parser().parse_args(
@@ -230,10 +231,10 @@ def test_sink_for_sampled_trials_keeps_finished_unknown_trials(tmp_path):
 def test_failure_text_names_the_exception():
     from ouvae.trainer import TrainingStalled
 
-    assert progress.failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
+    assert failure_text(TrainingStalled("50 consecutive steps had a non-finite loss\nmore")) == \
         "TrainingStalled: 50 consecutive steps had a non-finite loss"
     trace = "Traceback (most recent call last):\n  File x\nouvae.trainer.TrainingStalled: diverged"
-    assert progress.failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
+    assert failure_text(trace) == "ouvae.trainer.TrainingStalled: diverged"
 
 
 # ----- bad input: clear message, exit 2, nothing started ---------------------------------------------------------
@@ -546,7 +547,7 @@ def test_diverging_trial_fails_once_without_retries_while_the_sweep_goes_on(ray_
     out = capsys.readouterr().out
     assert len(grid.errors) == 1
     bad = next(r for r in grid if r.error is not None)
-    assert bad.config["lr"] == 1e12 and progress.failure_text(bad.error).startswith("TrainingStalled: ")
+    assert bad.config["lr"] == 1e12 and failure_text(bad.error).startswith("TrainingStalled: ")
     assert "retry  lr=" not in out  # ProgressLine announces every retry
     assert "FAILED lr=1e+12: TrainingStalled: 2 consecutive steps" in out and "(not retried" in out
     trials = {t.config["lr"]: t for t in tune.ExperimentAnalysis(str(tmp_path / "ray" / "nan")).trials}
@@ -621,7 +622,7 @@ def test_resume_of_a_sweep_whose_saved_state_names_code_that_is_gone_is_one_line
     import sys
 
     from sweeps import experiment
-    from sweeps.cli import SweepError
+    from sweeps.errors import SweepError
     from sweeps.storage import sweep_paths
 
     (tmp_path / "gone_module.py").write_text("class Policy:\n    pass\n")
@@ -645,7 +646,7 @@ def test_a_local_ray_that_does_not_start_is_one_line(monkeypatch):
     import ray
 
     from sweeps import experiment
-    from sweeps.cli import SweepError
+    from sweeps.errors import SweepError
 
     def no_ray(**kwargs):
         raise RuntimeError("Failed to start the raylet.\nThe GCS did not answer within 60 s (TimeoutError)")

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeps.compat import ray_client_missing
+
 CLUSTER_TAG = "OUVAE_LOOPBACK_CLUSTER"
 NODE_TAG = "OUVAE_LOOPBACK_NODE"
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -224,8 +226,6 @@ class LoopbackCluster:
     def _client_server_args(self) -> list[str]:
         """With ray[client] installed, `ray start --head` binds Ray Client's server on 10001 unless told
         otherwise; a free port avoids clashing with another head on the machine."""
-        from sweeps.compat import ray_client_missing
-
         if ray_client_missing():
             return []
         self.client_port = free_port()

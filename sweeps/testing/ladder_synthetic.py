@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from analysis.testing.synthetic import noisy_active_units
+from sweeps.protocol import ladder_spec, run_specs
 
 WIDTH, SEED_SD = 0.005, 0.002
 STATE = "ouvae_checkpoints/state.json"
@@ -66,8 +67,6 @@ def member_row(spec: Mapping[str, Any], member: int, epoch: int, final: bool) ->
 def drifting_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable of a ladder trial (a population entry; budget ``epochs``; ``eval_every``)."""
     from ray import tune
-
-    from sweeps.trainable import ladder_spec, run_specs
 
     specs = run_specs(config)
     budget, every = int(config["epochs"]), int(config.get("eval_every") or 10)

@@ -11,6 +11,7 @@ from typing import Any
 
 from analysis.schema import SCHEMA_VERSION
 from ouvae.config import format_latent_dims, parse_latent_dims
+from sweeps.protocol import POPULATION_KEY, run_specs
 
 
 def member_row(spec: dict[str, Any], member: int, step: int, final: bool) -> dict[str, Any]:
@@ -29,8 +30,6 @@ def scale_trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: `steps` evaluations of every run of the trial, reported at once as a
     population trial does (a trial of one run reports its row alone)."""
     from ray import tune
-
-    from sweeps.trainable import POPULATION_KEY, run_specs
 
     specs = run_specs(config)
     evaluations = int(config.get("steps") or 1)

@@ -15,8 +15,8 @@ from typing import Any
 from ray import tune
 
 from analysis.testing.synthetic import noisy_active_units
+from sweeps.protocol import POPULATION_KEY, run_specs
 from sweeps.refine import top_dim_of
-from sweeps.trainable import POPULATION_KEY, run_specs
 
 DEFAULTS: dict[str, Any] = {"true_rho_c": 0.93, "true_width": 0.01, "seed_sd": 0.004, "salt": 0}
 
