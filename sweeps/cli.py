@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from ouvae.config import ConfigError, PRESETS, parse_assignment
 
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; SIGTERM: 143
 
 
 class SweepError(RuntimeError):
@@ -62,20 +63,26 @@ def error_exit(message: str) -> int:
 def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
          extra_errors: tuple[type[Exception], ...] = ()) -> int:
     """A sweep script's main(): parse, run; bad input becomes one line on stderr and exit code 2 (nothing has
-    started yet), Ctrl-C exit code 130 with how to resume. Sets the driver's Tune environment
-    (sweeps/compat.py) for this process; importing the sweeps package changes nothing."""
-    from sweeps.compat import DRIVER_ENV
+    started yet). SIGINT (Ctrl-C) or SIGTERM stops the sweep with its state saved; the run prints what finished
+    and the --resume command, and the exit code is 128 + the signal's number (130, 143). Sets the driver's Tune
+    environment and quiets Ray's notices (sweeps/compat.py) for this process; importing the package changes
+    nothing."""
+    from sweeps.compat import DRIVER_ENV, quiet_driver_logs, stop_signal, stop_signals
 
     cmd = CommandLine.parse(parser, sys.argv[1:] if argv is None else argv)
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
-    try:
-        return run(cmd)
-    except (*BAD_INPUT, *extra_errors) as e:
-        return error_exit(str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    quiet_driver_logs()
+    with stop_signals():
+        try:
+            code = run(cmd)
+        except (*BAD_INPUT, *extra_errors) as e:
+            return error_exit(str(e))
+        except KeyboardInterrupt:
+            print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
+            return 128 + stop_signal() if stop_signal() else EXIT_INTERRUPTED
+        stopped = stop_signal()
+    return code if stopped is None else 128 + stopped
 
 
 # ----- the options both scripts share -------------------------------------------------------------------------------

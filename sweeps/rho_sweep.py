@@ -342,7 +342,7 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
               f"{resume_command(SCRIPT, name, args.storage)}")
     print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment})")
     code = 0 if outcome.complete or not (outcome.failed or outcome.cut_short) else 1
-    if args.no_report or not outcome.complete:
+    if args.no_report or not outcome.complete or outcome.cut_short:  # interrupted: the report waits for --resume
         return code
     return report(paths, name, code)
 

@@ -91,6 +91,7 @@ from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
 from ouvae.records import results_row
 from ouvae.trainer import TrainingStalled
+from sweeps.compat import quiet_exit_in_finalizers
 from sweeps.storage import StorageUnreachable
 
 
@@ -184,6 +185,7 @@ def report(population: Population, rows: list[dict[str, Any]], *, as_population:
 def train_ouvae(config: dict[str, Any]) -> None:
     """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint.
     An error that a retry would meet again is reported (``failure_result``) before it is raised."""
+    quiet_exit_in_finalizers()  # Ray stopping this worker prints no "Exception ignored ... SystemExit"
     try:
         _train(config)
     except Exception as e:
