@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ouvae.config import ConfigError, PRESETS, parse_assignment
 
@@ -162,6 +162,20 @@ def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def refuse_idle_options(given: Collection[str], idle: Mapping[str, str]) -> None:
+    """Refuse (SweepError) the first option the command line names that does nothing in the mode it chose: who
+    writes --rung-factor 3 without --until-converged expects it to count. `idle`: option (its dest) -> the one line
+    naming it, why it does nothing, and the fix."""
+    for dest, message in idle.items():
+        if dest in given:
+            raise SweepError(message)
+
+
+def idle_option(flag: str, role: str, fix: str) -> str:
+    """The message of an option that does nothing: '<flag> <role>: <fix>, or drop <flag>'."""
+    return f"{flag} {role}: {fix}, or drop {flag}"
+
+
 def check_resource_options(args: argparse.Namespace) -> None:
     if not args.cpus_per_trial > 0:
         raise SweepError(f"--cpus-per-trial {args.cpus_per_trial} must be > 0 (fractions such as 0.5 are allowed)")
@@ -173,6 +187,12 @@ def check_resource_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-failures {args.max_failures} must be >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent {args.max_concurrent} must be >= 1")
+    if args.address:
+        for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus)):
+            if value is not None:
+                raise SweepError(idle_option(flag, f"sizes the local Ray and does nothing when joining a cluster "
+                                                   f"(--address {args.address}, or $RAY_ADDRESS)",
+                                             "use the cluster's resources (--cpus-per-trial, --max-concurrent)"))
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed re-runs the failed trials of an existing sweep: add --resume (and --name)")
 

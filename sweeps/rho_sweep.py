@@ -218,6 +218,27 @@ def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int)
         coarse_points=args.coarse_points, population=population)
 
 
+def idle_options(args: argparse.Namespace) -> dict[str, str]:
+    """The options that do nothing in the mode `args` chose, each with its one-line refusal
+    (cli.refuse_idle_options). Refused by the planning itself: --rhos and --rho-step in adaptive mode,
+    --rho-spacing in grid mode (plan_sweep), --max-epochs and --max-steps without --until-converged (plan_ladder)."""
+    idle: dict[str, str] = {}
+    if not args.until_converged:
+        for dest, flag in (("rung_factor", "--rung-factor"), ("continue_policy", "--continue")):
+            idle[dest] = cli.idle_option(flag, "sets the rungs of --until-converged and does nothing without it",
+                                         "add --until-converged (and --max-epochs)")
+    searcher = (("target_width", "--target-width"), ("budget", "--budget"), ("coarse_points", "--coarse-points"))
+    for dest, flag in searcher:
+        if args.mode != "adaptive":
+            idle[dest] = cli.idle_option(flag, "steers adaptive mode's searcher and does nothing in grid mode",
+                                         "add --adaptive")
+        elif args.until_converged:
+            idle[dest] = cli.idle_option(flag, "steers adaptive mode's searcher, which --until-converged does not "
+                                               "use (its rungs add rho values at --rho-spacing)",
+                                         "leave out --until-converged")
+    return idle
+
+
 # ----- running ------------------------------------------------------------------------------------------------------
 def plan_ladder(args: argparse.Namespace, plan: Plan) -> tuple[str, list[int]]:
     """(budget unit, rung budgets) of --until-converged, validated (SweepError) before Ray starts."""
@@ -248,6 +269,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     t_start = time.monotonic()
     cli.check_resource_options(cmd.args)
     args, name, paths = open_sweep(cmd, SCRIPT, "critical-rho")
+    cli.refuse_idle_options(cmd.given, idle_options(args))
     plan = plan_sweep(args)
     unit, budgets = plan_ladder(args, plan)
     check_start(args, paths, plan.base)
