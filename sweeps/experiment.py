@@ -56,6 +56,7 @@ def connect(args: argparse.Namespace) -> str:
 
 
 def _init(args: argparse.Namespace) -> str:
+    """``ray.init`` for the sweep: join --address (Ray Client or a node of the cluster) or start a local Ray."""
     import ray
 
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="WARNING")}
