@@ -115,11 +115,14 @@ def interrupt_experiment() -> bool:
 # * "Failed to fetch metrics for N trial(s): FileNotFoundError(... both result.json and progress.csv were not
 #   found ...)": Tune's ResultGrid, built when fit() ends, reads every trial's result file, and a trial that had
 #   not started when the sweep was interrupted has none. One line per such trial -- 28 after Ctrl-C 30 s into the
-#   default sweep.
+#   default sweep;
+# * Tune's "The `on_step_begin` operation took 0.668 s, which may be a performance bottleneck." (warn_if_slow,
+#   the only message of its module that starts so): on a loaded laptop a user can do nothing about it.
 DRIVER_LOG_NOISE: Mapping[str, tuple[str, ...]] = {
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted", "Trials did not complete"),
     "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    "ray.tune.utils.util": ("The `",),
 }
 
 

@@ -134,6 +134,7 @@ def test_each_filtered_driver_message_is_logged_by_the_logger_it_is_filtered_on(
         source = inspect.getsource(module)
         for start in starts:
             assert start in source, f"{name} no longer logs {start!r}"
+    assert "The `{name}` operation took" in inspect.getsource(importlib.import_module("ray.tune.utils.util"))
     compat.quiet_driver_logs()
     compat.quiet_driver_logs()  # idempotent: one filter per logger
     seen = []
