@@ -346,6 +346,28 @@ class SearchPlan:
     max_evaluations: int  # ASHA's clock: evaluations in a full-budget trial
 
 
+def idle_options(args: argparse.Namespace) -> dict[str, str]:
+    """The search options that do nothing with the others given, each with its one-line refusal
+    (cli.refuse_idle_options): a schedule's own ranges without that schedule, free bits not searched, ASHA off."""
+    idle: dict[str, str] = {}
+    for schedule, options in (("cyclical", ("n_cycles", "cycle_ratio")), ("sigmoid", ("sigmoid_steepness",))):
+        if schedule not in args.schedules:
+            for dest in options:
+                flag = "--" + dest.replace("_", "-")
+                idle[dest] = cli.idle_option(flag, f"is a range of the {schedule} schedule, which --schedules "
+                                                   f"{' '.join(args.schedules)} leaves out",
+                                             f"add {schedule} to --schedules")
+    if args.no_free_bits:
+        idle["free_bits"] = cli.idle_option("--free-bits", "is the range free bits are searched in, and "
+                                                           "--no-free-bits searches none", "drop --no-free-bits")
+    if not args.asha:
+        for dest in ("grace_period", "reduction_factor"):
+            flag = "--" + dest.replace("_", "-")
+            idle[dest] = cli.idle_option(flag, "sets ASHA's early stopping, which --no-asha turns off",
+                                         "drop --no-asha")
+    return idle
+
+
 def plan_search(args: argparse.Namespace, name: str, paths: SweepPaths) -> SearchPlan:
     if args.n_trials < 1:
         raise SweepError(f"--n-trials {args.n_trials} must be >= 1")
@@ -473,6 +495,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     t_start = time.monotonic()
     cli.check_resource_options(cmd.args)
     args, name, paths = open_sweep(cmd, SCRIPT, "anneal")
+    cli.refuse_idle_options(cmd.given, idle_options(args))
     plan = plan_search(args, name, paths)
     check_start(args, paths, plan.base)
     if not args.resume:

@@ -14,10 +14,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ouvae.config import ConfigError, PRESETS, parse_assignment
-from sweeps.compat import DRIVER_ENV
+from sweeps.compat import DRIVER_ENV, quiet_driver_logs, stop_signal, stop_signals
 from sweeps.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_INTERRUPTED, SweepError
 
 
@@ -49,18 +49,24 @@ def error_exit(message: str) -> int:
 def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
          extra_errors: tuple[type[Exception], ...] = ()) -> int:
     """A sweep script's main(): parse, run; bad input becomes one line on stderr and exit code 2 (nothing has
-    started yet), Ctrl-C exit code 130 with how to resume. Sets the driver's Tune environment
-    (sweeps/compat.py) for this process; importing the sweeps package changes nothing."""
+    started yet). SIGINT (Ctrl-C) or SIGTERM stops the sweep with its state saved; the run prints what finished
+    and the --resume command, and the exit code is 128 + the signal's number (130, 143). Sets the driver's Tune
+    environment and quiets Ray's notices (sweeps/compat.py) for this process; importing the package changes
+    nothing."""
     cmd = CommandLine.parse(parser, sys.argv[1:] if argv is None else argv)
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
-    try:
-        return run(cmd)
-    except (*BAD_INPUT, *extra_errors) as e:
-        return error_exit(str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    quiet_driver_logs()
+    with stop_signals():
+        try:
+            code = run(cmd)
+        except (*BAD_INPUT, *extra_errors) as e:
+            return error_exit(str(e))
+        except KeyboardInterrupt:
+            print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
+            return 128 + stop_signal() if stop_signal() else EXIT_INTERRUPTED
+        stopped = stop_signal()
+    return code if stopped is None else 128 + stopped
 
 
 # ----- the options both scripts share -------------------------------------------------------------------------------
@@ -140,6 +146,20 @@ def fixed_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def refuse_idle_options(given: Collection[str], idle: Mapping[str, str]) -> None:
+    """Refuse (SweepError) the first option the command line names that does nothing in the mode it chose: who
+    writes --rung-factor 3 without --until-converged expects it to count. `idle`: option (its dest) -> the one line
+    naming it, why it does nothing, and the fix."""
+    for dest, message in idle.items():
+        if dest in given:
+            raise SweepError(message)
+
+
+def idle_option(flag: str, role: str, fix: str) -> str:
+    """The message of an option that does nothing: '<flag> <role>: <fix>, or drop <flag>'."""
+    return f"{flag} {role}: {fix}, or drop {flag}"
+
+
 def check_resource_options(args: argparse.Namespace) -> None:
     if not args.cpus_per_trial > 0:
         raise SweepError(f"--cpus-per-trial {args.cpus_per_trial} must be > 0 (fractions such as 0.5 are allowed)")
@@ -151,6 +171,12 @@ def check_resource_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-failures {args.max_failures} must be >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent {args.max_concurrent} must be >= 1")
+    if args.address:
+        for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus)):
+            if value is not None:
+                raise SweepError(idle_option(flag, f"sizes the local Ray and does nothing when joining a cluster "
+                                                   f"(--address {args.address}, or $RAY_ADDRESS)",
+                                             "use the cluster's resources (--cpus-per-trial, --max-concurrent)"))
     if args.retry_failed and not args.resume:
         raise SweepError("--retry-failed re-runs the failed trials of an existing sweep: add --resume (and --name)")
 

@@ -12,10 +12,14 @@ free (it imports only sweeps/errors.py of the project).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import signal
+import sys
 import threading
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from sweeps.errors import StorageUnreachable
 
@@ -34,8 +38,11 @@ RAY_CHECKED = "2.60.0"
 #   set (ray.tune.utils.callback._create_default_callbacks). A population trial's result holds its members' rows as
 #   a list, which those two cannot log (TensorBoardX warns at every report); the results table is ours anyway.
 #   sweeps/experiment.py adds the JSON logger back (each trial's result.json).
+# * TUNE_DISABLE_SIGINT_HANDLER=1: Tune would replace the SIGINT handler for the length of Tuner.fit(); the driver's
+#   own (stop_signals, below) treats SIGINT and SIGTERM alike and remembers which one came (exit code 130 or 143).
+#   Read by ray.tune.tune._setup_signal_catching, which still installs its handler for SIGUSR1.
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
 
 
 # ----- the running trial's storage (worker side) ---------------------------------------------------------------
@@ -95,6 +102,146 @@ def interrupt_experiment() -> bool:
         return False
     handler(signal.SIGUSR1, None)
     return True
+
+
+# ----- what a sweep's driver prints (sweeps.cli.main, sweeps/experiment.py) -----------------------------------
+# Log records of Ray and Tune in the driver that a user takes for trouble and that say nothing the sweep's own lines
+# do not say better: logger name -> the starts of those messages. Each is matched on the logger that emits it (a
+# filter on a logger sees only its own records), so every other record of those loggers still gets through.
+# * the token-authentication notice of every local Ray start (it tells how to opt out of a default);
+# * Tune's own interrupt messages: "Stop signal received ... Press CTRL+C (or send SIGINT/SIGKILL/SIGTERM)",
+#   "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)" (a Python API, not the sweep's
+#   --resume command, which sweeps/rho_sweep.py prints) and "Trials did not complete: [...]" (the summary says which);
+# * "Failed to fetch metrics for N trial(s): FileNotFoundError(... both result.json and progress.csv were not
+#   found ...)": Tune's ResultGrid, built when fit() ends, reads every trial's result file, and a trial that had
+#   not started when the sweep was interrupted has none. One line per such trial -- 28 after Ctrl-C 30 s into the
+#   default sweep;
+# * Tune's "The `on_step_begin` operation took 0.668 s, which may be a performance bottleneck." (warn_if_slow,
+#   the only message of its module that starts so): on a loaded laptop a user can do nothing about it.
+DRIVER_LOG_NOISE: Mapping[str, tuple[str, ...]] = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted", "Trials did not complete"),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    "ray.tune.utils.util": ("The `",),
+}
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records whose message starts with one of `starts`."""
+
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_driver_logs() -> None:
+    """Keep DRIVER_LOG_NOISE out of this process's output (idempotent). Relies on the logger names and message
+    texts listed there (tests/test_compat.py finds each text in its module's source)."""
+    for name, starts in DRIVER_LOG_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+
+
+class _StopSignals:
+    """The driver's SIGINT/SIGTERM state: which stop signal came first (None: none), whether Tune's loop runs."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.in_fit = 0
+        self.active = False
+
+
+_STOP = _StopSignals()
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOPPING_NOTICE = ("\nstopping: saving the sweep's state; the runs that did not finish continue from their last "
+                   "checkpoint with the --resume command printed below (the same signal again stops at once)\n")
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    first = _STOP.received is None
+    if first:
+        _STOP.received = signum
+    if first and _STOP.in_fit and interrupt_experiment():
+        os.write(sys.stderr.fileno(), STOPPING_NOTICE.encode())  # no print(): it may interrupt a print on stdout
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """For the length of a sweep script's run: SIGINT (Ctrl-C) and SIGTERM (``timeout``, schedulers, Kubernetes)
+    stop the sweep alike. The first one inside ``Tuner.fit()`` ends Tune's loop as Ctrl-C does in Tune (the
+    experiment state is saved, the trials that did not finish stay resumable, the script prints its summary and
+    the --resume command); outside it, or the second one, raises KeyboardInterrupt. ``stop_signal()`` says which
+    came. The previous handlers are put back at the end.
+
+    Why not Ray's handlers: ``ray.init`` makes SIGTERM ``sys.exit(15)`` -- a traceback from wherever the driver
+    was -- and Ray's core worker installs abseil's failure-signal handler over it, which prints a native stack dump
+    ("*** SIGTERM received at time=... @ 0x..."). ``reclaim_sigterm()`` takes SIGTERM back after ``ray.init``.
+    Relies on TUNE_DISABLE_SIGINT_HANDLER (DRIVER_ENV) and on ``interrupt_experiment``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    _STOP.__init__()
+    _STOP.active = True
+    try:
+        for s in STOP_SIGNALS:
+            signal.signal(s, _on_stop_signal)
+        yield
+    finally:
+        _STOP.active = False
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def reclaim_sigterm() -> None:
+    """After ``ray.init`` (which replaced it) SIGTERM is the sweep's stop signal again, inside ``stop_signals``."""
+    if _STOP.active and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_stop_signal)
+
+
+@contextlib.contextmanager
+def tune_loop() -> Iterator[None]:
+    """Around ``Tuner.fit()``: a stop signal now ends Tune's loop gracefully (interrupt_experiment)."""
+    _STOP.in_fit += 1
+    try:
+        yield
+    finally:
+        _STOP.in_fit -= 1
+
+
+def stop_signal() -> int | None:
+    """The first SIGINT or SIGTERM the running sweep script received, or None."""
+    return _STOP.received
+
+
+# ----- a worker's exit (worker side) ---------------------------------------------------------------------------
+def quiet_exit_in_finalizers() -> None:
+    """A trial's worker process prints no "Exception ignored in: <function WeakSet...> ... sigterm_handler ...
+    SystemExit: 1" when Ray stops it (idempotent; call it in the worker).
+
+    Relies on: Ray's worker loop (``ray._private.worker.Worker.main_loop``) handling SIGTERM by raising
+    SystemExit. When the signal lands while a finaliser runs (a weakref callback of a WeakSet, a ``__del__``), the
+    exception cannot propagate: Python reports it through ``sys.unraisablehook`` -- whose default prints it to
+    stderr, which Ray forwards to the driver's terminal just before the sweep's last lines -- and the worker goes
+    on exiting. Only SystemExit is dropped; every other unraisable exception goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_system_exit", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, SystemExit) or unraisable.exc_type is SystemExit:
+            return
+        previous(unraisable)
+
+    hook.drops_system_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 # ----- Ray's OptunaSearch ----------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sweeps.compat import DRIVER_ENV, init_client
+from sweeps.compat import DRIVER_ENV, init_client, reclaim_sigterm, tune_loop
 from sweeps.errors import SweepError
 from sweeps.plan import is_ray_client
 from sweeps.progress import FailurePolicy
@@ -50,6 +50,15 @@ def connect(args: argparse.Namespace) -> str:
 
     if ray.is_initialized():  # e.g. a notebook that already holds Ray
         return "existing Ray session"
+    how = _init(args)
+    reclaim_sigterm()  # ray.init made SIGTERM a traceback and a native stack dump (sweeps/compat.py: stop_signals)
+    return how
+
+
+def _init(args: argparse.Namespace) -> str:
+    """``ray.init`` for the sweep: join --address (Ray Client or a node of the cluster) or start a local Ray."""
+    import ray
+
     quiet = {"logging_level": logging.WARNING, "logging_config": ray.LoggingConfig(log_level="WARNING")}
     if args.address:
         try:
@@ -142,7 +151,8 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
             run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
                                       callbacks=[*callbacks, policy, JsonLoggerCallback()],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    return tuner.fit()
+    with tune_loop():  # a stop signal now ends Tune's loop with the experiment's state saved
+        return tuner.fit()
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,27 @@ def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int)
         coarse_points=args.coarse_points, population=population)
 
 
+def idle_options(args: argparse.Namespace) -> dict[str, str]:
+    """The options that do nothing in the mode `args` chose, each with its one-line refusal
+    (cli.refuse_idle_options). Refused by the planning itself: --rhos and --rho-step in adaptive mode,
+    --rho-spacing in grid mode (plan_sweep), --max-epochs and --max-steps without --until-converged (plan_ladder)."""
+    idle: dict[str, str] = {}
+    if not args.until_converged:
+        for dest, flag in (("rung_factor", "--rung-factor"), ("continue_policy", "--continue")):
+            idle[dest] = cli.idle_option(flag, "sets the rungs of --until-converged and does nothing without it",
+                                         "add --until-converged (and --max-epochs)")
+    searcher = (("target_width", "--target-width"), ("budget", "--budget"), ("coarse_points", "--coarse-points"))
+    for dest, flag in searcher:
+        if args.mode != "adaptive":
+            idle[dest] = cli.idle_option(flag, "steers adaptive mode's searcher and does nothing in grid mode",
+                                         "add --adaptive")
+        elif args.until_converged:
+            idle[dest] = cli.idle_option(flag, "steers adaptive mode's searcher, which --until-converged does not "
+                                               "use (its rungs add rho values at --rho-spacing)",
+                                         "leave out --until-converged")
+    return idle
+
+
 # ----- running ------------------------------------------------------------------------------------------------------
 def plan_ladder(args: argparse.Namespace, plan: Plan) -> tuple[str, list[int]]:
     """(budget unit, rung budgets) of --until-converged, validated (SweepError) before Ray starts."""
@@ -251,6 +272,7 @@ def run(cmd: CommandLine, trainable: Callable[[dict[str, Any]], None] = train_ou
     t_start = time.monotonic()
     cli.check_resource_options(cmd.args)
     args, name, paths = open_sweep(cmd, SCRIPT, "critical-rho")
+    cli.refuse_idle_options(cmd.given, idle_options(args))
     plan = plan_sweep(args)
     unit, budgets = plan_ladder(args, plan)
     check_start(args, paths, plan.base)
@@ -345,7 +367,7 @@ def summarize(outcome: experiment.Outcome, paths: SweepPaths, name: str, args: a
               f"{resume_command(SCRIPT, name, args.storage)}")
     print(f"results table: {paths.results_root}/sweep_id={name}/  (Ray's own files: {paths.experiment})")
     code = 0 if outcome.complete or not (outcome.failed or outcome.cut_short) else 1
-    if args.no_report or not outcome.complete:
+    if args.no_report or not outcome.complete or outcome.cut_short:  # interrupted: the report waits for --resume
         return code
     return report(paths, name, code)
 

@@ -94,7 +94,7 @@ from ouvae.memory import reset_peak_memory
 from ouvae.population import Population, pick_device
 from ouvae.records import results_row
 from ouvae.trainer import TrainingStalled
-from sweeps.compat import trial_storage
+from sweeps.compat import quiet_exit_in_finalizers, trial_storage
 from sweeps.errors import StorageUnreachable
 from sweeps.protocol import CHECKPOINT_FOLDER, POPULATION_KEY, failure_result, ladder_spec, run_specs
 
@@ -149,6 +149,7 @@ def report(population: Population, rows: list[dict[str, Any]], *, as_population:
 def train_ouvae(config: dict[str, Any]) -> None:
     """Tune function trainable: train one configuration to its budget, continuing from its newest checkpoint.
     An error that a retry would meet again is reported (``failure_result``) before it is raised."""
+    quiet_exit_in_finalizers()  # Ray stopping this worker prints no "Exception ignored ... SystemExit"
     try:
         _train(config)
     except NOT_RETRIED as e:

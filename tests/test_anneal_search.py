@@ -62,6 +62,12 @@ def test_a_running_trial_whose_final_row_is_in_the_table_is_settled_from_it():
     (["--cycle-ratio", "0.5", "0.2"], "empty or reversed"),
     (["--study-storage", "s3://bucket/study"], "object stores"),
     (["--address", "ray://127.0.0.1:1", "--study-storage", "sqlite:///s.db"], "give a database server's URL"),
+    # options that do nothing with the others given
+    (["--schedules", "linear", "--n-cycles", "1", "3"], "--n-cycles is a range of the cyclical schedule, which "
+                                                         "--schedules linear leaves out: add cyclical to --schedules"),
+    (["--schedules", "cyclical", "--sigmoid-steepness", "1", "5"], "--sigmoid-steepness is a range of the sigmoid"),
+    (["--no-free-bits", "--free-bits", "0", "1"], "--no-free-bits searches none: drop --no-free-bits"),
+    (["--no-asha", "--grace-period", "3"], "--grace-period sets ASHA's early stopping, which --no-asha turns off"),
 ])
 def test_bad_search_options_fail_before_ray(tmp_path, capsys, quiet_env, argv, needle):
     assert anneal.main([*argv, "--storage", str(tmp_path)]) == 2

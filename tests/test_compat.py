@@ -120,6 +120,122 @@ def test_ray_client_is_installed_and_reports_a_failed_server_start_as_init_clien
     assert "ConnectionAbortedError" in source and "Initialization failure from server" in source
 
 
+
+def test_each_filtered_driver_message_is_logged_by_the_logger_it_is_filtered_on():
+    """DRIVER_LOG_NOISE names Ray's loggers by their modules: each message start must still be in that module's
+    source, logged through its module logger; after quiet_driver_logs those records are dropped, others pass."""
+    import importlib
+    import inspect
+    import logging
+
+    for name, starts in compat.DRIVER_LOG_NOISE.items():
+        module = importlib.import_module(name)
+        assert module.logger.name == name
+        source = inspect.getsource(module)
+        for start in starts:
+            assert start in source, f"{name} no longer logs {start!r}"
+    assert "The `{name}` operation took" in inspect.getsource(importlib.import_module("ray.tune.utils.util"))
+    compat.quiet_driver_logs()
+    compat.quiet_driver_logs()  # idempotent: one filter per logger
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    assert sum(isinstance(f, compat._DropMessages) for f in logger.filters) == 1
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning("Failed to fetch metrics for %d trial(s):\n- t: FileNotFoundError(...)", 3)
+        logger.warning("Something else")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["Something else"]
+
+
+def test_with_tunes_sigint_handler_disabled_fit_leaves_sigint_alone_and_takes_sigusr1(monkeypatch):
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching
+
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", compat.DRIVER_ENV["TUNE_DISABLE_SIGINT_HANDLER"])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        _setup_signal_catching()
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        assert signal.getsignal(signal.SIGUSR1).__name__ == "signal_interrupt_tune_run"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_tunes_loop_once_then_interrupts_and_is_remembered(signum, monkeypatch):
+    """Inside Tuner.fit() (tune_loop) the first SIGINT or SIGTERM sets Tune's stop event (Tune's own handler, as
+    _setup_signal_catching installs it); the second, or one outside fit(), raises KeyboardInterrupt. The handlers
+    in place before are restored."""
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching
+
+    sig = getattr(signal, signum)
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with compat.stop_signals():
+            assert compat.stop_signal() is None
+            stop_event = _setup_signal_catching()
+            with compat.tune_loop():
+                signal.raise_signal(sig)
+                assert stop_event.is_set() and compat.stop_signal() == sig
+                with pytest.raises(KeyboardInterrupt):
+                    signal.raise_signal(sig)
+            assert compat.stop_signal() == sig
+        with compat.stop_signals():
+            assert compat.stop_signal() is None  # a new run starts clean
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)  # outside fit(): at once
+            assert compat.stop_signal() == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_rays_worker_loop_exits_on_sigterm_with_system_exit_which_a_finaliser_cannot_raise(monkeypatch):
+    """quiet_exit_in_finalizers: Ray's worker loop turns SIGTERM into SystemExit; raised inside a finaliser it is
+    'unraisable' and goes to sys.unraisablehook (the default prints "Exception ignored in ..."). The hook drops
+    SystemExit and hands every other unraisable exception to the hook before it."""
+    import gc
+    import inspect
+    import sys
+
+    from ray._private.worker import Worker
+
+    source = inspect.getsource(Worker.main_loop)
+    assert "set_sigterm_handler" in source and "raise_sys_exit_with_custom_error_message" in source
+    passed_on = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: passed_on.append(unraisable.exc_type))
+
+    class RaisesInDel:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    compat.quiet_exit_in_finalizers()
+    compat.quiet_exit_in_finalizers()  # idempotent: not wrapped twice
+    RaisesInDel(SystemExit(1))
+    gc.collect()
+    assert passed_on == []
+    RaisesInDel(ValueError("a real bug"))
+    gc.collect()
+    assert passed_on == [ValueError]
+
 # ----- Optuna ----------------------------------------------------------------------------------------------------
 def test_a_step_reported_twice_warns_with_the_text_report_once_silences():
     trial = optuna.create_study(direction="maximize").ask()

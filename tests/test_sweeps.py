@@ -256,6 +256,15 @@ def test_failure_text_names_the_exception():
     (["--name", ".hidden"], "cannot be empty or start with '.'"),
     (["--population", "0"], "--population 0 must be >= 1"),
     (["--seeds", "0", "1", "1"], "--seeds [0, 1, 1] contain duplicates: give each seed once"),
+    # options that do nothing in the mode chosen (grid, no ladder, a local Ray)
+    (["--rung-factor", "3"], "--rung-factor sets the rungs of --until-converged and does nothing without it: add "
+                             "--until-converged (and --max-epochs), or drop --rung-factor"),
+    (["--continue", "all"], "--continue sets the rungs of --until-converged"),
+    (["--target-width", "0.01"], "--target-width steers adaptive mode's searcher and does nothing in grid mode: "
+                                 "add --adaptive, or drop --target-width"),
+    (["--budget", "10"], "--budget steers adaptive mode's searcher"),
+    (["--coarse-points", "4"], "--coarse-points steers adaptive mode's searcher"),
+    (["--address", "127.0.0.1:1", "--num-cpus", "2"], "--num-cpus sizes the local Ray and does nothing when joining"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     code = rho_sweep.main([*argv, "--storage", str(tmp_path), "--grid"])
@@ -270,6 +279,8 @@ def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, nee
     (["--adaptive", "--budget", "0"], "--budget"),
     (["--adaptive", "--coarse-points", "1"], "coarse"),
     (["--adaptive", "--rho-step", "0.01"], "--rho-spacing"),
+    (["--adaptive", "--until-converged", "--max-epochs", "60", "--target-width", "0.01"],
+     "--target-width steers adaptive mode's searcher, which --until-converged does not use"),
 ])
 def test_bad_adaptive_options_fail_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
     assert rho_sweep.main([*argv, "--storage", str(tmp_path)]) == 2
