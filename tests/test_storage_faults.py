@@ -8,6 +8,7 @@ fault outlasts the experiment, with one line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -80,7 +81,7 @@ def outage_then_recovery(root: str, error: Callable[[], BaseException], monkeypa
     assert window.injected >= 5
     assert file_bytes(root, "a") == before and file_bytes(root, "b") is None  # nothing written is touched
     if "://" not in root:
-        assert not list((sweeps.results.Path(staging_dir(root))).glob("*.tmp"))  # partial temp files removed
+        assert not list(Path(staging_dir(root)).glob("*.tmp"))  # partial temp files removed
 
     window.close()  # the storage is back
     sink.on_step_end(4, trials)
