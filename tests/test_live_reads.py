@@ -228,3 +228,32 @@ def test_watch_waits_through_a_table_not_yet_analysable(tmp_path):
     assert watch(locate(tmp_path), None, analyse, interval_s=0.5, say=said.append, sleep=sleep) == 0
     assert len(said) == 2 and "not analysed yet: no result files" in said[0] and said[1] == "stopped watching"
     assert sleeps == [0.5, 0.5, 0.5]
+
+
+# ----- the snapshot read itself -------------------------------------------------------------------------------
+def test_a_file_replaced_during_its_read_is_read_again(tmp_path):
+    """On S3 the size comes from one request and the bytes from another: an object replaced in between comes back
+    as the start of the newer, larger version (no footer at its end). read_snapshot reads such a buffer again."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from analysis.io import read_snapshot, result_files
+    from analysis.storage import locate
+    from testing.synthetic import make_synthetic_results
+
+    make_synthetic_results(tmp_path, latent_sizes=(10,), n_seeds=1, n_evals=1, rhos=(0.9,))
+    loc = locate(tmp_path)
+    files = result_files(loc, loc.find_sweeps())
+    whole = (tmp_path / files[0].split(str(tmp_path) + "/", 1)[1]).read_bytes()
+    opened: list[str] = []
+
+    class ReplacedOnceFS:
+        def open_input_file(self, path: str):
+            opened.append(path)
+            if len(opened) == 1:  # the first read meets a replacement: the newer version's first bytes only
+                return pa.BufferReader(whole + b"more rows of the next version")
+            return loc.filesystem.open_input_file(path)
+
+    snapshot = read_snapshot(dataclasses.replace(loc, filesystem=ReplacedOnceFS()), files)
+    assert [f.data for f in snapshot] == [whole] and len(opened) == 2
