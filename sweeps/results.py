@@ -254,8 +254,13 @@ class ParquetSink(Callback):
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
             return
         tid = _file_id(trial)
-        if result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
-                time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
+        since_write = time.monotonic() - self._written.get(tid, -math.inf)
+        if self._failing:  # the table cannot be written: try again only at the retry cadence, not per report
+            write_now = since_write >= self.retry_every_s
+        else:
+            write_now = result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
+                since_write >= self.flush_every_s
+        if write_now:
             self.add_result(tid, result)
         else:
             self._stage(tid, result)
