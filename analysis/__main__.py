@@ -2,7 +2,8 @@
 
 Prints the rho_c table (with whether it has converged with the training budget), the across-latent-size and
 across-dataset verdicts, writes the report folder. Bad input ends with one line ``error: ...`` on stderr and exit
-code 2, never a traceback, and no report is left behind.
+code 2, never a traceback, and no report is left behind. ``--watch`` analyses again whenever the table changes
+(analysis/watch.py), for a sweep that is still running.
 """
 
 from __future__ import annotations
@@ -60,21 +61,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the latest evaluation of trials that have not finished (default: finished trials only)")
     p.add_argument("--drop-nan", action="store_true",
                    help="leave out trials whose final metrics are NaN/inf (default: stop with an error)")
+    p.add_argument("--watch", action="store_true",
+                   help="keep watching a running sweep: analyse again and rewrite the report whenever result files "
+                        "change, until Ctrl-C (the table does not say when a sweep has ended); only reads the table")
+    p.add_argument("--watch-interval", type=float, default=5.0, metavar="S",
+                   help="with --watch: seconds between looks at the table (default 5)")
+    p.add_argument("--watch-refreshes", type=int, default=None, metavar="N",
+                   help="with --watch: stop after N analyses (default: until Ctrl-C)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.watch_refreshes is not None or args.watch_interval != 5.0) and not args.watch:
+        parser.error("--watch-interval and --watch-refreshes need --watch")
+    if args.watch_interval <= 0 or (args.watch_refreshes is not None and args.watch_refreshes < 1):
+        parser.error("--watch-interval must be > 0 seconds and --watch-refreshes at least 1")
     # deferred: Polars and matplotlib load only once the arguments parse (``--help`` and bad options stay instant)
     from analysis.io import AnalysisError
-    from analysis.report import analyze
+    from analysis.report import analyze, check_options
+    from analysis.storage import locate
+    from analysis.watch import watch
+
+    def analyse():
+        return analyze(args.results, args.out, sweeps=args.sweep, level=args.level, n_boot=args.n_boot,
+                       compare_boot=args.compare_boot, seed=args.seed, benchmark=args.benchmark,
+                       plots_on=not args.no_plots, include_unfinished=args.include_unfinished,
+                       drop_nan=args.drop_nan, delta=args.delta, max_budgets=args.max_budgets,
+                       budget_steps=args.budget_steps)
 
     try:
-        rep = analyze(args.results, args.out, sweeps=args.sweep, level=args.level, n_boot=args.n_boot,
-                      compare_boot=args.compare_boot, seed=args.seed, benchmark=args.benchmark,
-                      plots_on=not args.no_plots, include_unfinished=args.include_unfinished,
-                      drop_nan=args.drop_nan, delta=args.delta, max_budgets=args.max_budgets,
-                      budget_steps=args.budget_steps)
+        loc = locate(args.results)
+        if args.watch:  # bad options fail now, not as a "not analysed yet" line repeated while watching
+            check_options(args.level, args.n_boot, args.compare_boot, args.delta, args.max_budgets)
+            return watch(loc, args.sweep, analyse, interval_s=args.watch_interval, refreshes=args.watch_refreshes,
+                         say=lambda line: print(line, flush=True))
+        rep = analyse()
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

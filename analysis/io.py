@@ -3,8 +3,17 @@
 Why a separate module: every later step (fits, tables, plots) trusts what it gets from here, so all checks of
 the input live in one place and fail early with one clear message (`AnalysisError`) that names the problem and
 the fix, before anything is written. Where the files are is ``analysis/storage.py``'s business; this module
-lists them there and reads them lazily (``pl.scan_parquet`` over the file list, hive partitions) so a million
-rows cost only the columns each query touches.
+lists them there, reads them and scans them lazily (``pl.scan_parquet``) so queries decode only the columns
+they touch.
+
+Why every file is read whole, in one read, before anything parses it (``read_snapshot``): a sweep that is still
+running replaces its files while the analysis reads them (atomically: a rename locally, one PUT on S3). A reader
+that opens a file twice -- once for the footer, once for the pages, as a lazy scan does -- can pair one version's
+footer with the next version's pages and fail on a healthy table. Bytes read in one go are one version of the file
+(an open local file keeps its inode through a rename; one S3 GET returns one object version), so every file parses
+from a buffer that is whole, and a run's rows, which all live in one file, are never half old, half new. A buffer
+that is not a whole Parquet file (an S3 object replaced between the size lookup and the GET) is read again. The
+guarantees and their tests: docs/operations.md, "Reading a table while it is written".
 """
 
 from __future__ import annotations
@@ -13,16 +22,21 @@ import os
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.errors import AnalysisError
 from analysis.schema import COLUMNS, READABLE_VERSIONS, RENAMED, REQUIRED_FOR_ANALYSIS, SCHEMA, SCHEMA_VERSION
-from analysis.storage import ResultsLocation, locate
+from analysis.storage import SWEEP_PREFIX, ResultsLocation, locate
 
-__all__ = ["AnalysisError", "FILE_COL", "NUMERIC_METRICS", "Results", "collect", "load_results", "result_files",
-           "scan_results"]
+__all__ = ["AnalysisError", "FILE_COL", "NUMERIC_METRICS", "ResultFile", "Results", "collect", "load_results",
+           "read_snapshot", "result_files", "scan_results"]
 
 FILE_COL = "__file"  # path of the Parquet file each row came from, for messages that name the bad file
+# Reads of one file before a buffer that is no whole Parquet file counts as a broken file, not as a file replaced
+# while it was read (a replacement is over in one upload; the next read sees a whole version).
+READS_PER_FILE = 4
+PARQUET_MAGIC = b"PAR1"
 # Final-row metrics that must be real numbers for the tables and fits to mean anything.
 NUMERIC_METRICS = ("top_kl", "elbo", "iw_bound", "kl_total", "recon")
 
@@ -70,22 +84,90 @@ def result_files(loc: ResultsLocation, sweeps: list[str]) -> list[str]:
     return [loc.uri(i.path) for i in infos]
 
 
-def scan_results(files: list[str], storage_options: dict[str, str] | None = None) -> pl.LazyFrame:
-    """A lazy frame over every result row, with the full current schema and a ``__file`` column.
+@dataclass(frozen=True)
+class ResultFile:
+    """One result file as this analysis read it: its path (as ``result_files`` gives it), its sweep, and its bytes --
+    one whole version of the file."""
+
+    path: str
+    sweep: str
+    data: bytes
+
+
+def read_snapshot(loc: ResultsLocation, files: list[str]) -> list[ResultFile]:
+    """Every file of ``files`` read whole, each in one read (the module docstring says why), in the same order.
+
+    A file that disappeared since the listing was moved out of the table (``supersede``, after a crash) and is left
+    out, as it would be from a listing taken a moment later. Raises AnalysisError when none is left.
+    """
+    snapshot = []
+    for uri in files:
+        data = _read_whole(loc, uri)
+        if data is not None:
+            snapshot.append(ResultFile(path=uri, sweep=_sweep_of(uri), data=data))
+    if files and not snapshot:
+        raise AnalysisError(f"every result file in {loc.given} was moved away while it was read (a sweep resumed "
+                            f"after a crash supersedes files): run the analysis again")
+    return snapshot
+
+
+def _read_whole(loc: ResultsLocation, uri: str) -> bytes | None:
+    """The file's bytes from one read; None if it no longer exists. Read again while the buffer is not a whole
+    Parquet file (replaced during the read); after READS_PER_FILE reads the file is broken and its bytes go to the
+    scan, whose error names it."""
+    data = b""
+    for _ in range(READS_PER_FILE):
+        try:
+            with loc.filesystem.open_input_file(uri.removeprefix("s3://")) as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AnalysisError(f"cannot read {loc.short(uri)} in {loc.given} ({_first_line(exc)}): check the "
+                                f"storage is reachable and run the analysis again") from None
+        if _is_whole_parquet(data):
+            return data
+    return data
+
+
+def _is_whole_parquet(data: bytes) -> bool:
+    """The buffer starts and ends with Parquet's magic and its footer parses: one whole version of a file."""
+    if len(data) < 12 or data[:4] != PARQUET_MAGIC or data[-4:] != PARQUET_MAGIC:
+        return False
+    try:
+        pq.read_metadata(pa.BufferReader(data))
+    except (pa.ArrowException, OSError):
+        return False
+    return True
+
+
+def _sweep_of(uri: str) -> str:
+    """The sweep of a result file, from its partition folder (``.../sweep_id=<id>/<trial>.parquet``)."""
+    folder = uri.rsplit("/", 2)[-2]
+    return folder[len(SWEEP_PREFIX):] if folder.startswith(SWEEP_PREFIX) else ""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def scan_results(snapshot: list[ResultFile]) -> pl.LazyFrame:
+    """A lazy frame over every result row of ``snapshot``, with the full current schema and a ``__file`` column.
 
     Columns absent from a file come back as nulls (validation then names them); narrower integer/float types are
-    upcast. Nothing is read until a query is collected.
+    upcast; ``sweep_id`` is the file's partition folder (as a hive-partitioned scan reads it). Nothing is decoded
+    until a query is collected.
     """
-    return upgrade_rows(pl.scan_parquet(
-        files,
-        hive_partitioning=True,
-        schema=_polars_schema(),
+    schema = _polars_schema()
+    frames = [pl.scan_parquet(
+        f.data,
+        schema=schema,
         missing_columns="insert",
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
-        include_file_paths=FILE_COL,
-        storage_options=storage_options,
-    ))
+    ).with_columns(pl.lit(f.sweep).alias("sweep_id"), pl.lit(f.path).alias(FILE_COL)) for f in snapshot]
+    return upgrade_rows(pl.concat(frames, how="vertical"))
 
 
 def upgrade_rows(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -119,21 +201,26 @@ class Results:
 
     location: ResultsLocation
     sweeps: list[str]
-    files: list[str]
+    snapshot: list[ResultFile]  # every file's bytes, as read once for this analysis
     lf: pl.LazyFrame
     n_rows: int
     n_files: int
 
+    @property
+    def files(self) -> list[str]:
+        return [f.path for f in self.snapshot]
 
-def _type_mismatch_files(loc: ResultsLocation, files: list[str]) -> str:
+
+def _type_mismatch_files(loc: ResultsLocation, snapshot: list[ResultFile]) -> str:
     """Slow path after a read error: read file footers to name the files that are unreadable or whose column types
     differ from the schema, with the fix for that case."""
     expected = {name: typ for name, typ, _ in COLUMNS}
     bad: list[str] = []
     detail = ""
-    for f in files:
+    for file in snapshot:
+        f = file.path
         try:
-            schema = pq.read_schema(f.removeprefix("s3://"), filesystem=loc.filesystem)
+            schema = pq.read_schema(pa.BufferReader(file.data))
         except Exception as exc:  # unreadable footer: corrupt or not Parquet
             bad.append(f)
             detail = detail or f"cannot be read as Parquet ({exc.__class__.__name__})"
@@ -162,8 +249,8 @@ def load_results(target: str | os.PathLike[str] | ResultsLocation,
     """
     loc = target if isinstance(target, ResultsLocation) else locate(target)
     chosen = _chosen_sweeps(loc, sweeps)
-    files = result_files(loc, chosen)
-    lf = scan_results(files, loc.storage_options)
+    snapshot = read_snapshot(loc, result_files(loc, chosen))
+    lf = scan_results(snapshot)
     version_bad = pl.col("schema_version").is_null() | ~pl.col("schema_version").is_in(READABLE_VERSIONS)
     try:
         summary = lf.select(
@@ -173,7 +260,7 @@ def load_results(target: str | os.PathLike[str] | ResultsLocation,
             *[pl.col(c).null_count().alias(f"null:{c}") for c in REQUIRED_FOR_ANALYSIS],
         ).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise AnalysisError(_read_error(loc, files, exc)) from None
+        raise AnalysisError(_read_error(loc, snapshot, exc)) from None
     row = summary.row(0, named=True)
     if row["n_rows"] == 0:
         raise AnalysisError(f"the result files in {loc.given} hold no rows: wait until a trial has reported an "
@@ -195,7 +282,7 @@ def load_results(target: str | os.PathLike[str] | ResultsLocation,
         raise AnalysisError(f"column {col!r} is missing or empty in {len(bad)} result file(s) "
                             f"(e.g. {_examples(loc, bad)}){also}: the analysis needs it; these files come "
                             f"from an older or different writer, re-run those trials or move the files out of the folder")
-    return Results(location=loc, sweeps=chosen, files=files, lf=lf, n_rows=int(row["n_rows"]),
+    return Results(location=loc, sweeps=chosen, snapshot=snapshot, lf=lf, n_rows=int(row["n_rows"]),
                    n_files=int(row["n_files"]))
 
 
@@ -208,11 +295,11 @@ def collect(results: Results, *queries: pl.LazyFrame) -> list[pl.DataFrame]:
     try:
         return pl.collect_all(list(queries))
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise AnalysisError(_read_error(results.location, results.files, exc)) from None
+        raise AnalysisError(_read_error(results.location, results.snapshot, exc)) from None
 
 
-def _read_error(loc: ResultsLocation, files: list[str], exc: Exception) -> str:
-    named = _type_mismatch_files(loc, files)
+def _read_error(loc: ResultsLocation, snapshot: list[ResultFile], exc: Exception) -> str:
+    named = _type_mismatch_files(loc, snapshot)
     if named:
         return f"results in {loc.given} do not match results schema v{SCHEMA_VERSION}: {named}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

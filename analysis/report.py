@@ -76,7 +76,8 @@ def _publish(stage: Path, out_dir: Path) -> None:
     os.replace(stage / REPORT_NAME, out_dir / REPORT_NAME)
 
 
-def _check_options(level: float, n_boot: int, compare_boot: int, margin: float, max_budgets: int) -> None:
+def check_options(level: float, n_boot: int, compare_boot: int, margin: float, max_budgets: int) -> None:
+    """The analysis options, checked before anything is read (and before --watch starts waiting)."""
     if not 0.5 <= level < 1.0:
         raise AnalysisError(f"--level {level} is not a confidence level: give a value in [0.5, 1), e.g. 0.95")
     if n_boot < 50:
@@ -106,7 +107,7 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
     rung steps of a ladder (``sweeps/ladder.py``), the budgets at which configurations whose runs ended at
     different steps are fitted (analysis/budget.py).
     """
-    _check_options(level, n_boot, compare_boot, delta, max_budgets)
+    check_options(level, n_boot, compare_boot, delta, max_budgets)
     loc = locate(results)
     out_given = out_dir
     if write and out_given is not None and Path(out_given).exists() and not Path(out_given).is_dir():

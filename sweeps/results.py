@@ -38,6 +38,14 @@ of the experiment always flush. Rows cached when the driver dies are not lost:
 a trial that runs again re-sends its history from its checkpoint and recomputes the evaluations after it
 (sweeps/trainable.py), and the sink upserts them.
 
+Why a failed write holds the rows and the sweep goes on (``flush``): a full disk, an S3 error the client's own
+retries did not get past, or storage that is gone for a while must not end a sweep whose workers are training
+fine. A trial's rows stay in the sink's cache, one line says the table cannot be written and that the rows are
+held, each step retries the held files at the flush cadence, and the first write that succeeds again writes every
+held row (one more line). Nothing already in the table is touched by a failed write (the new version is staged
+and renamed, or uploaded as one object). Rows still held when the experiment ends are retried for
+``outage_wait_s``; then one line says which trials' rows could not be written (``ResultsNotWritten``).
+
 The callback's ``get_state`` / ``set_state`` carry the sweep id and the results root through Tune's snapshot, so a
 resumed sweep refuses to write into a different table.
 """
@@ -63,6 +71,11 @@ from sweeps.storage import absolute, is_remote, join, resolve
 
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)
+
+
+class ResultsNotWritten(RuntimeError):
+    """The results table stayed unwritable until the end of the experiment: some rows exist only in the driver's
+    memory. One line: what failed, which trials, what to do."""
 
 
 def partition_dir(root: str, sweep_id: str) -> str:
@@ -135,9 +148,14 @@ def write_trial_file(root: str, sweep_id: str, trial_id: str, rows: Iterable[Map
         finally:
             tmp.unlink(missing_ok=True)
     else:
+        # The file is made in memory first and then uploaded as one object (an object appears once its upload is
+        # complete: never half). Not written straight into the stream: a write that fails part-way would still
+        # close the stream on the way out, which completes the upload and replaces the file with a partial one.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as out:  # an object appears once its upload is complete: never half
-            pq.write_table(table, out)
+        with fs.open_output_stream(path) as out:
+            out.write(buffer.getvalue())
     return target
 
 
@@ -184,7 +202,8 @@ class ParquetSink(Callback):
     STATE_VERSION = 1
 
     def __init__(self, root: str, sweep_id: str, *, verbose: bool = True, keep_finished_unknown: bool = False,
-                 flush_every_s: float = 30.0, coalesce_rows: int = 2000, earlier: frozenset[str] = frozenset()):
+                 flush_every_s: float = 30.0, coalesce_rows: int = 2000, earlier: frozenset[str] = frozenset(),
+                 retry_every_s: float = 5.0, outage_wait_s: float = 600.0):
         if not sweep_id or "/" in sweep_id or "=" in sweep_id:
             raise ValueError(f"sweep id {sweep_id!r} must be a non-empty name without '/' or '='")
         self.root = absolute(root)
@@ -200,13 +219,17 @@ class ParquetSink(Callback):
         self.flush_every_s, self.coalesce_rows = flush_every_s, coalesce_rows
         self._written: dict[str, float] = {}  # results file -> when this sink last wrote it (monotonic clock)
         self._dirty: set[str] = set()  # results files with cached rows not yet written
+        # While the table cannot be written: held files are retried every retry_every_s (not flush_every_s: the
+        # outage may be short), and for outage_wait_s at the end of the experiment.
+        self.retry_every_s, self.outage_wait_s = retry_every_s, outage_wait_s
+        self._failing: dict[str, str] = {}  # results file -> why its last write failed
         self._reconciled = False
         self.superseded: list[str] = []
 
     # Tune pickles the callback into tuner.pkl; the row cache is rebuilt from the files, never pickled.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_rows"], state["_written"], state["_dirty"] = {}, {}, set()
+        state["_rows"], state["_written"], state["_dirty"], state["_failing"] = {}, {}, set(), {}
         state["_reconciled"] = False
         return state
 
@@ -227,8 +250,13 @@ class ParquetSink(Callback):
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
             return
         tid = _file_id(trial)
-        if result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
-                time.monotonic() - self._written.get(tid, -math.inf) >= self.flush_every_s:
+        since_write = time.monotonic() - self._written.get(tid, -math.inf)
+        if self._failing:  # the table cannot be written: try again only at the retry cadence, not per report
+            write_now = since_write >= self.retry_every_s
+        else:
+            write_now = result.get("is_final") or len(self._rows.get(tid) or ()) < self.coalesce_rows or \
+                since_write >= self.flush_every_s
+        if write_now:
             self.add_result(tid, result)
         else:
             self._stage(tid, result)
@@ -236,7 +264,8 @@ class ParquetSink(Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         now = time.monotonic()
-        for tid in [t for t in self._dirty if now - self._written.get(t, -math.inf) >= self.flush_every_s]:
+        for tid in [t for t in self._dirty if now - self._written.get(t, -math.inf) >=
+                    (self.retry_every_s if t in self._failing else self.flush_every_s)]:
             self.flush(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -246,12 +275,31 @@ class ParquetSink(Callback):
         self._finish(_file_id(trial))
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        self.flush_all()
+
+    def flush_all(self, sleep=time.sleep) -> None:
+        """Write every held file; while the table cannot be written, retry for ``outage_wait_s``, then raise
+        ResultsNotWritten."""
+        deadline = time.monotonic() + self.outage_wait_s
         for tid in list(self._dirty):
             self.flush(tid)
+        while self._dirty and time.monotonic() < deadline:
+            sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
+            for tid in list(self._dirty):
+                self.flush(tid)
+        if self._dirty:
+            held = sorted(self._dirty)
+            n_rows = sum(len(self._rows.get(t) or ()) for t in held)
+            raise ResultsNotWritten(
+                f"the results table {self.root} could not be written for {self.outage_wait_s:.0f} s "
+                f"({self._failing[held[0]]}): {n_rows} row(s) of trial(s) {', '.join(held)} exist only in this "
+                f"driver's memory; the table holds every row written before")
 
     def _finish(self, trial_id: str) -> None:
         if trial_id in self._dirty:
             self.flush(trial_id)
+        if trial_id in self._dirty:  # not written (storage failing): keep the rows, retried at the next steps
+            return
         self._rows.pop(trial_id, None)  # ended: free the cache (the file stays the truth)
         self._written.pop(trial_id, None)
 
@@ -288,13 +336,26 @@ class ParquetSink(Callback):
         return self.flush(trial_id)
 
     def flush(self, trial_id: str) -> str | None:
-        """Write the trial's file with every row cached for it (None if it has none)."""
+        """Write the trial's file with every row cached for it (None if it has none, or if the write failed: the
+        rows are then held and retried, see the module docstring)."""
         self._dirty.discard(trial_id)
         rows = self._rows.get(trial_id)
         if not rows:
             return None
         self._written[trial_id] = time.monotonic()
-        return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+        try:
+            path = write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+        except OSError as exc:
+            self._dirty.add(trial_id)
+            if not self._failing:
+                print(f"[results] cannot write the results table {self.root} ({_reason(exc)}); holding the rows in "
+                      f"memory and retrying every {self.retry_every_s:g} s, the sweep goes on", flush=True)
+            self._failing[trial_id] = _reason(exc)
+            return None
+        if self._failing.pop(trial_id, None) is not None and not self._failing:
+            print(f"[results] the results table {self.root} is writable again; the held rows are written",
+                  flush=True)
+        return path
 
     def _stage(self, trial_id: str, result: Mapping[str, Any]) -> None:
         rows = self._rows.get(trial_id)
@@ -303,6 +364,12 @@ class ParquetSink(Callback):
             self._rows[trial_id] = rows
         for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
             rows[_key(row)] = row
+
+
+def _reason(exc: OSError) -> str:
+    """One line for a failed write: the OS error's text (ENOSPC: 'No space left on device') or the S3 error's."""
+    text = (exc.strerror if exc.strerror else str(exc)).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def _file_id(trial: Any) -> str:
