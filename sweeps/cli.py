@@ -18,7 +18,8 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ouvae.config import ConfigError, PRESETS, parse_assignment
 from sweeps.compat import DRIVER_ENV, quiet_driver_logs, stop_signal, stop_signals
-from sweeps.errors import BAD_INPUT, EXIT_BAD_INPUT, EXIT_INTERRUPTED, SweepError
+from sweeps.errors import (BAD_INPUT, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RESULTS_NOT_WRITTEN, ResultsNotWritten,
+                           SweepError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ def main(run: Callable[[CommandLine], int], parser: argparse.ArgumentParser, arg
             code = run(cmd)
         except (*BAD_INPUT, *extra_errors) as e:
             return error_exit(str(e))
+        except ResultsNotWritten as e:  # the storage stayed down past the experiment's end
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_RESULTS_NOT_WRITTEN
         except KeyboardInterrupt:
             print("\ninterrupted: resume with --resume --name <name> (printed above)", file=sys.stderr)
             return 128 + stop_signal() if stop_signal() else EXIT_INTERRUPTED

@@ -13,6 +13,7 @@ from ouvae.config import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_RESULTS_NOT_WRITTEN = 1
 
 
 class SweepError(RuntimeError):
@@ -27,6 +28,12 @@ class SpaceError(ValueError):
 class StorageUnreachable(RuntimeError):
     """A node of the cluster does not see the sweep's storage (a local path on a multi-node cluster): every trial
     on that node would fail alike, so it is not retried (sweeps/trainable.py: NOT_RETRIED)."""
+
+
+class ResultsNotWritten(RuntimeError):
+    """The results table stayed unwritable until the end of the experiment (sweeps/results.py: the sink holds the
+    rows it could not write and retries): some rows exist only in the driver's memory. The message says what
+    failed and which trials; sweeps/cli.py's ``main`` prints it as one line, exit code 1."""
 
 
 # What sweeps/cli.py's ``main`` turns into one line on stderr and exit code 2: raised before Ray starts.

@@ -67,15 +67,11 @@ from ray.tune import Callback
 from analysis.schema import SCHEMA, SCHEMA_VERSION, conform
 from ouvae.atomic import write_atomically
 from sweeps.protocol import not_retried_reason, results_file_id
+from sweeps.errors import ResultsNotWritten
 from sweeps.storage import absolute, is_remote, join, resolve
 
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)
-
-
-class ResultsNotWritten(RuntimeError):
-    """The results table stayed unwritable until the end of the experiment: some rows exist only in the driver's
-    memory. One line: what failed, which trials, what to do."""
 
 
 def partition_dir(root: str, sweep_id: str) -> str:

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import sweeps.results
-from sweeps.results import ParquetSink, ResultsNotWritten, staging_dir
+from sweeps.errors import ResultsNotWritten
+from sweeps.results import ParquetSink, staging_dir
 from sweeps.storage import resolve
 from sweeps.testing.faults import FaultWindow, connection_dropped, disk_full, s3_error
 
@@ -119,3 +120,18 @@ def test_a_fault_outlasting_the_experiment_is_one_line_and_loses_nothing_written
     message = str(err.value)
     assert "\n" not in message and "No space left on device" in message and "trial(s) a" in message
     assert file_bytes(root, "a") == before
+
+
+def test_a_sweep_script_ends_on_results_not_written_with_one_line_and_exit_1(capsys):
+    """What the sink raises when the storage outlasts the experiment reaches the user as one line, no traceback."""
+    import argparse
+
+    from sweeps import cli
+
+    def run(cmd):
+        raise ResultsNotWritten("the results table /x could not be written for 600 s (disk full): 3 row(s) of "
+                                "trial(s) t1 exist only in this driver's memory; the table holds every row written before")
+
+    assert cli.main(run, argparse.ArgumentParser(), []) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the results table /x could not be written"), err
