@@ -5,6 +5,12 @@ Markers (pyproject.toml): a test that starts Ray -- through ``ray_session`` or b
 (``sweeps_run``, tests/test_s3.py) -- is marked ``ray`` here, from the fixtures it uses, so no test can forget it;
 ``multinode`` tests (a loopback cluster started with ``ray start``) are ``ray`` too. A test not marked ``ray`` that
 calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray``, ``multinode`` and ``slow``.
+
+Order: the ``ray`` tests run after all the others (stable within each group). A test process that has started
+Ray holds its driver's native threads (core worker, GCS client) for the rest of the session; running the other
+tests first keeps them out of that process, and a native crash there (issue 25: a segfault in numpy's loadtxt
+late in the suite) can no longer be set up by Ray's state. ``make test`` runs the suite in an xdist worker
+(``-n 1``), so a native crash fails the one test it happened in and a fresh worker runs the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("multinode"):
             item.add_marker(pytest.mark.ray)
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def ray_tests_last(items):
+    """Ray's tests after all the others (see Order above); last among the hooks, so that pytest's own reordering
+    by fixture scope cannot mix them back in. The sort is stable: each group keeps pytest's order."""
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
 
 
 @pytest.fixture(autouse=True)
