@@ -24,17 +24,16 @@ import pytest
 RAY_FIXTURES = {"ray_session", "sweeps_run"}
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
+    """Marks first (so that ``-m ray`` selects on them), then pytest's own hooks (``-m`` deselection, reordering by
+    fixture scope), then Ray's tests moved after all the others (see Order above; the sort is stable)."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("multinode"):
             item.add_marker(pytest.mark.ray)
-
-
-@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
-def ray_tests_last(items):
-    """Ray's tests after all the others (see Order above); last among the hooks, so that pytest's own reordering
-    by fixture scope cannot mix them back in. The sort is stable: each group keeps pytest's order."""
+    result = yield
     items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
+    return result
 
 
 @pytest.fixture(autouse=True)
