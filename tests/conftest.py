@@ -7,9 +7,9 @@ Markers (pyproject.toml): a test that starts Ray -- through ``ray_session`` or b
 calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray``, ``multinode`` and ``slow``.
 
 Order: the ``ray`` tests run after all the others (stable within each group). A test process that has started
-Ray holds its driver's native threads (core worker, GCS client) for the rest of the session; running the other
-tests first keeps them out of that process, and a native crash there (issue 25: a segfault in numpy's loadtxt
-late in the suite) can no longer be set up by Ray's state. ``make test`` runs the suite in an xdist worker
+Ray holds its driver's native threads (core worker, gRPC) for the rest of the session; running the other tests
+first means they never share a process with them (issue 25: a segfault in numpy's loadtxt, late in a suite that
+had held Ray since its first file; the cause was not found). ``make test`` runs the suite in an xdist worker
 (``-n 1``), so a native crash fails the one test it happened in and a fresh worker runs the rest.
 """
 
