@@ -5,6 +5,12 @@ Markers (pyproject.toml): a test that starts Ray -- through ``ray_session`` or b
 (``sweeps_run``, tests/test_s3.py) -- is marked ``ray`` here, from the fixtures it uses, so no test can forget it;
 ``multinode`` tests (a loopback cluster started with ``ray start``) are ``ray`` too. A test not marked ``ray`` that
 calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray``, ``multinode`` and ``slow``.
+
+Order: the ``ray`` tests run after all the others (stable within each group). A test process that has started
+Ray holds its driver's native threads (core worker, gRPC) for the rest of the session; running the other tests
+first means they never share a process with them (issue 25: a segfault in numpy's loadtxt, late in a suite that
+had held Ray since its first file; the cause was not found). ``make test`` runs the suite in an xdist worker
+(``-n 1``), so a native crash fails the one test it happened in and a fresh worker runs the rest.
 """
 
 from __future__ import annotations
@@ -18,10 +24,16 @@ import pytest
 RAY_FIXTURES = {"ray_session", "sweeps_run"}
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
+    """Marks first (so that ``-m ray`` selects on them), then pytest's own hooks (``-m`` deselection, reordering by
+    fixture scope), then Ray's tests moved after all the others (see Order above; the sort is stable)."""
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("multinode"):
             item.add_marker(pytest.mark.ray)
+    result = yield
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
+    return result
 
 
 @pytest.fixture(autouse=True)
