@@ -50,8 +50,9 @@ def sweeps_run():
     started: list[subprocess.Popen] = []
 
     def sweep(env: dict[str, str], storage: str, name: str, *extra: str, cwd: Path) -> subprocess.Popen:
-        argv = [sys.executable, SCRIPT, *GRID, *TINY, "--storage", storage, "--name", name, "--num-cpus", "2",
-                *extra]
+        # --num-cpus sizes the local Ray a sweep starts; one that joins a cluster (--address) refuses it
+        local = [] if "--address" in extra else ["--num-cpus", "2"]
+        argv = [sys.executable, SCRIPT, *GRID, *TINY, "--storage", storage, "--name", name, *local, *extra]
         started.append(subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True))
         return started[-1]
