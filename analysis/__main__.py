@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analysis.errors import AnalysisError  # a leaf: no Polars, so --help stays instant
+
 EPILOG = """\
 results (local folder or s3://bucket/prefix/...; S3 credentials and AWS_ENDPOINT_URL from the environment):
   <storage>                        the folder the sweep wrote (--storage), holding parquet/, ray/, reports/
@@ -79,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.watch_interval <= 0 or (args.watch_refreshes is not None and args.watch_refreshes < 1):
         parser.error("--watch-interval must be > 0 seconds and --watch-refreshes at least 1")
     # deferred: Polars and matplotlib load only once the arguments parse (``--help`` and bad options stay instant)
-    from analysis.io import AnalysisError
     from analysis.report import analyze, check_options
     from analysis.storage import locate
     from analysis.watch import watch
