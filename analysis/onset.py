@@ -68,7 +68,31 @@ FLUCTUATION_Y_MAX = 20.0  # the fluctuation curve is tabulated on |t / width| <=
 # is up to 1/18 of the gap (the exact optimum, noise-free: 0.0014 at a 0.025 spacing; the KL at T = 1e-4: 0.0011),
 # which seed resampling cannot see once the runs agree closely.
 SHAPE_FLOOR = 0.1
+# The first localisation, before the window: the boundary between the sampled rho whose median KL rises above this
+# fraction of the range of the medians and those below it. A fit over the whole swept range cannot do it: over a
+# lattice from 0.05 to 1 the KL saturates and bends far from rho_c, which no mildly curved hinge describes.
+FIRST_GUESS_FRACTION = 0.1
+RECENTRE_ROUNDS = 5  # the window is re-centred on the estimate until the runs inside it stop changing
 BOOT_CHUNK = 50  # bootstrap replicates per profile: bounds the (replicates x candidates x 3 x 3) systems' memory
+
+
+@dataclass(frozen=True)
+class OnsetSettings:
+    """Every setting that shapes the KL onset or its interval, frozen at these values before the held-out coverage
+    measurement (docs/calibration.md): the calibration's ablation turns each off on held-out runs.
+
+    curvature: fit the q h^2 term; widths: the corner roundings tried (0 = the sharp hinge); shape_floor: the
+    interval is at least +- this fraction of the sampling gap around the estimate; widen_few_seeds: widen the
+    bootstrap interval for few seeds (analysis.intervals.small_sample_factor); window: runs within this of rho_c."""
+
+    curvature: bool = True
+    widths: tuple[float, ...] = FLUCTUATION_WIDTHS
+    shape_floor: float = SHAPE_FLOOR
+    widen_few_seeds: bool = True
+    window: float = ONSET_WINDOW
+
+
+FROZEN = OnsetSettings()
 
 
 @dataclass(frozen=True)
@@ -109,33 +133,36 @@ def _hinge(t: np.ndarray | float, width: float) -> np.ndarray:
                             np.where(y < -FLUCTUATION_Y_MAX, -1.0 / far, np.interp(y, ys, gs)))
 
 
-def _profile(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray
+def _profile(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray, settings: OnsetSettings
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(best candidate index, its corner width, the coefficients (b, a, q) there) per replicate (weights: replicates
     x runs) by weighted least squares of the hinge at every candidate and corner width. Candidates with fewer than
     MIN_ACTIVE_LEVELS active-side rho, a singular fit, or a curve that is not a mildly curved hinge (slope a > 0 at
     rho_c, changed by less than a over the active side) are skipped (index -1 when none is left). Every sum over
-    runs is one matrix product (replicates x runs) @ (runs x candidates); the 3 x 3 normal equations of all
-    replicates and candidates are solved in one call per width."""
+    runs is one matrix product (replicates x runs) @ (runs x candidates); the normal equations of all replicates
+    and candidates are solved in one call per width. Without ``settings.curvature``, q = 0."""
     n = weights.shape[0]
     rows = np.arange(n)
+    terms = 3 if settings.curvature else 2
     active_levels = (grid[:, None] > np.unique(x)[None, :]).sum(1)
     best_sse, best, best_width, best_coef = np.full(n, np.inf), np.full(n, -1), np.zeros(n), np.zeros((n, 3))
-    for width in FLUCTUATION_WIDTHS:
+    for width in settings.widths:
         h = _hinge(grid[:, None] - x[None, :], width)
-        basis = (np.ones_like(h), h, h * h)
-        moments = np.empty((n, grid.size, 3, 3))
-        for i in range(3):
-            for j in range(i, 3):
+        basis = (np.ones_like(h), h, h * h)[:terms]
+        moments = np.empty((n, grid.size, terms, terms))
+        for i in range(terms):
+            for j in range(i, terms):
                 moments[..., i, j] = moments[..., j, i] = weights @ (basis[i] * basis[j]).T
-        rhs = np.stack([weights @ (f * y).T for f in basis], axis=-1)  # (B, G, 3)
+        rhs = np.stack([weights @ (f * y).T for f in basis], axis=-1)  # (B, G, terms)
         scale = np.sqrt(np.einsum("...ii->...i", moments))  # solve the equilibrated system: h^2 is ~1e-4 of 1
         scale = np.where(scale > 0, scale, 1.0)
         normed = moments / (scale[..., :, None] * scale[..., None, :])
         ok = np.abs(np.linalg.det(normed)) > 1e-10
-        normed[~ok] = np.eye(3)
-        coef = np.linalg.solve(normed, (rhs / scale)[..., None])[..., 0] / scale  # (B, G, 3)
+        normed[~ok] = np.eye(terms)
+        coef = np.linalg.solve(normed, (rhs / scale)[..., None])[..., 0] / scale  # (B, G, terms)
         sse = (weights @ (y * y))[:, None] - np.einsum("bgp,bgp->bg", coef, rhs)
+        if terms == 2:
+            coef = np.concatenate([coef, np.zeros_like(coef[..., :1])], axis=-1)
         _, a, q = np.moveaxis(coef, -1, 0)
         h_max = _hinge(grid - x.min(), width)  # the active side's far end in the window, per candidate
         mild = np.abs(2.0 * q * h_max[None, :]) < a  # the slope stays within (0, 2a) over the active side
@@ -148,9 +175,27 @@ def _profile(x: np.ndarray, y: np.ndarray, weights: np.ndarray, grid: np.ndarray
     return best, best_width, best_coef
 
 
+def _first_guess(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Where the KL leaves zero, model-free (units active at low x): midway between the highest sampled x whose
+    median KL is above FIRST_GUESS_FRACTION of the medians' range and the next sampled x. None when the KL does not
+    fall from low to high x."""
+    levels = np.unique(x)
+    medians = np.array([np.median(y[x == v]) for v in levels])
+    span = medians.max() - medians.min()
+    above = np.flatnonzero(medians > medians.min() + FIRST_GUESS_FRACTION * span)
+    if span <= 0 or above.size == 0 or above[-1] == levels.size - 1:
+        return None
+    j = int(above[-1])
+    return float(0.5 * (levels[j] + levels[j + 1]))
+
+
 def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BELOW, level: float = 0.95,
-                 n_boot: int = 500, rng: Any = None, window: float = ONSET_WINDOW) -> OnsetFit:
-    """The KL onset of one configuration's runs (one entry per run: its rho, seed and final top-layer KL)."""
+                 n_boot: int = 500, rng: Any = None, settings: OnsetSettings = FROZEN) -> OnsetFit:
+    """The KL onset of one configuration's runs (one entry per run: its rho, seed and final top-layer KL).
+
+    The onset is first placed model-free (``_first_guess``), then fitted on the runs within ``settings.window`` of
+    it, the window re-centred on the estimate until the runs inside stop changing: so a sweep over the whole
+    range of rho (the KL saturating far from rho_c) is fitted where the hinge holds, as a sweep around rho_c is."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
     r = np.asarray(rho, dtype=np.float64)
@@ -162,23 +207,30 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     sign = -1.0 if direction == ACTIVE_ABOVE else 1.0
     x = sign * r  # units active below rho_c in x
+    window = settings.window
     none = dict(rho_c=None, ci_low=None, ci_high=None, interval_undetermined=Undetermined.NO_FIT, slope=None,
                 direction=direction)
     if np.unique(x).size < MIN_ACTIVE_LEVELS + 1:
         return OnsetFit(**none, n_runs=int(r.size), message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values")
-    grid = np.linspace(x.min(), x.max(), ONSET_GRID)
-    best, _, _ = _profile(x, y, np.ones((1, x.size)), grid)
-    if best[0] < 0:
-        return OnsetFit(**none, n_runs=int(r.size), message="no KL onset located: the KL does not rise on either "
-                                                            "side of any rho in the range")
-    first = grid[best[0]]
-    inside = np.abs(x - first) <= window
-    xw, yw, sw = x[inside], y[inside], seed_idx[inside]
-    if np.unique(xw).size < MIN_ACTIVE_LEVELS + 1:
-        return OnsetFit(**none, n_runs=int(inside.sum()),
-                        message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values within {window:g} of the onset")
-    grid = np.linspace(xw.min(), xw.max(), ONSET_GRID)
-    best, width, coef = _profile(xw, yw, np.ones((1, xw.size)), grid)
+    centre = _first_guess(x, y)
+    if centre is None:
+        return OnsetFit(**none, n_runs=int(r.size), message="no KL onset located: the KL does not fall to its floor "
+                                                            "inside the swept range")
+    inside = np.zeros(x.size, dtype=bool)
+    for _ in range(RECENTRE_ROUNDS):
+        now = np.abs(x - centre) <= window + 1e-12
+        if np.array_equal(now, inside):
+            break
+        inside = now
+        xw, yw, sw = x[inside], y[inside], seed_idx[inside]
+        if np.unique(xw).size < MIN_ACTIVE_LEVELS + 1:
+            return OnsetFit(**none, n_runs=int(inside.sum()),
+                            message=f"fewer than {MIN_ACTIVE_LEVELS + 1} rho values within {window:g} of the onset")
+        grid = np.linspace(xw.min(), xw.max(), ONSET_GRID)
+        best, width, coef = _profile(xw, yw, np.ones((1, xw.size)), grid, settings)
+        if best[0] < 0:
+            break
+        centre = float(grid[best[0]])
     est, (_, a, q) = float(grid[best[0]]), coef[0]
     h = _hinge(est - xw.min(), float(width[0]))
     rise = a * h + q * h**2  # the fitted KL's rise over the active side
@@ -186,9 +238,9 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
         why = ("the onset lies at the edge of the window" if best[0] == grid.size - 1
                else "the KL does not rise on the active side")
         return OnsetFit(**none, n_runs=int(inside.sum()), message=f"no KL onset located: {why}")
-    interval = _interval(xw, yw, sw, grid, est, level=level, n_boot=n_boot, rng=gen)
+    interval = _interval(xw, yw, sw, grid, est, level=level, n_boot=n_boot, rng=gen, settings=settings)
     gap = gap_around(np.unique(xw), est)
-    floor = 0.0 if gap is None else SHAPE_FLOOR * (gap[1] - gap[0])
+    floor = 0.0 if gap is None else settings.shape_floor * (gap[1] - gap[0])
     floored = interval.determined and (interval.low > est - floor or interval.high < est + floor)
     if interval.determined:
         interval = Interval(min(interval.low, est - floor), max(interval.high, est + floor))
@@ -208,7 +260,7 @@ def _neg(v: float | None) -> float | None:
 
 
 def _interval(x: np.ndarray, y: np.ndarray, seed_idx: np.ndarray, grid: np.ndarray, est: float, *, level: float,
-              n_boot: int, rng: np.random.Generator) -> Interval:
+              n_boot: int, rng: np.random.Generator, settings: OnsetSettings) -> Interval:
     n_seeds = int(np.unique(seed_idx).size)
     if n_boot == 0:
         return Interval.not_determined(Undetermined.NOT_COMPUTED)
@@ -217,7 +269,8 @@ def _interval(x: np.ndarray, y: np.ndarray, seed_idx: np.ndarray, grid: np.ndarr
     _, seed_idx = np.unique(seed_idx, return_inverse=True)
 
     def statistic(mult: np.ndarray) -> np.ndarray:
-        best = np.concatenate([_profile(x, y, mult[i:i + BOOT_CHUNK, seed_idx].astype(np.float64), grid)[0]
+        best = np.concatenate([_profile(x, y, mult[i:i + BOOT_CHUNK, seed_idx].astype(np.float64), grid,
+                                        settings)[0]
                                for i in range(0, mult.shape[0], BOOT_CHUNK)])
         return np.where(best < 0, np.nan, np.where(best == grid.size - 1, np.inf, grid[best]))
 
@@ -225,4 +278,4 @@ def _interval(x: np.ndarray, y: np.ndarray, seed_idx: np.ndarray, grid: np.ndarr
     q_lo, q_hi = percentile_interval(boot, level)
     if not (math.isfinite(q_lo) and math.isfinite(q_hi)):
         return Interval.not_determined(Undetermined.UNBOUNDED_RESAMPLES)
-    return Interval(*widen(est, q_lo, q_hi, small_sample_factor(n_seeds, level)))
+    return Interval(*widen(est, q_lo, q_hi, small_sample_factor(n_seeds, level) if settings.widen_few_seeds else 1.0))

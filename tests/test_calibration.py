@@ -206,7 +206,7 @@ def noisy_training_kl(ratio: float, k: int, rho: np.ndarray, temperature: float,
 
 
 @pytest.mark.parametrize("reading, k, ratio", [("posterior", 3, 0.5), ("posterior", 9, 0.7), ("prior", 5, 1.5)])
-def test_kl_onset_sees_through_the_rounding_that_training_noise_gives_the_corner(monkeypatch, reading, k, ratio):
+def test_kl_onset_sees_through_the_rounding_that_training_noise_gives_the_corner(reading, k, ratio):
     """Noise rounds the KL's corner: positive at rho_c, below the optimum just inside it. The onset's fluctuation
     term takes that; a sharp hinge is pulled off by it."""
     rc = float(critical_rho(ratio, k, reading))
@@ -218,8 +218,8 @@ def test_kl_onset_sees_through_the_rounding_that_training_noise_gives_the_corner
     direction = ACTIVE_BELOW if reading == "posterior" else ACTIVE_ABOVE
     onset = fit_kl_onset(rho, seed, np.repeat(kl, 3), direction=direction, n_boot=0)
     assert onset.rho_c == pytest.approx(rc, abs=1.5e-3)
-    monkeypatch.setattr(onset_module, "FLUCTUATION_WIDTHS", (0.0,))
-    sharp = fit_kl_onset(rho, seed, np.repeat(kl, 3), direction=direction, n_boot=0)
+    sharp = fit_kl_onset(rho, seed, np.repeat(kl, 3), direction=direction, n_boot=0,
+                         settings=onset_module.OnsetSettings(widths=(0.0,)))
     assert abs(sharp.rho_c - rc) > 1.5e-3
 
 
@@ -234,6 +234,22 @@ def test_kl_onset_interval_holds_the_shape_error_that_agreeing_seeds_cannot_show
     assert onset.ci_low <= rc <= onset.ci_high
     assert onset.ci_high - onset.ci_low == pytest.approx(2 * onset_module.SHAPE_FLOOR * 0.025)
     assert "a tenth of the gap" in onset.message
+
+
+@pytest.mark.parametrize("reading, k, ratio", [("posterior", 9, 0.7), ("posterior", 3, 0.5), ("prior", 5, 1.1),
+                                              ("prior", 5, 3.0)])
+def test_kl_onset_on_a_lattice_over_the_whole_range(reading, k, ratio):
+    """A sweep that does not know the answer samples 0.05 ... 1 and then refines near the transition. Far from rho_c
+    the KL saturates and bends, which a fit over the whole range took for the onset (it landed at the range's end);
+    the onset is placed first without a model, then fitted inside the window around it."""
+    rc = float(critical_rho(ratio, k, reading))
+    lattice = np.round(np.arange(0.05, 1.0001, 0.05), 4)
+    refined = np.round(rc + np.array([-0.02, -0.01, 0.01, 0.02]), 3)
+    grid = np.union1d(lattice, refined[(refined > 0) & (refined <= 1)])
+    rho, seed = np.repeat(grid, 3), np.tile(np.arange(3), grid.size)
+    direction = ACTIVE_BELOW if reading == "posterior" else ACTIVE_ABOVE
+    onset = fit_kl_onset(rho, seed, 2 * optimum(ratio, k, rho, reading).kl, direction=direction, n_boot=0)
+    assert onset.rho_c == pytest.approx(rc, abs=2e-3), onset.message
 
 
 def test_kl_onset_without_an_onset_says_so():
