@@ -61,7 +61,7 @@ class AdaptiveRhoSearcher(Searcher):
     once, a round filling the population: population // len(seeds) rho values, each with every seed (one rho when
     the population holds no more than the seeds); at 1 every trial is one run.
     The remaining keywords are ``RefineSettings``' fields (sweeps/refine.py: rho_range, seeds, coarse_points,
-    target_width, ...) but rho_per_round, which follows from ``population``.
+    target_width, direction, ...) but rho_per_round, which follows from ``population``.
     """
 
     def __init__(self, groups: Sequence[Mapping[str, Any]] | None = None, *, max_concurrent: int | None = None,

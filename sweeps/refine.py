@@ -20,11 +20,23 @@ Rules (per group = one latent configuration, each with its own state):
    * fit ok with an interval -> the free rho (on the ``min_spacing`` lattice) nearest the centre of
      [ci_low, ci_high], clipped to ``rho_limits``; an interval reaching beyond the sampled range moves the centre
      there, which widens the sweep;
-   * no transition in the sampled range -> widen by one range-width towards the side the data point to (still
-     active at the top -> higher rho), up to ``rho_limits``; at the limit the group stops and says so;
+   * no transition in the sampled range -> widen by one range-width towards the side the data point to, up to
+     ``rho_limits``; at the limit the group stops and says so. Units active below rho_c (the usual direction):
+     still mostly active at the top -> higher rho, mostly collapsed at the bottom -> lower rho. Units active
+     above rho_c: the mirror image (still mostly collapsed at the top -> higher, mostly active at the bottom ->
+     lower);
    * otherwise (no usable fit yet, e.g. errored coarse runs, or a fit whose interval is not determined, e.g.
-     fewer than 3 seeds) -> bisect the sampled gap where the mean order parameter crosses 1/2. Such a group
-     cannot converge; it ends when its budget is spent or the lattice around the transition is used up.
+     fewer than 3 seeds) -> bisect the sampled gap where the mean order parameter crosses 1/2 (falling through
+     1/2 from active to collapsed, upwards in rho for units active below, downwards for units active above).
+     Such a group cannot converge; it ends when its budget is spent or the lattice around the transition is used
+     up.
+   Direction (``direction``): which side of rho_c the units are active on decides the fit
+   (``fit_transition(direction=...)``) and the widening and bisection above. "infer" (the default) decides it
+   before every fit from the group's finished runs with the analysis's own rule
+   (``analysis.transition.infer_direction``, what ``python -m analysis`` uses), so each group of a sweep gets its
+   own; runs that are all active or all collapsed show no direction and are taken as "active below", like the
+   analysis does: give ACTIVE_ABOVE ("above") explicitly when the coarse range may miss such a transition
+   (e.g. ``smooth_space=prior``, docs/calibration.md).
    Every seed at the same rho keeps the design balanced, like a grid's, which the pooled fit and the seed
    bootstrap need (see ``_round``). No (rho, seed) pair is ever proposed twice (errored pairs included: Tune's
    own retries handle transient failures); when the lattice around the centre is used up, the nearest free
@@ -50,11 +62,16 @@ import numpy as np
 from ouvae.config import digest_seed, parse_latent_dims
 from sweeps.errors import SpaceError
 from sweeps.plan import check_seeds, rho_grid
-from analysis.transition import STATUS_NO_TRANSITION, STATUS_OK, TransitionFit, fit_transition
+from analysis.transition import (ACTIVE_ABOVE, ACTIVE_BELOW, DIRECTIONS, STATUS_NO_TRANSITION, STATUS_OK,
+                                 TransitionFit, fit_transition, infer_direction)
 
 PENDING, DONE, ERROR = "pending", "done", "error"
 # The form of state_dict(); a state of another version is refused (load_state_dict).
 STATE_VERSION = 2
+# RefineSettings.direction: decide each group's direction from its finished runs (else ACTIVE_BELOW / ACTIVE_ABOVE).
+INFER = "infer"
+DIRECTION_CHOICES = (INFER, *DIRECTIONS)
+DIRECTION_ALIASES = {"below": ACTIVE_BELOW, "above": ACTIVE_ABOVE}  # the CLI's spelling (--direction above)
 
 
 class RefineError(ValueError):
@@ -131,6 +148,9 @@ class RefineSettings:
     rho_limits: the sweep may widen up to these (rho must stay in (0, 1]).
     level, n_boot: interval level and seed-bootstrap size of the fits that drive the proposals.
     random_state: seeds the bootstrap, so proposals are reproducible.
+    direction: which side of rho_c the top units are active on: "infer" (default: decided before each fit from the
+        group's finished runs, ``analysis.transition.infer_direction``), ACTIVE_BELOW or ACTIVE_ABOVE (also spelt
+        "below" / "above"); it sets the fit's direction and which way the search widens and bisects.
     """
 
     rho_range: tuple[float, float] = (0.8, 1.0)
@@ -146,6 +166,7 @@ class RefineSettings:
     n_boot: int = 200
     random_state: int = 0
     rho_per_round: int = 1
+    direction: str = INFER
 
     def __post_init__(self) -> None:
         def resolve(name: str, value: Any) -> None:  # a frozen dataclass sets its own fields this way
@@ -190,6 +211,11 @@ class RefineSettings:
         resolve("level", float(self.level))
         resolve("n_boot", int(self.n_boot))
         resolve("random_state", int(self.random_state))
+        direction = DIRECTION_ALIASES.get(self.direction, self.direction) if isinstance(self.direction, str) else None
+        if direction not in DIRECTION_CHOICES:
+            raise RefineError(f"direction must be {INFER!r} (decided from the runs), {ACTIVE_BELOW!r} or "
+                              f"{ACTIVE_ABOVE!r} (or 'below' / 'above'); got {self.direction!r}")
+        resolve("direction", direction)
 
     def state(self, groups: Sequence[_Group]) -> dict[str, Any]:
         """These settings as JSON, with the groups they drive: what a saved state must match to load."""
@@ -199,6 +225,8 @@ class RefineSettings:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         if self.rho_per_round == 1:  # written only when set: states saved before it existed still load
             del out["rho_per_round"]
+        if self.direction == INFER:  # the same: states saved before the setting existed were all "infer"'s
+            del out["direction"]
         return out
 
 
@@ -285,8 +313,12 @@ class RefinePolicy:
         rho = [self._rho(i) for i, _, _ in done]
         seed = [s for _, s, _ in done]
         act = [a for _, _, a in done]
+        direction = self.settings.direction
+        if direction == INFER:  # the analysis's rule, on the runs the fit sees
+            direction = infer_direction(rho, np.asarray(act, dtype=np.float64) / g.top_dim)
         rng = np.random.default_rng(digest_seed(f"{self.settings.random_state}|{g.key}|{g.version}"))
-        f = fit_transition(rho, seed, act, g.top_dim, level=self.settings.level, n_boot=self.settings.n_boot, rng=rng)
+        f = fit_transition(rho, seed, act, g.top_dim, level=self.settings.level, n_boot=self.settings.n_boot, rng=rng,
+                           direction=direction)
         g._fit = (g.version, f)
         return f
 
@@ -411,27 +443,42 @@ class RefinePolicy:
         if not levels:  # every finished run errored: try the whole range again (at new lattice points)
             lo, hi = self.settings.rho_range
             return (self.lattice_index(lo), self.lattice_index(hi)), None
-        mean_m = {r: float(np.mean([m for rr, m in done if rr == r])) for r in levels}
-        if fit.status == STATUS_NO_TRANSITION or mean_m[levels[-1]] >= 0.5 or mean_m[levels[0]] < 0.5:
+        # mostly active (mean order parameter >= 1/2) at each sampled rho; the rules below are those for units
+        # active below rho_c, mirrored (rho -> -rho) for units active above: the same decisions on the same data
+        # reflected, so the two directions are searched alike
+        on = {r: float(np.mean([m for rr, m in done if rr == r])) >= 0.5 for r in levels}
+        above = fit.direction == ACTIVE_ABOVE
+        top, bottom = levels[-1], levels[0]
+        # the transition lies beyond the sampled range: higher when the top is still on its low-rho side (active
+        # below: still active; active above: still collapsed), lower when the bottom is on its high-rho side
+        higher = on[top] != above
+        lower = on[bottom] == above
+        if fit.status == STATUS_NO_TRANSITION or higher or lower:
             span = self.lattice_index(self.settings.rho_range[1] - self.settings.rho_range[0])
-            top, bottom = self.lattice_index(levels[-1]), self.lattice_index(levels[0])
-            if mean_m[levels[-1]] >= 0.5:  # still mostly active at the top: the transition is higher
-                hi_lim = self._clamp_idx(10**9)
-                if top >= hi_lim:
-                    return None, (f"no transition: the top layer is still mostly active at rho = {levels[-1]:.4f}, "
-                                  f"the upper limit of the sweep")
-                return (top + 1, min(top + span, hi_lim)), None
-            if mean_m[levels[0]] < 0.5:  # mostly collapsed already at the bottom: the transition is lower
-                lo_lim = self._clamp_idx(-(10**9))
-                if bottom <= lo_lim:
-                    return None, (f"no transition: the top layer is mostly collapsed already at rho = "
-                                  f"{levels[0]:.4f}, the lower limit of the sweep")
-                return (max(bottom - span, lo_lim), bottom - 1), None
-        # bisection: the sampled gap where the mean order parameter crosses 1/2
-        for a, b in zip(levels, levels[1:]):
-            if mean_m[a] >= 0.5 > mean_m[b]:
+            for side in (("lower", "higher") if above else ("higher", "lower")):
+                if side == "higher" and higher:
+                    hi_lim, top_i = self._clamp_idx(10**9), self.lattice_index(top)
+                    if top_i >= hi_lim:
+                        state = "collapsed (units active above rho_c)" if above else "active"
+                        return None, (f"no transition: the top layer is still mostly {state} at rho = {top:.4f}, "
+                                      f"the upper limit of the sweep")
+                    return (top_i + 1, min(top_i + span, hi_lim)), None
+                if side == "lower" and lower:
+                    lo_lim, bottom_i = self._clamp_idx(-(10**9)), self.lattice_index(bottom)
+                    if bottom_i <= lo_lim:
+                        state = "still mostly active (units active above rho_c)" if above else \
+                            "mostly collapsed already"
+                        return None, (f"no transition: the top layer is {state} at rho = {bottom:.4f}, the lower "
+                                      f"limit of the sweep")
+                    return (max(bottom_i - span, lo_lim), bottom_i - 1), None
+        # bisection: the sampled gap where the mean order parameter falls through 1/2 from the active side (from
+        # below for units active below rho_c, from above for units active above)
+        gaps = list(zip(levels, levels[1:]))
+        for a, b in (reversed(gaps) if above else gaps):
+            active_end, collapsed_end = (b, a) if above else (a, b)
+            if on[active_end] and not on[collapsed_end]:
                 return (self.lattice_index(a), self.lattice_index(b)), None
-        return (self.lattice_index(levels[0]), self.lattice_index(levels[-1])), None
+        return (self.lattice_index(bottom), self.lattice_index(top)), None
 
     def _resolved(self, done: list[tuple[float, float]], rho_c: float) -> bool:
         """At least two sampled rho values on each side of rho_c within max(target_width, 2 min_spacing).
@@ -484,8 +531,8 @@ class RefinePolicy:
             out.append({"group": gi, "overrides": jsonable(g.overrides), "top_dim": g.top_dim,
                         "trials": g.count(), "done": g.count(DONE), "errored": g.count(ERROR),
                         "pending": g.count(PENDING), "finished": self.is_finished(gi),
-                        "reason": g.done_reason, "status": f.status, "rho_c": f.rho_c, "ci_low": f.ci_low,
-                        "ci_high": f.ci_high, "message": f.message})
+                        "reason": g.done_reason, "status": f.status, "direction": f.direction, "rho_c": f.rho_c,
+                        "ci_low": f.ci_low, "ci_high": f.ci_high, "message": f.message})
         return out
 
     # ----------------------------------------------------------------------------------------- save / restore

@@ -24,7 +24,7 @@ from sweeps.ladder import POLICIES, Ladder, LadderState, cadence_of, rung_budget
 from sweeps.plan import (CriticalGrid, check_start, group_into_populations, latent_configs, parse_rho_list, rho_grid,
                          rho_range, seed_list)
 from sweeps.progress import ProgressLine
-from sweeps.refine import RefineError
+from sweeps.refine import INFER, RefineError
 from sweeps.protocol import POPULATION_KEY, run_specs
 from sweeps.results import ParquetSink
 from sweeps.resume import open_sweep, prepare_new, resume_command, save_spec
@@ -52,6 +52,7 @@ class SweepDefaults:
     mode: str  # "adaptive" or "grid"
     target_width: float  # adaptive: stop refining a configuration once its rho_c interval is this narrow
     coarse_points: int  # adaptive: rho values of the first pass per configuration
+    direction: str  # adaptive: which side of rho_c the top units are active on ("infer": from each one's runs)
     population_cpu: int  # runs per trial, trained as one batched model, when trials run on CPUs
     population_gpu: int  # ... and when they hold a GPU (--gpus-per-trial > 0)
 
@@ -63,7 +64,7 @@ class SweepDefaults:
 # (the fastest size per run on a CPU, ~1.2x a run alone); the trainer budget is the sweep-demo preset's.
 DEFAULTS = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.76, rho_max=1.0,
                          rho_step=0.04, rho_spacing=0.005, n_seeds=5, mode="grid", target_width=0.02,
-                         coarse_points=5, population_cpu=4, population_gpu=64)
+                         coarse_points=5, direction="infer", population_cpu=4, population_gpu=64)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the --rho-min..--rho-max grid at step {d.rho_step})")
     a.add_argument("--coarse-points", type=int, default=d.coarse_points,
                    help=f"rho values of the first, coarse pass per latent configuration (default {d.coarse_points})")
+    a.add_argument("--direction", choices=(INFER, "below", "above"), default=d.direction,
+                   help=f"which side of rho_c the top units are active on, for the searcher's fits and which way "
+                        f"it widens the range: below (the usual), above (e.g. smooth_space=prior: "
+                        f"docs/calibration.md), or infer it from each configuration's runs as the analysis does, "
+                        f"taking runs all active or all collapsed as below (default {d.direction})")
     r = p.add_argument_group("populations")
     r.add_argument("--population", type=int, default=None, metavar="N",
                    help=f"train up to N runs of one latent configuration in one trial, as one batched model "
@@ -218,7 +224,7 @@ def make_searcher(args: argparse.Namespace, grid: CriticalGrid, population: int)
         groups=grid.groups, rho_range=rho_range(args.rho_min, args.rho_max),
         rho_step=args.rho_spacing if args.rho_spacing is not None else DEFAULTS.rho_spacing, seeds=grid.seeds,
         target_width=args.target_width, budget=args.budget or grid.n_runs, max_concurrent=args.max_concurrent,
-        coarse_points=args.coarse_points, population=population)
+        coarse_points=args.coarse_points, direction=args.direction, population=population)
 
 
 def idle_options(args: argparse.Namespace) -> dict[str, str]:
@@ -230,7 +236,8 @@ def idle_options(args: argparse.Namespace) -> dict[str, str]:
         for dest, flag in (("rung_factor", "--rung-factor"), ("continue_policy", "--continue")):
             idle[dest] = cli.idle_option(flag, "sets the rungs of --until-converged and does nothing without it",
                                          "add --until-converged (and --max-epochs)")
-    searcher = (("target_width", "--target-width"), ("budget", "--budget"), ("coarse_points", "--coarse-points"))
+    searcher = (("target_width", "--target-width"), ("budget", "--budget"), ("coarse_points", "--coarse-points"),
+                ("direction", "--direction"))
     for dest, flag in searcher:
         if args.mode != "adaptive":
             idle[dest] = cli.idle_option(flag, "steers adaptive mode's searcher and does nothing in grid mode",
@@ -332,7 +339,7 @@ def describe_plan(args: argparse.Namespace, name: str, plan: Plan) -> str:
         what = (f"{len(grid.groups)} configurations ({latents}), rho in [{args.rho_min:g}, {args.rho_max:g}]: "
                 f"{args.coarse_points} coarse values x {len(grid.seeds)} seeds each, then rho values inside the "
                 f"rho_c interval (spacing >= {spacing:g}) until it is narrower than {args.target_width:g}; at most "
-                f"{plan.n_runs} runs")
+                f"{plan.n_runs} runs" + ("" if args.direction == INFER else f", units active {args.direction} rho_c"))
     budget = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
     per_trial = (f"populations of up to {plan.population} runs per trial ({plan.n_trials} trials)"
                  if plan.population > 1 else "one run per trial")

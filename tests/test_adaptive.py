@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from analysis.testing.synthetic import noisy_active_units
+from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW
 from sweeps.adaptive import AdaptiveRhoSearcher, make_critical_searcher
 from sweeps.protocol import run_specs
 from sweeps.refine import DONE, ERROR, RefineError, RefinePolicy
@@ -28,18 +29,27 @@ def synthetic(rho_c: float, width: float = 0.003, seed_sd: float = 0.002, top_di
     return lambda p: noisy_active_units(p.rho, p.seed, top_dim, rho_c=rho_c, width=width, seed_sd=seed_sd, salt=salt)
 
 
+def synthetic_above(rho_c: float, width: float = 0.003, seed_sd: float = 0.002, top_dim: int = 10, salt: int = 0):
+    """Units active ABOVE rho_c (the prior reading's direction): the collapsed units of ``synthetic``, i.e.
+    Binomial(top_dim, 1 / (1 + exp((rho_c + delta_s - rho) / width))) -- the same logistic, mirrored."""
+    below = synthetic(rho_c, width, seed_sd, top_dim, salt)
+    return lambda p: top_dim - below(p)
+
+
 def points(pol: RefinePolicy, group: int = 0) -> list[list]:
     return pol.state_dict()["groups"][group]["points"]
 
 
 # --------------------------------------------------------------------------------------------- pure policy
+@pytest.mark.parametrize("direction", ["infer", ACTIVE_BELOW])
 @pytest.mark.parametrize("truth, width, salt", [(0.937, 0.003, 0), (0.905, 0.01, 1), (0.962, 0.002, 2)])
-def test_policy_converges_on_a_noisy_transition_under_budget(truth, width, salt):
+def test_policy_converges_on_a_noisy_transition_under_budget(truth, width, salt, direction):
     pol = RefinePolicy([{"latent_dims": [10, 10]}], seeds=[0, 1, 2, 3], rho_range=(0.8, 1.0), target_width=0.01,
-                       max_trials_per_group=60, random_state=salt)
+                       max_trials_per_group=60, random_state=salt, direction=direction)
     drive(pol, synthetic(truth, width, salt=salt), seed=salt)
     s = pol.summary()[0]
     assert s["finished"] and s["reason"].startswith("converged"), s
+    assert s["direction"] == ACTIVE_BELOW
     assert s["ci_low"] <= truth <= s["ci_high"] and s["ci_high"] - s["ci_low"] <= 0.01
     assert s["trials"] <= 60 and s["errored"] == 0 and s["pending"] == 0
     pts = points(pol)
@@ -51,6 +61,50 @@ def test_policy_converges_on_a_noisy_transition_under_budget(truth, width, salt)
     rounds = list(dict.fromkeys(r for r, _ in pairs if r not in coarse))
     assert rounds and abs(rounds[-1] - truth) < 0.01, rounds
     assert all(sum(1 for r, _ in pairs if r == x) == 4 for x in rounds)  # every seed at each refined rho
+
+
+@pytest.mark.parametrize("direction", ["infer", ACTIVE_ABOVE, "above"])
+@pytest.mark.parametrize("truth, width, salt", [(0.937, 0.003, 0), (0.905, 0.01, 1), (0.962, 0.002, 2)])
+def test_policy_converges_on_units_active_above_rho_c(truth, width, salt, direction):
+    """The mirror of the test above: units active ABOVE rho_c (smooth_space=prior), with the direction inferred
+    from the runs (the analysis's rule) or given. Fitted as "active below", such data put rho_c nowhere useful."""
+    pol = RefinePolicy([{"latent_dims": [10, 10]}], seeds=[0, 1, 2, 3], rho_range=(0.8, 1.0), target_width=0.01,
+                       max_trials_per_group=60, random_state=salt, direction=direction)
+    drive(pol, synthetic_above(truth, width, salt=salt), seed=salt)
+    s = pol.summary()[0]
+    assert s["finished"] and s["reason"].startswith("converged"), s
+    assert s["direction"] == ACTIVE_ABOVE and "units active above rho_c" in s["message"]
+    assert s["ci_low"] <= truth <= s["ci_high"] and s["ci_high"] - s["ci_low"] <= 0.01
+    assert s["trials"] <= 60 and s["errored"] == 0 and s["pending"] == 0
+    pairs = [(r, sd) for r, sd, _, _ in points(pol)]
+    assert len(pairs) == len(set(pairs))
+    rounds = list(dict.fromkeys(r for r, _ in pairs if r not in set(pol.coarse_grid())))
+    assert rounds and abs(rounds[-1] - truth) < 0.01, rounds
+    assert all(sum(1 for r, _ in pairs if r == x) == 4 for x in rounds)
+
+
+def test_the_first_round_of_units_active_above_lands_in_the_steps_gap():
+    """A clean step, collapsed below 0.9 and active above: the first round goes between 0.85 and 0.9 however the
+    direction is given (the bisection and the fit, mirrored)."""
+    for direction in ("infer", ACTIVE_ABOVE):
+        pol = RefinePolicy([{"latent_dims": [10]}], seeds=[3, 7], rho_range=(0.8, 1.0), coarse_points=5,
+                           target_width=0.001, max_trials_per_group=20, direction=direction)
+        for p in [pol.next_proposal() for _ in range(10)]:
+            pol.record(p.group, p.rho, p.seed, 0 if p.rho < 0.9 else 10)
+        a, b = pol.next_proposal(), pol.next_proposal()
+        assert a.rho == b.rho and {a.seed, b.seed} == {3, 7} and 0.85 < a.rho < 0.9, (direction, a)
+
+
+def test_fewer_than_three_seeds_bisect_towards_a_transition_of_units_active_above():
+    """No interval with two seeds: the mirrored bisection alone closes in on rho_c."""
+    truth = 0.912
+    pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1], rho_range=(0.8, 1.0), target_width=0.01,
+                       max_trials_per_group=24, direction=ACTIVE_ABOVE)
+    drive(pol, synthetic_above(truth, width=0.003, seed_sd=0.0))
+    s = pol.summary()[0]
+    assert s["finished"] and not s["reason"].startswith("converged") and s["ci_low"] is None, s
+    refined = [r for r, *_ in points(pol) if r not in pol.coarse_grid()]
+    assert refined and min(abs(r - truth) for r in refined) < 0.01 and abs(s["rho_c"] - truth) < 0.01
 
 
 def test_coarse_grid_first_with_every_seed_then_rounds_of_one_rho_with_every_seed():
@@ -95,6 +149,68 @@ def test_widens_the_range_towards_the_transition(truth, rho_range):
     # business: a 95% interval misses one run in twenty).
     assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < pol.settings.target_width, s
     assert all(0 < r <= 1.0 for r, _, _, _ in points(pol))
+
+
+def first_widening(pol: RefinePolicy, outcome) -> list[float]:
+    """The rho values of the round planned right after the coarse grid (every coarse result in)."""
+    for p in pol.next_proposals(10_000):
+        pol.record(p.group, p.rho, p.seed, outcome(p))
+    return sorted({p.rho for p in pol.next_proposals(10_000)})
+
+
+@pytest.mark.parametrize("truth, rho_range", [(0.985, (0.8, 0.95)), (0.72, (0.8, 1.0))], ids=["above", "below"])
+def test_widens_towards_a_transition_of_units_active_above(truth, rho_range):
+    """Units active above rho_c, the transition outside the coarse range: every coarse run collapsed (rho_c above
+    the range) or every one active (below it). The same data read as "active below" point the other way, so the
+    direction must be given: all-collapsed or all-active runs show none (``infer`` takes them as active below, like
+    the analysis)."""
+    def make(direction):
+        return RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], rho_range=rho_range, target_width=0.01,
+                            max_trials_per_group=60, direction=direction)
+
+    lo, hi = rho_range
+    first = first_widening(make(ACTIVE_ABOVE), synthetic_above(truth))
+    assert first and all((r > hi) if truth > hi else (r < lo) for r in first), first
+    pol = drive(make(ACTIVE_ABOVE), synthetic_above(truth))
+    s = pol.summary()[0]
+    assert s["reason"].startswith("converged") and abs(s["rho_c"] - truth) < pol.settings.target_width, s
+    assert s["direction"] == ACTIVE_ABOVE and all(0 < r <= 1.0 for r, _, _, _ in points(pol))
+    # read as units active below, the same coarse runs point the other way (all active up to rho = 1, the limit:
+    # no round at all, the group stops)
+    mirror = make(ACTIVE_BELOW)
+    wrong = first_widening(mirror, synthetic_above(truth))
+    assert all((r < lo) if truth > hi else (r > hi) for r in wrong), wrong
+    assert wrong or "upper limit" in (mirror.groups[0].done_reason or "")
+
+
+@pytest.mark.parametrize("truth, rho_range", [(0.79, (0.8, 1.0)), (0.96, (0.8, 0.95))], ids=["below", "above"])
+def test_infer_widens_the_right_way_when_the_range_shows_part_of_the_rise(truth, rho_range):
+    """A broad transition of units active above rho_c just outside the coarse range: the runs inside it rise
+    towards the top clearly enough for ``infer_direction``, and the search widens towards rho_c and finds it."""
+    outcome = synthetic_above(truth, width=0.03)
+    pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], rho_range=rho_range, target_width=0.03,
+                       max_trials_per_group=60)
+    lo, hi = rho_range
+    first = first_widening(pol, outcome)
+    assert first and all((r > hi) if truth > hi else (r < lo) for r in first), first
+    assert pol.fit(0).direction == ACTIVE_ABOVE
+    pol = drive(RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], rho_range=rho_range, target_width=0.03,
+                             max_trials_per_group=60), outcome)
+    s = pol.summary()[0]
+    assert s["direction"] == ACTIVE_ABOVE and s["ci_low"] <= truth <= s["ci_high"], s
+
+
+@pytest.mark.parametrize("direction, needle", [(ACTIVE_BELOW, "still mostly active at rho = 1.0000, the upper"),
+                                               (ACTIVE_ABOVE, "still mostly active (units active above rho_c) at "
+                                                              "rho = 0.1000, the lower")])
+def test_no_transition_down_to_the_lower_limit_stops_and_says_so(direction, needle):
+    """Units active everywhere: rho_c above the upper limit for units active below, below the lower limit for
+    units active above (rho_limits keeps the widening inside (0.1, 1])."""
+    pol = RefinePolicy([{"latent_dims": [10]}], seeds=[0, 1, 2], rho_range=(0.8, 1.0), rho_limits=(0.1, 1.0),
+                       target_width=0.01, max_trials_per_group=100, direction=direction)
+    drive(pol, lambda p: 10)
+    s = pol.summary()[0]
+    assert s["finished"] and s["reason"].startswith("no transition") and needle in s["reason"], s
 
 
 def test_no_transition_up_to_rho_1_stops_and_says_so():
@@ -184,6 +300,18 @@ def test_a_state_of_another_version_or_other_settings_is_refused():
                      rho_per_round=2)
     with pytest.raises(RefineError, match=r"other settings \(rho_per_round\)"):
         d.load_state_dict(state)
+    # direction likewise: written only when not "infer", so a state saved before it existed loads into "infer"
+    assert "direction" not in state["settings"]
+    above = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30,
+                         direction="above")
+    with pytest.raises(RefineError, match=r"other settings \(direction\)"):
+        above.load_state_dict(state)
+    assert above.state_dict()["settings"]["direction"] == ACTIVE_ABOVE
+    with pytest.raises(RefineError, match=r"other settings \(direction\)"):
+        b.load_state_dict(above.state_dict())
+    again = RefinePolicy([{"latent_dims": (10,)}], seeds=[0, 1, 2], min_pending=3, max_trials_per_group=30,
+                         direction=ACTIVE_ABOVE)
+    again.load_state_dict(json.loads(json.dumps(above.state_dict())))
 
 
 def test_is_finished_changes_no_state_and_is_the_verdict_after_an_empty_proposal():
@@ -264,6 +392,7 @@ def test_fewer_than_three_seeds_bisect_and_never_claim_convergence():
     (dict(groups=[{"latent_dims": [5]}], target_width=0), "target_width"),
     (dict(groups=[{"latent_dims": [5]}, {"latent_dims": [5]}]), "same overrides"),
     (dict(groups=[{"latent_dims": [5]}], min_spacing=0.1, rho_range=(0.9, 1.0)), "too coarse"),
+    (dict(groups=[{"latent_dims": [5]}], direction="up"), "direction must be 'infer'"),
 ])
 def test_bad_settings_are_named(kwargs, needle):
     groups = kwargs.pop("groups")
@@ -323,6 +452,10 @@ def test_make_critical_searcher_splits_the_budget_between_groups():
     assert s.policy.settings.max_trials_per_group == 50 and s.policy.settings.max_trials == 100
     assert s.policy.settings.min_spacing == 0.005
     assert s.policy.coarse_grid()[0] == 0.86 and s.policy.coarse_grid()[-1] == 1.0
+    assert s.policy.settings.direction == "infer"
+    above = make_critical_searcher([{"latent_dims": [5] * 4}], rho_range=(0.86, 1.0), rho_step=0.005, seeds=[0, 1],
+                                   target_width=0.02, direction="above")
+    assert above.policy.settings.direction == ACTIVE_ABOVE
 
 
 TRUTH = {10: 0.93, 20: 0.90}

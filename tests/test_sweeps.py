@@ -106,6 +106,21 @@ def test_both_readings_of_t_rho_are_configurations_of_one_sweep():
             ["--smooth-spaces", "prior", "--set", "smooth_space=prior"]))
 
 
+def test_adaptive_direction_reaches_the_searcher():
+    """--direction: the side of rho_c the units are active on, for the adaptive searcher (default: inferred per
+    configuration from its runs, as the analysis does)."""
+    from analysis.transition import ACTIVE_ABOVE
+
+    def parse(*argv):
+        return rho_sweep.build_parser().parse_args(["--adaptive", "--latent-sizes", "4", *argv])
+
+    assert rho_sweep.plan_sweep(parse()).searcher.policy.settings.direction == "infer"
+    args = parse("--smooth-spaces", "prior", "--direction", "above")
+    plan = rho_sweep.plan_sweep(args)
+    assert plan.searcher.policy.settings.direction == ACTIVE_ABOVE
+    assert "units active above rho_c" in rho_sweep.describe_plan(args, "x", plan)
+
+
 def test_data_dir_is_made_absolute_because_each_trial_runs_in_its_own_folder(tmp_path, monkeypatch):
     from sweeps import cli
 
@@ -264,6 +279,7 @@ def test_failure_text_names_the_exception():
                                  "add --adaptive, or drop --target-width"),
     (["--budget", "10"], "--budget steers adaptive mode's searcher"),
     (["--coarse-points", "4"], "--coarse-points steers adaptive mode's searcher"),
+    (["--direction", "above"], "--direction steers adaptive mode's searcher"),
     (["--address", "127.0.0.1:1", "--num-cpus", "2"], "--num-cpus sizes the local Ray and does nothing when joining"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, capsys, quiet_env, argv, needle):
