@@ -285,3 +285,106 @@ def test_a_small_population_recovers_the_closed_form_rho_c():
     rc = float(critical_rho(0.7, 5))
     assert onset.rho_c == pytest.approx(rc, abs=0.02)
     assert onset.ci_low <= rc <= onset.ci_high
+
+
+# ----- two stochastic layers: the top layer's threshold ------------------------------------------------------------
+def two_layer_negative_elbo(theta: np.ndarray, lam: float, sigma2: float, beta: float, rho: float, k: int,
+                            reading: str, smooth: str) -> tuple[float, float]:
+    """(-E[smoothed ELBO] (constants dropped), top-layer KL) of one direction of the two-layer model, written
+    from HierarchicalVAE's definition: every variable is a linear combination of independent Gaussians (x,
+    eps1, eps2, and the K-averaged OU noise of each smoothed map, variance 1/K), tau^2 of p(z1 | z2) learned."""
+    a, ls1, b, ls2, m, lt, w = theta
+    s1, s2, tau = math.exp(ls1 / 2), math.exp(ls2 / 2), math.exp(lt / 2)
+    var = np.array([lam, 1.0, 1.0, 1 / k, 1 / k, 1 / k])  # x, eps1, eps2, eta(decode_x), eta(z2 -> z1), eta(z1 -> z2)
+    x, e1, e2, n1, n2, ne = np.eye(6)
+    d = math.sqrt(1 - rho**2)
+    z1 = a * x + s1 * e1
+    u = z1 if smooth == "decoder" else a * x + s1 * (rho * e1 + d * ne)  # the input of q(z2 | .)
+    z2 = b * u + s2 * e2
+    if reading == "posterior":  # copies in q's coordinates
+        mean_p = m * (b * u + s2 * (rho * e2 + d * n2))
+        z1_in = a * x + s1 * (rho * e1 + d * n1)
+    else:  # copies in p's coordinates: N(0, 1) for z2, N(mean_p, tau^2) for z1
+        mean_p = m * (rho * z2 + d * n2)
+        z1_in = mean_p + rho * (z1 - mean_p) + d * tau * n1
+    second = lambda v: float(np.sum(v * v * var))  # noqa: E731
+    kl1 = 0.5 * (second(z1 - mean_p) / tau**2 + lt - ls1 - 1)
+    kl2 = 0.5 * (b * b * second(u) + s2**2 - 1 - ls2)
+    return second(x - w * z1_in) / (2 * sigma2) + beta * (kl1 + kl2), kl2
+
+
+def two_layer_numerical_top_kl(lam, sigma2, beta, rho, k, reading, smooth) -> float:
+    rng = np.random.default_rng(0)
+    starts = [rng.normal(size=7) for _ in range(6)] + [np.array([1.0, 0, 1, 0, 1, 0, 1])]
+    fits = [optimize.minimize(lambda t: two_layer_negative_elbo(t, lam, sigma2, beta, rho, k, reading, smooth)[0],
+                              s, method="BFGS", options={"gtol": 1e-10}) for s in starts]
+    best = min(fits, key=lambda f: f.fun)
+    return two_layer_negative_elbo(best.x, lam, sigma2, beta, rho, k, reading, smooth)[1]
+
+
+@pytest.mark.parametrize("reading, smooth, k, ratio", [
+    ("prior", "decoder", 5, 4.0), ("prior", "decoder", 3, 2.5), ("prior", "both", 5, 4.0), ("prior", "both", 9, 3.0),
+    ("posterior", "both", 5, 0.7), ("posterior", "both", 3, 1.5), ("posterior", "both", 3, 0.2)])
+def test_two_layer_threshold_and_optimum_match_numerical_optimisation(reading, smooth, k, ratio):
+    sigma2, beta = 0.5, 2.0
+    lam = ratio * beta * sigma2
+    rc = float(critical_rho(ratio, k, reading, layers=2, smooth=smooth))
+    assert 0 < rc < 1
+    rhos = [rc - 0.03, rc - 0.005, rc + 0.005, rc + 0.03, min(rc + 0.2, 0.97)]
+    exact = optimum(ratio, k, rhos, reading, layers=2, smooth=smooth)
+    for rho, kl in zip(rhos, exact.kl):
+        num = two_layer_numerical_top_kl(lam, sigma2, beta, rho, k, reading, smooth)
+        assert num == pytest.approx(kl, abs=2e-5), rho
+        assert (num > 1e-6) == (rho > rc), (rho, rc, num)  # the top is active above rho_c in every case
+    assert np.all(np.diff(exact.kl) >= -1e-9)  # it switches on continuously from 0 at rho_c
+    assert exact.kl[2] < 0.06  # 0.005 above rho_c
+
+
+def test_two_layer_closed_form_limits():
+    # prior reading as rho -> 1: the top can switch on iff r > 2 (smooth decoder), r > 1 + sqrt(2) (smooth both)
+    assert critical_rho(2.05, 5, "prior", 2, "decoder") > 0.9 and np.isnan(critical_rho(1.95, 5, "prior", 2, "decoder"))
+    assert critical_rho(2.5, 5, "prior", 2, "both") > 0.8 and np.isnan(critical_rho(2.35, 5, "prior", 2, "both"))
+    # posterior reading, bottom collapsed (r <= c): the top is active iff rho > 1 / (K - 1)
+    for k in (3, 5, 9):
+        assert critical_rho(0.05, k, "posterior", 2, "both") == pytest.approx(1 / (k - 1), abs=1e-9)
+    # posterior reading, smooth decoder: never collapsed, and no optimum
+    assert np.isnan(critical_rho(0.7, 5, "posterior", 2, "decoder"))
+    with pytest.raises(ValueError, match="no optimum"):
+        optimum(0.7, 5, 0.5, "posterior", layers=2, smooth="decoder")
+    # the issue's conjecture rho_c^2 = 4 / (4 + K (r - 2)) is not this model's: K = 5, r = 4 gives 0.5345
+    assert critical_rho(4.0, 5, "prior", 2, "decoder") == pytest.approx(0.6129, abs=1e-4)
+    assert critical_rho(4.0, 5, "prior", 2, "both") == pytest.approx(0.3583, abs=1e-4)
+    # an active set of two intervals, which the exact optimum confirms
+    crossings = closed_form.top_layer_crossings(3.0, 20, "prior", "both")
+    assert crossings == pytest.approx([0.2178, 0.2538, 0.8845], abs=1e-3)
+    assert np.isnan(critical_rho(3.0, 20, "prior", 2, "both"))
+    kl = [two_layer_numerical_top_kl(3.0, 1.0, 1.0, rho, 20, "prior", "both") for rho in (0.2, 0.235, 0.5, 0.93)]
+    assert [v > 1e-6 for v in kl] == [False, True, False, True]
+
+
+def test_two_layer_case_is_recognised_from_the_recorded_columns():
+    row = {"dataset": "gaussian", "likelihood": "gaussian", "n_layers": 2, "hidden_layers": 0, "objective": "elbo",
+           "free_bits": 0.0, "smooth": "both", "smooth_samples": 5, "smooth_space": "prior",
+           "beta_params": json.dumps({"beta_max": 1.0}), "latent_dims": "2-2", "gaussian_eigenvalue": 4.0,
+           "gaussian_ratio": 1.0, "gaussian_dim": 2, "likelihood_variance": 1.0}
+    case = linear_gaussian_case(row)
+    assert (case.layers, case.smooth) == (2, "both")
+    assert case.critical_rhos() == pytest.approx([0.3583, 0.3583], abs=1e-4)
+    assert case.top_kl(np.array([0.3, 0.6]))[0] < 1e-9 and case.top_kl(np.array([0.6]))[0] > 0.3
+    assert linear_gaussian_case({**row, "latent_dims": "2-1"}) is None
+    assert linear_gaussian_case({**row, "smooth_space": "posterior", "smooth": "decoder"}) is None
+
+
+@pytest.mark.slow  # ~80 s on the loaded 2-core machine (over the 30 s asked for): 1,200 steps are needed
+def test_a_small_two_layer_population_switches_its_top_layer_at_the_closed_form():
+    """Prior reading, smooth both, K = 5, lambda = 4 (rho_c = 0.358), 2 x 2 latents: the real trainer's top layer
+    is collapsed at rho = 0.25 and active at 0.6. The active side converges slowly (2,000 steps at lr 1e-2 left
+    0.20-0.26 against the optimum's 0.40; 1,500 at 3e-2, 0.34), so the value is checked loosely."""
+    cfg = gaussian_config(latent_dims=(2, 2), gaussian_dim=2, gaussian_samples=200, gaussian_eigenvalue=4.0,
+                          smooth_samples=5, smooth_space="prior", batch_size=100, steps=1200, lr=3e-2,
+                          lr_decay_steps=1000)
+    configs = [cfg.replace(rho=0.25), cfg.replace(rho=0.6)]
+    collapsed, active = (f["top_kl"] for f in Population(configs, chunk=None).fit())
+    exact = 2 * optimum(4.0, 5, [0.25, 0.6], "prior", layers=2, smooth="both").kl
+    assert exact[0] < 1e-9 and collapsed < 2e-3
+    assert 0.5 * exact[1] < active < 1.1 * exact[1]
