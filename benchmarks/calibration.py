@@ -51,7 +51,7 @@ from analysis.closed_form import DIRECTION_OF_READING, critical_rho, optimum
 from analysis.io import collect, load_results
 from analysis.onset import FROZEN, OnsetSettings, fit_kl_onset
 from analysis.schema import SCHEMA_VERSION
-from analysis.transition import fit_transition
+from analysis.transition import ACTIVE_ABOVE, fit_transition
 from ouvae.config import Config
 from ouvae.population import Population
 from ouvae.records import run_columns
@@ -60,6 +60,7 @@ from sweeps.results import rows_from_result, write_trial_file
 
 LATENT = 2  # latent units per layer = data dimension: the data are isotropic in the latent directions
 HELD_OUT_FROM = 1000  # seeds below this were used while the estimators were developed; coverage uses seeds from here
+# family -> (smooth_space, stochastic layers); every map smoothed (Config.smooth "both", the default)
 FAMILIES = {"posterior": ("posterior", 1), "prior": ("prior", 1), "two-layer": ("prior", 2),
             "two-layer-posterior": ("posterior", 2)}
 BUILT_IN = ([f"posterior:{k}:{r}" for k in (3, 5, 9) for r in (0.5, 0.7, 0.9)]
@@ -94,19 +95,16 @@ class Case:
 
     @property
     def direction(self) -> str:
-        return DIRECTION_OF_READING[self.reading]
+        """The two-layer top is active above rho_c in either reading (docs/calibration.md, "A two-layer hierarchy")."""
+        return DIRECTION_OF_READING[self.reading] if self.layers == 1 else ACTIVE_ABOVE
 
     @property
     def closed_form(self) -> float:
-        if self.layers == 1:
-            return float(critical_rho(self.r, self.k, self.reading))
         return float(critical_rho(self.r, self.k, self.reading, layers=self.layers))
 
     def exact_top_kl(self, rho: np.ndarray) -> np.ndarray:
-        """The exact optimum's top-layer KL (summed over its units) at each rho."""
-        if self.layers == 1:
-            return LATENT * optimum(self.r, self.k, rho, self.reading).kl
-        return LATENT * optimum(self.r, self.k, rho, self.reading, layers=self.layers).kl
+        """The exact optimum's top-layer KL (summed over its units) at each rho (the trainer's default smooth)."""
+        return LATENT * np.asarray(optimum(self.r, self.k, rho, self.reading, layers=self.layers).kl)
 
 
 def parse_case(text: str) -> Case:
