@@ -216,10 +216,10 @@ def fit_kl_onset(rho: Any, seed: Any, top_kl: Any, *, direction: str = ACTIVE_BE
     if centre is None:
         return OnsetFit(**none, n_runs=int(r.size), message="no KL onset located: the KL does not fall to its floor "
                                                             "inside the swept range")
-    inside = np.zeros(x.size, dtype=bool)
+    inside = None
     for _ in range(RECENTRE_ROUNDS):
         now = np.abs(x - centre) <= window + 1e-12
-        if np.array_equal(now, inside):
+        if inside is not None and np.array_equal(now, inside):
             break
         inside = now
         xw, yw, sw = x[inside], y[inside], seed_idx[inside]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -388,3 +390,39 @@ def test_a_small_two_layer_population_switches_its_top_layer_at_the_closed_form(
     exact = 2 * optimum(4.0, 5, [0.25, 0.6], "prior", layers=2, smooth="both").kl
     assert exact[0] < 1e-9 and collapsed < 2e-3
     assert 0.5 * exact[1] < active < 1.1 * exact[1]
+
+
+def test_calibration_benchmark_counts_coverage_on_replicates_it_was_not_tuned_on(tmp_path):
+    """benchmarks/calibration.py end to end at a tiny size: replicates with disjoint seeds from the held-out range,
+    each a lattice refined by the adaptive policy, written to a results table and fitted from it; the JSON has the
+    coverage fields; a second call analyses the table again without training; a bad --config is one line."""
+    out, table = tmp_path / "cal.json", tmp_path / "table"
+    command = [sys.executable, "benchmarks/calibration.py", "--out", str(out), "--results", str(table),
+               "--config", "posterior:9:0.7", "--replicates", "3", "--seeds", "3", "--steps", "300", "--budgets", "1",
+               "--coarse-points", "5", "--budget", "21", "--n-boot", "30"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result, = json.loads(out.read_text())["results"]
+    assert result["closed_form"] == pytest.approx(0.8139, abs=1e-4)
+    seeds = [r["seeds"] for r in result["replicates"]]
+    assert seeds == [[1000, 1001, 1002], [1003, 1004, 1005], [1006, 1007, 1008]]
+    for rep in result["replicates"]:
+        assert rep["runs"] <= 21 and rep["rho_values"] >= 5
+        assert {"fitted", "ci_low", "ci_high", "error", "inside"} <= set(rep["kl_onset"])
+    summary = result["kl_onset"]
+    assert {"coverage", "coverage_low", "coverage_high", "bias", "width", "rmse"} <= set(summary)
+    assert summary["n"] == 3 and summary["coverage"] == summary["covered"] / 3
+    assert summary["coverage_low"] <= summary["coverage"] <= summary["coverage_high"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert json.loads(out.read_text())["results"][0]["replicates"] == result["replicates"]  # read, not retrained
+    bad = subprocess.run([*command[:4], "--config", "prior:5:0.9"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "has no transition inside (0, 1)" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_kl_onset_with_no_run_near_the_first_guess_says_so():
+    """A lattice coarser than twice the window leaves no run within it of the first guess: a message, not a crash."""
+    rho = np.repeat([0.1, 0.35, 0.6, 0.85], 3)
+    kl = 2 * optimum(0.7, 9, rho, "posterior").kl
+    fit = fit_kl_onset(rho, np.tile(np.arange(3), 4), kl, n_boot=0)
+    assert fit.rho_c is None and "within 0.1 of the onset" in fit.message
