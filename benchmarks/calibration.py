@@ -280,6 +280,23 @@ def overall(results: list[dict[str, Any]], estimator: str) -> dict[str, Any]:
     return {**pooled, "lowest_configuration": lowest, "largest_abs_bias": worst_bias, "target_met": met}
 
 
+def markdown(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
+    """The coverage table as docs/calibration.md and BENCHMARKS.md show it."""
+    def cov(s: dict[str, Any]) -> str:
+        return f"{s['covered']}/{s['n']} = {s['coverage']:.2f} [{s['coverage_low']:.2f}, {s['coverage_high']:.2f}]"
+
+    def est(s: dict[str, Any]) -> str:
+        return f"{cov(s)} | {_f(s['bias'], '+.4f')} | {_f(s['rmse'])} | {_f(s['width'])}"
+
+    lines = ["| configuration | closed form | KL onset: covers [Wilson 95%] | bias | RMSE | width | active units: "
+             "covers [Wilson 95%] | bias | RMSE | width |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        lines.append(f"| {res['config']} | {res['closed_form']:.4f} | {est(res['kl_onset'])} | "
+                     f"{est(res['active_units'])} |")
+    lines.append(f"| **all** | | {est(summary['kl_onset'])} | {est(summary['active_units'])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file for the results")
@@ -307,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="configurations trained at once (one core each)")
     p.add_argument("--results", default=None, help="results-table folder (default: a temporary one); a "
                                                    "configuration already complete there is analysed, not retrained")
+    p.add_argument("--combine", nargs="+", metavar="JSON", help="no training: join these earlier outputs (e.g. "
+                                                                "configurations run as separate processes) into --out")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out)
     cases = args.configs or [parse_case(c) for c in BUILT_IN]
     if args.first_seed < HELD_OUT_FROM:
         print(f"note: seeds from {args.first_seed} include development seeds (< {HELD_OUT_FROM}): this is not a "
@@ -320,6 +341,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [run_case(case, args, root) for case in cases]
     total = time.perf_counter() - t_all
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "settings": {k: v for k, v in vars(args).items() if k != "configs"}, "onset_settings": vars(FROZEN),
+            "held_out_from": HELD_OUT_FROM, "total_seconds": total, "machine": platform.platform(),
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    report(results, meta, args.out)
+    print(f"total {total:.0f} s")
+    return 0
+
+
+def combine(paths: list[str], out: str) -> int:
+    """Join earlier outputs into one (their configurations, each run's meta kept)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    report([r for part in parts for r in part["results"]], {"combined": [part["meta"] for part in parts]}, out)
+    return 0
+
+
+def report(results: list[dict[str, Any]], meta: dict[str, Any], out: str) -> None:
+    """Print the pooled coverage, the ablation and the table; write the JSON."""
     summary = {name: overall(results, name) for name in ("kl_onset", "active_units")}
     for name, s in summary.items():
         print(f"{name}: covers {s['covered']}/{s['n']} = {s['coverage']:.3f} [Wilson 95%: {s['coverage_low']:.3f}, "
@@ -328,16 +368,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'met' if s['target_met'] else 'NOT met'}")
     for name in ABLATIONS:
         s = summarise([e for res in results for e in res["ablation_replicates"][name]])
-        print(f"KL onset, {name}: covers {s['covered']}/{s['n']} = {s['coverage']:.3f}, mean width {_f(s['width'])}")
-    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-            "settings": {k: v for k, v in vars(args).items() if k != "configs"}, "onset_settings": vars(FROZEN),
-            "held_out_from": HELD_OUT_FROM, "total_seconds": total, "machine": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1,
-                                         default=list))
-    print(f"total {total:.0f} s; written {args.out}")
-    return 0
+        print(f"KL onset, {name}: covers {s['covered']}/{s['n']} = {s['coverage']:.3f} [{s['coverage_low']:.3f}, "
+              f"{s['coverage_high']:.3f}], bias {_f(s['bias'], '+.4f')}, mean width {_f(s['width'])}")
+    print(markdown(results, summary))
+    Path(out).write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1, default=list))
+    print(f"written {out}")
 
 
 def _f(v: float | None, spec: str = ".4f") -> str:
