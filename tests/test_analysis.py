@@ -492,13 +492,14 @@ def test_rows_from_before_the_lr_decay_read_as_a_constant_lr(tmp_path):
     make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
     folder = next(root.glob("sweep_id=*"))
     today = pq.read_table(next(folder.glob("*.parquet")))
-    v3 = today.drop_columns(["lr_decay_steps"]).to_pylist()
+    v3 = today.drop_columns(["lr_decay_steps", "lr_decay_power"]).to_pylist()
     v3 = [{**row, "run_id": f"v3-{i}", "schema_version": 3} for i, row in enumerate(v3)]
-    schema = pa.schema([f for f in SCHEMA if f.name != "lr_decay_steps"])
+    schema = pa.schema([f for f in SCHEMA if f.name not in ("lr_decay_steps", "lr_decay_power")])
     pq.write_table(pa.Table.from_pylist(v3, schema=schema), folder / "v3.parquet")
     df = load_results(root).lf.collect()
     assert df.filter(pl.col("run_id").str.starts_with("v3-")).height == len(v3)
     assert df["lr_decay_steps"].null_count() == 0 and set(df["lr_decay_steps"]) == {0}
+    assert df["lr_decay_power"].null_count() == 0 and set(df["lr_decay_power"]) == {1.0}
 
 
 # ---------------------------------------------------------------------------------- tables on a hand fixture
