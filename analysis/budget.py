@@ -5,18 +5,33 @@ stops is a property of the budget, not of the model. Every evaluation is already
 (``step``), so rho_c can be fitted at each evaluation step that every run of a configuration reached, with the
 same fit and interval as the final one (``analysis/transition.py``).
 
-The verdict compares the last two budgets (of at most ``max_budgets`` evenly spaced common steps, so that with
-hundreds of evaluations the last two are still a sizeable part of training apart):
+The verdict (``budget_verdict``, the one rule the report and the ladder use) looks at the trend, not only at the
+last step (of at most ``max_budgets`` evenly spaced common steps, so that with hundreds of evaluations the budgets
+are still a sizeable part of training apart). The tolerance is ``margin / 2`` (0.01 at the default --delta 0.02).
 
-* CONVERGED: the two intervals overlap AND rho_c moved by at most the tolerance, ``margin / 2`` (0.01 at the
-  default --delta 0.02). Overlap alone is not enough (two wide intervals always overlap); a small shift alone is
-  not enough (it may be noise). Why half the margin: the report calls two rho_c "similar" when their difference
-  lies within +-margin; a configuration whose rho_c still moves by more than half of that per budget step could
-  turn such a statement around within two more steps, so its number is not yet final at the resolution the
-  comparisons work at.
-* RISING / FALLING: either test fails; the direction is the sign of the last shift.
-* NOT_DECIDED: a fit or interval is missing at one of the two budgets (too few seeds, no transition yet, ...).
+* CONVERGED needs all three of: (1) at least three budgets; (2) the last two agree: their intervals overlap AND
+  rho_c moved by at most the tolerance (overlap alone is not enough -- two wide intervals always overlap; a small
+  shift alone is not enough -- it may be noise); (3) the extrapolated limit agrees with the last budget:
+  ``|rho_inf - rho_c(last)| <= tolerance``, where rho_inf comes from ``extrapolate`` (below). Why half the margin:
+  the report calls two rho_c "similar" when their difference lies within +-margin; a rho_c that is still more
+  than half of that from where it is going could turn such a statement around, so its number is not yet final at
+  the resolution the comparisons work at.
+* RISING / FALLING: the last two budgets disagree (direction: the sign of the last shift), or they agree but the
+  extrapolated limit lies more than the tolerance from the last budget (direction: towards rho_inf) -- a rho_c
+  that approaches its limit slowly moves little per budget step although it is still far from it.
+* NEEDS_BUDGETS: the last two agree but there are only two budgets: one shift says nothing about the trend
+  ("not decided: needs a third budget").
+* NOT_DECIDED: a fit or interval is missing at one of the last two budgets (too few seeds, no transition yet,
+  ...), or the trend could not be fitted.
 * ONE_BUDGET: only one step is common to all runs.
+
+Why the point rho_inf and not its interval in (3): an extrapolation through three budgets has a wide interval (the
+lever from the last budget to infinity multiplies the rungs' own uncertainty: on the digits ladder, rungs with
+intervals 0.01-0.04 wide), so "rho_inf's interval inside +-tolerance" would ask for more precision than any rung
+has and call nothing converged, and "the intervals overlap" would pass every noisy series. The point value,
+together with the last two budgets' agreement, is the rule whose errors the calibration counts
+(``benchmarks/verdict_calibration.py``: on the linear model, where rho_c is known, how often "converged" is said of
+an estimate farther than the tolerance from the closed form); the interval is shown next to it.
 
 A ladder (``critical_rho.py --until-converged``, which trains only the runs near the transition further, so runs
 of one configuration end at different steps) is fitted at its rung steps (``analyze(budget_steps=...)``,
@@ -26,9 +41,19 @@ Where every run reached the step this is exactly the evaluation at that step. Wi
 length are fitted at the steps every run reached (carrying a state forward is the ladder's assumption, not a
 general one).
 
-With three or more budgets, ``extrapolate`` fits the model rho_c(B) = rho_inf + a * B^(-gamma) through them: a
-model of how rho_c approaches its converged value, with an interval from redrawing each budget's rho_c within its
-own interval -- never a measurement (the report says so wherever it shows it).
+The extrapolation (``extrapolate``): rho_c(B) = rho_inf + a * t(B)^(-gamma) with gamma in [1/2, 1], fitted
+through the last three budgets that have an interval, with an interval for rho_inf from redrawing each budget's
+rho_c within its own interval. t(B) is the training time in steps at the initial learning rate: B itself at a
+constant lr, sum_k (1 + k/d)^-p over the first B updates under the decay lr / (1 + k/d)^p (``effective_steps``).
+Why effective time: under a decaying lr a doubling of the steps adds only a bounded amount of optimisation (for
+p = 1, d ln 2 as B grows), so a rung-to-rung shift that looks small in steps is a large part of what is to come.
+Why gamma in [1/2, 1]: 1 (the stochastic-gradient rate, 1/t) is the fastest approach the model credits -- a
+series that moved +0.027 then +0.008 is not assumed to stop there, as a free power (gamma 1.75 through those
+three points) would -- and 1/2 the slowest it follows: with gamma free down to 0.05, a fit through three to five
+noisy budgets extrapolates their noise (on flat series with rung noise of sd 0.002-0.01 it put rho_inf more than
+0.01 from the last budget in 25-41% of draws; bounded at 1/2, in 0-10%). Why the last three: the power law is an
+asymptotic form, and early budgets, far from it, pull the fit hardest. A model, never a measurement (the report
+says so wherever it shows it).
 """
 
 from __future__ import annotations
@@ -53,12 +78,13 @@ class BudgetVerdict(enum.Enum):
     RISING = "rising"
     FALLING = "falling"
     NOT_DECIDED = "not_decided"
+    NEEDS_BUDGETS = "needs_budgets"  # the last two agree, but two budgets show no trend: needs a third
     ONE_BUDGET = "one_budget"
 
 
 @dataclass(frozen=True)
 class BudgetSeries:
-    """One configuration's rho_c at each budget (step), and the verdict on the last two."""
+    """One configuration's rho_c at each budget (step), the extrapolated limit and the verdict (module docstring)."""
 
     config_id: str
     steps: list[int]
@@ -66,6 +92,9 @@ class BudgetSeries:
     verdict: BudgetVerdict
     shift: float | None  # rho_c(last) - rho_c(previous), when both exist
     tolerance: float
+    extrapolation: "Extrapolation | None" = None  # the trend's limit, through the last three budgets
+    lr_decay_steps: int = 0  # the configuration's lr schedule (effective_steps): the extrapolation's time axis
+    lr_decay_power: float = 1.0
 
     @property
     def still_moving(self) -> bool:
@@ -77,18 +106,29 @@ def evaluations_query(results: Results) -> pl.LazyFrame:
     return results.lf.select("sweep_id", "run_id", "step", "top_active_units")
 
 
-def budget_verdict(previous: TransitionFit, last: TransitionFit, tolerance: float
+def budget_verdict(fits: list[TransitionFit], extrapolation: "Extrapolation | None", tolerance: float
                    ) -> tuple[BudgetVerdict, float | None]:
-    """(verdict, shift) for the last two budgets (see the module docstring)."""
+    """(verdict, shift) of a configuration's fits at its budgets, oldest first, and the extrapolation through them
+    (``extrapolate``): the one convergence rule of the report and the ladder (see the module docstring)."""
+    if len(fits) < 2:
+        return BudgetVerdict.ONE_BUDGET, None
+    previous, last = fits[-2], fits[-1]
     if previous.status != STATUS_OK or last.status != STATUS_OK:
         return BudgetVerdict.NOT_DECIDED, None
     shift = last.rho_c - previous.rho_c
     if previous.ci_low is None or last.ci_low is None:
         return BudgetVerdict.NOT_DECIDED, shift
     overlap = previous.ci_low <= last.ci_high and last.ci_low <= previous.ci_high
-    if overlap and abs(shift) <= tolerance:
+    if not (overlap and abs(shift) <= tolerance):
+        return (BudgetVerdict.RISING if shift > 0 else BudgetVerdict.FALLING), shift
+    if len(fits) < MIN_EXTRAPOLATION_BUDGETS:
+        return BudgetVerdict.NEEDS_BUDGETS, shift
+    if extrapolation is None:
+        return BudgetVerdict.NOT_DECIDED, shift
+    ahead = extrapolation.rho_inf - last.rho_c
+    if abs(ahead) <= tolerance:
         return BudgetVerdict.CONVERGED, shift
-    return (BudgetVerdict.RISING if shift > 0 else BudgetVerdict.FALLING), shift
+    return (BudgetVerdict.RISING if ahead > 0 else BudgetVerdict.FALLING), shift
 
 
 def common_steps(evals: pl.DataFrame, n_runs: int, max_budgets: int) -> list[int]:
@@ -131,11 +171,12 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
     steps of a ladder, for configurations whose runs ended at different steps.
     """
     tolerance = TOLERANCE_OF_MARGIN * margin
+    configs = critical.configs
     keyed = evals.join(critical.runs.select("sweep_id", "run_id", "config_id", "rho", "seed", "top_dim"),
                        on=["sweep_id", "run_id"], how="inner")
     out: dict[str, BudgetSeries] = {}
     with one_blas_thread():
-        for i, cfg in enumerate(critical.configs.iter_rows(named=True)):
+        for i, cfg in enumerate(configs.iter_rows(named=True)):
             cid = cfg["config_id"]
             runs = critical.config_runs(cid)
             rows = keyed.filter(pl.col("config_id") == cid)
@@ -150,18 +191,32 @@ def fit_budgets(critical: CriticalResult, evals: pl.DataFrame, *, n_boot: int, s
                                           rng=np.random.default_rng([seed, 2, i, j]),
                                           what=f"configuration {cid} ({cfg['label']}) at step {step}",
                                           direction=critical.fits[cid].direction))
-            verdict, shift = (budget_verdict(fits[-2], fits[-1], tolerance) if len(fits) >= 2
-                              else (BudgetVerdict.ONE_BUDGET, None))
-            out[cid] = BudgetSeries(cid, steps, fits, verdict, shift, tolerance)
+            schedule = dict(lr_decay_steps=int(cfg.get("lr_decay_steps") or 0),
+                            lr_decay_power=float(cfg.get("lr_decay_power") or 1.0))
+            model = extrapolate(BudgetSeries(cid, steps, fits, BudgetVerdict.NOT_DECIDED, None, tolerance,
+                                             **schedule), level=critical.level, seed=seed)
+            verdict, shift = budget_verdict(fits, model, tolerance)
+            out[cid] = BudgetSeries(cid, steps, fits, verdict, shift, tolerance, model, **schedule)
     return out
 
 
 # --------------------------------------------------------------------------------------------------- wording
+def _limit_is_ahead(s: BudgetSeries) -> bool:
+    """Whether a RISING/FALLING verdict comes from the extrapolation (the last two budgets agreed)."""
+    return (s.still_moving and s.shift is not None and abs(s.shift) <= s.tolerance
+            and s.extrapolation is not None and abs(s.extrapolation.rho_inf - s.fits[-1].rho_c) > s.tolerance
+            and s.fits[-2].ci_low is not None and s.fits[-2].ci_low <= s.fits[-1].ci_high
+            and s.fits[-1].ci_low <= s.fits[-2].ci_high)
+
+
 def budget_short_text(s: BudgetSeries) -> str:
     """A few words for the rho_c table, next to the number."""
     if s.still_moving:
+        if _limit_is_ahead(s):
+            return f"still {s.verdict.value} (trend's limit {s.extrapolation.rho_inf:.3f})"
         return f"still {s.verdict.value} ({s.shift:+.3f} since step {s.steps[-2]})"
     return {BudgetVerdict.CONVERGED: "converged", BudgetVerdict.NOT_DECIDED: "not decided",
+            BudgetVerdict.NEEDS_BUDGETS: "not decided (needs a third budget)",
             BudgetVerdict.ONE_BUDGET: "one budget only"}[s.verdict]
 
 
@@ -172,22 +227,53 @@ def budget_text(s: BudgetSeries) -> str:
             return "no evaluation step is common to all runs"
         return f"one evaluation step ({s.steps[0]}) is common to all runs: convergence with the budget cannot be judged"
     a, b = s.steps[-2], s.steps[-1]
+    moved = f"rho_c moved {s.shift:+.4f} from step {a} to {b}" if s.shift is not None else ""
+    limit = (f"the trend's limit ρ∞ = {s.extrapolation.rho_inf:.3f} is {s.extrapolation.rho_inf - s.fits[-1].rho_c:+.4f} "
+             f"from the last budget" if s.extrapolation is not None and s.fits[-1].rho_c is not None else "")
     if s.verdict is BudgetVerdict.NOT_DECIDED:
-        return (f"not decided: rho_c or its interval is missing at step {a} or {b} "
-                f"({s.fits[-2].status.value} / {s.fits[-1].status.value})")
+        if s.fits[-2].ci_low is None or s.fits[-1].ci_low is None:
+            return (f"not decided: rho_c or its interval is missing at step {a} or {b} "
+                    f"({s.fits[-2].status.value} / {s.fits[-1].status.value})")
+        return f"not decided: {moved}, but the trend through the last three budgets could not be fitted"
+    if s.verdict is BudgetVerdict.NEEDS_BUDGETS:
+        return (f"not decided (needs a third budget): {moved} (within ±{s.tolerance:g}, intervals overlap), but "
+                f"two budgets show no trend")
     if s.verdict is BudgetVerdict.CONVERGED:
-        return (f"converged: rho_c moved {s.shift:+.4f} from step {a} to {b} (within ±{s.tolerance:g}, intervals "
-                f"overlap)")
+        return (f"converged: {moved} (within ±{s.tolerance:g}, intervals overlap) and {limit} (within "
+                f"±{s.tolerance:g})")
+    if _limit_is_ahead(s):
+        return (f"still {s.verdict.value}: {moved} (within ±{s.tolerance:g}), but {limit} (more than "
+                f"±{s.tolerance:g}); train longer")
     why = "the intervals do not overlap" if abs(s.shift) <= s.tolerance else f"more than ±{s.tolerance:g}"
-    return f"still {s.verdict.value}: rho_c moved {s.shift:+.4f} from step {a} to {b} ({why}); train longer"
+    return f"still {s.verdict.value}: {moved} ({why}); train longer"
 
 
 # ---------------------------------------------------------------------------------------- extrapolation
+MIN_EXTRAPOLATION_BUDGETS = 3  # three parameters: fewer budgets do not determine the model
+
+
+def effective_steps(steps: np.ndarray | list[float], decay_steps: int = 0, power: float = 1.0) -> np.ndarray:
+    """t(B): the training time of the first B updates in steps at the initial lr, sum_{k=1..B} (1 + k/d)^-p
+    (ouvae/config.py: lr_decay_steps d, lr_decay_power p); B itself at a constant lr (d = 0).
+
+    The sum by the midpoint rule, integral_{1/2}^{B+1/2} (1 + x/d)^-p dx, in closed form: its error is below
+    p / (24 d) steps in all (the summand's curvature), far below a rung."""
+    b = np.asarray(steps, dtype=np.float64)
+    if decay_steps <= 0:
+        return b
+    d = float(decay_steps)
+    lo, hi = 1.0 + 0.5 / d, 1.0 + (b + 0.5) / d
+    if power == 1.0:
+        return d * np.log(hi / lo)
+    return d / (1.0 - power) * (hi ** (1.0 - power) - lo ** (1.0 - power))
+
+
 @dataclass(frozen=True)
 class Extrapolation:
-    """The model rho_c(B) = rho_inf + a * B^(-gamma) fitted through a configuration's budgets: a model, not a
-    measurement. ``rho_inf_low``/``high``: the interval of rho_inf from redrawing every budget's rho_c within its
-    own interval (None where too few redraws could be fitted)."""
+    """The trend rho_c(B) = rho_inf + a * t(B)^(-gamma), gamma in [1/2, 1], through a configuration's last three
+    budgets (t: ``effective_steps`` of its lr schedule): a model, not a measurement. ``rho_inf_low``/``high``: the
+    interval of rho_inf from redrawing every budget's rho_c within its own interval (None where too few redraws
+    could be fitted)."""
 
     rho_inf: float
     a: float
@@ -195,13 +281,21 @@ class Extrapolation:
     rho_inf_low: float | None
     rho_inf_high: float | None
     level: float
+    budgets: tuple[int, ...] = ()  # the steps the model goes through
+    lr_decay_steps: int = 0
+    lr_decay_power: float = 1.0
 
     def at(self, budget: np.ndarray) -> np.ndarray:
-        return self.rho_inf + self.a * np.asarray(budget, dtype=np.float64) ** (-self.gamma)
+        """The model at training step(s) ``budget``."""
+        t = effective_steps(budget, self.lr_decay_steps, self.lr_decay_power)
+        return self.rho_inf + self.a * t ** (-self.gamma)
 
 
-MIN_EXTRAPOLATION_BUDGETS = 3  # three parameters: fewer budgets do not determine the model
-_GAMMA_BOUNDS = (0.05, 4.0)  # a decay slower than B^-0.05 is no approach at all; faster than B^-4 is a step
+# The approach rates the model may take (module docstring): 1, the stochastic-gradient rate, is the fastest it
+# credits (a faster approach is never assumed, so the verdict errs towards "still moving"); 1/2 the slowest it
+# follows -- below it three noisy budgets cannot tell a slow approach from noise (with gamma down to 0.05, 25-41% of
+# flat series with rung noise of sd 0.002-0.01 had rho_inf more than 0.01 from the last budget; with 1/2, 0-10%).
+_GAMMA_BOUNDS = (0.5, 1.0)
 
 
 def _power_law_fit(budgets: np.ndarray, rho_c: np.ndarray, sigma: np.ndarray) -> tuple[float, float, float] | None:
@@ -229,7 +323,7 @@ def _power_law_fit(budgets: np.ndarray, rho_c: np.ndarray, sigma: np.ndarray) ->
         sse = np.square(rho_c[None, :] - rho_inf[:, None] - a[:, None] * f) @ w
         return sse, rho_inf, a
 
-    grid = np.geomspace(*_GAMMA_BOUNDS, 161)
+    grid = np.geomspace(*_GAMMA_BOUNDS, 41)
     sse, _, _ = profile(grid)
     if not np.isfinite(sse).any():
         return None
@@ -245,15 +339,20 @@ def _power_law_fit(budgets: np.ndarray, rho_c: np.ndarray, sigma: np.ndarray) ->
 
 def extrapolate(series: BudgetSeries, *, level: float = 0.95, n_draws: int = 300,
                 seed: int = 0) -> Extrapolation | None:
-    """rho_c(B) = rho_inf + a * B^(-gamma) through the budgets that have rho_c and an interval (None with fewer than
-    three, or when the model cannot be fitted). The interval of rho_inf: refits to each budget's rho_c redrawn from
-    a normal with its interval's half-width as ``level``-interval (parametric bootstrap), percentiles of rho_inf."""
+    """rho_c(B) = rho_inf + a * t(B)^(-gamma) through the last three budgets that have rho_c and an interval (None
+    with fewer, or when the model cannot be fitted). The interval of rho_inf: refits to each budget's rho_c redrawn
+    from a normal with its interval's half-width as ``level``-interval (parametric bootstrap), percentiles of
+    rho_inf."""
     from scipy import stats
 
     pts = [(b, f) for b, f in zip(series.steps, series.fits) if f.status == STATUS_OK and f.ci_low is not None]
-    if len(pts) < MIN_EXTRAPOLATION_BUDGETS:
+    pts = pts[-MIN_EXTRAPOLATION_BUDGETS:]
+    if len(pts) < MIN_EXTRAPOLATION_BUDGETS or len({b for b, _ in pts}) < len(pts):
         return None
-    budgets = np.array([float(b) for b, _ in pts])
+    steps = tuple(int(b) for b, _ in pts)
+    budgets = effective_steps(steps, series.lr_decay_steps, series.lr_decay_power)
+    if np.any(budgets <= 0):
+        return None
     rho_c = np.array([f.rho_c for _, f in pts])
     z = float(stats.norm.ppf(0.5 + level / 2))
     sd = np.maximum(np.array([(f.ci_high - f.ci_low) / 2 for _, f in pts]) / z, 1e-6)
@@ -266,11 +365,13 @@ def extrapolate(series: BudgetSeries, *, level: float = 0.95, n_draws: int = 300
     low = high = None
     if inf.size >= n_draws // 2:
         low, high = (float(v) for v in np.quantile(inf, [0.5 - level / 2, 0.5 + level / 2]))
-    return Extrapolation(*best, low, high, level)
+    return Extrapolation(*best, low, high, level, steps, series.lr_decay_steps, series.lr_decay_power)
 
 
 def extrapolation_text(e: Extrapolation) -> str:
     interval = (f"[{e.rho_inf_low:.3f}, {e.rho_inf_high:.3f}]" if e.rho_inf_low is not None
                 else "(interval not determined)")
-    return (f"model, not a measurement: ρc(B) = ρ∞ + a·B^−γ gives ρ∞ = {e.rho_inf:.3f} {interval}, "
-            f"γ = {e.gamma:.2f}")
+    clock = ("B in steps" if e.lr_decay_steps <= 0 else
+             f"t = steps at the initial lr under the decay (d = {e.lr_decay_steps}, power {e.lr_decay_power:g})")
+    return (f"model, not a measurement: ρc = ρ∞ + a·t^−γ through steps {', '.join(map(str, e.budgets))} ({clock}) "
+            f"gives ρ∞ = {e.rho_inf:.3f} {interval}, γ = {e.gamma:.2f}")

@@ -178,7 +178,7 @@ def upgrade_rows(lf: pl.LazyFrame) -> pl.LazyFrame:
     are the smoothed objective, no bound on log p(x), so they move to smoothed_elbo/smoothed_kl_total and the bound
     columns become null (no bound was measured). Elsewhere they were the plain HVAE's bounds all along. A column
     renamed since (analysis.schema.RENAMED: v1/v2's trial_id) is read under today's name. Before v4 every run
-    trained at a constant lr: lr_decay_steps 0.
+    trained at a constant lr: lr_decay_steps 0; before v5 every decay was 1/k: lr_decay_power 1.
     """
     old = pl.col("schema_version") < 3
     leaky = (old & (pl.col("rho_eval") < 1) & pl.col("smooth").is_in(["both", "decoder"])
@@ -192,6 +192,7 @@ def upgrade_rows(lf: pl.LazyFrame) -> pl.LazyFrame:
         pl.when(old).then(pl.col("kl_total")).otherwise(pl.col("smoothed_kl_total")).alias("smoothed_kl_total"),
         *[keep_unless_leaky(c) for c in ("elbo", "iw_bound", "recon", "kl_total")],
         pl.col("lr_decay_steps").fill_null(0),
+        pl.col("lr_decay_power").fill_null(1.0),
     )
 
 

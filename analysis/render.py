@@ -201,19 +201,35 @@ def budget_table(rep: Report) -> Table | None:
                          "rho_c": f.rho_c, "ci_low": f.ci_low, "ci_high": f.ci_high,
                          "interval_undetermined": None if f.interval_undetermined is None
                          else f.interval_undetermined.value, "verdict": s.verdict.value})
-        model = rep.extrapolations.get(cid)
+        model = s.extrapolation
+        for row in data[len(data) - len(s.steps):]:
+            row.update(rho_inf=model.rho_inf if model else None, rho_inf_low=model.rho_inf_low if model else None,
+                       rho_inf_high=model.rho_inf_high if model else None)
+        last = s.fits[-1] if s.fits else None
         rows.append([cid, labels[cid], "; ".join(points),
+                     (f"{_fmt(last.rho_c)}" if last is not None and last.rho_c is not None else "–"),
+                     extrapolated_text(model),
                      budget_text(s) + (f". {extrapolation_text(model)}" if model else "")])
     tol = next(iter(rep.budgets.values())).tolerance
     return Table("rho_c_by_budget", "ρc against the training budget",
                  f"ρc fitted at every evaluation step all runs of a configuration reached (at most {rep.max_budgets}, "
-                 f"evenly spaced). Converged: the intervals at the last two budgets overlap and ρc moved by at most "
-                 f"±{tol:g} (half the similarity margin); otherwise ρc is still rising or falling with training. "
-                 f"Runs that ended at different steps (a ladder) are fitted at its rungs, each run with its latest "
-                 f"evaluation. With three or more budgets a MODEL ρc(B) = ρ∞ + a·B^−γ is fitted through them "
-                 f"(interval from redrawing each ρc within its interval): an extrapolation, not a measurement.",
-                 ["Config", "Configuration", "ρc at step", "Verdict"], rows,
+                 f"evenly spaced). Runs that ended at different steps (a ladder) are fitted at its rungs, each run "
+                 f"with its latest evaluation. ρ∞: a MODEL, ρc = ρ∞ + a/t fitted through the last three budgets "
+                 f"(t: steps, or under a decaying lr the steps at the initial lr; interval from the fit), an "
+                 f"extrapolation, not a measurement. Converged: at least three budgets, the intervals at the last two "
+                 f"overlap and ρc moved by at most ±{tol:g} (half the similarity margin), and ρ∞ lies within "
+                 f"±{tol:g} of the last budget's ρc; otherwise ρc is still rising or falling with training, or not "
+                 f"decided (two budgets only, or a fit missing).",
+                 ["Config", "Configuration", "ρc at step", "ρc last", "ρ∞ (model)", "Verdict"], rows,
                  pl.DataFrame(data, infer_schema_length=None))
+
+
+def extrapolated_text(model: Extrapolation | None) -> str:
+    """The trend's limit and its interval, for the column next to the last budget's ρc."""
+    if model is None:
+        return "– (needs three budgets)"
+    interval = (f" [{model.rho_inf_low:.3f}, {model.rho_inf_high:.3f}]" if model.rho_inf_low is not None else "")
+    return f"{model.rho_inf:.3f}{interval}"
 
 
 def report_tables(rep: Report) -> list[Table]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from analysis import plots
-from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, extrapolate, fit_budgets
+from analysis.budget import DEFAULT_MAX_BUDGETS, evaluations_query, fit_budgets
 from analysis.compare import DEFAULT_MARGIN, compare_across, compare_latent_sizes
 from analysis.critical import (ACROSS_KEYS, ACROSS_TITLES, GROUP_KEYS, RHO_EVAL_LABEL, CriticalResult, check_runs,
                                configurations, final_runs_query, fit_configurations, mixing_notes,
@@ -88,7 +88,8 @@ def check_options(level: float, n_boot: int, compare_boot: int, margin: float, m
     if not 0.0 < margin < 1.0:
         raise AnalysisError(f"--delta {margin} is not a margin on rho: give a positive value below 1, e.g. 0.02")
     if max_budgets < 2:
-        raise AnalysisError(f"--max-budgets {max_budgets}: give at least 2 (convergence compares the last two)")
+        raise AnalysisError(f"--max-budgets {max_budgets}: give at least 2 (the verdict compares the last two; "
+                            f"'converged' needs three)")
 
 
 def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
@@ -137,8 +138,8 @@ def analyze(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
                                         max_budgets=max_budgets, budget_steps=budget_steps),
                     max_budgets=max_budgets, tables=[], figures=[], n_rows=data.n_rows, n_files=data.n_files,
                     n_trials=int(counts["trials"]), sweeps=data.sweeps, notes=notes)
-    report.extrapolations = {cid: e for cid, series in report.budgets.items()
-                             if (e := extrapolate(series, level=level, seed=seed)) is not None}
+    report.extrapolations = {cid: series.extrapolation for cid, series in report.budgets.items()
+                             if series.extrapolation is not None}
     summary = summarize_runs(critical.runs.join(configs.select("config_id", "top_dim", "total_latent", "label",
                                                                "family_label"),
                                                 on="config_id", how="left", suffix="_cfg"))

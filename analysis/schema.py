@@ -36,9 +36,9 @@ import pyarrow as pa
 
 from ouvae.config import MEMBER, SHARED, recorded_columns
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions this code reads, and what each changed. A file of an older version has the newer columns null.
-READABLE_VERSIONS = (1, 2, 3, 4)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 VERSION_HISTORY = {
     1: "the first table",
     2: "added population_id, member, population_size, likelihood and failure",
@@ -47,6 +47,7 @@ VERSION_HISTORY = {
        "smoothed generative maps (not a bound) those values are moved to smoothed_elbo/smoothed_kl_total "
        "(analysis.io.upgrade_rows); trial_id renamed run_id (it names a run; population_id names the Tune trial)",
     4: "added lr_decay_steps (older rows: 0, they were trained at a constant lr)",
+    5: "added lr_decay_power (older rows: 1, the only decay there was)",
 }
 # Columns renamed since an older version: old name -> today's. Older files are read with the old column under the new
 # name (analysis.io), so a v1/v2 table's trial_id is its run_id.
@@ -95,7 +96,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("beta_params", pa.string(), "JSON of the schedule's parameters"),
     ("free_bits", pa.float64(), "free-bits floor in nats per layer (0 = off)"),
     ("lr", pa.float64(), "learning rate"),
-    ("lr_decay_steps", pa.int64(), "0: constant lr; d > 0: the k-th update used lr / (1 + k/d)"),
+    ("lr_decay_steps", pa.int64(), "0: constant lr; d > 0: the k-th update used lr / (1 + k/d)^a"),
+    ("lr_decay_power", pa.float64(), "a of the lr decay lr / (1 + k/d)^a (1 = 1/k; read only where lr_decay_steps > 0)"),
     ("batch_size", pa.int64(), "training batch size"),
     ("seed", pa.int64(), "random seed"),
     ("tf32", pa.bool_(), "TF32 matrix products asked for (they apply on CUDA only; they change the numbers)"),

@@ -28,15 +28,16 @@ Tensor = torch.Tensor
 class MemberAdam:
     """Adam (betas 0.9/0.999, eps 1e-8, no weight decay) on the (M, P) parameter `param`, one member per row; the
     trainer writes each step's gradient into `grad` (it may compute it a chunk of members at a time). With
-    `decay_steps` d > 0 a member's k-th update uses lr / (1 + k/d): a function of its own step count (a device
+    `decay_steps` d > 0 a member's k-th update uses lr / (1 + k/d)^a (a = `decay_power`): a function of its own step count (a device
     tensor, so no host sync), hence the same whether a run is trained in one go or continued from a checkpoint."""
 
     def __init__(self, param: torch.nn.Parameter, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, decay_steps: int = 0):
+                 eps: float = 1e-8, decay_steps: int = 0, decay_power: float = 1.0):
         if param.dim() != 2:
             raise ValueError(f"MemberAdam expects an (M, P) parameter, got shape {tuple(param.shape)}")
         self.param, self.lr, self.betas, self.eps = param, float(lr), betas, eps
-        self.decay_steps = int(decay_steps)  # > 0: the k-th update of a member uses lr / (1 + k / decay_steps)
+        self.decay_steps = int(decay_steps)  # > 0: the k-th update of a member uses lr / (1 + k / decay_steps)^a
+        self.decay_power = float(decay_power)  # a; 1 computes exactly what it did before the power existed
         self.grad = torch.zeros_like(param, memory_format=torch.contiguous_format)  # filled by the trainer
         self.exp_avg = torch.zeros_like(param, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.contiguous_format)
@@ -75,7 +76,11 @@ class MemberAdam:
         denom = self.exp_avg_sq.sqrt().div_(bias2_sqrt).add_(self.eps)
         # param -= lr / bias1 * exp_avg / denom, with the step size dividing denom: a masked row's divisor 0 makes
         # its denom infinite and its change exactly 0 (exp_avg / inf)
-        lr = self.lr / (1.0 + count / self.decay_steps) if self.decay_steps > 0 else self.lr
+        if self.decay_steps > 0:
+            decay = 1.0 + count / self.decay_steps
+            lr = self.lr / (decay if self.decay_power == 1.0 else decay.pow(self.decay_power))
+        else:
+            lr = self.lr
         denom.div_(torch.where(mask, -lr / bias1, 0.0))
         self.param.addcdiv_(self.exp_avg, denom)
 

@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CHECKPOINT_FILE, CheckpointFormatError
-from .config import IDENTITY, MEMBER, Config, ConfigError, digest_seed, settings_with, short_hash
+from .config import IDENTITY, MEMBER, Config, ConfigError, digest_seed, hashed, settings_with, short_hash
 from .data import DatasetSplits, load_config_dataset
 from .memory import peak_memory_bytes
 from .layers import member_slices
@@ -91,7 +91,7 @@ def shared_settings(cfg: Config) -> dict[str, Any]:
 
 def population_key(cfg: Config) -> str:
     """Equal keys = configurations that can train together in one population (the sweeps group by it)."""
-    return short_hash(shared_settings(cfg))
+    return short_hash(hashed(shared_settings(cfg)))
 
 
 def check_population(configs: Sequence[Config]) -> None:
@@ -169,7 +169,8 @@ class Population:
         self.train_x, self.eval_x = train.to(self.device), evals.to(self.device)  # kept on the device
         seeds = [c.seed for c in configs]
         self.model = HierarchicalVAE(cfg, self.data.image_shape, self.data.likelihood, seeds).to(self.device)
-        self.optimizer = MemberAdam(self.model.flat, cfg.lr, decay_steps=cfg.lr_decay_steps)
+        self.optimizer = MemberAdam(self.model.flat, cfg.lr, decay_steps=cfg.lr_decay_steps,
+                                    decay_power=cfg.lr_decay_power)
         # members per pass: a fixed function of the device (so the same population gives the same numbers)
         self.chunk = chunk if chunk is not None else (CPU_MEMBER_CHUNK if self.device.type == "cpu" else None)
         self._chunks = member_slices(len(configs), self.chunk)

@@ -4,9 +4,10 @@ Every rho_c a finite budget gives is a crossover of that budget. The ladder trai
 rung), fits every latent configuration's rho_c with the analysis's own code (``analysis.report.analyze`` on the
 results table, at the rung steps: ``analysis/budget.py``), and continues runs from their own checkpoints to the
 next rung (budgets x ``--rung-factor``, 2 by default, up to ``--max-epochs``/``--max-steps``). A configuration stops
-when the analysis calls its rho_c CONVERGED between its last two rungs (``analysis.budget.budget_verdict``: the
-same rule and tolerance as the report's budget section); the sweep stops when every configuration has, or at the
-maximum budget.
+when the analysis calls its rho_c CONVERGED (``analysis.budget.budget_verdict``: the same rule and tolerance as
+the report's budget section -- at least three rungs, the last two agreeing, and the trend's extrapolated limit
+within the tolerance of the last rung); the sweep stops when every configuration has, or at the maximum budget.
+Each rung's line shows the extrapolated limit rho_inf with its interval next to the rung's rho_c.
 
 Why a sequence of Tune experiments, one per rung (``<storage>/ray/<name>/rung-<k>``), and not a searcher or a
 scheduler: a rung is a barrier -- its fit needs every run of the rung -- and what a rung trains is a plain grid
@@ -150,19 +151,28 @@ class RungFit:
     shift: float | None
     runs_trained: int
     member_steps: int
+    # the trend's extrapolated limit (analysis.budget.extrapolate; None before three rungs). Defaults: a state
+    # written before they existed still loads.
+    rho_inf: float | None = None
+    rho_inf_low: float | None = None
+    rho_inf_high: float | None = None
 
     @classmethod
     def of(cls, rung: int, step: int, series: BudgetSeries, runs_trained: int, member_steps: int) -> "RungFit":
-        f = series.fits[-1]
+        f, e = series.fits[-1], series.extrapolation
         return cls(rung, step, f.status.value, f.rho_c, f.ci_low, f.ci_high, series.verdict.value, series.shift,
-                   runs_trained, member_steps)
+                   runs_trained, member_steps, *((e.rho_inf, e.rho_inf_low, e.rho_inf_high) if e else ()))
 
     def line(self, label: str, budget: str) -> str:
         interval = (f"[{self.ci_low:.3f}, {self.ci_high:.3f}]" if self.ci_low is not None else "(no interval)")
         rho_c = f"rho_c {self.rho_c:.3f} {interval}" if self.rho_c is not None else f"rho_c: {self.status}"
         shift = f"shift {self.shift:+.3f}" if self.shift is not None else "shift -"
-        return (f"  rung {self.rung} ({budget}) {label}: {rho_c}, {shift}, {self.verdict.replace('_', ' ')}; "
-                f"{self.runs_trained} runs trained, {self.member_steps:,} member-steps")
+        limit = ("trend's limit -" if self.rho_inf is None else
+                 f"trend's limit {self.rho_inf:.3f}" + (f" [{self.rho_inf_low:.3f}, {self.rho_inf_high:.3f}]"
+                                                        if self.rho_inf_low is not None else ""))
+        return (f"  rung {self.rung} ({budget}) {label}: {rho_c}, {limit}, {shift}, "
+                f"{self.verdict.replace('_', ' ')}; {self.runs_trained} runs trained, {self.member_steps:,} "
+                f"member-steps")
 
 
 class LadderState:

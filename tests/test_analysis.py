@@ -290,19 +290,91 @@ def test_a_ladders_runs_are_fitted_at_its_rungs_each_with_its_latest_evaluation(
     assert _analyze(root).budgets[series.config_id].steps == [1000]  # without rungs: steps every run reached
 
 
-def test_extrapolation_is_a_model_with_an_interval_through_three_or_more_budgets(tmp_path):
-    from analysis.budget import BudgetSeries, extrapolate, extrapolation_text
+def _series(steps, rho_c, half=0.01, decay=0, power=1.0):
+    """A BudgetSeries of fits at `steps` with intervals rho_c +- half (a number or one per budget), its
+    extrapolation and its verdict as fit_budgets makes them."""
+    from analysis.budget import BudgetSeries, budget_verdict, extrapolate
     from analysis.transition import STATUS_OK, TransitionFit
 
+    halves = half if isinstance(half, (list, tuple)) else [half] * len(steps)
+    fits = [TransitionFit(STATUS_OK, "", r, r - h, r + h, 0.01, None, None, None, 20, 10, 4)
+            for r, h in zip(rho_c, halves)]
+    schedule = dict(lr_decay_steps=decay, lr_decay_power=power)
+    model = extrapolate(BudgetSeries("c01", list(steps), fits, BudgetVerdict.NOT_DECIDED, None, 0.01, **schedule))
+    verdict, shift = budget_verdict(fits, model, 0.01)
+    return BudgetSeries("c01", list(steps), fits, verdict, shift, 0.01, model, **schedule)
+
+
+def test_extrapolation_is_a_power_law_with_an_interval_through_the_last_three_budgets():
+    from analysis.budget import extrapolation_text
+
     budgets = [1000, 2000, 4000, 8000]
-    truth = [0.93 - 0.05 * (1000 / b) ** 1.0 for b in budgets]
-    fits = [TransitionFit(STATUS_OK, "", r, r - 0.004, r + 0.004, 0.01, None, None, None, 20, 10, 4) for r in truth]
-    model = extrapolate(BudgetSeries("c01", budgets, fits, BudgetVerdict.RISING, truth[-1] - truth[-2], 0.01))
-    assert model.rho_inf == pytest.approx(0.93, abs=1e-3) and model.gamma == pytest.approx(1.0, abs=0.05)
-    assert model.rho_inf_low < 0.93 < model.rho_inf_high
-    assert extrapolation_text(model).startswith("model, not a measurement: ρc(B) = ρ∞ + a·B^−γ gives ρ∞ = 0.930")
-    two = BudgetSeries("c01", budgets[:2], fits[:2], BudgetVerdict.RISING, 0.0, 0.01)
-    assert extrapolate(two) is None  # three parameters need three budgets
+    truth = [0.93 - 0.05 * (1000 / b) for b in budgets]
+    series = _series(budgets, truth, half=0.004)
+    model = series.extrapolation
+    assert model.rho_inf == pytest.approx(0.93, abs=1e-4) and model.gamma == pytest.approx(1.0, abs=0.01)
+    assert model.budgets == (2000, 4000, 8000) and model.rho_inf_low < 0.93 < model.rho_inf_high
+    assert model.at(np.array(budgets)) == pytest.approx(truth, abs=1e-4)
+    assert extrapolation_text(model).startswith("model, not a measurement: ρc = ρ∞ + a·t^−γ through steps 2000, "
+                                                "4000, 8000 (B in steps) gives ρ∞ = 0.930")
+    assert _series(budgets[:2], truth[:2]).extrapolation is None  # a trend needs three budgets
+
+
+def test_under_a_decaying_lr_the_trend_is_fitted_in_the_effective_time():
+    """lr / (1 + k/d)^p: the k-th update counts (1 + k/d)^-p steps; a doubling of the steps then adds less and
+    less time, so the same shifts in steps extrapolate farther."""
+    from analysis.budget import effective_steps
+
+    k = np.arange(1, 4001)
+    for d, p in ((240, 1.0), (240, 0.5), (1000, 0.75)):
+        exact = np.cumsum((1 + k / d) ** -p)[[999, 1999, 3999]]
+        assert effective_steps([1000, 2000, 4000], d, p) == pytest.approx(exact, abs=p / (24 * d) + 1e-9)
+    assert list(effective_steps([1000, 2000], 0)) == [1000, 2000]  # a constant lr: the steps themselves
+    steps, rho_c = [480, 960, 1920], [0.936, 0.945, 0.950]
+    constant, decaying = _series(steps, rho_c), _series(steps, rho_c, decay=240)
+    assert decaying.extrapolation.rho_inf > constant.extrapolation.rho_inf + 0.005
+    assert constant.verdict is BudgetVerdict.CONVERGED
+    assert decaying.verdict is BudgetVerdict.RISING and "trend's limit" in budget_short_text(decaying)
+
+
+# The digits ladder with a decaying lr (BENCHMARKS.md, "Converged ρ_c: the ladder"; issue 24): 4x10 at 240, 480,
+# 960, 1920 steps (lr_decay_steps=240), called converged by the two-rung rule after +0.008 that followed +0.027.
+ISSUE_4X10 = ([240, 480, 960, 1920], [0.877, 0.920, 0.947, 0.955], [0.005, 0.015, 0.0215, 0.016])
+
+
+@pytest.mark.parametrize("decay", [240, 0], ids=["as-trained", "read-as-constant-lr"])
+def test_the_issues_series_is_not_converged_although_its_last_two_rungs_agree(decay):
+    steps, rho_c, half = ISSUE_4X10
+    series = _series(steps, rho_c, half=half, decay=decay)
+    assert abs(series.shift) <= 0.01  # the old rule's test passes ...
+    assert series.verdict is BudgetVerdict.RISING, budget_text(series)  # ... the trend says it is still rising
+    assert series.extrapolation.rho_inf > rho_c[-1] + 0.01
+    assert "still rising" in budget_text(series) and "trend's limit" in budget_text(series)
+    # its last three rungs alone (+0.027, then +0.008) are not converged either
+    assert _series(steps[1:], rho_c[1:], half=half[1:], decay=decay).verdict is BudgetVerdict.RISING
+
+
+POWER_STEPS = [1000 * 2 ** i for i in range(5)]
+
+
+@pytest.mark.parametrize("steps, rho_c, verdict", [
+    ([1000, 2000, 4000, 8000], [0.930, 0.936, 0.937, 0.937], BudgetVerdict.CONVERGED),  # settled
+    ([1000, 2000, 4000], [0.9362, 0.9371, 0.9368], BudgetVerdict.CONVERGED),  # flat within noise
+    ([1000, 2000, 4000], [0.950, 0.942, 0.939], BudgetVerdict.CONVERGED),  # settling from above: limit ~0.935
+    ([1000, 2000], [0.936, 0.937], BudgetVerdict.NEEDS_BUDGETS),  # two rungs agree: no trend yet
+    ([1000, 2000], [0.900, 0.937], BudgetVerdict.RISING),  # two rungs that disagree need no third
+    # rho_c = 0.98 -+ 0.08 (1000 / B)^0.5: power laws whose limit lies 0.02 from the last rung, which moved 0.008
+    (POWER_STEPS, [0.98 - 0.08 * (1000 / b) ** 0.5 for b in POWER_STEPS], BudgetVerdict.RISING),
+    (POWER_STEPS, [0.90 + 0.08 * (1000 / b) ** 0.5 for b in POWER_STEPS], BudgetVerdict.FALLING),
+], ids=["settled", "flat", "settling-from-above", "two-rungs", "two-rungs-rising", "power-law-far",
+        "power-law-far-falling"])
+def test_the_verdict_on_synthetic_series(steps, rho_c, verdict):
+    series = _series(steps, rho_c, half=0.004)
+    assert series.verdict is verdict, budget_text(series)
+    if verdict is BudgetVerdict.NEEDS_BUDGETS:
+        assert budget_short_text(series) == "not decided (needs a third budget)"
+    if steps is POWER_STEPS:  # the last two rungs agree: the trend decides
+        assert abs(series.shift) <= 0.01 and abs(series.extrapolation.rho_inf - rho_c[-1]) > 0.015
 
 
 # ------------------------------------------------------------------------------------------- what figures show
@@ -420,13 +492,14 @@ def test_rows_from_before_the_lr_decay_read_as_a_constant_lr(tmp_path):
     make_synthetic_results(root, latent_sizes=(10,), n_evals=1)
     folder = next(root.glob("sweep_id=*"))
     today = pq.read_table(next(folder.glob("*.parquet")))
-    v3 = today.drop_columns(["lr_decay_steps"]).to_pylist()
+    v3 = today.drop_columns(["lr_decay_steps", "lr_decay_power"]).to_pylist()
     v3 = [{**row, "run_id": f"v3-{i}", "schema_version": 3} for i, row in enumerate(v3)]
-    schema = pa.schema([f for f in SCHEMA if f.name != "lr_decay_steps"])
+    schema = pa.schema([f for f in SCHEMA if f.name not in ("lr_decay_steps", "lr_decay_power")])
     pq.write_table(pa.Table.from_pylist(v3, schema=schema), folder / "v3.parquet")
     df = load_results(root).lf.collect()
     assert df.filter(pl.col("run_id").str.starts_with("v3-")).height == len(v3)
     assert df["lr_decay_steps"].null_count() == 0 and set(df["lr_decay_steps"]) == {0}
+    assert df["lr_decay_power"].null_count() == 0 and set(df["lr_decay_power"]) == {1.0}
 
 
 # ---------------------------------------------------------------------------------- tables on a hand fixture

@@ -32,6 +32,9 @@ def test_presets_are_built_from_each_other():
     ({"iw_samples": 5}, "needs objective='iwae'"),
     ({"beta_min": 2.0}, "beta_min <= beta_max"),
     ({"lr_decay_steps": -1}, "lr_decay_steps must be >= 0 (0 = a constant lr)"),
+    ({"lr_decay_steps": 100, "lr_decay_power": 0.0}, "lr_decay_power (a of lr / (1 + k/d)^a) must lie in (0, 1]"),
+    ({"lr_decay_steps": 100, "lr_decay_power": 1.5}, "lr_decay_power (a of lr / (1 + k/d)^a) must lie in (0, 1]"),
+    ({"lr_decay_power": 0.5}, "lr_decay_power=0.5 needs lr_decay_steps > 0"),
 ])
 def test_out_of_range_values_are_refused_with_a_message(overrides, fragment):
     with pytest.raises(ConfigError) as e:
@@ -136,6 +139,11 @@ def test_stable_digests_are_the_ones_already_recorded(monkeypatch):
     assert derived_seed("moved", 7, 120, "cuda") == 303776231786389006
     user_data = SimpleNamespace(name="idx:kmnist", binarization="dynamic", likelihood="bernoulli")
     assert run_columns(Config(dataset="idx"), user_data)["config_hash"] == "f961b202aca4"
+    # a field added since (HASHED_WHEN_SET) changes them only where it is set
+    decaying = Config.from_preset("demo", lr_decay_steps=240)
+    assert decaying.replace(lr_decay_power=1.0).config_hash() == decaying.config_hash()
+    assert decaying.replace(lr_decay_power=0.5).config_hash() != decaying.config_hash()
+    assert population_key(decaying.replace(lr_decay_power=0.5)) != population_key(decaying)
 
     import sweeps.refine
 

@@ -147,12 +147,14 @@ def measured(history: list[dict]) -> list[dict]:
     ({"epochs": 1}, "epochs", {"epochs": 4}, 0),  # ... off the cadence (every 2nd epoch): the one-go run has no row
     ({"steps": 5}, "steps", {"steps": 12}, 0),  # mid-epoch: likewise dropped
     ({"steps": 5}, "steps", {"steps": 12}, 3),  # a decaying lr continues its schedule where it stopped
+    ({"steps": 5}, "steps", {"steps": 12}, (3, 0.5)),  # ... at any power of the decay
 ])
 def test_a_finished_run_continued_to_a_larger_budget_is_the_run_trained_to_it_in_one_go(digits, tmp_path, first,
                                                                                         budget, second, decay):
     """The ladder's contract (sweeps/ladder.py): rows, parameters and optimizer state bit for bit equal, with the
     old budget's final evaluation turned into what the one-go run has at that step."""
-    configs = [quick(rho=r, seed=s, eval_every=2, steps=None, epochs=1, lr_decay_steps=decay)
+    d, power = decay if isinstance(decay, tuple) else (decay, 1.0)
+    configs = [quick(rho=r, seed=s, eval_every=2, steps=None, epochs=1, lr_decay_steps=d, lr_decay_power=power)
                for r, s in ((0.8, 0), (0.95, 1))]
     configs = [c.replace(**({"steps": None} if budget == "epochs" else {})) for c in configs]
     one_go = Population([c.replace(**second) for c in configs], data=digits)

@@ -164,6 +164,35 @@ def test_member_adam_decays_each_members_lr_by_its_own_step_count():
     assert adam.steps.tolist() == [5.0, 4.0]
 
 
+def test_member_adam_decays_by_a_power_of_its_own_step_count():
+    """lr / (1 + k/d)^a at a member's k-th update (a = 0.5 here), as torch's Adam under that LambdaLR schedule;
+    a = 1 computes exactly the schedule from before the power existed."""
+    torch.manual_seed(1)
+    param = torch.nn.Parameter(torch.randn(2, 30))
+    references = [torch.nn.Parameter(param.detach()[i].clone()) for i in range(2)]
+    adam = MemberAdam(param, lr=1e-1, decay_steps=2, decay_power=0.5)
+    torch_adams = [torch.optim.Adam([r], lr=1e-1) for r in references]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(a, lambda t: (1.0 + (t + 1) / 2) ** -0.5) for a in torch_adams]
+    for update in [(True, True), (True, False), (False, True), (True, True), (True, True)]:
+        grad = torch.randn(2, 30)
+        adam.grad.copy_(grad * torch.tensor(update).unsqueeze(1))
+        adam.step(torch.tensor(update))
+        for i in (0, 1):
+            if update[i]:
+                references[i].grad = grad[i].clone()
+                torch_adams[i].step()
+                schedules[i].step()
+    for i in (0, 1):
+        torch.testing.assert_close(param.detach()[i], references[i].detach(), rtol=0, atol=1e-5)
+    one, power_one = (MemberAdam(torch.nn.Parameter(torch.ones(1, 4)), lr=0.1, decay_steps=3, **kw)
+                      for kw in ({}, {"decay_power": 1.0}))
+    for _ in range(4):
+        for adam in (one, power_one):
+            adam.grad.copy_(torch.full((1, 4), 0.3))
+            adam.step(torch.tensor([True]))
+    assert torch.equal(one.param, power_one.param)
+
+
 def compiled_equals_eager(device: str, images: DatasetSplits, tol: float) -> None:
     configs = [quick(seed=s, rho=r, steps=6, device=device) for s, r in ((0, 0.8), (1, 1.0), (2, 0.6))]
     eager = Population(configs, data=images, chunk=len(configs))

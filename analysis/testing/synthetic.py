@@ -190,6 +190,7 @@ def _base_columns(sweep_id: str, dataset: str, n_layers: int, dims: str, overrid
         "architecture": "mlp", "n_layers": n_layers, "latent_dims": dims, "hidden_units": 200, "hidden_layers": 2,
         "activation": "tanh", "smooth_samples": 5, "smooth": "both", "objective": "elbo", "iw_samples": 1,
         "beta_schedule": "constant", "beta_params": "{}", "free_bits": 0.0, "lr": 1e-3, "lr_decay_steps": 0,
+        "lr_decay_power": 1.0,
         "batch_size": 100, "iw_k": 100, "member": 0, "population_size": 1,
     }
     base.update(overrides or {})
