@@ -35,18 +35,15 @@ import numpy as np
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration import BUILT_IN, HELD_OUT_FROM, LATENT, Case, base_config, parse_case  # noqa: E402
-
-from analysis.budget import (TOLERANCE_OF_MARGIN, BudgetSeries, BudgetVerdict, budget_verdict,  # noqa: E402
-                             extrapolate)
-from analysis.compare import DEFAULT_MARGIN  # noqa: E402
-from analysis.io import collect, load_results  # noqa: E402
-from analysis.schema import SCHEMA_VERSION  # noqa: E402
-from analysis.transition import fit_transition  # noqa: E402
-from ouvae.population import Population  # noqa: E402
-from ouvae.records import run_columns  # noqa: E402
-from sweeps.results import rows_from_result, write_trial_file  # noqa: E402
+from analysis.budget import TOLERANCE_OF_MARGIN, BudgetSeries, BudgetVerdict, budget_verdict, extrapolate
+from analysis.compare import DEFAULT_MARGIN
+from analysis.io import collect, load_results
+from analysis.schema import SCHEMA_VERSION
+from analysis.transition import fit_transition
+from calibration import BUILT_IN, HELD_OUT_FROM, LATENT, Case, base_config, parse_case  # the script's folder
+from ouvae.population import Population
+from ouvae.records import run_columns
+from sweeps.results import rows_from_result, write_trial_file
 
 TOLERANCE = TOLERANCE_OF_MARGIN * DEFAULT_MARGIN
 

@@ -143,13 +143,20 @@ def test_member_adam_is_adam_for_the_members_that_step_and_leaves_the_others_bit
 def test_member_adam_decays_each_members_lr_by_its_own_step_count():
     """lr / (1 + k/d) at a member's k-th update, as torch's Adam under that LambdaLR schedule: a member that sat
     out steps continues its own schedule where it stopped (so does a run continued from its checkpoint)."""
-    torch.manual_seed(0)
+    plan = [(True, True), (True, False), (True, False), (True, True), (False, True), (True, True)]
+    adam = _member_adam_against_torch_adam(0, 1.0, plan)  # ignoring the decay would be ~1e-2 off
+    assert adam.steps.tolist() == [5.0, 4.0]
+
+
+def _member_adam_against_torch_adam(seed: int, power: float, plan: list[tuple[bool, bool]]) -> MemberAdam:
+    """Two members under MemberAdam(decay_steps=2, decay_power=power) stepped by `plan` (which members update), each
+    checked against torch's Adam under the LambdaLR schedule lr / (1 + k/2)^power; returns the MemberAdam."""
+    torch.manual_seed(seed)
     param = torch.nn.Parameter(torch.randn(2, 30))
     references = [torch.nn.Parameter(param.detach()[i].clone()) for i in range(2)]
-    adam = MemberAdam(param, lr=1e-1, decay_steps=2)  # ignoring the decay would be ~1e-2 off
+    adam = MemberAdam(param, lr=1e-1, decay_steps=2, **({} if power == 1.0 else {"decay_power": power}))
     torch_adams = [torch.optim.Adam([r], lr=1e-1) for r in references]
-    schedules = [torch.optim.lr_scheduler.LambdaLR(a, lambda t: 1.0 / (1.0 + (t + 1) / 2)) for a in torch_adams]
-    plan = [(True, True), (True, False), (True, False), (True, True), (False, True), (True, True)]
+    schedules = [torch.optim.lr_scheduler.LambdaLR(a, lambda t: (1.0 + (t + 1) / 2) ** -power) for a in torch_adams]
     for update in plan:
         grad = torch.randn(2, 30)
         adam.grad.copy_(grad * torch.tensor(update).unsqueeze(1))
@@ -161,29 +168,13 @@ def test_member_adam_decays_each_members_lr_by_its_own_step_count():
                 schedules[i].step()
     for i in (0, 1):  # float32 rounding of 6 steps of size <= 0.05 is ~1e-6; a step off schedule moves ~1e-2
         torch.testing.assert_close(param.detach()[i], references[i].detach(), rtol=0, atol=1e-5)
-    assert adam.steps.tolist() == [5.0, 4.0]
+    return adam
 
 
 def test_member_adam_decays_by_a_power_of_its_own_step_count():
     """lr / (1 + k/d)^a at a member's k-th update (a = 0.5 here), as torch's Adam under that LambdaLR schedule;
     a = 1 computes exactly the schedule from before the power existed."""
-    torch.manual_seed(1)
-    param = torch.nn.Parameter(torch.randn(2, 30))
-    references = [torch.nn.Parameter(param.detach()[i].clone()) for i in range(2)]
-    adam = MemberAdam(param, lr=1e-1, decay_steps=2, decay_power=0.5)
-    torch_adams = [torch.optim.Adam([r], lr=1e-1) for r in references]
-    schedules = [torch.optim.lr_scheduler.LambdaLR(a, lambda t: (1.0 + (t + 1) / 2) ** -0.5) for a in torch_adams]
-    for update in [(True, True), (True, False), (False, True), (True, True), (True, True)]:
-        grad = torch.randn(2, 30)
-        adam.grad.copy_(grad * torch.tensor(update).unsqueeze(1))
-        adam.step(torch.tensor(update))
-        for i in (0, 1):
-            if update[i]:
-                references[i].grad = grad[i].clone()
-                torch_adams[i].step()
-                schedules[i].step()
-    for i in (0, 1):
-        torch.testing.assert_close(param.detach()[i], references[i].detach(), rtol=0, atol=1e-5)
+    _member_adam_against_torch_adam(1, 0.5, [(True, True), (True, False), (False, True), (True, True), (True, True)])
     one, power_one = (MemberAdam(torch.nn.Parameter(torch.ones(1, 4)), lr=0.1, decay_steps=3, **kw)
                       for kw in ({}, {"decay_power": 1.0}))
     for _ in range(4):
