@@ -30,7 +30,7 @@ from sweeps.plan import is_ray_client
 from sweeps.progress import FailurePolicy
 from sweeps.protocol import SETUP_FAILURE_KEY, failed_members, failure_text, not_retried_reason, run_specs, run_tally
 from sweeps.resume import resume_command
-from sweeps.storage import SweepPaths, join
+from sweeps.storage import SweepPaths, join, reading_saved_state
 
 
 def start(args: argparse.Namespace, script: str, name: str, paths: SweepPaths, t_start: float) -> dict[str, float]:
@@ -136,8 +136,9 @@ def fit(trainable: Callable[[dict[str, Any]], None], args: argparse.Namespace, n
     storage_path = storage_path or paths.ray_storage
     if args.resume if restore is None else restore:
         try:
-            tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable,
-                                       resume_errored=args.retry_failed, param_space=param_space)
+            with reading_saved_state(join(storage_path, name)):
+                tuner = tune.Tuner.restore(join(storage_path, name), trainable=trainable,
+                                           resume_errored=args.retry_failed, param_space=param_space)
         except (ModuleNotFoundError, AttributeError) as e:  # Tune's state pickles our callbacks by module path
             if isinstance(e, AttributeError) and "Can't get attribute" not in str(e):
                 raise  # not pickle's "this class is gone from its module": a bug, with its traceback

@@ -44,7 +44,11 @@ fine. A trial's rows stay in the sink's cache, one line says the table cannot be
 held, each step retries the held files at the flush cadence, and the first write that succeeds again writes every
 held row (one more line). Nothing already in the table is touched by a failed write (the new version is staged
 and renamed, or uploaded as one object). Rows still held when the experiment ends are retried for
-``outage_wait_s``; then one line says which trials' rows could not be written (``ResultsNotWritten``).
+``outage_wait_s``; then one line says which trials' rows could not be written (``ResultsNotWritten``). A failed
+*read* is held the same way: after a restore the sink reads the table before it writes (the listing to set files
+aside, a continuing trial's stored rows, merged under its new ones at its first write), and writes nothing until
+those reads succeed, so a storage that does not answer then can neither drop a stored row nor leave an unknown
+trial's file beside its re-run.
 
 The callback's ``get_state`` / ``set_state`` carry the sweep id and the results root through Tune's snapshot, so a
 resumed sweep refuses to write into a different table.
@@ -57,7 +61,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -72,6 +76,7 @@ from sweeps.storage import absolute, is_remote, join, resolve
 
 
 SCHEMA_NAMES = frozenset(SCHEMA.names)
+RECONCILE = ""  # the key of the sink's one table operation that is not a trial's file (``reconcile``)
 
 
 def partition_dir(root: str, sweep_id: str) -> str:
@@ -218,7 +223,9 @@ class ParquetSink(Callback):
         # While the table cannot be written: held files are retried every retry_every_s (not flush_every_s: the
         # outage may be short), and for outage_wait_s at the end of the experiment.
         self.retry_every_s, self.outage_wait_s = retry_every_s, outage_wait_s
-        self._failing: dict[str, str] = {}  # results file -> why its last write failed
+        self._failing: dict[str, str] = {}  # results file (or RECONCILE) -> why its last attempt failed
+        self._loaded: set[str] = set()  # results files whose rows on storage are merged into the cache
+        self._known: set[str] | None = None  # the trial files Tune knows (set at each loop step)
         self._reconciled = False
         self.superseded: list[str] = []
 
@@ -226,7 +233,7 @@ class ParquetSink(Callback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_rows"], state["_written"], state["_dirty"], state["_failing"] = {}, {}, set(), {}
-        state["_reconciled"] = False
+        state["_loaded"], state["_known"], state["_reconciled"] = set(), None, False
         return state
 
     # ----- Tune hooks ----------------------------------------------------------------------------------------
@@ -238,9 +245,9 @@ class ParquetSink(Callback):
                 stale.unlink(missing_ok=True)  # left by a killed driver; never part of the table
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        if not self._reconciled:
-            self.reconcile({_file_id(t) for t in trials} | self.earlier)
-            self._reconciled = True
+        self._known = {_file_id(t) for t in trials} | self.earlier
+        if not self._reconciled and self._due(RECONCILE):
+            self._attempt(RECONCILE, lambda: None)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
@@ -271,25 +278,38 @@ class ParquetSink(Callback):
         self._finish(_file_id(trial))
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        self._known = {_file_id(t) for t in trials} | self.earlier
         self.flush_all()
 
     def flush_all(self, sleep=time.sleep) -> None:
         """Write every held file; while the table cannot be written, retry for ``outage_wait_s``, then raise
         ResultsNotWritten."""
         deadline = time.monotonic() + self.outage_wait_s
-        for tid in list(self._dirty):
-            self.flush(tid)
-        while self._dirty and time.monotonic() < deadline:
+        self._flush_held()
+        while (self._dirty or self._unreconciled()) and time.monotonic() < deadline:
             sleep(min(self.retry_every_s, max(0.0, deadline - time.monotonic())))
-            for tid in list(self._dirty):
-                self.flush(tid)
+            self._flush_held()
+        if self._unreconciled():
+            raise ResultsNotWritten(
+                f"the results table {self.root} could not be read for {self.outage_wait_s:.0f} s "
+                f"({self._failing[RECONCILE]}) to set aside the files of trials re-run since the last snapshot; "
+                f"every row written before is kept")
         if self._dirty:
             held = sorted(self._dirty)
             n_rows = sum(len(self._rows.get(t) or ()) for t in held)
             raise ResultsNotWritten(
                 f"the results table {self.root} could not be written for {self.outage_wait_s:.0f} s "
-                f"({self._failing[held[0]]}): {n_rows} row(s) of trial(s) {', '.join(held)} exist only in this "
+                f"({self._failing.get(held[0]) or next(iter(self._failing.values()), 'unknown')}): {n_rows} row(s) of trial(s) {', '.join(held)} exist only in this "
                 f"driver's memory; the table holds every row written before")
+
+    def _flush_held(self) -> None:
+        if self._unreconciled():
+            self._attempt(RECONCILE, lambda: None)
+        for tid in list(self._dirty):
+            self.flush(tid)
+
+    def _unreconciled(self) -> bool:
+        return not self._reconciled and self._known is not None
 
     def _finish(self, trial_id: str) -> None:
         if trial_id in self._dirty:
@@ -298,6 +318,7 @@ class ParquetSink(Callback):
             return
         self._rows.pop(trial_id, None)  # ended: free the cache (the file stays the truth)
         self._written.pop(trial_id, None)
+        self._loaded.discard(trial_id)
 
     def get_state(self) -> dict[str, Any]:
         return {"version": self.STATE_VERSION, "root": self.root, "sweep_id": self.sweep_id,
@@ -335,29 +356,53 @@ class ParquetSink(Callback):
         """Write the trial's file with every row cached for it (None if it has none, or if the write failed: the
         rows are then held and retried, see the module docstring)."""
         self._dirty.discard(trial_id)
-        rows = self._rows.get(trial_id)
-        if not rows:
+        if not self._rows.get(trial_id):
             return None
-        self._written[trial_id] = time.monotonic()
-        try:
-            path = write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
-        except OSError as exc:
+
+        def write() -> str:
+            rows = self._rows[trial_id]
+            if trial_id not in self._loaded:  # first write in this driver session: keep the rows already stored
+                stored = {_key(r): r for r in read_trial_rows(self.root, self.sweep_id, trial_id)}
+                rows = self._rows[trial_id] = {**stored, **rows}
+                self._loaded.add(trial_id)
+            return write_trial_file(self.root, self.sweep_id, trial_id, rows.values())
+
+        path = self._attempt(trial_id, write)
+        if path is None:
             self._dirty.add(trial_id)
+        return path
+
+    def _due(self, key: str) -> bool:
+        """Whether to try `key` now: at once, or at the retry cadence while it is failing."""
+        return key not in self._failing or time.monotonic() - self._written.get(key, -math.inf) >= self.retry_every_s
+
+    def _attempt(self, key: str, action: Callable[[], str | None]) -> str | None:
+        """Run one table operation (`key`: a trial's file, or RECONCILE) after the files of trials re-run since
+        the last snapshot are set aside; an OSError -- the storage failing -- is held, said once, and retried."""
+        if key != RECONCILE and self._unreconciled() and not self._due(RECONCILE):
+            return None  # the table could not be read a moment ago: hold, and try again at the retry cadence
+        self._written[key] = time.monotonic()
+        was_failing = bool(self._failing)
+        try:
+            if self._unreconciled():
+                self.reconcile(self._known)
+                self._reconciled = True
+                self._failing.pop(RECONCILE, None)
+            result = action()
+        except OSError as exc:
             if not self._failing:
                 print(f"[results] cannot write the results table {self.root} ({_reason(exc)}); holding the rows in "
                       f"memory and retrying every {self.retry_every_s:g} s, the sweep goes on", flush=True)
-            self._failing[trial_id] = _reason(exc)
+            self._failing[RECONCILE if self._unreconciled() else key] = _reason(exc)
             return None
-        if self._failing.pop(trial_id, None) is not None and not self._failing:
+        self._failing.pop(key, None)
+        if was_failing and not self._failing:
             print(f"[results] the results table {self.root} is writable again; the held rows are written",
                   flush=True)
-        return path
+        return result
 
     def _stage(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        rows = self._rows.get(trial_id)
-        if rows is None:  # first result of this trial in this driver session: start from what is on disk
-            rows = {_key(r): r for r in read_trial_rows(self.root, self.sweep_id, trial_id)}
-            self._rows[trial_id] = rows
+        rows = self._rows.setdefault(trial_id, {})  # merged with the stored rows at the first write (flush)
         for row in rows_from_result(result, sweep_id=self.sweep_id, trial_id=trial_id):
             rows[_key(row)] = row
 

@@ -22,8 +22,8 @@ import pyarrow.fs as pafs
 from sweeps.cli import RUNTIME_OPTIONS, CommandLine
 from sweeps.errors import SweepError
 from sweeps.results import sweep_exists
-from sweeps.storage import (SPEC_FILE, SweepPaths, absolute, check_storage, join, read_json, resolve, sweep_paths,
-                            write_json)
+from sweeps.storage import (SPEC_FILE, SweepPaths, absolute, check_storage, join, read_json, reading_saved_state,
+                            resolve, sweep_paths, write_json)
 
 
 _BAD_NAME_CHARACTERS = set("/\\= \t\n:*?\"'<>|")
@@ -51,12 +51,13 @@ def open_sweep(cmd: CommandLine, script: str, prefix: str) -> tuple[argparse.Nam
         name = check_name(args.name or default_name(prefix))
         return args, name, sweep_paths(args.storage, name, args.results_dir)
     check_storage(args.storage)  # a resume reads there first
-    name = args.name or newest_sweep(args.storage, script)
-    if name is None:
-        raise SweepError(f"--resume: no {script} sweep found in {join(absolute(args.storage), 'ray')}; give "
-                         f"--name (and --storage if it is elsewhere)")
-    paths = sweep_paths(args.storage, check_name(name), args.results_dir)
-    args = load_spec(paths, script, cmd, name)
+    with reading_saved_state(absolute(args.storage)):  # the storage not answering: one line, nothing changed
+        name = args.name or newest_sweep(args.storage, script)
+        if name is None:
+            raise SweepError(f"--resume: no {script} sweep found in {join(absolute(args.storage), 'ray')}; give "
+                             f"--name (and --storage if it is elsewhere)")
+        paths = sweep_paths(args.storage, check_name(name), args.results_dir)
+        args = load_spec(paths, script, cmd, name)
     return args, name, sweep_paths(args.storage, name, args.results_dir)
 
 
@@ -70,10 +71,12 @@ def newest_sweep(storage: str, script: str) -> str | None:
         spec = fs.get_file_info(f"{folder.path}/{SPEC_FILE}")
         if spec.type != pafs.FileType.File:
             continue
+        # Not readable now (OSError) is raised, not skipped: skipping would resume an older sweep than the newest.
+        with fs.open_input_stream(spec.path) as f:
+            text = f.readall().decode()
         try:
-            with fs.open_input_stream(spec.path) as f:
-                data = json.loads(f.readall().decode())
-        except (OSError, ValueError):
+            data = json.loads(text)
+        except ValueError:  # not a spec this version wrote
             continue
         if data.get("script") == script:
             found.append((spec.mtime_ns or 0, folder.base_name))

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs as pafs
 
@@ -115,10 +116,29 @@ def check_storage(uri: str, option: str = "--storage") -> None:
         raise SweepError(f"{option} {uri}: cannot write there: {_storage_reason(uri, e)}") from None
 
 
+# What an object store's client says when the store did not answer (throttling, a server error, a dropped or
+# refused connection), after the client's own retries: an outage to wait out, not a wrong URL or credentials.
+_TRANSIENT = re.compile(r"SLOW_DOWN|INTERNAL_FAILURE|SERVICE_UNAVAILABLE|THROTTL|NETWORK_CONNECTION|REQUEST_TIMEOUT|"
+                        r"curlCode|HTTP status 5\d\d")
+
+
+def is_transient(error: OSError) -> bool:
+    """True when `error` is the storage not answering for now (S3 500/503, throttling, a dropped connection)."""
+    return bool(_TRANSIENT.search(str(error)))
+
+
+def _error_text(error: OSError) -> str:
+    """The storage's error without its request id."""
+    return re.sub(r"\s*\(Request ID: [^)]*\)", "", str(error)).strip()
+
+
 def _storage_reason(uri: str, error: OSError) -> str:
-    text = re.sub(r"\s*\(Request ID: [^)]*\)", "", str(error)).strip()
+    text = _error_text(error)
     if not is_remote(uri):
         return f"{error.strerror or text}; pick a folder you can write to"
+    if is_transient(error):
+        return (f"the storage did not answer ({text[:200]}); this is an outage or throttling, not a wrong URL: run "
+                f"the same command again once it answers")
     bucket = uri.split("://", 1)[1].split("/", 1)[0]
     if "NO_SUCH_BUCKET" in text:
         return f"the bucket {bucket!r} does not exist; create it (aws s3 mb s3://{bucket}) or fix the name"
@@ -126,6 +146,19 @@ def _storage_reason(uri: str, error: OSError) -> str:
         return (f"access to the bucket {bucket!r} is denied with the credentials this machine has; check "
                 f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket policy ({text[:160]})")
     return f"{text[:240]}; check the URL, the credentials and, for an S3-compatible server, AWS_ENDPOINT_URL"
+
+
+@contextmanager
+def reading_saved_state(where: str) -> Iterator[None]:
+    """A resume's reads of a sweep's saved state (its options, Tune's experiment, the table): an OSError -- the
+    storage not answering -- becomes one line that says so and that running the same ``--resume`` again finishes
+    the sweep. Nothing is written before these reads succeed, so nothing was changed."""
+    try:
+        yield
+    except OSError as e:
+        text = (_error_text(e).splitlines() or [type(e).__name__])[0][:240]
+        raise SweepError(f"--resume: could not read the sweep's saved state in {where} ({text}); nothing was "
+                         f"changed: run the same --resume command again once the storage answers") from None
 
 
 def sweep_paths(storage: str, name: str, results_dir: str | None = None) -> SweepPaths:

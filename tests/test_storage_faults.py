@@ -1,9 +1,11 @@
-"""Storage faults during a table write (docs/operations.md, "Guarantees"): the disk fills, S3 answers 503 or drops
-the connection, the storage is gone for a while. The real sink (sweeps.results.ParquetSink) is driven as Tune
-drives it; the fault is a window the test opens and closes (sweeps/testing/faults.py), so "a minute" is the steps
-the test takes, with no sleeps. Each ends with the sweep going on and the held rows written once the fault
-clears -- every evaluation in the table exactly once, nothing written before the fault changed -- or, when the
-fault outlasts the experiment, with one line.
+"""Storage faults during a table write and during ``--resume``'s reads (docs/operations.md, "Guarantees"): the disk
+fills, S3 answers 503 or drops the connection, the storage is gone for a while. The real sink
+(sweeps.results.ParquetSink) is driven as Tune drives it; the fault is a window the test opens and closes
+(sweeps/testing/faults.py for writes; for S3 reads a proxy in front of the test server that fails them,
+sweeps/testing/s3_proxy.py), so "a minute" is the steps the test takes, with no sleeps. Each ends with the sweep
+going on and the held rows written once the fault clears -- every evaluation in the table exactly once, nothing
+written before the fault changed -- or with one line that says what happened and that running the same command
+again finishes it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sweeps.errors import ResultsNotWritten
 from sweeps.results import ParquetSink, staging_dir
 from sweeps.storage import resolve
 from sweeps.testing.faults import FaultWindow, connection_dropped, disk_full, s3_error
+from sweeps.testing.s3_proxy import S3FaultProxy
 
 SWEEP = "faults"
 MEMBERS = 2
@@ -135,3 +138,93 @@ def test_a_sweep_script_ends_on_results_not_written_with_one_line_and_exit_1(cap
     assert cli.main(run, argparse.ArgumentParser(), []) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the results table /x could not be written"), err
+
+
+# ----- S3 errors while a resumed sweep reads its stored state ---------------------------------------------------------
+def reads(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD")
+
+
+@pytest.fixture
+def failing_reads(s3_server, monkeypatch):
+    """Factory: an S3 proxy in front of the test server whose reads fail with `fault` while it is open; this
+    process's S3 clients go through it."""
+    proxies = []
+
+    def start(fault: str) -> S3FaultProxy:
+        proxies.append(S3FaultProxy(s3_server.endpoint, fault, match=reads).__enter__())
+        s3_server.use(monkeypatch)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxies[-1].endpoint)
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.__exit__(None, None, None)
+
+
+def test_s3_errors_while_a_resumed_sweep_reads_its_table_hold_the_rows_until_they_clear(s3_server, failing_reads,
+                                                                                        capsys):
+    """After --resume the sink first reads the table: to set aside the file of a trial created after the last
+    snapshot (z), and to keep a continuing trial's stored rows (a). S3 answering 503 to those reads holds the new
+    rows; nothing stored is touched; once S3 answers, z is set aside and a has its old and new rows, once each."""
+    proxy = failing_reads("503")
+    root = f"s3://{s3_server.make_bucket('resume')}/store/parquet"
+    a, z, b = trial("a"), trial("z"), trial("b")
+    first = ParquetSink(root, SWEEP, flush_every_s=0.0, coalesce_rows=1)  # the session before the crash
+    for step in range(2):
+        first.on_trial_result(step, [a, z], a, result(step))
+    first.on_trial_result(1, [a, z], z, result(0))
+    before = file_bytes(root, "a")
+
+    sink = ParquetSink(root, SWEEP, flush_every_s=0.0, retry_every_s=3600.0, coalesce_rows=1)  # after --resume
+    proxy.open()
+    sink.on_step_begin(0, [a, b])  # Tune restored a; z's point re-runs as b
+    for step in (2, 3):
+        sink.on_trial_result(step, [a, b], a, result(step))  # a continues from its checkpoint
+        sink.on_step_end(step, [a, b])
+    assert proxy.injected > 0
+    proxy.close()
+    assert file_bytes(root, "a") == before and file_bytes(root, "z") is not None  # nothing stored was touched
+
+    sink.retry_every_s = 0.0  # the next retry is due
+    sink.on_step_begin(4, [a, b])
+    sink.on_trial_result(4, [a, b], b, result(0, final=True))
+    sink.on_step_end(4, [a, b])
+    assert table_keys(root) == expected_keys({"a": 4, "b": 1})  # z set aside, a's old rows kept, all once
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[results]")]
+    assert "cannot write the results table" in lines[0] and "HTTP status 503" in lines[0], lines
+    assert "re-queued" in lines[1] and "writable again" in lines[-1], lines
+
+
+def test_s3_errors_while_resume_reads_the_sweep_state_are_one_line_and_change_nothing(s3_server, failing_reads,
+                                                                                      tmp_path, capsys):
+    """--resume reads the sweep's saved options and Tune's state before anything starts: a dropped connection
+    there is one line that says the same command finishes it, the bucket is unchanged, and it does."""
+    from sweeps import resume, rho_sweep
+    from sweeps.cli import CommandLine
+    from sweeps.storage import sweep_paths, write_json
+
+    proxy = failing_reads("drop")
+    proxy.match = lambda method, path: reads(method, path) and "write-check" not in path  # the stored state's reads
+    bucket = s3_server.make_bucket("state")
+    storage = f"s3://{bucket}/store"
+    paths = sweep_paths(storage, "saved")
+    started = CommandLine.parse(rho_sweep.build_parser(), ["--storage", storage, "--n-seeds", "2"])
+    resume.save_spec(paths, rho_sweep.SCRIPT, started.args)
+    write_json(f"{paths.experiment}/tuner.pkl", {})  # what Tune's can_restore looks for
+    stored = sorted(o.path for o in resolve(storage)[0].get_file_info(
+        pafs.FileSelector(resolve(storage)[1], recursive=True)))
+
+    proxy.open()
+    code = rho_sweep.main(["--resume", "--storage", storage])
+    proxy.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "could not read the sweep's saved state" in err[0] and "NETWORK_CONNECTION" in err[0], err
+    assert "run the same --resume command again" in err[0]
+    assert sorted(o.path for o in resolve(storage)[0].get_file_info(
+        pafs.FileSelector(resolve(storage)[1], recursive=True))) == stored
+
+    cmd = CommandLine.parse(rho_sweep.build_parser(), ["--resume", "--storage", storage])
+    args, name, _ = resume.open_sweep(cmd, rho_sweep.SCRIPT, "critical-rho")
+    assert name == "saved" and args.n_seeds == 2
