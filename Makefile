@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# The main job on the embedded default: local Ray, digits, three latent sizes, 7 rho values, 5 seeds (~6.5 minutes, 2 cores).
+# The main job on the embedded default: local Ray, digits, three latent sizes, 7 rho values, 5 seeds (~7 minutes, 2 cores).
 sweep: $(STAMP)
 	$(BIN)/python sweeps/critical_rho.py $(ARGS)
 

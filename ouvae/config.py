@@ -424,7 +424,7 @@ PRESETS["paper-conv-cifar"] = _derive(PRESETS["paper-conv"], "paper-conv-cifar",
 # (where the top layer stays active; rho = 1 collapses it).
 PRESETS["demo"] = _derive(_BASE, "demo", dataset="digits", latent_dims=(10, 10, 10, 10), epochs=60, rho=0.8,
                           eval_every=10, eval_iw_k=50, num_threads=1)
-# The trainer budget of the no-argument critical-rho sweep (sweeps/critical_rho.py, under 300 s on 2 cores): the demo
+# The trainer budget of the no-argument critical-rho sweep (sweeps/critical_rho.py, ~7 min on 2 cores): the demo
 # model on 797 training images for 30 epochs (~4.5 s per run at rho < 1 in a population), L_25 at epochs 15 and 30
 # (two budgets for the analysis's convergence check; an L_50 evaluation would cost as much as ~5 training epochs).
 PRESETS["sweep-demo"] = _derive(PRESETS["demo"], "sweep-demo", n_train=797, epochs=30, eval_every=15, eval_iw_k=25)

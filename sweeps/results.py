@@ -297,10 +297,11 @@ class ParquetSink(Callback):
         if self._dirty:
             held = sorted(self._dirty)
             n_rows = sum(len(self._rows.get(t) or ()) for t in held)
+            why = self._failing.get(held[0]) or next(iter(self._failing.values()), "unknown")
             raise ResultsNotWritten(
-                f"the results table {self.root} could not be written for {self.outage_wait_s:.0f} s "
-                f"({self._failing.get(held[0]) or next(iter(self._failing.values()), 'unknown')}): {n_rows} row(s) of trial(s) {', '.join(held)} exist only in this "
-                f"driver's memory; the table holds every row written before")
+                f"the results table {self.root} could not be written for {self.outage_wait_s:.0f} s ({why}): "
+                f"{n_rows} row(s) of trial(s) {', '.join(held)} exist only in this driver's memory; the table holds "
+                f"every row written before")
 
     def _flush_held(self) -> None:
         if self._unreconciled():
