@@ -245,9 +245,10 @@ class ParquetSink(Callback):
                 stale.unlink(missing_ok=True)  # left by a killed driver; never part of the table
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        self._known = {_file_id(t) for t in trials} | self.earlier
-        if not self._reconciled and self._due(RECONCILE):
-            self._attempt(RECONCILE, lambda: None)
+        if not self._reconciled:  # (the trial list is read only until then: a loop step is frequent)
+            self._known = {_file_id(t) for t in trials} | self.earlier
+            if self._due(RECONCILE):
+                self._attempt(RECONCILE, lambda: None)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if not_retried_reason(result) is not None:  # a failing trial's last word is not an evaluation
@@ -278,7 +279,8 @@ class ParquetSink(Callback):
         self._finish(_file_id(trial))
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        self._known = {_file_id(t) for t in trials} | self.earlier
+        if not self._reconciled:
+            self._known = {_file_id(t) for t in trials} | self.earlier
         self.flush_all()
 
     def flush_all(self, sleep=time.sleep) -> None:
