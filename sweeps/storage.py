@@ -150,15 +150,17 @@ def _storage_reason(uri: str, error: OSError) -> str:
 
 @contextmanager
 def reading_saved_state(where: str) -> Iterator[None]:
-    """A resume's reads of a sweep's saved state (its options, Tune's experiment, the table): an OSError -- the
-    storage not answering -- becomes one line that says so and that running the same ``--resume`` again finishes
-    the sweep. Nothing is written before these reads succeed, so nothing was changed."""
+    """A resume's reads of a sweep's saved state (its options, the list of sweeps, Tune's experiment): an OSError
+    becomes one line -- for a storage not answering (S3 500/503, a dropped connection), that running the same
+    ``--resume`` again finishes the sweep. Nothing is written before these reads succeed, so nothing was changed."""
     try:
         yield
     except OSError as e:
         text = (_error_text(e).splitlines() or [type(e).__name__])[0][:240]
+        then = ("run the same --resume command again once the storage answers" if is_transient(e) else
+                "check the storage's URL and the credentials, then run the same --resume command again")
         raise SweepError(f"--resume: could not read the sweep's saved state in {where} ({text}); nothing was "
-                         f"changed: run the same --resume command again once the storage answers") from None
+                         f"changed: {then}") from None
 
 
 def sweep_paths(storage: str, name: str, results_dir: str | None = None) -> SweepPaths:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sweeps.results
-from sweeps.errors import ResultsNotWritten
+from sweeps.errors import ResultsNotWritten, SweepError
 from sweeps.results import ParquetSink, staging_dir
 from sweeps.storage import resolve
 from sweeps.testing.faults import FaultWindow, connection_dropped, disk_full, s3_error
@@ -228,3 +228,22 @@ def test_s3_errors_while_resume_reads_the_sweep_state_are_one_line_and_change_no
     cmd = CommandLine.parse(rho_sweep.build_parser(), ["--resume", "--storage", storage])
     args, name, _ = resume.open_sweep(cmd, rho_sweep.SCRIPT, "critical-rho")
     assert name == "saved" and args.n_seeds == 2
+
+
+def test_a_storage_that_does_not_answer_is_not_reported_as_a_wrong_url_or_credentials(monkeypatch):
+    from sweeps.storage import check_storage
+
+    def storage_failing_with(error: OSError) -> None:
+        def check_writable(uri: str) -> None:
+            raise error
+        monkeypatch.setattr("sweeps.storage.check_writable", check_writable)
+
+    for error in (s3_error(503), s3_error(500), connection_dropped()):
+        storage_failing_with(error)
+        with pytest.raises(SweepError) as err:
+            check_storage("s3://bucket/prefix")
+        assert "did not answer" in str(err.value) and "run the same command again" in str(err.value)
+        assert "credentials" not in str(err.value)
+    storage_failing_with(OSError("When creating key 'x': AWS Error NO_SUCH_BUCKET during PutObject operation"))
+    with pytest.raises(SweepError, match="does not exist; create it"):
+        check_storage("s3://bucket/prefix")
