@@ -202,6 +202,11 @@ class RefineSettings:
         resolve("max_trials_per_group", int(given) if given else 2 * self.coarse_points * len(self.seeds))
         if self.max_trials_per_group < 1:
             raise RefineError(f"max_trials_per_group must be >= 1; got {given}")
+        coarse = self.coarse_points * len(self.seeds)
+        if self.max_trials_per_group < coarse:  # a cut coarse grid leaves rho values without every seed: no fit
+            raise RefineError(f"a budget of {self.max_trials_per_group} trials per group is smaller than the coarse "
+                              f"grid ({self.coarse_points} rho values x {len(self.seeds)} seeds = {coarse}): raise "
+                              f"the budget or lower the coarse points or the seeds")
         resolve("max_trials", int(self.max_trials) if self.max_trials else None)
         if int(self.rho_per_round) < 1:
             raise RefineError(f"rho_per_round must be >= 1; got {self.rho_per_round}")

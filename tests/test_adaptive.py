@@ -393,6 +393,8 @@ def test_fewer_than_three_seeds_bisect_and_never_claim_convergence():
     (dict(groups=[{"latent_dims": [5]}, {"latent_dims": [5]}]), "same overrides"),
     (dict(groups=[{"latent_dims": [5]}], min_spacing=0.1, rho_range=(0.9, 1.0)), "too coarse"),
     (dict(groups=[{"latent_dims": [5]}], direction="up"), "direction must be 'infer'"),
+    (dict(groups=[{"latent_dims": [5]}], seeds=range(8), coarse_points=10, max_trials_per_group=64),
+     r"smaller than the coarse grid \(10 rho values x 8 seeds = 80\)"),
 ])
 def test_bad_settings_are_named(kwargs, needle):
     groups = kwargs.pop("groups")
