@@ -9,9 +9,8 @@ calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray
 Order: the ``ray`` tests run after all the others (stable within each group). A test process that has started
 Ray holds its driver's native threads (core worker, gRPC) for the rest of the session; running the other tests
 first means they never share a process with them (issue 25: a segfault in numpy's loadtxt, late in a suite that
-had held Ray since its first file; the cause was not found). ``make test`` runs the suite in two xdist workers
-(``-n 2``, each with its own session Ray), so a native crash fails the one test it happened in and a fresh worker
-runs the rest.
+had held Ray since its first file; the cause was not found). ``make test`` runs the suite in an xdist worker
+(``-n 1``), so a native crash fails the one test it happened in and a fresh worker runs the rest.
 """
 
 from __future__ import annotations
