@@ -385,6 +385,8 @@ class ParquetSink(Callback):
         if key != RECONCILE and self._unreconciled() and not self._due(RECONCILE):
             return None  # the table could not be read a moment ago: hold, and try again at the retry cadence
         self._written[key] = time.monotonic()
+        if self._unreconciled():  # this attempt tries the reconcile first: its retry cadence counts from now
+            self._written[RECONCILE] = self._written[key]
         was_failing = bool(self._failing)
         try:
             if self._unreconciled():
