@@ -27,15 +27,15 @@ sweep: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ouvae.train --preset demo --out runs/demo $(ARGS)
 
-# The whole suite (CI: .ci/run), in one pytest-xdist worker process: a native crash (a segfault in a C extension)
-# kills only the worker, xdist reports the test that was running as failed and starts a fresh worker for the rest.
-# One worker, not two: two took 11 min 46 s against 16 min 48 s on the idle 2-core VM (2026-12-07) and passed 4
-# clean-clone runs in a row, but the 5th, with the machine loaded, failed: a sweep's local Ray did not register
-# within Ray's fixed 30 s start-up wait, with two workers' Rays starting at once (BENCHMARKS.md, "The test suite").
+# The whole suite (CI: .ci/run), in two pytest-xdist worker processes: a native crash (a segfault in a C extension)
+# kills only its worker, xdist reports the test that was running as failed and starts a fresh worker for the rest.
+# Two workers: 11 min 46 s against 16 min 48 s for one on the idle 2-core VM (2026-12-07). Two Rays starting at once
+# on a loaded machine can miss Ray's fixed 30 s start-up wait; a local Ray start that timed out is started once more
+# (sweeps/compat.py: start_local_ray; BENCHMARKS.md, "The test suite").
 # --dist load: with xdist 3.8's loadscope/loadfile/loadgroup a crashed worker's test is sent again and the
 # session hangs (checked).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 -n 1 --dist load
+	$(BIN)/python -m pytest -q --durations=15 -n 2 --dist load
 
 # The edit-test loop: no Ray, no multi-node cluster, nothing marked slow.
 test-fast: $(STAMP)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sweeps.compat import DRIVER_ENV, init_client, reclaim_sigterm, tune_loop
+from sweeps.compat import DRIVER_ENV, init_client, reclaim_sigterm, start_local_ray, tune_loop
 from sweeps.errors import SweepError
 from sweeps.plan import is_ray_client
 from sweeps.progress import FailurePolicy
@@ -72,8 +72,8 @@ def _init(args: argparse.Namespace) -> str:
             raise SweepError(f"--address {args.address}: could not join the Ray cluster: {_last_line(e)}") from None
         return f"joined Ray cluster at {args.address}"
     try:
-        ray.init(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False, **quiet)
-    except Exception as e:  # noqa: BLE001 - e.g. its processes did not come up in time on a loaded machine
+        start_local_ray(num_cpus=args.num_cpus, num_gpus=args.num_gpus, include_dashboard=False, **quiet)
+    except Exception as e:  # noqa: BLE001 - e.g. its processes did not come up in time, twice, on a loaded machine
         raise SweepError(f"could not start a local Ray: {_last_line(e)}; nothing was written: run the same command "
                          f"again (a loaded machine starts Ray slowly), or join a running Ray with --address") from None
     return "started a local Ray"

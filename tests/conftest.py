@@ -9,8 +9,10 @@ calls ``ray.init`` fails, naming the marker. ``make test-fast`` leaves out ``ray
 Order: the ``ray`` tests run after all the others (stable within each group). A test process that has started
 Ray holds its driver's native threads (core worker, gRPC) for the rest of the session; running the other tests
 first means they never share a process with them (issue 25: a segfault in numpy's loadtxt, late in a suite that
-had held Ray since its first file; the cause was not found). ``make test`` runs the suite in an xdist worker
-(``-n 1``), so a native crash fails the one test it happened in and a fresh worker runs the rest.
+had held Ray since its first file; the cause was not found). ``make test`` runs the suite in two xdist workers
+(``-n 2``), so a native crash fails the one test it happened in and a fresh worker runs the rest; each worker
+starts its own session Ray (``start_local_ray``: a start that timed out while the other worker's Ray started is
+tried once more).
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def ray_session():
     torch still sees no CUDA, so trainers on device "auto" run on the CPU)."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 1024**2,
-             ignore_reinit_error=True)
+    from sweeps.compat import start_local_ray
+
+    start_local_ray(num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=200 * 1024**2,
+                    ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 

@@ -110,6 +110,61 @@ def test_autoscaler_config_checks_are_importable():
     assert callable(prepare_config) and callable(validate_config)
 
 
+def test_a_local_ray_start_times_out_with_the_text_start_local_ray_expects():
+    import inspect
+
+    import ray._private.node
+
+    source = inspect.getsource(ray._private.node)
+    assert compat.LOCAL_START_TIMEOUT in source and "raylet_start_wait_time_s = 30" in source
+
+
+def _fake_ray_init(monkeypatch, first_error: Exception) -> list:
+    """ray.init that, on its first call, starts a child process (as Ray starts its GCS and raylet) and raises
+    `first_error`; later calls succeed. Returns the list of the children it started."""
+    import subprocess
+    import sys
+
+    import ray
+
+    children = []
+
+    def init(**kwargs):
+        if not children:
+            children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]))
+            raise first_error
+        children.append(kwargs)
+
+    monkeypatch.setattr(ray, "init", init)
+    return children
+
+
+def test_a_local_ray_start_that_timed_out_is_started_again_after_its_processes_are_killed(monkeypatch, capsys):
+    import psutil
+
+    bystander = psutil.Popen(["sleep", "300"])  # a child from before the start: not Ray's, left alone
+    try:
+        calls = _fake_ray_init(monkeypatch, Exception(compat.LOCAL_START_TIMEOUT + ". This could happen ..."))
+        compat.start_local_ray(num_cpus=2)
+        first_start, second = calls
+        assert second == {"num_cpus": 2}
+        assert first_start.poll() is not None  # killed and reaped before the second start
+        assert bystander.is_running() and bystander.status() != psutil.STATUS_ZOMBIE
+        assert "Ray did not start within its 30 s" in capsys.readouterr().out
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_any_other_local_ray_start_error_is_raised_at_once(monkeypatch):
+    calls = _fake_ray_init(monkeypatch, ValueError("num_cpus must be positive"))
+    with pytest.raises(ValueError, match="num_cpus"):
+        compat.start_local_ray(num_cpus=-1)
+    assert len(calls) == 1
+    calls[0].kill()
+    calls[0].wait()
+
+
 def test_ray_client_is_installed_and_reports_a_failed_server_start_as_init_client_expects():
     import inspect
 
