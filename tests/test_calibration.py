@@ -254,6 +254,23 @@ def test_kl_onset_on_a_lattice_over_the_whole_range(reading, k, ratio):
     assert onset.rho_c == pytest.approx(rc, abs=2e-3), onset.message
 
 
+def test_kl_onset_reaches_past_its_window_for_a_second_collapsed_rho():
+    """A refinement that stopped just short of rho_c (posterior 3 0.5: rho_c = 0.5, refined 0.465 ... 0.5 by an
+    active-unit fit that sits below it) leaves one sampled rho on the collapsed side within 0.1, at the corner; the
+    lattice's next point is 0.6. The window reaches it: the floor is fitted and the interval is determined and holds
+    rho_c (with only 0.5 there, most seed resamples put the onset at the window's edge: 'not determined')."""
+    rc = float(critical_rho(0.5, 3, "posterior"))
+    grid = np.union1d(np.round(np.arange(0.1, 1.0001, 0.1), 4), [0.465, 0.47, 0.475, 0.48, 0.49, 0.5])
+    seeds = np.arange(8)
+    rho, seed = np.repeat(grid, seeds.size), np.tile(seeds, grid.size)
+    shift = np.random.default_rng(0).normal(0.0, 0.004, seeds.size)[seed]  # each seed's own rho_c, +-0.004
+    kl = 2 * optimum(0.5, 3, np.clip(rho - shift, 0.01, 1.0), "posterior").kl
+    onset = fit_kl_onset(rho, seed, kl, direction=ACTIVE_BELOW, n_boot=200, rng=0)
+    assert onset.interval_undetermined is None, onset.message
+    assert onset.ci_low <= rc <= onset.ci_high and onset.ci_high - onset.ci_low < 0.03, onset.message
+    assert onset.n_runs == seeds.size * np.sum(np.abs(grid - 0.5) <= 0.1 + 1e-9), onset.message
+
+
 def test_kl_onset_without_an_onset_says_so():
     rho = np.repeat(np.linspace(0.5, 1.0, 11), 3)
     fit = fit_kl_onset(rho, np.tile(np.arange(3), 11), np.full(rho.size, 0.2), n_boot=0)
@@ -405,7 +422,7 @@ def test_calibration_benchmark_counts_coverage_on_replicates_it_was_not_tuned_on
     result, = json.loads(out.read_text())["results"]
     assert result["closed_form"] == pytest.approx(0.8139, abs=1e-4)
     seeds = [r["seeds"] for r in result["replicates"]]
-    assert seeds == [[1000, 1001, 1002], [1003, 1004, 1005], [1006, 1007, 1008]]
+    assert seeds == [[4000, 4001, 4002], [4003, 4004, 4005], [4006, 4007, 4008]]  # seeds < 4000 are spent
     for rep in result["replicates"]:
         assert rep["runs"] <= 21 and rep["rho_values"] >= 5
         assert {"fitted", "ci_low", "ci_high", "error", "inside"} <= set(rep["kl_onset"])
