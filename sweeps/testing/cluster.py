@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeps.compat import ray_client_missing
+from sweeps.compat import LOCAL_START_TIMEOUT, ray_client_missing
 
 CLUSTER_TAG = "OUVAE_LOOPBACK_CLUSTER"
 NODE_TAG = "OUVAE_LOOPBACK_NODE"
@@ -58,6 +58,11 @@ HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_time
 
 class ClusterError(RuntimeError):
     """The loopback cluster could not be started or stopped; the message includes the relevant log tail."""
+
+
+class NodeStartTimedOut(ClusterError):
+    """`ray start` gave up on its own node: Ray's fixed 30 s for the raylet to register, missed on a loaded
+    machine (sweeps/compat.py: start_local_ray). Started once more, as an operator would run `ray start` again."""
 
 
 def free_port() -> int:
@@ -195,7 +200,7 @@ class LoopbackCluster:
             # keeps the test's terminal signals (Ctrl-C in pytest) away from the nodes.
             proc = subprocess.Popen(cmd, env=self.env(node.name), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        node.sid = proc.pid
+        node.sid, node.alive = proc.pid, True
         self.nodes.append(node)  # registered now, so shutdown() finds its processes even if the start fails
         return proc
 
@@ -211,16 +216,24 @@ class LoopbackCluster:
                                f"{node.tail()}") from None
         if code != 0:
             self._kill_node_processes(node)
-            raise ClusterError(f"`ray start` of {node.name} failed (exit {code}):\n{node.tail()}")
+            error = NodeStartTimedOut if LOCAL_START_TIMEOUT in node.tail() else ClusterError
+            raise error(f"`ray start` of {node.name} failed (exit {code}):\n{node.tail()}")
 
-    def start_head(self) -> Node:
+    def start_head(self, attempts: int = 2) -> Node:
         """The head: GCS, its raylet (``head_cpus`` CPUs), no dashboard. Its node address is the machine's own
-        (Ray 2.60 replaces 127.0.0.1 by it), so workers at 127.0.0.x are told apart from it."""
+        (Ray 2.60 replaces 127.0.0.1 by it), so workers at 127.0.0.x are told apart from it. A start that timed
+        out inside Ray is made again on fresh ports (`attempts` in all)."""
         self.port = free_port()
         head = Node("head", "", self.base / "head", self.head_cpus, head=True)
         proc = self._launch(head, ["--head", f"--port={self.port}", "--include-dashboard=false",
                                    f"--dashboard-port={free_port()}", *self._client_server_args()])
-        self._finish(head, proc, time.monotonic() + START_TIMEOUT_S)
+        try:
+            self._finish(head, proc, time.monotonic() + START_TIMEOUT_S)
+        except NodeStartTimedOut:
+            if attempts <= 1:
+                raise
+            self.nodes.remove(head)
+            return self.start_head(attempts - 1)
         return head
 
     def _client_server_args(self) -> list[str]:
@@ -251,7 +264,12 @@ class LoopbackCluster:
         procs = [self._launch(node, [f"--address={self.address}"]) for node in new]
         deadline = time.monotonic() + START_TIMEOUT_S
         for node, proc in zip(new, procs):
-            self._finish(node, proc, deadline)
+            try:
+                self._finish(node, proc, deadline)
+            except NodeStartTimedOut:  # once more (the head's docstring)
+                self.nodes.remove(node)
+                self._finish(node, self._launch(node, [f"--address={self.address}"]),
+                             time.monotonic() + START_TIMEOUT_S)
         return new
 
     def start(self, n_workers: int = 2) -> "LoopbackCluster":
