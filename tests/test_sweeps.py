@@ -455,12 +455,27 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
         def on_step_end(self, iteration, trials, **info):
             self.max_running = max(self.max_running, sum(t.status == "RUNNING" for t in trials))
 
+    started = tmp_path / "started"
+    started.mkdir()
+
+    def packed(config):
+        """Trains once all four trials are running at once, so that neither a fast machine (a trial ending before
+        the last one starts) nor a loaded one (the last actor slow to start) decides the count: packing that
+        allowed fewer than four at once ends here with an error."""
+        (started / str(config["seed"])).touch()
+        deadline = time.monotonic() + 180
+        while len(list(started.iterdir())) < 4:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fewer than four trials were running at once")
+            time.sleep(0.1)
+        return train_ouvae(config)
+
     counter = MaxRunning()
     space = {"preset": "demo", "latent_dims": [3, 3], "epochs": 40, "n_train": 200, "eval_every": 20, "eval_iw_k": 5,
              "eval_max_examples": 100, "num_threads": 1, "hidden_units": 32, "rho": 0.9,
              "seed": tune.grid_search([0, 1, 2, 3])}
     tuner = tune.Tuner(
-        tune.with_resources(train_ouvae, {"cpu": 0.5, "gpu": 0.25}), param_space=space,
+        tune.with_resources(packed, {"cpu": 0.5, "gpu": 0.25}), param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(name="pack", storage_path=str(tmp_path / "ray"), verbose=0,
                                   callbacks=[counter, results.ParquetSink(str(tmp_path / "pq"), "pack", verbose=False)]))
