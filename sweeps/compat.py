@@ -41,8 +41,15 @@ RAY_CHECKED = "2.60.0"
 # * TUNE_DISABLE_SIGINT_HANDLER=1: Tune would replace the SIGINT handler for the length of Tuner.fit(); the driver's
 #   own (stop_signals, below) treats SIGINT and SIGTERM alike and remembers which one came (exit code 130 or 143).
 #   Read by ray.tune.tune._setup_signal_catching, which still installs its handler for SIGUSR1.
+# * RAY_kill_idle_workers_interval_ms=0: the local raylet (it inherits the driver's environment; a cluster's raylets
+#   keep their own settings) no longer ends idle worker processes during the sweep. In Ray 2.60 such an intended
+#   exit can abort inside absl::Mutex ("Mutex corrupt: waiting writer with no waiters", then "Fatal Python error:
+#   Aborted"), which the driver prints from the worker's stderr: 1 of 460 idle exits in this machine's test runs
+#   of 2026-12-07/08 (BENCHMARKS.md, "The test suite"). The idle workers stay until Ray shuts down (a sweep has at
+#   most its concurrent trials' worth). A raylet setting (ray_config_def.h), read from RAY_<name>.
 DRIVER_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+              "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+              "RAY_kill_idle_workers_interval_ms": "0"}
 
 
 # ----- the running trial's storage (worker side) ---------------------------------------------------------------

@@ -22,7 +22,7 @@ def test_driver_environment_variables_are_ray_settings_with_the_meaning_relied_o
     from ray.tune.constants import TUNE_ENV_VARS
     from ray.tune.experimental.output import get_air_verbosity
 
-    assert set(compat.DRIVER_ENV) <= AIR_ENV_VARS | TUNE_ENV_VARS
+    assert set(compat.DRIVER_ENV) - {"RAY_kill_idle_workers_interval_ms"} <= AIR_ENV_VARS | TUNE_ENV_VARS
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", compat.DRIVER_ENV["RAY_AIR_NEW_OUTPUT"])
     assert get_air_verbosity(0) is None  # the legacy engine: verbose=0 prints no tables
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
@@ -31,6 +31,39 @@ def test_driver_environment_variables_are_ray_settings_with_the_meaning_relied_o
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", compat.DRIVER_ENV["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"])
     kinds = {type(c) for c in _create_default_callbacks([JsonLoggerCallback()], metric=None)}
     assert JsonLoggerCallback in kinds and not kinds & {CSVLoggerCallback, TBXLoggerCallback}
+
+
+IDLE_PROBE = """
+import glob, os, sys, time, ray
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+@ray.remote(num_cpus=0.25)
+def busy(i, folder=sys.argv[1]):  # all 8 run at once, in 8 worker processes, whatever the machine's load
+    open(os.path.join(folder, str(i)), "w").close()
+    while len(os.listdir(folder)) < 8:
+        time.sleep(0.05)
+    return os.getpid()
+workers = len(set(ray.get([busy.remote(i) for i in range(8)])))
+time.sleep(6)  # by default Ray ends idle workers beyond its soft limit (2 here) after about 1 s idle
+logs = ray._private.worker._global_node.get_logs_dir_path()
+print(workers, sum("idle for a long time" in open(p, errors="ignore").read()
+                   for p in glob.glob(f"{logs}/python-core-worker-*.log")))
+"""
+
+
+@pytest.mark.ray
+def test_the_local_raylet_keeps_idle_workers_with_the_driver_setting(tmp_path):
+    """RAY_kill_idle_workers_interval_ms=0 (DRIVER_ENV), inherited by a local raylet: 8 workers that fall idle are
+    not ended (with Ray's default the same probe ended 7 of 8; measured 2026-12-08)."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"RAY_kill_idle_workers_interval_ms": compat.DRIVER_ENV["RAY_kill_idle_workers_interval_ms"]}
+    probe = subprocess.run([sys.executable, "-c", IDLE_PROBE, str(tmp_path)], env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    workers, idle_exits = map(int, probe.stdout.split()[-2:])
+    assert workers == 8 and idle_exits == 0
 
 
 def test_skip_retries_makes_the_next_failure_final_and_allow_retries_undoes_it():
