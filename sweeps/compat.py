@@ -292,8 +292,8 @@ def start_local_ray(**init_kwargs: Any) -> None:
     first start's processes (this process's children that were not there before) are killed, so the two Rays do
     not compete and nothing is left behind. Other errors are raised at once.
     """
-    import psutil
     import ray
+    import psutil  # after ray, as Ray imports it (Ray ships its own copy on its path)
 
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
