@@ -12,6 +12,7 @@ import pytest
 from sweeps import anneal
 from sweeps.anneal import outcome, settle_from_table
 from sweeps.compat import DRIVER_ENV
+from sweeps.testing import HANG_GUARD_S
 
 TS = optuna.trial.TrialState
 TINY = ["--epochs", "4", "--n-train", "200", "--set", "eval_every=1", "--set", "eval_iw_k=5",
@@ -159,7 +160,7 @@ def test_killed_search_resumes_from_its_stored_study(ray_session, tmp_path):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen([*base, "--n-trials", "4", "--max-concurrent", "1", "--no-asha", *TINY],
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S
         while time.monotonic() < deadline:
             files = list(part.glob("*.parquet")) if part.is_dir() else []
             if sum(pq.read_metadata(f).num_rows for f in files) >= 6:  # trial 1 done (4 rows), trial 2 running

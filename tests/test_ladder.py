@@ -26,6 +26,7 @@ from sweeps import rho_sweep
 from sweeps.errors import SweepError
 from sweeps.ladder import TOLERANCE, continue_window, rho_to_add, rhos_to_continue, rung_budgets
 from sweeps.storage import LADDER_FILE
+from sweeps.testing import HANG_GUARD_S
 from sweeps.testing.ladder_synthetic import converged_rung, drifting_trainable
 
 RHOS = [f"{0.78 + 0.02 * i:.2f}" for i in range(10)]
@@ -209,7 +210,7 @@ def test_driver_killed_mid_ladder_resumes_at_the_rung_it_reached_with_every_row_
     log = open(tmp_path / "first.log", "w")
     # started outside the repository: the driver and the workers import the trainable by its module's name
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_GUARD_S
     reached = None
     while time.monotonic() < deadline and proc.poll() is None:
         try:

@@ -26,6 +26,7 @@ import pytest
 
 from sweeps import rho_sweep
 from sweeps.compat import DRIVER_ENV
+from sweeps.testing import HANG_GUARD_S
 from sweeps.testing.cluster import LoopbackCluster, kill_all, session_pids
 from test_sweeps import TINY
 
@@ -170,7 +171,7 @@ def test_driver_killed_mid_sweep_on_s3_then_resumed_loses_and_duplicates_nothing
     storage, table = f"s3://{bucket}/ouvae", f"s3://{bucket}/ouvae/parquet/sweep_id=crash"
     first = sweeps_run(s3_env, storage, "crash", "--epochs", "4", "--max-concurrent", "1", "--quiet", "--no-report",
                        cwd=tmp_path)
-    deadline, before = time.monotonic() + 150, None
+    deadline, before = time.monotonic() + HANG_GUARD_S, None
     while before is None:
         assert first.poll() is None, first.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "the sweep wrote too few rows in time"

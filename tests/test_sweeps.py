@@ -29,7 +29,7 @@ from sweeps.errors import SpaceError
 from sweeps.plan import CriticalGrid, latent_configs, parse_rho_list, rho_grid
 from sweeps.protocol import POPULATION_KEY, failure_text
 from sweeps.storage import SPEC_FILE
-from sweeps.testing import faults
+from sweeps.testing import HANG_GUARD_S, faults
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny trainer budget shared by the Ray tests: 200 training images, batch 100 -> 2 steps per epoch.
@@ -463,7 +463,7 @@ def test_fractional_gpus_pack_four_trials_at_once_on_one_logical_gpu(ray_session
         the last one starts) nor a loaded one (the last actor slow to start) decides the count: packing that
         allowed fewer than four at once ends here with an error."""
         (started / str(config["seed"])).touch()
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + HANG_GUARD_S
         while len(list(started.iterdir())) < 4:
             if time.monotonic() > deadline:
                 raise RuntimeError("fewer than four trials were running at once")
@@ -623,7 +623,7 @@ def test_driver_killed_mid_sweep_then_resumed_loses_and_duplicates_nothing(ray_s
 
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     before: dict[str, set[int]] = {}
     while time.monotonic() < deadline:
         rows = runs_now()

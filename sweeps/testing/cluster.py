@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeps.compat import LOCAL_START_TIMEOUT, ray_client_missing
+from sweeps.testing import HANG_GUARD_S
 
 CLUSTER_TAG = "OUVAE_LOOPBACK_CLUSTER"
 NODE_TAG = "OUVAE_LOOPBACK_NODE"
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
-START_TIMEOUT_S = 90  # one `ray start`; ~6 s each on an idle 2-core machine
+START_TIMEOUT_S = HANG_GUARD_S  # one `ray start`: ~6 s on an idle 2-core machine, over 90 s at load 15
 # How fast the GCS declares a silent node dead: period x threshold (Ray's defaults: 3 s x 5). Shorter here so a
 # killed node's trials are retried within seconds; set on every node, read by the GCS (head) and raylets.
 HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
