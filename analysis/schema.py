@@ -36,9 +36,9 @@ import pyarrow as pa
 
 from ouvae.config import MEMBER, SHARED, recorded_columns
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions this code reads, and what each changed. A file of an older version has the newer columns null.
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 VERSION_HISTORY = {
     1: "the first table",
     2: "added population_id, member, population_size, likelihood and failure",
@@ -48,6 +48,10 @@ VERSION_HISTORY = {
        "(analysis.io.upgrade_rows); trial_id renamed run_id (it names a run; population_id names the Tune trial)",
     4: "added lr_decay_steps (older rows: 0, they were trained at a constant lr)",
     5: "added lr_decay_power (older rows: 1, the only decay there was)",
+    6: "active units without Monte Carlo noise (ouvae.metrics.active_units): older rows counted the noise of the "
+       "sampled posterior means as spread, so their active units above the first layer are too many, the more so "
+       "the smaller eval_iw_k (a trained 4x20 digits model's top layer: 20 of 20 at k = 5, 12-16 at k = 25, "
+       "5-11 at any k now)",
 }
 # Columns renamed since an older version: old name -> today's. Older files are read with the old column under the new
 # name (analysis.io), so a v1/v2 table's trial_id is its run_id.

@@ -137,7 +137,7 @@ def base_config(case: Case, args: argparse.Namespace) -> Config:
     per_eval = max(1, args.steps // args.budgets)
     return Config(dataset="gaussian", latent_dims=(LATENT,) * case.layers, hidden_layers=0, gaussian_dim=LATENT,
                   gaussian_samples=args.samples, batch_size=args.batch, steps=args.steps, epochs=1,
-                  eval_every=max(1, per_eval // max(1, args.samples // args.batch)), eval_iw_k=1, lr=args.lr,
+                  eval_every=max(1, per_eval // max(1, args.samples // args.batch)), eval_iw_k=2, lr=args.lr,
                   lr_decay_steps=args.lr_decay_steps, num_threads=1, preset="calibration", smooth_samples=case.k,
                   gaussian_eigenvalue=case.r, smooth_space=case.reading)
 

@@ -28,7 +28,7 @@ def run_once(n_trials: int, reuse: bool, storage: str) -> float:
     from sweeps.trainable import train_ouvae
 
     space = {"preset": "demo", "latent_dims": [3, 3], "hidden_units": 16, "smooth_samples": 1, "steps": 1,
-             "n_train": 100, "eval_iw_k": 1, "eval_max_examples": 10, "num_threads": 1,
+             "n_train": 100, "eval_iw_k": 2, "eval_max_examples": 10, "num_threads": 1,
              "seed": tune.grid_search(list(range(n_trials)))}
     name = f"overhead-{'reuse' if reuse else 'fresh'}"
     tuner = tune.Tuner(tune.with_resources(train_ouvae, {"cpu": 1}), param_space=space,

@@ -377,7 +377,8 @@ def _validate(c: Config) -> None:
     _check(c.steps is None or c.steps >= 1, f"steps must be >= 1 or None, got {c.steps}")
     _check(c.grad_clip is None or c.grad_clip > 0, f"grad_clip must be > 0 or None, got {c.grad_clip}")
     _check(c.eval_every >= 1, f"eval_every must be >= 1 epoch, got {c.eval_every}")
-    _check(c.eval_iw_k >= 1, f"eval_iw_k must be >= 1, got {c.eval_iw_k}")
+    _check(c.eval_iw_k >= 2, f"eval_iw_k must be >= 2 (active units above the first layer need two posterior "
+           f"samples per example to tell their spread from Monte Carlo noise), got {c.eval_iw_k}")
     _check(c.eval_split in ("validation", "test"), f"eval_split must be 'validation' or 'test', got {c.eval_split!r}")
     _check(c.eval_max_examples is None or c.eval_max_examples >= 2,
            f"eval_max_examples must be >= 2 or None, got {c.eval_max_examples}")

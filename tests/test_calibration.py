@@ -86,7 +86,7 @@ def test_closed_form_values_and_limits():
 # ----- the model pieces as ordinary settings --------------------------------------------------------------------
 def gaussian_config(**kw) -> Config:
     base = dict(dataset="gaussian", latent_dims=(2,), hidden_layers=0, gaussian_dim=2, gaussian_samples=200,
-                gaussian_eigenvalue=0.5, smooth_samples=3, batch_size=50, steps=3, epochs=1, eval_iw_k=1,
+                gaussian_eigenvalue=0.5, smooth_samples=3, batch_size=50, steps=3, epochs=1, eval_iw_k=2,
                 num_threads=1)
     return Config(**{**base, **kw})
 
@@ -147,7 +147,7 @@ def test_train_command_line_runs_the_calibration_model(tmp_path):
     from ouvae.train import main
 
     assert main(["--dataset", "gaussian", "--latent-dims", "2", "--hidden-layers", "0", "--gaussian-dim", "2",
-                 "--gaussian-samples", "100", "--likelihood-variance", "0.5", "--steps", "3", "--eval-iw-k", "1",
+                 "--gaussian-samples", "100", "--likelihood-variance", "0.5", "--steps", "3", "--eval-iw-k", "2",
                  "--out", str(tmp_path / "run")]) == 0
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert (final["dataset"], final["likelihood"], final["likelihood_variance"], final["gaussian_dim"],

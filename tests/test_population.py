@@ -72,21 +72,23 @@ def test_the_same_population_gives_the_same_numbers_on_a_rerun(digits):
 @pytest.mark.slow
 def test_members_alone_and_inside_a_population_agree_in_distribution(digits):
     """Across groupings only the shared noise stream differs. Three seeds at rho = 1 and three at rho = 0.8,
-    trained alone and as one population of six: per rho, the final ELBO and top-layer active units agree within
-    their seed-to-seed spread, and both groupings show the phenomenon (rho = 0.8 keeps the top layer active where
-    rho = 1 collapses it; the rho = 1 member inside the population is the plain VAE, tests/test_model.py)."""
+    trained alone and as one population of six: per rho, the final ELBO, top-layer KL and active units agree within
+    their seed-to-seed spread, and both groupings show the phenomenon (at rho = 0.8 the top layer keeps ~3x the KL
+    of rho = 1, 1.1-1.25 nats against 0.34-0.44; the rho = 1 member inside the population is the plain VAE,
+    tests/test_model.py). Active units do not show it at this budget: 0 of 10 at both rho once Monte Carlo noise is
+    not counted (ouvae.metrics.active_units); the KL is spread thinly over the units."""
     configs = [Config.from_preset("demo", rho=rho, seed=s, n_train=797, epochs=12, eval_every=1000, eval_iw_k=10)
                for rho in (1.0, 0.8) for s in (0, 1, 2)]
     alone = [Trainer(c, data=digits).fit() for c in configs]
     together = Population(configs, data=digits).fit()
     assert [r["elbo"] for r in alone] != [r["elbo"] for r in together]  # the noise really differs
     for group in (slice(0, 3), slice(3, 6)):
-        for key, floor in (("elbo", 0.1), ("top_active_units", 1.0)):
+        for key, floor in (("elbo", 0.1), ("top_kl", 0.05), ("top_active_units", 1.0)):
             a, b = [r[key] for r in alone[group]], [r[key] for r in together[group]]
             se = math.sqrt((statistics.variance(a) + statistics.variance(b)) / len(a))
             assert abs(statistics.mean(a) - statistics.mean(b)) <= 3 * se + floor, (key, a, b)
-    for runs in (alone, together):  # more active top units at 0.8 than at 1, by over three standard errors
-        plain, smoothed = [r["top_active_units"] for r in runs[:3]], [r["top_active_units"] for r in runs[3:]]
+    for runs in (alone, together):  # a larger top-layer KL at 0.8 than at 1, by over three standard errors
+        plain, smoothed = [r["top_kl"] for r in runs[:3]], [r["top_kl"] for r in runs[3:]]
         se = math.sqrt((statistics.variance(plain) + statistics.variance(smoothed)) / 3)
         assert statistics.mean(smoothed) - statistics.mean(plain) > 3 * se, (plain, smoothed)
 
