@@ -38,7 +38,7 @@ ACROSS_KEYS: tuple[str, ...] = tuple(ACROSS_TITLES)
 # Recorded settings outside CONFIG_KEYS other than the seed (the IDENTITY role, ouvae/config.py): they should not
 # vary inside one configuration; if they do, the report says so.
 OTHER_SETTINGS = tuple(c for c in recorded_columns(IDENTITY) if c != "seed")
-RUN_COLUMNS = ("sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
+RUN_COLUMNS = ("schema_version", "sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
                "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", "bound_model", "smoothed_elbo",
                "smoothed_kl_total", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
@@ -102,11 +102,27 @@ def leak_note(runs: pl.DataFrame) -> str | None:
             f"is the valid bound (bound_model).")
 
 
+def noisy_units_note(runs: pl.DataFrame) -> str | None:
+    """Say so when runs were written before results schema v6, whose active units above the first layer counted the
+    Monte Carlo noise of the sampled posterior means as spread across x (ouvae.metrics.active_units): too many
+    units, the more so the smaller iw_k, so the active-unit fit's rho_c is too high there (units active below rho_c).
+    The KL-based estimators are unaffected. None when every multi-layer run is newer."""
+    old = runs.filter((pl.col("schema_version") < 6) & (pl.col("n_layers") > 1))
+    if old.height == 0:
+        return None
+    return (f"{old.height} run(s) were written before results schema v6: their active units above the first layer "
+            f"count Monte Carlo noise as activity (too many, more so at small iw_k), so the active-unit rho_c is too "
+            f"high where units are active below it; the KL midpoint and KL onset are unaffected. Re-run for counts "
+            f"without the noise.")
+
+
 def check_runs(runs: pl.DataFrame, *, unfinished: int, include_unfinished: bool, drop_nan: bool,
                notes: list[str], failed: int = 0, reason: str | None = None) -> pl.DataFrame:
     """Refuse runs the analysis cannot use, with a message that says what to do; return the usable runs."""
     if (leak := leak_note(runs)) is not None:
         notes.append(leak)
+    if (noisy := noisy_units_note(runs)) is not None:
+        notes.append(noisy)
     if failed:
         notes.append(f"{failed} run(s) failed during training and are left out (e.g. {reason}).")
     if runs.height == 0:

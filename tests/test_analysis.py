@@ -579,6 +579,19 @@ def test_a_smoothed_objective_above_the_valid_bound_is_flagged_as_a_leak(tmp_pat
     assert note.startswith("2 run(s)") and "rho 0.5" in note
 
 
+def test_runs_from_before_schema_v6_are_flagged_for_their_noisy_active_units(tmp_path, hand):
+    """Multi-layer runs written before v6 counted Monte Carlo noise as active units (ouvae.metrics.active_units):
+    the report says so; runs of today's schema, and one-layer runs (no sampled layer below), get no such note."""
+    assert not [n for n in analyze(hand, write=False, plots_on=False, n_boot=50).notes if "schema v6" in n]
+    root = tmp_path / "res"
+    for i, rho in enumerate((0.5, 0.5, 0.7, 0.7, 1.0, 1.0)):
+        row = _hand_rows("3-3", rho, i, -90.0, 2.0 * (rho < 1), 5.0, [3, 3 * (rho < 1)], [3.0, 2.0])
+        row.update(schema_version=5, n_layers=1 if i == 0 else 2)
+        write_trial(root, "old", f"t{i}", [row])
+    (note,) = [n for n in analyze(root, write=False, plots_on=False, n_boot=50).notes if "schema v6" in n]
+    assert note.startswith("5 run(s) were written before results schema v6") and "KL onset are unaffected" in note
+
+
 def test_table8_matches_hand_computed_values(hand):
     rep = analyze(hand, write=False, plots_on=False, n_boot=100)
     t8 = _table(rep, "table8")
