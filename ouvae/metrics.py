@@ -88,8 +88,9 @@ EVAL_ROWS = {"cpu": 2_000, "cuda": 50_000}
 def evaluate(model: HierarchicalVAE, data: Tensor, *, iw_k: int, rho: Sequence[float], generator: torch.Generator,
              batch_size: int = 100, max_rows: int | None = None, chunk: int | None = None) -> list[Evaluation]:
     """All metrics of every member on `data` (N, C, H, W; already binarized), with `iw_k` posterior samples per
-    example (at least 2: active_units), smoothing member m at rho[m]. Members are evaluated `chunk` at a time (default all at once), and
-    `max_rows` bounds members x examples x samples per forward pass (default: EVAL_ROWS for the device)."""
+    example (at least 2: active_units), smoothing member m at rho[m]. Members are evaluated `chunk` at a time
+    (default all at once), and `max_rows` bounds members x examples x samples per forward pass (default: EVAL_ROWS
+    for the device)."""
     if iw_k < 2:
         raise ValueError(f"evaluation needs iw_k >= 2 posterior samples per example (active units), got {iw_k}")
     rows = max_rows if max_rows is not None else EVAL_ROWS.get(model.flat.device.type, EVAL_ROWS["cuda"])
@@ -116,7 +117,7 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
     log_px = torch.zeros_like(log_w_mean)
     kl_sum = torch.zeros(m, n_layers, dtype=torch.float64, device=device)
     means: list[list[Tensor]] = [[] for _ in range(n_layers)]
-    noise = [torch.zeros(m, d, dtype=torch.float64, device=device) for d in model.cfg.latent_dims]
+    mean_noise = [torch.zeros(m, d, dtype=torch.float64, device=device) for d in model.cfg.latent_dims]
     for start in range(0, n, batch_size):
         x = data[start:start + batch_size].to(device)
         b = x.shape[0]
@@ -147,10 +148,10 @@ def _evaluate(model: HierarchicalVAE, params: Tensor, data: Tensor, *, iw_k: int
             means[l].append(mean)
             # each example's sample variance of the posterior mean over the k draws, / k: its mean's noise
             within = (square_sums[l] - iw_k * mean * mean).clamp(min=0.0) / (iw_k - 1)
-            noise[l] += (within / iw_k).sum(1)
+            mean_noise[l] += (within / iw_k).sum(1)
     draws = n * iw_k
     layer_kl = (kl_sum / draws).cpu().tolist()
-    units = torch.stack([active_units(torch.cat(parts, 1), noise_variance=noise[l] / n)
+    units = torch.stack([active_units(torch.cat(parts, 1), noise_variance=mean_noise[l] / n)
                          for l, parts in enumerate(means)], 1).cpu().tolist()
     elbo, bound, recon = (log_w_mean / n).cpu().tolist(), (iw / n).cpu().tolist(), (-log_px / draws).cpu().tolist()
     kl_total = [float(sum(layer_kl[i])) for i in range(m)]
