@@ -46,7 +46,8 @@ class SweepDefaults:
     layers: int  # stochastic layers of each configuration
     rho_min: float
     rho_max: float
-    rho_step: float  # grid mode's step; also sizes adaptive mode's default budget (the equivalent grid's runs)
+    rho_step: float  # grid mode's step
+    budget_step: float  # adaptive mode's default budget: the runs of a grid at this step over the range
     rho_spacing: float  # adaptive mode's finest spacing between rho values
     n_seeds: int
     mode: str  # "adaptive" or "grid"
@@ -65,7 +66,7 @@ class SweepDefaults:
 # populations of 4 runs (the fastest size per run on a CPU, ~1.2x a run alone); the trainer budget is the
 # sweep-demo preset's.
 DEFAULTS = SweepDefaults(trainer_preset="sweep-demo", latent_sizes=(5, 10, 20), layers=4, rho_min=0.64, rho_max=1.0,
-                         rho_step=0.06, rho_spacing=0.005, n_seeds=5, mode="grid", target_width=0.02,
+                         rho_step=0.06, budget_step=0.04, rho_spacing=0.005, n_seeds=5, mode="grid", target_width=0.02,
                          coarse_points=5, direction="infer", population_cpu=4, population_gpu=64)
 
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {d.target_width})")
     a.add_argument("--budget", type=int, default=None,
                    help=f"most runs in all, split evenly between latent configurations (default: the runs of "
-                        f"the --rho-min..--rho-max grid at step {d.rho_step})")
+                        f"the --rho-min..--rho-max grid at step {d.budget_step})")
     a.add_argument("--coarse-points", type=int, default=d.coarse_points,
                    help=f"rho values of the first, coarse pass per latent configuration (default {d.coarse_points})")
     a.add_argument("--direction", choices=(INFER, "below", "above"), default=d.direction,
@@ -208,7 +209,8 @@ def make_grid(args: argparse.Namespace, fixed: dict[str, Any]) -> CriticalGrid:
     if args.rhos:
         rhos = parse_rho_list(args.rhos)
     else:
-        step = args.rho_step if args.rho_step is not None else DEFAULTS.rho_step
+        step = args.rho_step if args.rho_step is not None else (
+            DEFAULTS.budget_step if args.mode == "adaptive" else DEFAULTS.rho_step)
         span = args.rho_max - args.rho_min
         if args.mode == "adaptive" and 0 < span < step:  # the grid only sizes the budget: any range gives one
             step = span
