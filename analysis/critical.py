@@ -38,9 +38,9 @@ ACROSS_KEYS: tuple[str, ...] = tuple(ACROSS_TITLES)
 # Recorded settings outside CONFIG_KEYS other than the seed (the IDENTITY role, ouvae/config.py): they should not
 # vary inside one configuration; if they do, the report says so.
 OTHER_SETTINGS = tuple(c for c in recorded_columns(IDENTITY) if c != "seed")
-RUN_COLUMNS = ("schema_version", "sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch", "is_final",
-               "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", "bound_model", "smoothed_elbo",
-               "smoothed_kl_total", *NUMERIC_METRICS, FILE_COL)
+RUN_COLUMNS = ("schema_version", "sweep_id", "run_id", "config_hash", "rho", "rho_eval", "seed", "step", "epoch",
+               "is_final", "top_active_units", "layer_kl", "layer_active_units", "iw_k", "failure", "bound_model",
+               "smoothed_elbo", "smoothed_kl_total", *NUMERIC_METRICS, FILE_COL)
 FIT_FIELDS = ("rho_c", "ci_low", "ci_high", "width", "bracket_low", "bracket_high", "changepoint", "n_runs",
               "n_rho", "n_seeds", "message", "beyond", "rho_min", "rho_max")
 
