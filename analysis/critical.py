@@ -20,7 +20,7 @@ import polars as pl
 from threadpoolctl import threadpool_limits
 
 from analysis.io import FILE_COL, NUMERIC_METRICS, AnalysisError, Results
-from analysis.schema import CONFIG_KEYS
+from analysis.schema import CONFIG_KEYS, NOISE_FREE_ACTIVE_UNITS
 from analysis.onset import OnsetFit, fit_kl_onset
 from analysis.transition import ACTIVE_ABOVE, ACTIVE_BELOW, TransitionFit, fit_transition, infer_direction
 from ouvae.config import IDENTITY, recorded_columns
@@ -107,7 +107,7 @@ def noisy_units_note(runs: pl.DataFrame) -> str | None:
     Monte Carlo noise of the sampled posterior means as spread across x (ouvae.metrics.active_units): too many
     units, the more so the smaller iw_k, so the active-unit fit's rho_c is too high there (units active below rho_c).
     The KL-based estimators are unaffected. None when every multi-layer run is newer."""
-    old = runs.filter((pl.col("schema_version") < 6) & (pl.col("n_layers") > 1))
+    old = runs.filter((pl.col("schema_version") < NOISE_FREE_ACTIVE_UNITS) & (pl.col("n_layers") > 1))
     if old.height == 0:
         return None
     return (f"{old.height} run(s) were written before results schema v6: their active units above the first layer "

@@ -53,6 +53,8 @@ VERSION_HISTORY = {
        "the smaller eval_iw_k (a trained 4x20 digits model's top layer: 20 of 20 at k = 5, 12-16 at k = 25, "
        "5-11 at any k now)",
 }
+# The first version whose active units leave out Monte Carlo noise (history above): older multi-layer rows are flagged.
+NOISE_FREE_ACTIVE_UNITS = 6
 # Columns renamed since an older version: old name -> today's. Older files are read with the old column under the new
 # name (analysis.io), so a v1/v2 table's trial_id is its run_id.
 RENAMED = {"trial_id": "run_id"}
